@@ -1,0 +1,1 @@
+"""The per-environment agent: embedded router, process supervisor and control socket."""

@@ -1,0 +1,119 @@
+"""Runs app instances as supervised process groups: restart on crash, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+MAX_RESTARTS = 5
+
+
+@dataclass
+class InstanceSpec:
+    name: str
+    version: str
+    command: str
+    cwd: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "command": self.command,
+                "cwd": self.cwd, "port": self.port, "env": dict(self.env)}
+
+
+@dataclass
+class Instance:
+    spec: InstanceSpec
+    log: Path
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    stopping: bool = False
+    started_at: float = 0.0
+    last_exit: int | None = None
+    task: asyncio.Task[None] | None = None
+
+    def status(self) -> dict[str, Any]:
+        alive = self.proc is not None and self.proc.returncode is None
+        return {"name": self.spec.name, "version": self.spec.version, "port": self.spec.port,
+                "pid": self.proc.pid if self.proc else None, "alive": alive,
+                "restarts": self.restarts, "last_exit": self.last_exit,
+                "log": str(self.log)}
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.instances: dict[str, Instance] = {}
+
+    async def start(self, spec: InstanceSpec) -> Instance:
+        inst = self.instances.get(spec.name)
+        if inst and not inst.stopping:
+            return inst  # idempotent: already supervised
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        inst = Instance(spec, self.log_dir / f"{spec.name}.log")
+        self.instances[spec.name] = inst
+        await self._spawn(inst)
+        inst.task = asyncio.create_task(self._watch(inst))
+        return inst
+
+    async def _spawn(self, inst: Instance) -> None:
+        env = {**os.environ, **inst.spec.env, "PORT": str(inst.spec.port)}
+        command = inst.spec.command.replace("{port}", str(inst.spec.port))
+        with inst.log.open("ab") as log:
+            inst.proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", f"exec {command}", cwd=inst.spec.cwd, env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        inst.started_at = time.monotonic()
+
+    async def _watch(self, inst: Instance) -> None:
+        while inst.proc is not None:
+            inst.last_exit = await inst.proc.wait()
+            if inst.stopping or inst.restarts >= MAX_RESTARTS:
+                return
+            inst.restarts += 1
+            await asyncio.sleep(min(5.0, 0.2 * 2 ** inst.restarts))
+            if inst.stopping:
+                return
+            await self._spawn(inst)
+
+    async def stop(self, name: str, grace: float) -> int | None:
+        inst = self.instances.get(name)
+        if inst is None:
+            return None
+        inst.stopping = True
+        proc = inst.proc
+        if proc is not None and proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except asyncio.TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if inst.task:
+            inst.task.cancel()
+        self.instances.pop(name, None)
+        return proc.returncode if proc else None
+
+    async def stop_all(self, grace: float) -> None:
+        await asyncio.gather(*(self.stop(n, grace) for n in list(self.instances)))
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

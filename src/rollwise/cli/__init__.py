@@ -1,0 +1,1 @@
+"""The `rollwise` command line: thin — parse, call the controller, render."""

@@ -1,0 +1,381 @@
+"""`rollwise` commands. Each parses its options, calls the controller and renders the outcome."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from rollwise import audit, reasons
+from rollwise.audit import Event
+from rollwise.errors import ExitCode, RollwiseError
+from rollwise.events import EventBus
+
+T = TypeVar("T")
+app = typer.Typer(help="Deploy progressively; roll back in seconds.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+release_app = typer.Typer(help="Create and list releases.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export the audit log.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Manage encrypted secrets.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration schema and reference.", no_args_is_help=True)
+agent_app = typer.Typer(help="The per-environment agent (router and supervisor).",
+                        no_args_is_help=True)
+app.add_typer(release_app, name="release")
+app.add_typer(audit_app, name="audit")
+app.add_typer(secrets_app, name="secrets")
+app.add_typer(config_app, name="config")
+app.add_typer(agent_app, name="agent")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+LockWait = Annotated[float, typer.Option("--lock-wait", help="Seconds to wait for the "
+                                         "environment's deploy lock (default: refuse at once).")]
+DirOpt = Annotated[Path, typer.Option("--dir", "-C", help="Project directory.")]
+
+
+def _progress(ev: Event) -> None:
+    if ev.action == "step":
+        step = ev.data.get("step")
+        if ev.outcome == "started":
+            err.print(f"  [dim]…[/dim] {step}")
+        elif ev.outcome == reasons.OK:
+            extra = {k: v for k, v in ev.data.items() if k not in ("deployment", "step")}
+            err.print(f"  [green]✓[/green] {step} [dim]{_fmt(extra)}[/dim]")
+        else:
+            err.print(f"  [red]✗[/red] {step}: {ev.reason}")
+    elif ev.action in ("deploy", "rollback", "recover") and ev.outcome not in (
+            "started", reasons.SUCCEEDED, reasons.NOOP):
+        err.print(f"  [yellow]![/yellow] {ev.action} {ev.outcome}: {ev.reason or ''}")
+
+
+def _fmt(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in d.items() if v not in (None, [], {}))
+
+
+def _ctx(directory: Path, quiet: bool = False) -> Any:
+    from rollwise.controller.context import Context
+
+    bus = EventBus()
+    if not quiet:
+        bus.subscribe(_progress)
+    return Context.open(directory, bus)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except RollwiseError as e:
+        err.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+        raise typer.Exit(int(e.code)) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]: run `rollwise status` to see the state")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def init(directory: DirOpt = Path("."),
+         app_name: Annotated[str, typer.Option("--app", help="Application name.")] = "",
+         run: Annotated[str, typer.Option("--run", help="Command that starts one instance; "
+                                          "{port} is its port.")] = "python3 app.py --port {port}",
+         ) -> None:
+    """Create a commented rollwise.yaml in the project directory."""
+    from rollwise.config.template import render
+
+    path = directory / "rollwise.yaml"
+    if path.exists():
+        err.print(f"[red]error:[/red] {path} exists; not overwritten")
+        raise typer.Exit(int(ExitCode.USAGE))
+    path.write_text(render(app_name or directory.resolve().name.lower(), run))
+    gi = directory / ".gitignore"
+    if ".rollwise/" not in (gi.read_text() if gi.exists() else ""):
+        with gi.open("a") as f:
+            f.write(".rollwise/\n")
+    out.print(f"wrote {path}; next: `rollwise release create --version 1.0.0`")
+
+
+@release_app.command("create")
+def release_create(
+    version: Annotated[str, typer.Option("--version", "-v", help="Semantic version.")],
+    changelog: Annotated[str | None, typer.Option(help="What changed.")] = None,
+    directory: DirOpt = Path("."), as_json: JsonOpt = False,
+) -> None:
+    """Package the app into an immutable, content-addressed release."""
+    from rollwise.controller import ops
+
+    res = _run(lambda: ops.create_release(_ctx(directory), version, changelog))
+    _emit_json(res.data) if as_json else out.print(res.message)
+
+
+@release_app.command("list")
+def release_list(directory: DirOpt = Path("."), as_json: JsonOpt = False,
+                 all_: Annotated[bool, typer.Option("--all", help="Include pruned.")] = False,
+                 ) -> None:
+    """List releases, newest last, with each environment's marks."""
+    from rollwise.store import repo
+
+    def go() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        ctx = _ctx(directory, quiet=True)
+        rels = repo.list_releases(ctx.engine, include_pruned=all_)
+        lives = {s["live_version"]: s["env"] for s in repo.all_env_states(ctx.engine)}
+        marks: dict[str, list[str]] = {}
+        for m in repo.get_marks(ctx.engine):
+            marks.setdefault(m["version"], []).append(f"{m['env']}:{m['mark']}")
+        return rels, {"lives": lives, "marks": marks}
+
+    rels, extra = _run(go)
+    if as_json:
+        _emit_json(rels)
+        return
+    for r in rels:
+        live = f" [green]live in {extra['lives'][r['version']]}[/green]" \
+            if r["version"] in extra["lives"] else ""
+        pruned = " [dim](pruned)[/dim]" if r["pruned"] else ""
+        commit = (r["git_commit"] or "-")[:12]
+        out.print(f"{r['version']:<12} {r['sha256'][:12]} commit {commit:<12} "
+                  f"{' '.join(extra['marks'].get(r['version'], []))}{live}{pruned}")
+
+
+@app.command()
+def deploy(version: Annotated[str, typer.Argument(help="Release version to deploy.")],
+           env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = Path("."),
+           as_json: JsonOpt = False) -> None:
+    """Start the release beside the live one, check it, switch traffic, stop the old one."""
+    from rollwise.controller import ops
+
+    res = _run(lambda: ops.deploy(_ctx(directory), env, version, lock_wait=lock_wait))
+    _emit_json(res.data) if as_json else out.print(res.message)
+
+
+@app.command()
+def rollback(
+    to: Annotated[str | None, typer.Option("--to", help="Release to go back to (default: the "
+                                           "last known-good one).")] = None,
+    env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what changes.")] = False,
+    directory: DirOpt = Path("."), as_json: JsonOpt = False,
+) -> None:
+    """Put a previous release back; the release left is marked bad."""
+    from rollwise.controller import ops
+
+    def go() -> ops.Outcome:
+        ctx = _ctx(directory)
+        live, target = ops.rollback_plan(ctx, env, to)
+        if target is not None and not as_json:
+            err.print(f"rollback of {env}:")
+            for row in ops.describe_change(live, target):
+                err.print(f"  {row}")
+        if dry_run:
+            return ops.Outcome("dry run: nothing changed", changed=False)
+        return ops.rollback(ctx, env, to, lock_wait)
+
+    res = _run(go)
+    _emit_json(res.data | {"message": res.message}) if as_json else out.print(res.message)
+
+
+@app.command()
+def abort(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
+    """Stop the deployment in progress; the old release keeps serving."""
+    from rollwise.controller import ops
+
+    out.print(_run(lambda: ops.abort(_ctx(directory), env)).message)
+
+
+@app.command()
+def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
+           directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """What serves each environment; finishes or undoes an interrupted deployment."""
+    from rollwise.controller import ops
+
+    data = _run(lambda: ops.status(_ctx(directory), env))
+    if as_json:
+        _emit_json(data)
+        return
+    for name, s in data["environments"].items():
+        out.print(f"[bold]{name}[/bold]: {s['live_version'] or 'nothing deployed'} "
+                  f"on {s['router']} (agent {s['agent']})")
+        if s["recovered"]:
+            out.print(f"  [yellow]recovered:[/yellow] {s['recovered']}")
+        for i in s["instances"]:
+            w = s["weights"].get(i["name"], 0)
+            out.print(f"  {i['name']} port {i['port']} weight {w} "
+                      f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}")
+        if s["lock"]:
+            out.print(f"  locked by {s['lock']['holder']} (token {s['lock']['token']})")
+        if s["in_progress"]:
+            p = s["in_progress"]
+            out.print(f"  in progress: {p['kind']} {p['id']} to {p['to']}, done "
+                      f"{', '.join(p['steps_done']) or 'nothing'}; if interrupted: "
+                      f"{p['on_recovery']}")
+        if last := s["last_deployment"]:
+            out.print(f"  last: {last['kind']} {last['id']} {last['from_version'] or '-'} -> "
+                      f"{last['to_version']} {last['status']}"
+                      + (f" ({last['reason']})" if last["reason"] else ""))
+
+
+@app.command()
+def history(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
+            limit: Annotated[int, typer.Option(help="How many.")] = 20,
+            directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Deployments and rollbacks, newest first."""
+    from rollwise.controller import ops
+
+    rows = _run(lambda: ops.history(_ctx(directory, quiet=True), env, limit))
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        out.print(f"{r['id']:>4} {r['env']:<8} {r['kind']:<8} {r['from_version'] or '-':>10} "
+                  f"-> {r['to_version']:<10} {r['status']:<11} {r['actor']} "
+                  f"{r['reason'] or ''}")
+
+
+@audit_app.command("verify")
+def audit_verify(directory: DirOpt = Path(".")) -> None:
+    """Check the hash chain; name the first changed, removed or reordered event."""
+    res = _run(lambda: audit.verify(_ctx(directory, quiet=True).engine))
+    if not res.ok:
+        err.print(f"[red]audit log tampered:[/red] {res.problem} "
+                  f"(first bad event: {res.first_bad_seq}; {res.count} events before it ok)")
+        raise typer.Exit(int(ExitCode.INTEGRITY))
+    out.print(f"audit log ok: {res.count} events, chain intact")
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="File (default: stdout).")] = None,
+    directory: DirOpt = Path("."),
+) -> None:
+    """Write every event as JSON lines."""
+    engine = _run(lambda: _ctx(directory, quiet=True).engine)
+    if output is None:
+        audit.export(engine, sys.stdout)
+        return
+    with output.open("w") as f:
+        n = audit.export(engine, f)
+    err.print(f"wrote {n} events to {output}")
+
+
+@secrets_app.command("keygen")
+def secrets_keygen() -> None:
+    """Print a new key; export it as ROLLWISE_SECRETS_KEY (keep it out of the repo)."""
+    from rollwise import secrets
+
+    out.print(secrets.new_key())
+
+
+@secrets_app.command("set")
+def secrets_set(name: str, env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
+    """Store a secret's value (read from stdin) in the environment's encrypted file."""
+    from rollwise import secrets
+
+    def go() -> Path:
+        ctx = _ctx(directory, quiet=True)
+        ctx.env(env)
+        value = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else \
+            typer.prompt(f"value of {name}", hide_input=True)
+        path = secrets.secrets_file(ctx.state_dir, env)
+        secrets.write_file(path, secrets.read_file(path) | {name: secrets.Secret(value)})
+        ctx.emit("secret", reasons.OK, env=env, data={"name": name})
+        return path
+
+    out.print(f"stored {name} in {_run(go)}")
+
+
+@secrets_app.command("list")
+def secrets_list(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
+    """Names of stored secrets (never values)."""
+    from rollwise import secrets
+
+    def go() -> list[str]:
+        ctx = _ctx(directory, quiet=True)
+        return sorted(secrets.read_file(secrets.secrets_file(ctx.state_dir, env)))
+
+    for n in _run(go):
+        out.print(n)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of rollwise.yaml (for editors)."""
+    from rollwise.config.schema import ProjectConfig
+
+    _emit_json(ProjectConfig.model_json_schema())
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print the Markdown reference of rollwise.yaml (docs/config.md)."""
+    from rollwise.config.reference import markdown
+
+    sys.stdout.write(markdown())
+
+
+@config_app.command("check")
+def config_check(directory: DirOpt = Path(".")) -> None:
+    """Validate rollwise.yaml."""
+    from rollwise.config import find_config, load_config
+
+    cfg = _run(lambda: load_config(find_config(directory)))
+    out.print(f"ok: app {cfg.app}, environments {', '.join(cfg.environments)}")
+
+
+@agent_app.command("run", hidden=True)
+def agent_run(env_dir: Annotated[str, typer.Option()],
+              listen: Annotated[str | None, typer.Option()] = None) -> None:
+    """Run an agent in the foreground (rollwise starts it for you)."""
+    from rollwise.agent.server import main as agent_main
+
+    agent_main(env_dir, listen)
+
+
+@agent_app.command("stop")
+def agent_stop(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
+    """Stop the environment's agent and its instances (they come back on the next command)."""
+    from rollwise.agent.client import AgentClient
+
+    def go() -> str:
+        ctx = _ctx(directory, quiet=True)
+        client = AgentClient(ctx.env_dir(env), env)
+        if client.alive() is None:
+            return f"{env}: agent not running"
+        client.call("shutdown")
+        return f"{env}: agent stopping"
+
+    out.print(_run(go))
+
+
+@app.command()
+def demo(as_json: JsonOpt = False,
+         example: Annotated[Path, typer.Option(help="Example app to deploy.")] = Path(
+             "examples/order-sync"),
+         rate: Annotated[float, typer.Option(help="Load, requests per second.")] = 250.0,
+         ) -> None:
+    """Deploy the example order-sync service, switch under load, roll back; print a report."""
+    from rollwise.demo import run_demo
+
+    report = _run(lambda: run_demo(example, rate, log=None if as_json else err.print))
+    if as_json:
+        _emit_json(report)
+    else:
+        from rollwise.demo import render
+
+        out.print(render(report))
+    if report["requests_failed"]:
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
+def main() -> None:
+    app()

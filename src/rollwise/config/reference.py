@@ -1,0 +1,57 @@
+"""docs/config.md, generated from the schema's field descriptions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from rollwise.config.schema import ProjectConfig
+
+
+def markdown() -> str:
+    lines = ["# rollwise.yaml reference", "",
+             "Generated from the schema by `rollwise config docs`; "
+             "`rollwise config schema` prints the JSON Schema for editors.", ""]
+    _model(ProjectConfig, "", lines)
+    return "\n".join(lines) + "\n"
+
+
+def _model(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    lines += [f"## `{prefix or '(top level)'}`", "", "| key | type | default | meaning |",
+              "|---|---|---|---|"]
+    nested: list[tuple[type[BaseModel], str]] = []
+    for name, f in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        ann = f.annotation
+        sub = _submodel(ann)
+        if sub is not None:
+            nested.append((sub, key + (".<name>" if "dict" in str(ann) else "")))
+        lines.append(f"| `{name}` | {_type(ann)} | {_default(f)} | {f.description or ''} |")
+    lines.append("")
+    for sub, key in nested:
+        _model(sub, key, lines)
+
+
+def _submodel(ann: Any) -> type[BaseModel] | None:
+    for a in (ann, *getattr(ann, "__args__", ())):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _type(ann: Any) -> str:
+    text = getattr(ann, "__name__", None) if not getattr(ann, "__args__", None) else None
+    return f"`{text or str(ann).replace('typing.', '')}`".replace("|", "\\|")
+
+
+def _default(f: Any) -> str:
+    if f.is_required():
+        return "required"
+    if f.default_factory is not None:
+        value = f.default_factory()
+        return "see below" if isinstance(value, BaseModel) or (
+            isinstance(value, dict) and value and isinstance(
+                next(iter(value.values())), BaseModel)) else f"`{value}`"
+    return "" if f.default is PydanticUndefined else f"`{f.default}`"

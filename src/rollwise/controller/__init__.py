@@ -1,0 +1,1 @@
+"""The controller: plans, one journaled state machine, recovery, rollback."""

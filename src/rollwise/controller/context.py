@@ -1,0 +1,82 @@
+"""The explicit context every operation receives: config, paths, store, event bus, actor."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from rollwise import audit
+from rollwise.audit import Event
+from rollwise.config import ProjectConfig, find_config, load_config
+from rollwise.config.schema import EnvironmentConfig
+from rollwise.errors import ConfigError
+from rollwise.events import EventBus
+from rollwise.store.db import default_url, open_engine
+from rollwise.targets import Target, make_target
+from rollwise.traffic import TrafficRouter, make_router
+
+STATE_DIR = ".rollwise"
+
+
+@dataclass
+class Context:
+    root: Path
+    config_path: Path
+    config: ProjectConfig
+    state_dir: Path
+    engine: Engine
+    bus: EventBus
+    actor: str
+
+    @classmethod
+    def open(cls, start: Path, bus: EventBus | None = None) -> Context:
+        config_path = find_config(start)
+        config = load_config(config_path)
+        root = config_path.parent
+        state_dir = root / STATE_DIR
+        state_dir.mkdir(exist_ok=True)
+        engine = open_engine(default_url(state_dir))
+        bus = bus or EventBus()
+        bus.subscribe(lambda ev: audit.append(engine, ev))
+        return cls(root, config_path, config, state_dir, engine, bus, actor())
+
+    def env(self, name: str) -> EnvironmentConfig:
+        try:
+            return self.config.environments[name]
+        except KeyError:
+            known = ", ".join(self.config.environments)
+            raise ConfigError(f"unknown environment {name!r}", where=str(self.config_path),
+                              hint=f"environments in this file: {known}") from None
+
+    def env_dir(self, name: str) -> Path:
+        return self.state_dir / "envs" / name
+
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    def target(self, name: str) -> Target:
+        return make_target(self.env(name), self.env_dir(name), name)
+
+    def router(self, name: str) -> TrafficRouter:
+        return make_router(self.env(name).router, self.env_dir(name), name)
+
+    def config_sha256(self) -> str:
+        return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+
+    def emit(self, action: str, outcome: str, **kw: object) -> None:
+        self.bus.emit(Event(action=action, outcome=outcome, actor=self.actor, **kw))  # type: ignore[arg-type]
+
+
+def actor() -> str:
+    """Who acts: ROLLWISE_ACTOR (set it in CI), else the login name."""
+    if a := os.environ.get("ROLLWISE_ACTOR"):
+        return a
+    try:
+        return getpass.getuser()
+    except OSError:
+        return str(os.getuid())

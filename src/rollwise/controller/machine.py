@@ -1,0 +1,228 @@
+"""One state machine for deploys and rollbacks: each step journaled before and after it runs.
+
+A step is idempotent. After a crash, the next command finds the deployment: if traffic was
+already switched it resumes the remaining steps, otherwise it puts traffic back on the old
+instances and stops the new ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from rollwise import artifacts, reasons, secrets
+from rollwise import domain as d
+from rollwise.controller.context import Context
+from rollwise.controller.lock import Lease
+from rollwise.errors import RollwiseError
+from rollwise.store import repo
+from rollwise.traffic import Backend
+
+FAILPOINT_ENV = "ROLLWISE_FAILPOINT"
+ABORT_REQUESTED = "abort requested"
+
+
+class Aborted(RollwiseError):
+    pass
+
+
+def failpoint(step: str, where: str) -> None:
+    """Fault injection for crash tests: ROLLWISE_FAILPOINT=<step>:<before|after> kills this
+    process with SIGKILL at that point."""
+    if os.environ.get(FAILPOINT_ENV) == f"{step}:{where}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
+    """Run the steps not yet done; on failure undo what must be undone. Returns the status."""
+    done = repo.done_steps(ctx.engine, dep_id)
+    for step in plan.steps:
+        if step in done:
+            continue
+        try:
+            if repo.get_deployment(ctx.engine, dep_id)["reason"] == ABORT_REQUESTED:
+                raise Aborted("aborted by request", where=f"before step {step}")
+            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "started")
+            ctx.emit("step", "started", env=plan.env, version=plan.to_version,
+                     data={"deployment": dep_id, "step": step})
+            failpoint(step, "before")
+            data = run_step(ctx, plan, step)
+            failpoint(step, "after")
+            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "done", data)
+            ctx.emit("step", reasons.OK, env=plan.env, version=plan.to_version,
+                     data={"deployment": dep_id, "step": step, **data})
+            done.add(step)
+        except Exception as e:
+            switched = d.SWITCH in done
+            reason = f"step {step}: {e}"
+            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "failed",
+                               {"error": str(e)})
+            ctx.emit("step", reasons.ERROR, env=plan.env, version=plan.to_version,
+                     reason=reason, data={"deployment": dep_id, "step": step})
+            status = undo(ctx, dep_id, plan, lease, switched=switched, reason=reason,
+                          blame_new=not isinstance(e, Aborted))
+            if isinstance(e, RollwiseError):
+                e.message = f"{e.message}\n(deployment {dep_id} {status})"
+                raise
+            raise RollwiseError(f"{reason} (deployment {dep_id} {status})") from e
+    return reasons.SUCCEEDED
+
+
+def _instance_env(ctx: Context, plan: d.Plan) -> dict[str, str | secrets.Secret]:
+    env_cfg = ctx.env(plan.env)
+    values: dict[str, str | secrets.Secret] = {**ctx.config.run.env, **env_cfg.env}
+    values |= secrets.resolve(env_cfg.secrets, ctx.state_dir, plan.env)
+    shared = ctx.env_dir(plan.env) / "shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    values |= {"ROLLWISE_ENV": plan.env, "ROLLWISE_VERSION": plan.to_version,
+               "ROLLWISE_SHARED_DIR": str(shared)}
+    return values
+
+
+def _release_dir(ctx: Context, plan: d.Plan) -> Path:
+    return ctx.env_dir(plan.env) / "releases" / plan.to_version
+
+
+def _hooks(ctx: Context, plan: d.Plan, commands: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "ROLLWISE_ENV": plan.env, "ROLLWISE_VERSION": plan.to_version,
+           "ROLLWISE_PREVIOUS_VERSION": plan.from_version or ""}
+    for cmd in commands:
+        proc = subprocess.run(cmd, shell=True, cwd=_release_dir(ctx, plan), env=env,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RollwiseError(f"hook exited with {proc.returncode}: {cmd}",
+                                where="hooks", hint="\n".join(tail))
+    return {"hooks": len(commands)}
+
+
+def run_step(ctx: Context, plan: d.Plan, step: str) -> dict[str, Any]:
+    target, cfg = ctx.target(plan.env), ctx.config
+    if step == d.VERIFY:
+        artifacts.verify(ctx.artifacts_dir(), plan.sha256, plan.to_version)
+        return {"sha256": plan.sha256}
+    if step == d.UNPACK:
+        path = artifacts.artifact_path(ctx.artifacts_dir(), plan.sha256)
+        return {"dir": str(target.prepare(path, plan.sha256, plan.to_version))}
+    if step == d.PRE_HOOKS:
+        return _hooks(ctx, plan, cfg.hooks.pre_deploy)
+    if step == d.POST_HOOKS:
+        return _hooks(ctx, plan, cfg.hooks.post_deploy)
+    if step == d.START:
+        target.ensure()
+        env = _instance_env(ctx, plan)
+        for i in plan.new:
+            target.start(i.name, i.version, _release_dir(ctx, plan), i.port, cfg.run.command, env)
+        return {"instances": [i.name for i in plan.new]}
+    if step == d.HEALTH:
+        t0 = time.monotonic()
+        for i in plan.new:
+            target.wait_ready(i.name, i.port, cfg.health)
+        return {"ready_ms": round((time.monotonic() - t0) * 1000, 1)}
+    if step == d.SWITCH:
+        return switch(ctx, plan.env, plan.new)
+    if step == d.DRAIN:
+        router = ctx.router(plan.env)
+        left = {i.name: router.drain(i.name, cfg.stop.drain_timeout_s) for i in plan.old}
+        return {"inflight_left": left}
+    if step == d.STOP_OLD:
+        stop(ctx, plan.env, plan.old)
+        return {"stopped": [i.name for i in plan.old]}
+    if step == d.FINALIZE:
+        finalize(ctx, plan)
+        return {"live": plan.to_version}
+    raise RollwiseError(f"unknown step {step!r}")
+
+
+def switch(ctx: Context, env: str, to: tuple[d.InstancePlan, ...]) -> dict[str, Any]:
+    """Send all new requests to `to`, then read the weights back to verify."""
+    router = ctx.router(env)
+    router.register([Backend(i.name, i.version, "127.0.0.1", i.port) for i in to])
+    want = {i.name: 1 for i in to}
+    t0 = time.perf_counter()
+    router.set_weights(want)
+    ms = (time.perf_counter() - t0) * 1000
+    got = {k: v for k, v in router.weights().items() if v > 0}
+    if got != want:
+        raise RollwiseError(f"router did not apply the weights: want {want}, has {got}",
+                            where=f"router of {env}")
+    ctx.emit("switch", reasons.OK, env=env, version=to[0].version if to else None,
+             data={"switch_ms": round(ms, 3), "to": list(want)})
+    return {"switch_ms": round(ms, 3)}
+
+
+def stop(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...]) -> None:
+    target, router = ctx.target(env), ctx.router(env)
+    for i in instances:
+        router.remove(i.name)
+        target.stop(i.name, ctx.config.stop.grace_s)
+
+
+def finalize(ctx: Context, plan: d.Plan) -> None:
+    with ctx.engine.begin() as conn:
+        repo.set_env_state(conn, plan.env, plan.to_version, [vars(i) for i in plan.new])
+        repo.set_mark(conn, plan.env, plan.to_version, reasons.GOOD, "passed its checks")
+        if plan.kind == d.ROLLBACK and plan.from_version and \
+                plan.from_version != plan.to_version:
+            repo.set_mark(conn, plan.env, plan.from_version, reasons.BAD,
+                          reasons.ROLLED_BACK_BY_USER)
+
+
+def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: bool,
+         reason: str, blame_new: bool) -> str:
+    """Traffic back on the old instances first, then stop the new ones."""
+    repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "started")
+    if plan.old or not switched:
+        if plan.old:
+            switch(ctx, plan.env, plan.old)
+        stop(ctx, plan.env, plan.new)
+        status = reasons.ROLLED_BACK if switched else (
+            reasons.FAILED if blame_new else reasons.ABORTED)
+    else:  # first release of the environment: nothing to go back to, keep it serving
+        finalize(ctx, plan)
+        status = reasons.FAILED
+    with ctx.engine.begin() as conn:
+        repo.fence(conn, plan.env, lease.token)
+        repo.set_status(conn, dep_id, status, reason)
+        if blame_new and (plan.old or not switched):
+            repo.set_mark(conn, plan.env, plan.to_version, reasons.BAD, reason)
+    repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "done",
+                       {"status": status})
+    ctx.emit(plan.kind, status, env=plan.env, version=plan.to_version, reason=reason,
+             data={"deployment": dep_id, "serving": plan.from_version})
+    return status
+
+
+def recover(ctx: Context, env: str, lease: Lease) -> str | None:
+    """Under the lock: finish or undo a deployment whose process died. Says what it did."""
+    dep = repo.active_deployment(ctx.engine, env)
+    if dep is None and repo.env_state(ctx.engine, env)["live_version"]:
+        ctx.target(env).ensure()  # an agent that died comes back with its instances
+    if dep is None:
+        return None
+    plan = d.Plan.from_dict(dep["plan"])
+    if d.SWITCH in repo.done_steps(ctx.engine, dep["id"]):
+        ctx.emit("recover", "resume", env=env, version=plan.to_version,
+                 reason=reasons.INTERRUPTED_AFTER_SWITCH, data={"deployment": dep["id"]})
+        run_plan(ctx, dep["id"], plan, lease)
+        complete(ctx, dep["id"], plan, lease)
+        return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
+                "after the switch; resumed and completed it")
+    ctx.target(env).ensure()
+    undo(ctx, dep["id"], plan, lease, switched=False,
+         reason=reasons.INTERRUPTED_BEFORE_SWITCH, blame_new=False)
+    serving = plan.from_version or "nothing"
+    return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
+            f"before the switch; rolled it back, {serving} keeps serving")
+
+
+def complete(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> None:
+    with ctx.engine.begin() as conn:
+        repo.fence(conn, plan.env, lease.token)
+        repo.set_status(conn, dep_id, reasons.SUCCEEDED, None)
+    ctx.emit(plan.kind, reasons.SUCCEEDED, env=plan.env, version=plan.to_version,
+             data={"deployment": dep_id, "from": plan.from_version})

@@ -1,0 +1,94 @@
+"""Secrets: read from the environment or an encrypted file, redacted whenever printed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from rollwise.errors import ConfigError, IntegrityError
+
+KEY_ENV = "ROLLWISE_SECRETS_KEY"
+PREFIX = "ROLLWISE_SECRET_"
+
+
+class Secret:
+    """A value that never shows itself in str(), repr(), logs or the audit log."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def secrets_file(state_dir: Path, env: str) -> Path:
+    return state_dir / "secrets" / f"{env}.enc"
+
+
+def _fernet() -> Fernet:
+    key = os.environ.get(KEY_ENV)
+    if not key:
+        raise ConfigError(f"{KEY_ENV} is not set",
+                          hint="create a key with `rollwise secrets keygen` and export it")
+    try:
+        return Fernet(key.encode())
+    except ValueError as e:
+        raise ConfigError(f"{KEY_ENV} is not a valid key: {e}",
+                          hint="create one with `rollwise secrets keygen`") from e
+
+
+def new_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+def read_file(path: Path) -> dict[str, Secret]:
+    if not path.exists():
+        return {}
+    try:
+        plain = _fernet().decrypt(path.read_bytes())
+    except InvalidToken as e:
+        raise IntegrityError("cannot decrypt: wrong key or damaged file", where=str(path),
+                             hint=f"export the {KEY_ENV} this file was written with") from e
+    return {k: Secret(v) for k, v in json.loads(plain).items()}
+
+
+def write_file(path: Path, values: dict[str, Secret]) -> None:
+    token = _fernet().encrypt(json.dumps({k: v.reveal() for k, v in values.items()}).encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(token)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def resolve(names: list[str], state_dir: Path, env: str) -> dict[str, Secret]:
+    """Each named secret: `ROLLWISE_SECRET_<NAME>` first, then the encrypted file."""
+    found = {n: Secret(os.environ[PREFIX + n]) for n in names if PREFIX + n in os.environ}
+    missing = [n for n in names if n not in found]
+    if missing:
+        stored = read_file(secrets_file(state_dir, env)) if secrets_file(
+            state_dir, env).exists() else {}
+        found |= {n: stored[n] for n in missing if n in stored}
+    if still := [n for n in names if n not in found]:
+        raise ConfigError(
+            f"secret(s) {', '.join(still)} for environment {env!r} have no value",
+            hint=f"export {PREFIX}{still[0]}=... or run `rollwise secrets set {still[0]} "
+            f"--env {env}`",
+        )
+    return found
