@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
@@ -46,6 +46,15 @@ def digest(prev_hash: str, row: dict[str, Any]) -> str:
     body["ts"] = repr(float(body["ts"]))
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(f"{prev_hash}\n{canon}".encode()).hexdigest()
+
+
+def recorder(engine: Engine) -> Callable[[Event], None]:
+    """An event-bus subscriber that appends every event to the chain."""
+
+    def record(ev: Event) -> None:
+        append(engine, ev)
+
+    return record
 
 
 def append(engine: Engine, ev: Event) -> int:

@@ -88,7 +88,8 @@ def run_demo(example: Path, rate: float, log: Log = None, hold_s: float = 3.0
     report = {
         **summary,
         "versions": ["1.0.0", "1.1.0", "1.0.0"],
-        "switch_ms": round(loadgen.traffic_moved_ms(results, deploy_at, deploy_ms, "1.0.0", back_at), 2),
+        "switch_ms": round(
+            loadgen.traffic_moved_ms(results, deploy_at, deploy_ms, "1.0.0", back_at), 2),
         "rollback_ms": round(rollback_ms, 1),
         "rollback_traffic_ms": round(
             loadgen.traffic_moved_ms(results, back_at, back_ms, "1.1.0"), 2),

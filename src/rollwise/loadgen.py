@@ -87,7 +87,7 @@ class Load:
             reader, writer = conn
             writer.write(head.encode() + body)
             status, version, keep = await asyncio.wait_for(_response(reader), 10)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             if conn:
                 conn[1].close()
             return None, Result(sent, (time.perf_counter() - t0) * 1000, 0, "")

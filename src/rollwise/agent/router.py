@@ -215,7 +215,7 @@ class Router:
             up.inflight += 1
             try:
                 return await self._exchange(up, req, body, writer)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 writer.write(_error(504, "upstream timed out"))
                 await writer.drain()
                 return 504, False
@@ -239,14 +239,14 @@ class Router:
         try:
             if conn is None:
                 conn = await asyncio.wait_for(asyncio.open_connection(up.host, up.port), 5)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise UpstreamFailed(f"connect: {e}") from e
         ur, uw = conn
         try:
             uw.write(req.raw + body if body else req.raw)
             await uw.drain()
             raw = await asyncio.wait_for(ur.readuntil(b"\r\n\r\n"), UPSTREAM_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             uw.close()
             raise
         except (OSError, asyncio.IncompleteReadError) as e:
@@ -286,7 +286,8 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: i
 
 
 def _error(status: int, text: str) -> bytes:
-    reason = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}.get(status, "Error")
+    reason = {502: "Bad Gateway", 503: "Service Unavailable",
+              504: "Gateway Timeout"}.get(status, "Error")
     body = f"rollwise router: {text}\n".encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
             f"content-length: {len(body)}\r\nx-rollwise-router: 1\r\n\r\n").encode() + body

@@ -136,11 +136,12 @@ def main(env_dir: str, listen: str | None) -> None:
     agent = Agent(Path(env_dir), addr)
     try:
         import uvloop
-        runner: Callable[[Awaitable[None]], None] = uvloop.run
+
+        uvloop.install()
     except ImportError:
-        runner = asyncio.run
+        pass
     try:
-        runner(agent.run())
+        asyncio.run(agent.run())
     except OSError as e:
         print(f"agent failed: {e}", file=sys.stderr, flush=True)
         sys.exit(3)

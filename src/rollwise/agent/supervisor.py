@@ -102,7 +102,7 @@ class Supervisor:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _signal_group(proc.pid, signal.SIGKILL)
                 await proc.wait()
         if inst.task:

@@ -42,7 +42,7 @@ class Context:
         state_dir.mkdir(exist_ok=True)
         engine = open_engine(default_url(state_dir))
         bus = bus or EventBus()
-        bus.subscribe(lambda ev: audit.append(engine, ev))
+        bus.subscribe(audit.recorder(engine))
         return cls(root, config_path, config, state_dir, engine, bus, actor())
 
     def env(self, name: str) -> EnvironmentConfig:

@@ -9,9 +9,9 @@ from typing import Any
 
 from rollwise import artifacts, reasons
 from rollwise import domain as d
+from rollwise.agent.client import AgentClient
 from rollwise.controller import machine
 from rollwise.controller.context import Context
-from rollwise.agent.client import AgentClient
 from rollwise.controller.lock import Lease, current, holder_id, lease_if_free
 from rollwise.errors import NotFound, RollwiseError
 from rollwise.store import repo
@@ -161,7 +161,7 @@ def describe_change(live: dict[str, Any] | None, target: dict[str, Any]) -> list
 
 
 def rollback(ctx: Context, env: str, to: str | None, lock_wait: float = 0.0) -> Outcome:
-    live, target = rollback_plan(ctx, env, to)
+    _, target = rollback_plan(ctx, env, to)
     if target is None:
         ctx.emit(d.ROLLBACK, reasons.NOOP, env=env, reason=reasons.NOTHING_IN_PROGRESS)
         return Outcome(f"{env}: no earlier known-good release to roll back to; nothing done",

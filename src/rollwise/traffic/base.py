@@ -49,7 +49,7 @@ def make_router(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
     if cfg.type == "haproxy":
         from rollwise.traffic.haproxy import HAProxyRouter
 
-        return HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots)
+        return HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots, env_dir)
     from rollwise.traffic.caddy import CaddyRouter
 
-    return CaddyRouter(str(cfg.admin), cfg.backend)
+    return CaddyRouter(str(cfg.admin), cfg.backend, env_dir)
