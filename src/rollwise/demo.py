@@ -32,7 +32,8 @@ def _free_port() -> int:
         return port
 
 
-def _prepare(example: Path, work: Path) -> Path:
+def prepare_example(example: Path, work: Path) -> Path:
+    """A copy of the example project in `work`, its router on a free loopback port."""
     if not (example / "rollwise.yaml").is_file():
         raise NotFound(f"no example app at {example.resolve()}",
                        hint="run from the repository root or pass --example PATH")
@@ -57,7 +58,7 @@ def run_demo(example: Path, rate: float, log: Log = None, hold_s: float = 3.0
 
     bus = EventBus()
     bus.subscribe(on_switch)
-    project = _prepare(example, work)
+    project = prepare_example(example, work)
     ctx = Context.open(project, bus)
     listen = ctx.env(ENV).router
     try:

@@ -7,6 +7,7 @@ sent, how it ended and which version answered (the `x-version` response header).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -73,7 +74,7 @@ class Load:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         if conn:
-            conn[1].close()
+            await _close(conn[1])
 
     async def _request(self, conn: Any, n: int) -> tuple[Any, Result]:
         body = json.dumps({"id": f"o-{time.time_ns()}-{n}", "sku": "SKU-1", "qty": 1}).encode()
@@ -92,9 +93,15 @@ class Load:
                 conn[1].close()
             return None, Result(sent, (time.perf_counter() - t0) * 1000, 0, "")
         if not keep:
-            writer.close()
+            await _close(writer)
             conn = None
         return conn, Result(sent, (time.perf_counter() - t0) * 1000, status, version)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, str, bool]:

@@ -60,22 +60,26 @@ class AgentClient:
         cmd = [sys.executable, "-m", "rollwise", "agent", "run", "--env-dir", str(self.env_dir)]
         if listen:
             cmd += ["--listen", listen]
-        with log.open("ab") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True, env=os.environ.copy())
+        offset = log.stat().st_size if log.exists() else 0
+        # detach through a shell that exits at once: the agent outlives this process and
+        # is nobody's child to reap here
+        launcher = subprocess.run(
+            ["/bin/sh", "-c", 'exec "$@" </dev/null >>"$0" 2>&1 &', str(log), *cmd],
+            start_new_session=True, env=os.environ.copy(), check=False)
+        if launcher.returncode != 0:
+            raise RollwiseError(f"could not start the agent of {self.env!r}", where=str(log))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if (info := self.alive()) is not None:
                 return info
-            if proc.poll() is not None:
-                raise self._start_error(log, listen)
+            if "agent failed" in (new := _read_from(log, offset)):
+                raise self._start_error(new, listen, log)
             time.sleep(0.05)
-        proc.kill()
         raise RollwiseError(f"agent of environment {self.env!r} did not start in "
                             f"{START_TIMEOUT_S:.0f} s", where=str(log))
 
-    def _start_error(self, log: Path, listen: str | None) -> RollwiseError:
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+    def _start_error(self, output: str, listen: str | None, log: Path) -> RollwiseError:
+        tail = [ln for ln in output.splitlines() if "agent failed" in ln][-1:] or ["?"]
         if "address already in use" in tail[0].lower():
             return ConfigError(
                 f"router address {listen} of environment {self.env!r} is in use by another "
@@ -86,3 +90,12 @@ class AgentClient:
             )
         return RollwiseError(f"agent of environment {self.env!r} failed: {tail[0]}",
                              where=str(log))
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -31,8 +31,8 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

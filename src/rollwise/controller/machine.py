@@ -179,7 +179,10 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
     if plan.old or not switched:
         if plan.old:
             switch(ctx, plan.env, plan.old)
-        stop(ctx, plan.env, plan.new)
+        try:
+            stop(ctx, plan.env, plan.new)
+        except RollwiseError as e:  # nothing to stop where the target never came up
+            ctx.emit("stop", reasons.ERROR, env=plan.env, reason=str(e))
         status = reasons.ROLLED_BACK if switched else (
             reasons.FAILED if blame_new else reasons.ABORTED)
     else:  # first release of the environment: nothing to go back to, keep it serving

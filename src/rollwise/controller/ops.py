@@ -113,6 +113,7 @@ def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
 def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str, Any],
          lease: Lease, recovered: str | None) -> Outcome:
     hooks = ctx.config.hooks
+    ctx.target(env).ensure()  # pre-flight: a busy router port fails here, before any record
     plan = d.plan_deployment(
         env=env, kind=kind, to_version=rel["version"], sha256=rel["sha256"],
         from_version=state["live_version"],

@@ -1,0 +1,38 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help demo test lint bench docs clean
+
+help: ## Show the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP) ## Deploy the example, switch and roll back under load, print a report
+	$(BIN)/rollwise demo
+
+test: $(STAMP) ## Lint, type-check and run every test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: $(STAMP) ## ruff and mypy strict
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench || true
+	$(BIN)/mypy
+
+bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
+	mkdir -p bench/results
+	$(BIN)/python bench/switch.py --out bench/results/switch.json
+
+docs: $(STAMP) ## Regenerate docs/config.md from the schema
+	$(BIN)/rollwise config docs > docs/config.md
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rollwise.agent.client import AgentClient
+from rollwise.demo import prepare_example
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "order-sync"
+
+
+def require(ok: bool, what: str, how: str) -> None:
+    """Fail in CI, skip elsewhere, when a real service the test needs is missing."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI but missing: {how}")
+    pytest.skip(f"{what} missing; to run this test: {how}")
+
+
+def require_binary(name: str, how: str) -> str:
+    path = shutil.which(name) or (shutil.which(name, path=str(Path(sys.executable).parent)))
+    require(path is not None, name, how)
+    return str(path)
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = False,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rollwise", *args, "-C", str(self.root)],
+            capture_output=True, text=True, env={**os.environ, **(env or {})}, input=stdin,
+            timeout=180,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"rollwise {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def write_version(self, v: str) -> None:
+        (self.root / "VERSION").write_text(v + "\n")
+
+    def release(self, *versions: str) -> None:
+        for v in versions:
+            self.write_version(v)
+            self.cli("release", "create", "--version", v, check=True)
+
+    def stop_agents(self) -> None:
+        envs = self.root / ".rollwise" / "envs"
+        for d in envs.iterdir() if envs.exists() else []:
+            client = AgentClient(d, d.name)
+            if client.alive():
+                client.call("shutdown")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    p = Project(prepare_example(EXAMPLE, tmp_path))
+    yield p
+    p.stop_agents()
