@@ -42,8 +42,27 @@ def current(engine: Engine, env: str) -> LockInfo | None:
     return LockInfo(**row) if row else None
 
 
+def holder_dead(holder: str) -> bool:
+    """True when `holder` names a process on this host that no longer exists."""
+    _, _, rest = holder.partition(" pid ")
+    pid, _, host = rest.partition(" on ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def try_acquire(engine: Engine, env: str, holder: str, ttl: float = TTL_S) -> int | None:
-    """The new fencing token, or None when a live lease is held by someone else."""
+    """The new fencing token, or None when a live lease is held by someone else. A lease
+    whose holder is a dead process on this host is taken over at once, not after its TTL."""
+    info = current(engine, env)
+    if info is not None and not info.expired and holder_dead(info.holder):
+        release(engine, env, info.token)
     now = time.time()
     with engine.begin() as conn:
         try:
