@@ -24,6 +24,7 @@ from typing import Any
 
 from rollwise import loadgen
 from rollwise.agent.client import AgentClient
+from rollwise.ports import free_port
 from rollwise.traffic.base import Backend, TrafficRouter
 from rollwise.traffic.builtin import BuiltinRouter
 from rollwise.traffic.caddy import CaddyRouter
@@ -31,12 +32,6 @@ from rollwise.traffic.haproxy import HAProxyRouter
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10) -> None:
@@ -125,7 +120,7 @@ def caddy(work: Path, backends: list[Backend]) -> Iterator[tuple[TrafficRouter, 
     port, admin, d = free_port(), free_port(), work / "caddy"
     d.mkdir()
     handler = {"handler": "reverse_proxy", "@id": "lb",
-               "upstreams": [{"dial": f"{b.host}:{b.port}"} for b in backends],
+               "upstreams": [{"dial": b.address} for b in backends],
                "load_balancing": {"selection_policy": {
                    "policy": "weighted_round_robin", "weights": [1] + [0] * (len(backends) - 1)}}}
     cfg = {"admin": {"listen": f"127.0.0.1:{admin}"}, "logging": {"logs": {"default": {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sqlite3
 import tempfile
 import time
@@ -20,16 +19,10 @@ from rollwise.controller import ops
 from rollwise.controller.context import Context
 from rollwise.errors import NotFound
 from rollwise.events import EventBus
+from rollwise.ports import free_port
 
 ENV = "dev"
 Log = Callable[[str], None] | None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def prepare_example(example: Path, work: Path) -> Path:
@@ -40,7 +33,7 @@ def prepare_example(example: Path, work: Path) -> Path:
     project = work / "order-sync"
     shutil.copytree(example, project, ignore=shutil.ignore_patterns(".rollwise", "*.db*"))
     cfg = yaml.safe_load((project / "rollwise.yaml").read_text())
-    cfg["environments"] = {ENV: {"router": {"listen": f"127.0.0.1:{_free_port()}"}}}
+    cfg["environments"] = {ENV: {"router": {"listen": f"127.0.0.1:{free_port()}"}}}
     (project / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return project
 

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench.switch import HERE, builtin, caddy, free_port, haproxy, measure_switches, process
+from bench.switch import HERE, builtin, caddy, haproxy, measure_switches, process
 
+from rollwise.ports import free_port
 from rollwise.traffic.base import Backend
 from tests.conftest import require
 

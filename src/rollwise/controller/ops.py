@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets as pysecrets
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ from rollwise.controller import machine
 from rollwise.controller.context import Context
 from rollwise.controller.lock import Lease, current, holder_id, lease_if_free
 from rollwise.errors import NotFound, RollwiseError
+from rollwise.ports import free_ports
 from rollwise.store import repo
 
 
@@ -84,17 +84,6 @@ def _release(ctx: Context, version: str, flag: str = "version") -> dict[str, Any
     return rel
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
            lock_wait: float = 0.0) -> Outcome:
     ctx.env(env)
@@ -118,7 +107,7 @@ def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str
         env=env, kind=kind, to_version=rel["version"], sha256=rel["sha256"],
         from_version=state["live_version"],
         old=[d.InstancePlan(**i) for i in state["instances"]],
-        ports=_free_ports(ctx.env(env).instances), suffix=pysecrets.token_hex(3),
+        ports=free_ports(ctx.env(env).instances), suffix=pysecrets.token_hex(3),
         pre_hooks=bool(hooks.pre_deploy), post_hooks=bool(hooks.post_deploy))
     dep_id = repo.create_deployment(ctx.engine, plan.as_dict(), ctx.actor)
     ctx.emit(kind, "started", env=env, version=plan.to_version, git_commit=rel["git_commit"],

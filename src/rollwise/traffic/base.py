@@ -16,6 +16,10 @@ class Backend:
     host: str
     port: int
 
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
 
 class TrafficRouter(Protocol):
     """Where requests go. Weights are relative integers; a weight of 0 takes no new request."""

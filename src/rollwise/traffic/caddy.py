@@ -55,7 +55,7 @@ class CaddyRouter:
 
     def register(self, backends: list[Backend]) -> None:
         cur = self._current()
-        new = {f"{b.host}:{b.port}": 0 for b in backends if f"{b.host}:{b.port}" not in cur}
+        new = {b.address: 0 for b in backends if b.address not in cur}
         if new:
             self._apply(cur | new)
         self.map.add(backends)
@@ -65,12 +65,12 @@ class CaddyRouter:
         unknown = set(weights) - set(known)
         if unknown:
             raise KeyError(f"backend(s) not registered with Caddy: {sorted(unknown)}")
-        want = {f"{b.host}:{b.port}": weights.get(n, 0) for n, b in known.items()}
+        want = {b.address: weights.get(n, 0) for n, b in known.items()}
         self._apply({d: want.get(d, 0) for d in self._current()} | want)
 
     def weights(self) -> dict[str, int]:
         cur = self._current()
-        return {n: cur.get(f"{b.host}:{b.port}", 0) for n, b in self.map.load().items()}
+        return {n: cur.get(b.address, 0) for n, b in self.map.load().items()}
 
     def _inflight(self, dial: str) -> int:
         ups = self._req("GET", "/reverse_proxy/upstreams") or []
@@ -79,14 +79,14 @@ class CaddyRouter:
     def drain(self, name: str, timeout: float) -> int:
         b = self.map.get(name)
         deadline = time.monotonic() + timeout
-        while (n := self._inflight(f"{b.host}:{b.port}")) and time.monotonic() < deadline:
+        while (n := self._inflight(b.address)) and time.monotonic() < deadline:
             time.sleep(0.05)
         return n
 
     def remove(self, name: str) -> None:
         known = self.map.load()
         if name in known:
-            dial = f"{known[name].host}:{known[name].port}"
+            dial = known[name].address
             rest = {d: w for d, w in self._current().items() if d != dial}
             if rest and any(rest.values()):
                 self._apply(rest)
@@ -95,5 +95,5 @@ class CaddyRouter:
     def metrics(self) -> dict[str, Any]:
         """Caddy's admin API has no per-upstream counts; in-flight requests only."""
         known = self.map.load()
-        return {"versions": {}, "inflight": {n: self._inflight(f"{b.host}:{b.port}")
+        return {"versions": {}, "inflight": {n: self._inflight(b.address)
                                              for n, b in known.items()}}

@@ -59,8 +59,7 @@ class HAProxyRouter:
         return {r["svname"]: r for r in rows if r.get("pxname") == self.backend}
 
     def _slot_of(self, b: Backend, stat: dict[str, dict[str, str]]) -> str | None:
-        return next((s for s in self.slots if stat.get(s, {}).get("addr") ==
-                     f"{b.host}:{b.port}"), None)
+        return next((s for s in self.slots if stat.get(s, {}).get("addr") == b.address), None)
 
     def register(self, backends: list[Backend]) -> None:
         stat = self.stat()
@@ -77,7 +76,7 @@ class HAProxyRouter:
                 raise RollwiseError(f"HAProxy backend {self.backend!r} has no free slot for "
                                     f"{b.name}", hint="add a server to router.slots")
             self.run(commands_point(self.backend, free, b.host, b.port))
-            stat[free]["weight"], stat[free]["addr"] = "-", f"{b.host}:{b.port}"
+            stat[free]["weight"], stat[free]["addr"] = "-", b.address
         self.map.add(backends)
 
     def set_weights(self, weights: dict[str, int]) -> None:
