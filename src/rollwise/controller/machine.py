@@ -203,8 +203,9 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
 def recover(ctx: Context, env: str, lease: Lease) -> str | None:
     """Under the lock: finish or undo a deployment whose process died. Says what it did."""
     dep = repo.active_deployment(ctx.engine, env)
-    if dep is None and repo.env_state(ctx.engine, env)["live_version"]:
-        ctx.target(env).ensure()  # an agent that died comes back with its instances
+    if dep is None and not repo.env_state(ctx.engine, env)["live_version"]:
+        return None
+    ctx.target(env).ensure()  # an agent that died comes back with its instances
     if dep is None:
         return None
     plan = d.Plan.from_dict(dep["plan"])
@@ -215,7 +216,6 @@ def recover(ctx: Context, env: str, lease: Lease) -> str | None:
         complete(ctx, dep["id"], plan, lease)
         return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
                 "after the switch; resumed and completed it")
-    ctx.target(env).ensure()
     undo(ctx, dep["id"], plan, lease, switched=False,
          reason=reasons.INTERRUPTED_BEFORE_SWITCH, blame_new=False)
     serving = plan.from_version or "nothing"

@@ -192,6 +192,7 @@ def _env_status(ctx: Context, env: str, recovered: str | None) -> dict[str, Any]
     state = repo.env_state(ctx.engine, env)
     lock = current(ctx.engine, env)
     dep = repo.active_deployment(ctx.engine, env)
+    done = sorted(repo.done_steps(ctx.engine, dep["id"])) if dep else []
     last = repo.list_deployments(ctx.engine, env, 1)
     target = ctx.target(env)
     agent_up = AgentClient(ctx.env_dir(env), env).alive() is not None
@@ -205,9 +206,7 @@ def _env_status(ctx: Context, env: str, recovered: str | None) -> dict[str, Any]
         {"holder": lock.holder, "token": lock.token, "expires_at": lock.expires_at},
         "in_progress": None if dep is None else
         {"id": dep["id"], "kind": dep["kind"], "to": dep["to_version"],
-         "steps_done": sorted(repo.done_steps(ctx.engine, dep["id"])),
-         "on_recovery": "resume" if d.SWITCH in repo.done_steps(ctx.engine, dep["id"])
-         else "roll back"},
+         "steps_done": done, "on_recovery": "resume" if d.SWITCH in done else "roll back"},
         "last_deployment": _dep_summary(last[0]) if last else None,
         "recovered": recovered,
         "marks": {m["version"]: m["mark"] for m in repo.get_marks(ctx.engine, env)},
