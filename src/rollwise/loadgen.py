@@ -90,7 +90,7 @@ class Load:
             status, version, keep = await asyncio.wait_for(_response(reader), 10)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             if conn:
-                conn[1].close()
+                await _close(conn[1])
             return None, Result(sent, (time.perf_counter() - t0) * 1000, 0, "")
         if not keep:
             await _close(writer)

@@ -208,9 +208,10 @@ def test_secrets_reach_the_app_and_nowhere_else(project):
     agent = (project.root / ".rollwise" / "envs" / "dev")
     assert value not in res.stdout + res.stderr
     assert value not in project.cli("audit", "export", check=True).stdout
-    assert all(value.encode() not in f.read_bytes()
-               for f in (project.root / ".rollwise").rglob("*") if (f.is_file()
-               and f.suffix not in (".db", ".json")) or f.name == "state.db")
+    # only the agent's restart state holds instance environments, and only its owner reads it
+    assert (agent / "agent.json").stat().st_mode & 0o777 == 0o600
+    assert [f for f in (project.root / ".rollwise").rglob("*")
+            if f.is_file() and f.name != "agent.json" and value.encode() in f.read_bytes()] == []
     environ = Path(f"/proc/{_pid(agent, inst['name'])}/environ").read_bytes()
     assert f"MARKETPLACE_TOKEN={value}".encode() in environ
 

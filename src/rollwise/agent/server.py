@@ -83,7 +83,10 @@ class Agent:
         state = {"instances": [i.spec.as_dict() for i in self.supervisor.instances.values()],
                  "weights": self.router.weights()}
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
+        # instance environments carry secrets: readable by the owner only
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state))
         tmp.replace(self.state_file)
 
     async def restore(self) -> None:
