@@ -30,6 +30,8 @@ lint: $(STAMP) ## ruff and mypy strict
 bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
 	mkdir -p bench/results
 	$(BIN)/python bench/switch.py --out bench/results/switch.json
+	$(BIN)/python bench/detection.py --out bench/results/detection.json
+	$(BIN)/python bench/data.py --out bench/results/data.json
 
 docs: $(STAMP) ## Regenerate docs/config.md from the schema
 	$(BIN)/rollwise config docs > docs/config.md

@@ -65,7 +65,8 @@ Setup = Callable[[Path, list[Backend]], Any]
 
 
 @contextmanager
-def builtin(work: Path, backends: list[Backend]) -> Iterator[tuple[TrafficRouter, int]]:
+def builtin(work: Path, backends: list[Backend], error_rates: dict[str, float] | None = None
+            ) -> Iterator[tuple[TrafficRouter, int]]:
     port, env_dir = free_port(), work / "builtin"
     client = AgentClient(env_dir, "bench")
     client.ensure(f"127.0.0.1:{port}")
@@ -73,7 +74,8 @@ def builtin(work: Path, backends: list[Backend]) -> Iterator[tuple[TrafficRouter
         for b in backends:
             client.call("start", spec={
                 "name": b.name, "version": b.version, "cwd": str(HERE), "port": b.port,
-                "command": f"{PY} {HERE / 'backend.py'} --port {{port}} --version {b.version}",
+                "command": f"{PY} {HERE / 'backend.py'} --port {{port}} --version {b.version}"
+                f" --error-rate {(error_rates or {}).get(b.version, 0.0)}",
                 "env": {}})
             wait_port(b.port)
         yield BuiltinRouter(env_dir, "bench", f"127.0.0.1:{port}"), port

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rollwise.agent.client import AgentClient
 from rollwise.demo import prepare_example
@@ -34,6 +36,7 @@ def require_binary(name: str, how: str) -> str:
 class Project:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.cleanups: list[Callable[[], object]] = []
 
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = False,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -50,10 +53,22 @@ class Project:
     def write_version(self, v: str) -> None:
         (self.root / "VERSION").write_text(v + "\n")
 
-    def release(self, *versions: str) -> None:
+    def release(self, *versions: str, faults: dict[str, object] | None = None) -> None:
+        """Create releases; `faults` (see the example app) go into them to play a bad one."""
+        (self.root / "faults.json").unlink(missing_ok=True)
+        if faults:
+            (self.root / "faults.json").write_text(json.dumps(faults))
         for v in versions:
             self.write_version(v)
             self.cli("release", "create", "--version", v, check=True)
+        (self.root / "faults.json").unlink(missing_ok=True)
+
+    def configure(self, **settings: object) -> None:
+        """Replace settings of the `dev` environment in rollwise.yaml."""
+        path = self.root / "rollwise.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["environments"]["dev"].update(settings)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def stop_agents(self) -> None:
         envs = self.root / ".rollwise" / "envs"
@@ -67,4 +82,6 @@ class Project:
 def project(tmp_path: Path) -> Iterator[Project]:
     p = Project(prepare_example(EXAMPLE, tmp_path))
     yield p
+    for fn in p.cleanups:
+        fn()
     p.stop_agents()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError
 
@@ -38,6 +39,7 @@ class ReleaseMeta:
     builder: str
     changelog: str | None
     config_sha256: str
+    schema: dict[str, Any] | None = None
 
 
 def check_version(version: str) -> str:

@@ -30,6 +30,7 @@ class Event:
     reason: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
+    record: bool = True  # False: progress only (each analysis look), not kept in the log
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def recorder(engine: Engine) -> Callable[[Event], None]:
     """An event-bus subscriber that appends every event to the chain."""
 
     def record(ev: Event) -> None:
-        append(engine, ev)
+        if ev.record:
+            append(engine, ev)
 
     return record
 
@@ -74,6 +76,7 @@ def _append(conn: Connection, ev: Event) -> int:
     ).first()
     seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
     row = asdict(ev)
+    del row["record"]
     row["data"] = json.dumps(ev.data, sort_keys=True, default=str)
     row.update(seq=seq, prev_hash=prev)
     row["hash"] = digest(prev, row)
@@ -110,11 +113,13 @@ def export(engine: Engine, out: IO[str]) -> int:
     return n
 
 
-def iter_events(engine: Engine, env: str | None = None, limit: int | None = None
-                ) -> Iterator[dict[str, Any]]:
+def iter_events(engine: Engine, env: str | None = None, limit: int | None = None,
+                action: str | None = None) -> Iterator[dict[str, Any]]:
     q = select(events).order_by(events.c.seq)
     if env:
         q = q.where(events.c.env == env)
+    if action:
+        q = q.where(events.c.action == action)
     if limit:
         q = q.order_by(None).order_by(events.c.seq.desc()).limit(limit)
     with engine.connect() as conn:

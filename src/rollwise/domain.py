@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,10 +10,19 @@ from typing import Any
 VERIFY = "verify"
 UNPACK = "unpack"
 PRE_HOOKS = "pre_hooks"
+BACKUP = "backup"
+MIGRATE = "migrate"
 START = "start"
 HEALTH = "health"
+PREVIEW = "preview"
+CANARY = "canary"  # canary:<percent>, one per canary step before the switch
+BATCH = "rolling"  # rolling:<n>, one per batch of a rolling deploy
 SWITCH = "switch"
+MIGRATE_DOWN = "migrate_down"
+PURGE = "purge_caches"
 POST_HOOKS = "post_hooks"
+CHECKS = "checks"
+BAKE = "bake"
 DRAIN = "drain"
 STOP_OLD = "stop_old"
 FINALIZE = "finalize"
@@ -29,6 +39,19 @@ class InstancePlan:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One canary step: `weight` percent of requests for at least `pause_s` seconds."""
+
+    weight: int
+    pause_s: float
+    until_promote: bool = False
+
+    @property
+    def step(self) -> str:
+        return f"{CANARY}:{self.weight}"
+
+
+@dataclass(frozen=True)
 class Plan:
     env: str
     kind: str
@@ -38,6 +61,10 @@ class Plan:
     new: tuple[InstancePlan, ...]
     old: tuple[InstancePlan, ...]
     steps: tuple[str, ...] = field(default=())
+    stages: tuple[Stage, ...] = field(default=())
+    bake_s: float = 0.0
+    batch_size: int = 0  # rolling deploys only
+    pause_s: float = 0.0  # rolling: each batch is watched this long
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,7 +77,33 @@ class Plan:
             new=tuple(InstancePlan(**i) for i in d["new"]),
             old=tuple(InstancePlan(**i) for i in d["old"]),
             steps=tuple(d["steps"]),
+            stages=tuple(Stage(**s) for s in d.get("stages", ())),
+            bake_s=float(d.get("bake_s", 0.0)),
+            batch_size=int(d.get("batch_size", 0)), pause_s=float(d.get("pause_s", 0.0)),
         )
+
+    def stage(self, step: str) -> Stage | None:
+        return next((s for s in self.stages if s.step == step), None)
+
+    def traffic_moving(self, done: set[str]) -> bool:
+        """True once any request may have gone to the new release."""
+        return SWITCH in done or any(s.step in done for s in self.stages) or \
+            any(s.startswith(f"{BATCH}:") for s in done)
+
+    def batches(self) -> list[tuple[tuple[InstancePlan, ...], tuple[InstancePlan, ...]]]:
+        """Rolling: per batch, the new instances it starts and the old ones it retires
+        (the last batch retires every old instance left)."""
+        if not self.batch_size:
+            return []
+        b, n = self.batch_size, math.ceil(len(self.new) / self.batch_size)
+        return [(self.new[k * b:(k + 1) * b],
+                 self.old[k * b:(k + 1) * b] if k < n - 1 else self.old[k * b:])
+                for k in range(n)]
+
+    def batch(self, step: str) -> int | None:
+        """The index of a rolling step's batch."""
+        head, _, num = step.partition(":")
+        return int(num) - 1 if head == BATCH and self.batch_size else None
 
     def weights_new(self) -> dict[str, int]:
         return {i.name: 1 for i in self.new}
@@ -61,13 +114,50 @@ class Plan:
 
 def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
                     from_version: str | None, old: list[InstancePlan], ports: list[int],
-                    suffix: str, pre_hooks: bool, post_hooks: bool) -> Plan:
-    """Blue-green: start new beside old, check, switch all traffic, drain and stop old."""
+                    suffix: str, pre_hooks: bool, post_hooks: bool, strategy: str = "all-at-once",
+                    stages: tuple[Stage, ...] = (), bake_s: float = 0.0,
+                    checks: bool = False, batch_size: int = 1, pause_s: float = 0.0,
+                    migrate: bool = False, migrate_down: bool = False,
+                    purge: bool = False, backup: bool = False) -> Plan:
+    """Migrate the schema up, start new beside old (old stays at full capacity), check, move
+    traffic (at once or in canary stages), verify, keep old warm for the bake time, drain and
+    stop old. A rollback runs down migrations after traffic is back on the older release.
+
+    Rolling: new instances start `batch_size` at a time; each batch takes its share of
+    traffic and is watched before the old instances it replaces leave.
+
+    A rollback, and the first release of an environment, move traffic at once: there is
+    nothing to compare with, and a rollback must not wait."""
     new = tuple(InstancePlan(f"{to_version}-{suffix}-{n}", to_version, port)
                 for n, port in enumerate(ports))
-    steps = [VERIFY, UNPACK, *([PRE_HOOKS] if pre_hooks else []), START, HEALTH, SWITCH,
-             *([POST_HOOKS] if post_hooks else []), DRAIN, STOP_OLD, FINALIZE]
-    return Plan(env, kind, to_version, sha256, from_version, new, tuple(old), tuple(steps))
+    progressive = kind == DEPLOY and bool(old)
+    stages = tuple(s for s in stages if s.weight < 100) if progressive and \
+        strategy == "canary" else ()
+    rolling = batch_size if progressive and strategy == "rolling" else 0
+    bake = bake_s if progressive and not rolling else 0.0
+    launch = [f"{BATCH}:{k + 1}" for k in range(math.ceil(len(new) / rolling))] if rolling \
+        else [START, HEALTH]
+    steps = [VERIFY, UNPACK, *([PRE_HOOKS] if pre_hooks else []),
+             *([BACKUP] if backup and kind == DEPLOY else []),
+             *([MIGRATE] if migrate and kind == DEPLOY else []), *launch,
+             *([PREVIEW] if progressive and strategy == "blue-green" and checks else []),
+             *(s.step for s in stages), SWITCH,
+             *([MIGRATE_DOWN] if migrate_down and kind == ROLLBACK else []),
+             *([PURGE] if purge else []),
+             *([POST_HOOKS] if post_hooks else []),
+             *([CHECKS] if checks else []), *([BAKE] if bake > 0 else []),
+             DRAIN, STOP_OLD, FINALIZE]
+    return Plan(env, kind, to_version, sha256, from_version, new, tuple(old), tuple(steps),
+                stages, bake, rolling, pause_s if rolling else 0.0)
+
+
+def canary_weights(new: tuple[InstancePlan, ...], old: tuple[InstancePlan, ...],
+                   percent: int) -> dict[str, int]:
+    """Router weights that send `percent` of requests to the new instances, spread evenly
+    over each side, in the smallest integers that do it."""
+    w_new, w_old = percent * len(old), (100 - percent) * len(new)
+    g = math.gcd(w_new, w_old)
+    return {**{i.name: w_old // g for i in old}, **{i.name: w_new // g for i in new}}
 
 
 def rollback_target(live: str | None, good_newest_first: list[str], bad: set[str],

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from bench.switch import HERE, builtin, caddy, haproxy, measure_switches, process
 
+from rollwise import loadgen
+from rollwise.analysis import FAIL, Look, Measurement
+from rollwise.analysis.router_metrics import RouterProvider
+from rollwise.config.schema import RouterAnalysisConfig
 from rollwise.ports import free_port
 from rollwise.traffic.base import Backend
 from tests.conftest import require
@@ -18,9 +23,12 @@ def backends(name: str) -> list[Backend]:
     return [Backend(f"{v}-{name}", v, "127.0.0.1", free_port()) for v in ("v1", "v2")]
 
 
-def run_backends(bs: list[Backend], work: Path) -> list:
+def run_backends(bs: list[Backend], work: Path, error_rates: dict[str, float] | None = None
+                 ) -> list:
+    rates = error_rates or {}
     procs = [process([sys.executable, str(HERE / "backend.py"), "--port", str(b.port),
-                      "--version", b.version], b.port, work / f"{b.version}.log") for b in bs]
+                      "--version", b.version, "--error-rate", str(rates.get(b.version, 0.0))],
+                     b.port, work / f"{b.version}.log") for b in bs]
     for p in procs:
         p.__enter__()
     return procs
@@ -74,3 +82,45 @@ def test_caddy_refuses_an_unknown_backend(tmp_path):
     bs = backends("caddy2")
     with caddy(tmp_path, bs) as (router, _), pytest.raises(KeyError, match="not registered"):
         router.set_weights({"nope": 1})
+
+
+def judge_canary(router, port: int, bs: list[Backend], seconds: float = 15) -> Measurement:
+    """50/50 between v1 (healthy) and v2 (30% 500s) under load; router metrics each second."""
+    router.set_weights({bs[0].name: 1, bs[1].name: 1})
+    provider = RouterProvider(RouterAnalysisConfig(min_requests=20, latency=False),
+                              router.metrics)
+    look = Look("test", "v2", "v1")
+    provider.measure(look)
+    load = loadgen.Load("127.0.0.1", port, rate=100, max_duration_s=seconds + 5).start()
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            got = provider.measure(look)
+            if got.verdict == FAIL:
+                return got
+        return got
+    finally:
+        load.stop()
+
+
+def test_given_a_failing_canary_behind_haproxy_then_its_stats_fail_the_analysis(tmp_path):
+    require(shutil.which("haproxy") is not None, "haproxy", "apt-get install -y haproxy")
+    bs = backends("haproxy-canary")
+    procs = run_backends(bs, tmp_path, {"v2": 0.3})
+    try:
+        with haproxy(tmp_path, bs) as (router, port):
+            got = judge_canary(router, port, bs)
+    finally:
+        for p in procs:
+            p.__exit__(None, None, None)
+    assert got.verdict == FAIL, got
+    assert got.numbers["canary_errors"] > got.numbers["stable_errors"]
+
+
+def test_given_a_failing_canary_behind_the_embedded_router_then_analysis_fails(tmp_path):
+    bs = backends("builtin-canary")
+    with builtin(tmp_path, bs, {"v2": 0.3}) as (router, port):
+        got = judge_canary(router, port, bs)
+    assert got.verdict == FAIL, got
+    assert got.numbers["canary_errors"] > 0 and got.numbers["stable_errors"] == 0

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from rollwise import audit
 from rollwise.audit import Event
 from rollwise.controller import lock
 from rollwise.errors import RollwiseError
 from rollwise.store.db import open_engine
-from tests.conftest import require
-
-BASE = os.environ.get("ROLLWISE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-
-
-@pytest.fixture
-def pg_url():
-    admin = create_engine(f"{BASE}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            name = f"rollwise_{uuid.uuid4().hex[:8]}"
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    except OperationalError:
-        require(False, "PostgreSQL on 127.0.0.1:5432",
-                "start it, or set ROLLWISE_TEST_PG=postgresql+psycopg://user@host:port")
-    yield f"{BASE}/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
 
 
 def test_store_on_postgresql_keeps_the_chain_and_the_lease(pg_url):

@@ -12,9 +12,8 @@ import yaml
 from rollwise import loadgen
 from rollwise.controller.context import Context
 from rollwise.controller.lock import try_acquire
-from rollwise.demo import run_demo
 from rollwise.errors import ExitCode
-from tests.conftest import EXAMPLE, Project
+from tests.conftest import Project
 
 
 def status(p: Project, env: str = "dev") -> dict:
@@ -39,16 +38,6 @@ def set_config(p: Project, **changes: object) -> None:
     cfg = yaml.safe_load(path.read_text())
     cfg.update(changes)
     path.write_text(yaml.safe_dump(cfg))
-
-
-def test_demo_switches_and_rolls_back_under_load_without_a_failed_request(tmp_path):
-    report = run_demo(EXAMPLE, rate=250, hold_s=2)
-    assert report["requests_failed"] == 0
-    assert report["requests_sent"] >= 1000
-    assert set(report["by_version"]) == {"1.0.0", "1.1.0"}
-    assert report["rollback_traffic_ms"] <= 100
-    assert report["orders_lost"] == 0
-    assert report["orders_stored"] == report["orders_acknowledged"]
 
 
 def test_given_two_releases_when_deploy_then_rollback_under_load_then_nothing_fails(project):

@@ -52,3 +52,61 @@ def test_caddy_patch_sets_upstreams_and_weights_together():
         "load_balancing": {"selection_policy": {"policy": "weighted_round_robin",
                                                 "weights": [0, 1]}},
     }
+
+
+def _plan(kind: str, strategy: str, old: bool, checks: bool = True) -> d.Plan:
+    stages = (d.Stage(1, 30.0), d.Stage(10, 60.0, True), d.Stage(100, 60.0))
+    return d.plan_deployment(
+        env="prod", kind=kind, to_version="1.1.0", sha256="ab",
+        from_version="1.0.0" if old else None,
+        old=[d.InstancePlan("1.0.0-aaaaaa-0", "1.0.0", 9000)] if old else [],
+        ports=[9100], suffix="bbbbbb", pre_hooks=False, post_hooks=False, strategy=strategy,
+        stages=stages, bake_s=60.0, checks=checks)
+
+
+def test_given_a_canary_strategy_when_planning_then_stages_before_switch_and_bake_after():
+    plan = _plan(d.DEPLOY, "canary", old=True)
+    assert plan.steps == ("verify", "unpack", "start", "health", "canary:1", "canary:10",
+                          "switch", "checks", "bake", "drain", "stop_old", "finalize")
+    assert plan.stages == (d.Stage(1, 30.0), d.Stage(10, 60.0, True))
+    assert plan.stage("canary:10") == d.Stage(10, 60.0, True)
+    assert d.Plan.from_dict(plan.as_dict()) == plan
+    assert not plan.traffic_moving({"verify", "health"})
+    assert plan.traffic_moving({"canary:1"})
+
+
+def test_given_blue_green_when_planning_then_preview_before_switch():
+    assert _plan(d.DEPLOY, "blue-green", old=True).steps == (
+        "verify", "unpack", "start", "health", "preview", "switch", "checks", "bake", "drain",
+        "stop_old", "finalize")
+
+
+def test_given_a_rollback_or_a_first_deploy_then_traffic_moves_at_once_without_bake():
+    for plan in (_plan(d.ROLLBACK, "canary", old=True), _plan(d.DEPLOY, "canary", old=False)):
+        assert plan.steps == ("verify", "unpack", "start", "health", "switch", "checks",
+                              "drain", "stop_old", "finalize")
+        assert plan.stages == () and plan.bake_s == 0.0
+
+
+def test_canary_weights_send_the_percent_to_new_instances_in_smallest_integers():
+    old = (d.InstancePlan("a", "1", 1), d.InstancePlan("b", "1", 2))
+    new = (d.InstancePlan("c", "2", 3), d.InstancePlan("e", "2", 4))
+    assert d.canary_weights(new, old, 1) == {"a": 99, "b": 99, "c": 1, "e": 1}
+    assert d.canary_weights(new, old, 50) == {"a": 1, "b": 1, "c": 1, "e": 1}
+    assert d.canary_weights(new[:1], old, 10) == {"a": 9, "b": 9, "c": 2}
+
+
+def test_given_rolling_when_planning_then_one_step_per_batch_and_the_last_retires_the_rest():
+    old = [d.InstancePlan(f"1.0.0-aaaaaa-{n}", "1.0.0", 9000 + n) for n in range(3)]
+    plan = d.plan_deployment(env="prod", kind=d.DEPLOY, to_version="1.1.0", sha256="ab",
+                             from_version="1.0.0", old=old, ports=[9100, 9101, 9102],
+                             suffix="bbbbbb", pre_hooks=False, post_hooks=False,
+                             strategy="rolling", batch_size=2, pause_s=5.0, bake_s=60.0)
+    assert plan.steps == ("verify", "unpack", "rolling:1", "rolling:2", "switch", "drain",
+                          "stop_old", "finalize")
+    assert [([i.name for i in n], [i.name for i in o]) for n, o in plan.batches()] == [
+        (["1.1.0-bbbbbb-0", "1.1.0-bbbbbb-1"], ["1.0.0-aaaaaa-0", "1.0.0-aaaaaa-1"]),
+        (["1.1.0-bbbbbb-2"], ["1.0.0-aaaaaa-2"])]
+    assert plan.batch("rolling:2") == 1 and plan.batch("switch") is None
+    assert plan.bake_s == 0.0 and plan.traffic_moving({"rolling:1"})
+    assert d.Plan.from_dict(plan.as_dict()) == plan

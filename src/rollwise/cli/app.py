@@ -22,12 +22,15 @@ app = typer.Typer(help="Deploy progressively; roll back in seconds.", no_args_is
 release_app = typer.Typer(help="Create and list releases.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and export the audit log.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Manage encrypted secrets.", no_args_is_help=True)
+backup_app = typer.Typer(help="Back up, verify and restore the app's database.",
+                         no_args_is_help=True)
 config_app = typer.Typer(help="Configuration schema and reference.", no_args_is_help=True)
 agent_app = typer.Typer(help="The per-environment agent (router and supervisor).",
                         no_args_is_help=True)
 app.add_typer(release_app, name="release")
 app.add_typer(audit_app, name="audit")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(backup_app, name="backup")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 
@@ -51,6 +54,12 @@ def _progress(ev: Event) -> None:
             err.print(f"  [green]✓[/green] {step} [dim]{_fmt(extra)}[/dim]")
         else:
             err.print(f"  [red]✗[/red] {step}: {ev.reason}")
+    elif ev.action == "analysis":
+        mark = {"advance": "[green]✓[/green]", "rollback": "[red]✗[/red]"}.get(
+            ev.outcome, "[yellow]![/yellow]")
+        err.print(f"    {mark} analysis {ev.data.get('step')}: {ev.outcome}: {ev.reason}")
+    elif ev.action in ("promote", "preflight"):
+        err.print(f"    [yellow]![/yellow] {ev.action}: {ev.reason}")
     elif ev.action in ("deploy", "rollback", "recover") and ev.outcome not in (
             "started", reasons.SUCCEEDED, reasons.NOOP):
         err.print(f"  [yellow]![/yellow] {ev.action} {ev.outcome}: {ev.reason or ''}")
@@ -66,7 +75,28 @@ def _ctx(directory: Path, quiet: bool = False) -> Any:
     bus = EventBus()
     if not quiet:
         bus.subscribe(_progress)
+        bus.subscribe(LookPrinter())
     return Context.open(directory, bus)
+
+
+class LookPrinter:
+    """Every 10 s of a watched step, one line with the router numbers so far."""
+
+    every_s = 10.0
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    def __call__(self, ev: Event) -> None:
+        if ev.action != "look":
+            return
+        step = str(ev.data.get("step"))
+        if ev.ts - self.last.setdefault(step, ev.ts) < self.every_s:
+            return
+        self.last[step] = ev.ts
+        parts = [f"{m['name']}: {m['verdict']} ({m['reason']})"
+                 for m in ev.data.get("measurements", [])]
+        err.print(f"    [dim]… {step}: {'; '.join(parts) or 'no measurement'}[/dim]")
 
 
 def _run(fn: Callable[[], T]) -> T:
@@ -164,24 +194,58 @@ def rollback(
                                            "last known-good one).")] = None,
     env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what changes.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Past the rollback window: run the "
+                                        "down migrations anyway (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit "
+                                               "log).")] = None,
     directory: DirOpt = Path("."), as_json: JsonOpt = False,
 ) -> None:
     """Put a previous release back; the release left is marked bad."""
+    if force and not (reason or "").strip():
+        err.print("[red]error:[/red] --force needs --reason TEXT (it is recorded)")
+        raise typer.Exit(int(ExitCode.USAGE))
     from rollwise.controller import ops
 
     def go() -> ops.Outcome:
         ctx = _ctx(directory)
+        if to is None and not dry_run and ops.running(ctx, env):
+            return ops.rollback(ctx, env, None, lock_wait)  # the running rollout undoes itself
         live, target = ops.rollback_plan(ctx, env, to)
         if target is not None and not as_json:
             err.print(f"rollback of {env}:")
-            for row in ops.describe_change(live, target):
+            for row in [*ops.describe_change(live, target),
+                        *ops.describe_schema(ctx, env, live, target)]:
                 err.print(f"  {row}")
         if dry_run:
             return ops.Outcome("dry run: nothing changed", changed=False)
-        return ops.rollback(ctx, env, to, lock_wait)
+        return ops.rollback(ctx, env, to, lock_wait,
+                            force_reason=reason if force else None)
 
     res = _run(go)
     _emit_json(res.data | {"message": res.message}) if as_json else out.print(res.message)
+
+
+@app.command()
+def promote(env: EnvOpt = "dev", directory: DirOpt = Path("."),
+            full: Annotated[bool, typer.Option("--full", help="Skip every remaining pause and "
+                                               "go to 100% now.")] = False) -> None:
+    """Continue a canary paused at a step (analysis goes on at the next steps)."""
+    from rollwise.controller import ops
+
+    out.print(_run(lambda: ops.promote(_ctx(directory), env, full)).message)
+
+
+@app.command()
+def serve(
+    listen: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:9747",
+    directory: DirOpt = Path("."),
+) -> None:
+    """Accept alerts (Alertmanager webhook, generic JSON) that roll back an environment.
+
+    Needs ROLLWISE_WEBHOOK_TOKEN; callers send it as `Authorization: Bearer <token>`."""
+    from rollwise.api.alerts import serve as run_server
+
+    _run(lambda: run_server(directory, listen))
 
 
 @app.command()
@@ -218,6 +282,8 @@ def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
             out.print(f"  in progress: {p['kind']} {p['id']} to {p['to']}, done "
                       f"{', '.join(p['steps_done']) or 'nothing'}; if interrupted: "
                       f"{p['on_recovery']}")
+        for a in s.get("analysis", [])[-5:]:
+            out.print(f"  analysis {a['step']}: {a['decision']}: {a['reason']}")
         if last := s["last_deployment"]:
             out.print(f"  last: {last['kind']} {last['id']} {last['from_version'] or '-'} -> "
                       f"{last['to_version']} {last['status']}"
@@ -239,6 +305,65 @@ def history(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
         out.print(f"{r['id']:>4} {r['env']:<8} {r['kind']:<8} {r['from_version'] or '-':>10} "
                   f"-> {r['to_version']:<10} {r['status']:<11} {r['actor']} "
                   f"{r['reason'] or ''}")
+
+
+@backup_app.command("create")
+def backup_create(env: EnvOpt = "dev", directory: DirOpt = Path("."),
+                  reason: Annotated[str, typer.Option(help="Recorded with it.")] = "manual",
+                  as_json: JsonOpt = False) -> None:
+    """Dump the environment's database with a manifest (sha256, rows and checksums)."""
+    from rollwise.controller import ops
+
+    res = _run(lambda: ops.backup_create(_ctx(directory), env, reason))
+    _emit_json(res.data) if as_json else out.print(res.message)
+
+
+@backup_app.command("list")
+def backup_list(env: EnvOpt = "dev", directory: DirOpt = Path("."),
+                as_json: JsonOpt = False) -> None:
+    """Backups of the environment, oldest first."""
+    from rollwise.controller import ops
+
+    rows = _run(lambda: ops.backup_list(_ctx(directory, quiet=True), env))
+    if as_json:
+        _emit_json(rows)
+        return
+    for m in rows:
+        rows_n = sum(t["rows"] for t in m["tables"].values())
+        out.print(f"{m['id']}  {m['engine']:<10} {m['size']:>12} bytes  {rows_n} rows  "
+                  f"{m['reason']}")
+
+
+@backup_app.command("verify")
+def backup_verify(backup_id: Annotated[str | None, typer.Argument(help="Default: newest.")]
+                  = None, env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
+    """Restore into a scratch database and compare every table with the source at backup
+    time; exit 6 when the file is damaged or restores to something else."""
+    from rollwise.controller import ops
+
+    out.print(_run(lambda: ops.backup_verify(_ctx(directory), env, backup_id)).message)
+
+
+@backup_app.command("restore")
+def backup_restore(backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+                   env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
+                   yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+                   directory: DirOpt = Path(".")) -> None:
+    """Put the database back as it was at the backup; first shows the rows that would be
+    lost (written since), by table, and asks."""
+    from rollwise.controller import ops
+
+    ctx = _run(lambda: _ctx(directory))
+    lost = _run(lambda: ops.backup_loss(ctx, env, backup_id))
+    err.print(f"restoring {backup_id} into {env}'s database loses the rows written since:")
+    for table, n in lost.items():
+        err.print(f"  {table}: {n} rows")
+    if not lost:
+        err.print("  none (by row count)")
+    if not yes and not typer.confirm("restore?", default=False, err=True):
+        err.print("nothing changed")
+        raise typer.Exit(int(ExitCode.ERROR))
+    out.print(_run(lambda: ops.backup_restore(ctx, env, backup_id, lock_wait)).message)
 
 
 @audit_app.command("verify")
@@ -363,7 +488,9 @@ def demo(as_json: JsonOpt = False,
              "examples/order-sync"),
          rate: Annotated[float, typer.Option(help="Load, requests per second.")] = 250.0,
          ) -> None:
-    """Deploy the example order-sync service, switch under load, roll back; print a report."""
+    """Under load: deploy order-sync 1.0.0, send 1.1.0 (fails 8% of orders) out as a canary
+    that analysis rolls back, then promote 1.1.1; print a report. Exits 1 if a request
+    failed because of a switch, an order was lost, or the bad release was not stopped."""
     from rollwise.demo import run_demo
 
     report = _run(lambda: run_demo(example, rate, log=None if as_json else err.print))
@@ -373,7 +500,8 @@ def demo(as_json: JsonOpt = False,
         from rollwise.demo import render
 
         out.print(render(report))
-    if report["requests_failed"]:
+    if report["requests_failed_by_switch"] or report["orders_lost"] or \
+            not report["rolled_back"] or report["live_version"] != "1.1.1":
         raise typer.Exit(int(ExitCode.ERROR))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -118,6 +120,277 @@ class TargetConfig(Strict):
     )
 
 
+COMPARISONS = ("<=", ">=", "==", "!=", "<", ">")
+
+
+def parse_expectation(text: str) -> tuple[str, Any]:
+    """'< 60' -> ('<', 60); the right side is a JSON literal (number, true, "text", null)."""
+    for op in COMPARISONS:
+        if text.strip().startswith(op):
+            raw = text.strip()[len(op):].strip()
+            try:
+                return op, json.loads(raw)
+            except ValueError:
+                raise ValueError(f"{text!r}: {raw!r} is not a JSON value; quote text as "
+                                 '\'== "ok"\'') from None
+    raise ValueError(f"{text!r} must start with one of {' '.join(COMPARISONS)}, e.g. '< 60'")
+
+
+class CheckBase(Strict):
+    name: str = Field(description="Shown in status, logs and the audit log.")
+    timeout_s: float = Field(5.0, gt=0, description="A check that takes longer is inconclusive.")
+
+
+class PrometheusCheck(CheckBase):
+    type: Literal["prometheus"] = Field(description="A PromQL query with thresholds.")
+    url: str = Field(description="Prometheus base URL, for example http://127.0.0.1:9090.")
+    query: str = Field(
+        description="PromQL returning one number. `{env}`, `{canary}` and `{stable}` are "
+        "replaced by the environment and the two versions.",
+    )
+    max: float | None = Field(None, description="Fail when the value is above this.")
+    min: float | None = Field(None, description="Fail when the value is below this.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PrometheusCheck:
+        if self.max is None and self.min is None:
+            raise ValueError(f"check {self.name!r} needs `max` or `min`")
+        return self
+
+
+class HttpCheck(CheckBase):
+    type: Literal["http"] = Field(description="An HTTP request with expectations.")
+    url: str = Field(
+        description="`{router}` is the environment's router URL, `{preview}` a new instance's "
+        "own URL (blue-green preview), e.g. `{router}/health`.",
+    )
+    method: Literal["GET", "POST", "HEAD"] = Field("GET", description="HTTP method.")
+    body: str | None = Field(None, description="Request body (POST).")
+    expect_status: int = Field(200, ge=100, le=599, description="Status that passes.")
+    json_fields: dict[str, str] = Field(
+        default_factory=dict, alias="json",
+        description="Dotted JSON path -> comparison, e.g. `sync.lag_s: \"< 60\"`, "
+        "`token.valid: \"== true\"`.",
+    )
+    idempotent: bool = Field(
+        True, description="false: the request is never repeated (a 429 or error is final).",
+    )
+
+    @field_validator("json_fields")
+    @classmethod
+    def _expectations(cls, v: dict[str, str]) -> dict[str, str]:
+        for text in v.values():
+            parse_expectation(text)
+        return v
+
+
+class CommandCheck(CheckBase):
+    type: Literal["command"] = Field(
+        description="A shell command: exit 0 passes, 75 (EX_TEMPFAIL) is inconclusive, "
+        "anything else fails."
+    )
+    run: str = Field(description="Shell command, run in the project directory.")
+
+
+Check = Annotated[PrometheusCheck | HttpCheck | CommandCheck, Field(discriminator="type")]
+
+
+class CanaryStep(Strict):
+    weight: int = Field(ge=1, le=100, description="Percent of requests sent to the new release.")
+    pause_s: float | None = Field(
+        None, ge=0, description="How long this step is watched; default `strategy.pause_s`.",
+    )
+    until_promote: bool = Field(
+        False, description="Wait at this step for `rollwise promote` (analysis keeps running).",
+    )
+
+
+class StrategyConfig(Strict):
+    type: Literal["all-at-once", "blue-green", "canary", "rolling"] = Field(
+        "all-at-once",
+        description="`all-at-once`: switch every request once the new instances are ready. "
+        "`blue-green`: check the new release on its own address, then switch; keep the old "
+        "one warm for `bake_s`. `canary`: move traffic in `steps`, analysing each. "
+        "`rolling`: replace instances `batch_size` at a time (new batch started and ready "
+        "before an old one leaves, so capacity never drops), analysing each batch.",
+    )
+    batch_size: int = Field(
+        1, ge=1, le=64, description="rolling: instances replaced per batch.",
+    )
+    steps: list[CanaryStep] = Field(
+        default_factory=lambda: [CanaryStep(weight=w) for w in (1, 10, 50, 100)],
+        description="canary: percent of traffic at each step, increasing and ending at 100. "
+        "An item is a number or `{weight, pause_s, until_promote}`.",
+    )
+    pause_s: float = Field(60.0, ge=0, description="canary: how long each step is watched.")
+    bake_s: float | None = Field(
+        None, ge=0,
+        description="After the switch, the old release stays running this long, ready to take "
+        "traffic back at once, while analysis goes on. Default 0 for all-at-once and "
+        "rolling, else 60.",
+    )
+    on_failure: Literal["rollback", "ask"] = Field(
+        "rollback",
+        description="`rollback`: failed analysis rolls back at once. `ask`: pause and wait for "
+        "`rollwise rollback` or `rollwise promote`; after `confirm_timeout_s` it rolls back.",
+    )
+    confirm_timeout_s: float = Field(300.0, gt=0, description="ask: time to answer.")
+    max_pause_s: float = Field(
+        3600.0, gt=0,
+        description="Longest wait at one step for a promote or for conclusive analysis; then "
+        "the deployment is aborted and the old release keeps serving.",
+    )
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _short_steps(cls, v: Any) -> Any:
+        return [{"weight": x} if isinstance(x, int) else x for x in v] if isinstance(v, list) \
+            else v
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [s.weight for s in v]
+        if not weights or weights[-1] != 100:
+            raise ValueError(f"steps {weights} must end at 100")
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError(f"steps {weights} must increase, e.g. [1, 10, 50, 100]")
+        return v
+
+    @property
+    def bake(self) -> float:
+        return self.bake_s if self.bake_s is not None else (
+            0.0 if self.type in ("all-at-once", "rolling") else 60.0)
+
+
+class RouterAnalysisConfig(Strict):
+    enabled: bool = Field(True, description="Compare the new release with the old one.")
+    alpha: float = Field(
+        0.01, gt=0, lt=0.5,
+        description="Chance of rolling back a release that is no worse (the sequential test "
+        "holds this at every look).",
+    )
+    max_error_rate: float = Field(
+        0.05, gt=0, le=1,
+        description="Guard rail: fail at once when the new release's error rate (5xx and "
+        "connection errors) is above this, once it has `min_requests`.",
+    )
+    min_requests: int = Field(
+        50, ge=1, description="Requests the new release needs before a step can pass.",
+    )
+    latency: bool = Field(True, description="Also test for slower responses.")
+    latency_quantiles: list[float] = Field(
+        default_factory=lambda: [0.5, 0.9, 0.99],
+        description="A request is slow when it takes longer than this quantile of the old "
+        "release's latency (fixed once the old release has served 200 requests); for each "
+        "quantile a sequential test asks whether the new release has more slow requests. "
+        "Several quantiles catch both a general slowdown and a worse tail.",
+    )
+
+    @field_validator("latency_quantiles")
+    @classmethod
+    def _quantiles(cls, v: list[float]) -> list[float]:
+        if not v or not all(0.0 < q < 1.0 for q in v):
+            raise ValueError(f"{v}: each quantile must be between 0 and 1, e.g. [0.5, 0.99]")
+        return v
+
+
+class AnalysisConfig(Strict):
+    interval_s: float = Field(1.0, gt=0, le=60, description="Time between looks.")
+    checks_every_s: float = Field(
+        10.0, gt=0, description="Time between runs of `checks` (and at the end of a step).",
+    )
+    dry_run: bool = Field(
+        False,
+        description="Evaluate and record every decision, never act on a failure (report what "
+        "would have happened). For tuning thresholds.",
+    )
+    router: RouterAnalysisConfig = Field(
+        default_factory=RouterAnalysisConfig, description="Router metrics analysis.",
+    )
+    checks: list[Check] = Field(
+        default_factory=list, description="Prometheus, HTTP and command checks.",
+    )
+
+
+class MigrationsConfig(Strict):
+    type: Literal["sql"] = Field(
+        "sql", description="`sql`: a folder of `<version>_<name>.up.sql` / `.down.sql` files.",
+    )
+    dir: str = Field("migrations", description="The folder, relative to `source`.")
+
+
+class UrlOrSecret(Strict):
+    """A service address given inline (`url`) or, when it holds a password, as a secret."""
+
+    url: str | None = Field(None, description="The URL.")
+    url_secret: str | None = Field(
+        None, description="Name of a secret holding the URL (it is never printed).",
+    )
+
+    @model_validator(mode="after")
+    def _one_url(self) -> UrlOrSecret:
+        if (self.url is None) == (self.url_secret is None):
+            raise ValueError("set exactly one of `url` and `url_secret`")
+        return self
+
+
+class DatabaseConfig(UrlOrSecret):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the app's database: `sqlite:///{shared}/app.db`, "
+        "`postgresql+psycopg://user@host/db`, `mysql+pymysql://user@host/db`. `{shared}` is "
+        "the environment's shared directory. Put passwords in `url_secret` instead.",
+    )
+    lock_timeout_s: float = Field(
+        10.0, ge=0, description="How long to wait for another migration's lock.",
+    )
+    backup: Literal["migrations", "always", "never"] = Field(
+        "migrations",
+        description="Back up before a deploy: `migrations` (when it carries migrations), "
+        "`always`, or `never`. Backups live in `.rollwise/envs/<env>/backups/` with a "
+        "manifest (sha256, row counts and checksums per table).",
+    )
+    keep_backups: int = Field(10, ge=1, description="Newest backups kept per environment.")
+
+
+class RedisCache(UrlOrSecret):
+    url: str | None = Field(None, description="redis://host:port/db")
+    patterns: list[str] = Field(
+        description="Key patterns to delete (SCAN MATCH + UNLINK; never KEYS or FLUSHALL), "
+        "e.g. `order-sync:price:*`. `*` alone is refused: the instance may be shared.",
+        min_length=1,
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _not_everything(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if p.strip("*?[]") == "":
+                raise ValueError(f"pattern {p!r} matches every key; name a prefix, "
+                                 "e.g. 'order-sync:*'")
+        return v
+
+
+class CdnPurge(Strict):
+    url: str = Field(description="Purge webhook; rollwise POSTs JSON "
+                     "{app, env, version, previous} to it.")
+    token_secret: str | None = Field(
+        None, description="Secret sent as `Authorization: Bearer <value>`.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one call.")
+
+
+class CachesConfig(Strict):
+    redis: list[RedisCache] = Field(default_factory=list, description="Redis key patterns.")
+    cdn: list[CdnPurge] = Field(default_factory=list, description="CDN purge webhooks.")
+    static_dir: str | None = Field(
+        None,
+        description="Folder of static assets in the release (relative to `source`); "
+        "`release create` warns about files whose names carry no content hash.",
+    )
+
+
 class EnvironmentConfig(Strict):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Where code runs.")
     router: RouterConfig = Field(
@@ -131,6 +404,32 @@ class EnvironmentConfig(Strict):
         default_factory=list,
         description="Names of secrets injected as environment variables; values come from "
         "`ROLLWISE_SECRET_<NAME>` or the environment's encrypted secrets file.",
+    )
+    strategy: StrategyConfig = Field(
+        default_factory=StrategyConfig, description="How traffic moves to a new release.",
+    )
+    analysis: AnalysisConfig = Field(
+        default_factory=AnalysisConfig, description="How a new release is judged.",
+    )
+    caches: CachesConfig = Field(
+        default_factory=CachesConfig,
+        description="Purged after every switch of a deploy or rollback (and after an "
+        "automatic rollback), so no entry computed by the other release is served.",
+    )
+    database: DatabaseConfig | None = Field(
+        None, description="The app's database, migrated with each release (`migrations`).",
+    )
+    rollback_window_h: float = Field(
+        24.0, gt=0,
+        description="How long after a release went live rolling it back may run down "
+        "migrations (which drop what was written to the new schema since). After it, such "
+        "a rollback needs `--force --reason TEXT`, recorded in the audit log; fix forward "
+        "is the default.",
+    )
+    verify: list[Check] = Field(
+        default_factory=list,
+        description="Checklist run after every deploy and rollback (e.g. order sync lag, "
+        "marketplace token); a failure after a deploy rolls it back.",
     )
 
 
@@ -172,6 +471,9 @@ class ProjectConfig(Strict):
         "live release, a rollback target or the last known-good release of any environment.",
     )
     hooks: HooksConfig = Field(default_factory=HooksConfig, description="Deploy hooks.")
+    migrations: MigrationsConfig | None = Field(
+        None, description="Database migrations shipped in each release.",
+    )
     environments: dict[str, EnvironmentConfig] = Field(
         default_factory=lambda: {"dev": EnvironmentConfig()},
         description="Environments by name (dev, staging, prod...), each isolated.",

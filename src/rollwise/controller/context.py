@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from rollwise import audit
+from rollwise import audit, secrets
 from rollwise.audit import Event
 from rollwise.config import ProjectConfig, find_config, load_config
-from rollwise.config.schema import EnvironmentConfig
+from rollwise.config.schema import EnvironmentConfig, UrlOrSecret
 from rollwise.errors import ConfigError
 from rollwise.events import EventBus
 from rollwise.store.db import default_url, open_engine
@@ -64,6 +64,13 @@ class Context:
 
     def router(self, name: str) -> TrafficRouter:
         return make_router(self.env(name).router, self.env_dir(name), name)
+
+    def url(self, env: str, cfg: UrlOrSecret) -> str:
+        """`cfg.url`, or the value of its `url_secret` for `env`."""
+        return cfg.url if cfg.url is not None else self.secret(env, str(cfg.url_secret))
+
+    def secret(self, env: str, name: str) -> str:
+        return secrets.resolve([name], self.state_dir, env)[name].reveal()
 
     def config_sha256(self) -> str:
         return hashlib.sha256(self.config_path.read_bytes()).hexdigest()

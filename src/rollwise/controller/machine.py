@@ -16,6 +16,8 @@ from typing import Any
 
 from rollwise import artifacts, reasons, secrets
 from rollwise import domain as d
+from rollwise.controller import caches, schema
+from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context
 from rollwise.controller.lock import Lease
 from rollwise.errors import RollwiseError
@@ -23,11 +25,6 @@ from rollwise.store import repo
 from rollwise.traffic import Backend
 
 FAILPOINT_ENV = "ROLLWISE_FAILPOINT"
-ABORT_REQUESTED = "abort requested"
-
-
-class Aborted(RollwiseError):
-    pass
 
 
 def failpoint(step: str, where: str) -> None:
@@ -40,31 +37,32 @@ def failpoint(step: str, where: str) -> None:
 def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
     """Run the steps not yet done; on failure undo what must be undone. Returns the status."""
     done = repo.done_steps(ctx.engine, dep_id)
+    watch = pg.Watch.open(ctx, plan, dep_id)
     for step in plan.steps:
         if step in done:
             continue
         try:
-            if repo.get_deployment(ctx.engine, dep_id)["reason"] == ABORT_REQUESTED:
-                raise Aborted("aborted by request", where=f"before step {step}")
+            if repo.pending_request(ctx.engine, dep_id) in (pg.ABORT, pg.ROLLBACK):
+                watch.taken()
             repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "started")
             ctx.emit("step", "started", env=plan.env, version=plan.to_version,
                      data={"deployment": dep_id, "step": step})
             failpoint(step, "before")
-            data = run_step(ctx, plan, step)
+            data = run_step(ctx, plan, step, watch)
             failpoint(step, "after")
             repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "done", data)
             ctx.emit("step", reasons.OK, env=plan.env, version=plan.to_version,
                      data={"deployment": dep_id, "step": step, **data})
             done.add(step)
         except Exception as e:
-            switched = d.SWITCH in done
+            switched = plan.traffic_moving(done | {step})
             reason = f"step {step}: {e}"
             repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "failed",
                                {"error": str(e)})
             ctx.emit("step", reasons.ERROR, env=plan.env, version=plan.to_version,
                      reason=reason, data={"deployment": dep_id, "step": step})
             status = undo(ctx, dep_id, plan, lease, switched=switched, reason=reason,
-                          blame_new=not isinstance(e, Aborted))
+                          blame_new=not isinstance(e, pg.Aborted))
             if isinstance(e, RollwiseError):
                 e.message = f"{e.message}\n(deployment {dep_id} {status})"
                 raise
@@ -72,19 +70,32 @@ def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
     return reasons.SUCCEEDED
 
 
-def _instance_env(ctx: Context, plan: d.Plan) -> dict[str, str | secrets.Secret]:
-    env_cfg = ctx.env(plan.env)
+def _instance_env(ctx: Context, env: str, version: str) -> dict[str, str | secrets.Secret]:
+    env_cfg = ctx.env(env)
     values: dict[str, str | secrets.Secret] = {**ctx.config.run.env, **env_cfg.env}
-    values |= secrets.resolve(env_cfg.secrets, ctx.state_dir, plan.env)
-    shared = ctx.env_dir(plan.env) / "shared"
+    values |= secrets.resolve(env_cfg.secrets, ctx.state_dir, env)
+    shared = ctx.env_dir(env) / "shared"
     shared.mkdir(parents=True, exist_ok=True)
-    values |= {"ROLLWISE_ENV": plan.env, "ROLLWISE_VERSION": plan.to_version,
+    values |= {"ROLLWISE_ENV": env, "ROLLWISE_VERSION": version,
                "ROLLWISE_SHARED_DIR": str(shared)}
     return values
 
 
 def _release_dir(ctx: Context, plan: d.Plan) -> Path:
     return ctx.env_dir(plan.env) / "releases" / plan.to_version
+
+
+def start_ready(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...]) -> float:
+    """Start instances (idempotent by name) and wait until each is ready; returns ms."""
+    target, cfg = ctx.target(env), ctx.config
+    target.ensure()
+    for i in instances:
+        target.start(i.name, i.version, ctx.env_dir(env) / "releases" / i.version, i.port,
+                     cfg.run.command, _instance_env(ctx, env, i.version))
+    t0 = time.monotonic()
+    for i in instances:
+        target.wait_ready(i.name, i.port, cfg.health)
+    return round((time.monotonic() - t0) * 1000, 1)
 
 
 def _hooks(ctx: Context, plan: d.Plan, commands: list[str]) -> dict[str, Any]:
@@ -100,8 +111,31 @@ def _hooks(ctx: Context, plan: d.Plan, commands: list[str]) -> dict[str, Any]:
     return {"hooks": len(commands)}
 
 
-def run_step(ctx: Context, plan: d.Plan, step: str) -> dict[str, Any]:
+def run_step(ctx: Context, plan: d.Plan, step: str, watch: pg.Watch) -> dict[str, Any]:
     target, cfg = ctx.target(plan.env), ctx.config
+    if stage := plan.stage(step):
+        return pg.run_stage(watch, stage)
+    if step == d.BACKUP:
+        return schema.take_backup(ctx, plan.env, f"before deploying {plan.to_version}")
+    if step == d.MIGRATE:
+        backup = next((j["data"].get("backup") for j in repo.journal_rows(ctx.engine,
+                                                                          watch.dep_id)
+                       if j["step"] == d.BACKUP and j["phase"] == "done"), None)
+        return schema.migrate_up(ctx, plan, backup)
+    if step == d.MIGRATE_DOWN:
+        assert plan.from_version is not None
+        target_rel = repo.get_release(ctx.engine, plan.to_version) or {}
+        return schema.migrate_down(ctx, plan.env, plan.from_version, target_rel)
+    if step == d.PURGE:
+        if plan.kind == d.ROLLBACK:
+            return caches.purge_quietly(ctx, plan.env, plan.to_version, plan.from_version) or {}
+        return caches.purge(ctx, plan.env, plan.to_version, plan.from_version)
+    if step == d.PREVIEW:
+        return pg.run_preview(watch, f"http://127.0.0.1:{plan.new[0].port}")
+    if step == d.CHECKS:
+        return pg.run_checks(watch)
+    if step == d.BAKE:
+        return pg.run_bake(watch)
     if step == d.VERIFY:
         artifacts.verify(ctx.artifacts_dir(), plan.sha256, plan.to_version)
         return {"sha256": plan.sha256}
@@ -114,7 +148,7 @@ def run_step(ctx: Context, plan: d.Plan, step: str) -> dict[str, Any]:
         return _hooks(ctx, plan, cfg.hooks.post_deploy)
     if step == d.START:
         target.ensure()
-        env = _instance_env(ctx, plan)
+        env = _instance_env(ctx, plan.env, plan.to_version)
         for i in plan.new:
             target.start(i.name, i.version, _release_dir(ctx, plan), i.port, cfg.run.command, env)
         return {"instances": [i.name for i in plan.new]}
@@ -123,6 +157,8 @@ def run_step(ctx: Context, plan: d.Plan, step: str) -> dict[str, Any]:
         for i in plan.new:
             target.wait_ready(i.name, i.port, cfg.health)
         return {"ready_ms": round((time.monotonic() - t0) * 1000, 1)}
+    if (k := plan.batch(step)) is not None:
+        return pg.run_batch(watch, k)
     if step == d.SWITCH:
         return switch(ctx, plan.env, plan.new)
     if step == d.DRAIN:
@@ -139,10 +175,16 @@ def run_step(ctx: Context, plan: d.Plan, step: str) -> dict[str, Any]:
 
 
 def switch(ctx: Context, env: str, to: tuple[d.InstancePlan, ...]) -> dict[str, Any]:
-    """Send all new requests to `to`, then read the weights back to verify."""
+    """Send all new requests to `to`."""
+    return shift(ctx, env, to, {i.name: 1 for i in to})
+
+
+def shift(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...],
+          weights: dict[str, int]) -> dict[str, Any]:
+    """Apply `weights` (others get 0), then read them back to verify."""
     router = ctx.router(env)
-    router.register([Backend(i.name, i.version, "127.0.0.1", i.port) for i in to])
-    want = {i.name: 1 for i in to}
+    router.register([Backend(i.name, i.version, "127.0.0.1", i.port) for i in instances])
+    want = {k: v for k, v in weights.items() if v > 0}
     t0 = time.perf_counter()
     router.set_weights(want)
     ms = (time.perf_counter() - t0) * 1000
@@ -150,9 +192,11 @@ def switch(ctx: Context, env: str, to: tuple[d.InstancePlan, ...]) -> dict[str, 
     if got != want:
         raise RollwiseError(f"router did not apply the weights: want {want}, has {got}",
                             where=f"router of {env}")
-    ctx.emit("switch", reasons.OK, env=env, version=to[0].version if to else None,
-             data={"switch_ms": round(ms, 3), "to": list(want)})
-    return {"switch_ms": round(ms, 3)}
+    versions = {i.name: i.version for i in instances}
+    ctx.emit("switch", reasons.OK, env=env,
+             version=next((versions[n] for n in want if n in versions), None),
+             data={"switch_ms": round(ms, 3), "to": list(want), "weights": want})
+    return {"switch_ms": round(ms, 3), "weights": want}
 
 
 def stop(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...]) -> None:
@@ -178,13 +222,14 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
     repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "started")
     if plan.old or not switched:
         if plan.old:
+            restore(ctx, plan)
             switch(ctx, plan.env, plan.old)
         try:
             stop(ctx, plan.env, plan.new)
         except RollwiseError as e:  # nothing to stop where the target never came up
             ctx.emit("stop", reasons.ERROR, env=plan.env, reason=str(e))
-        status = reasons.ROLLED_BACK if switched else (
-            reasons.FAILED if blame_new else reasons.ABORTED)
+        status = reasons.ABORTED if not blame_new else (
+            reasons.ROLLED_BACK if switched else reasons.FAILED)
     else:  # first release of the environment: nothing to go back to, keep it serving
         finalize(ctx, plan)
         status = reasons.FAILED
@@ -193,11 +238,42 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
         repo.set_status(conn, dep_id, status, reason)
         if blame_new and (plan.old or not switched):
             repo.set_mark(conn, plan.env, plan.to_version, reasons.BAD, reason)
+    schema_back = _schema_back(ctx, dep_id, plan) if plan.old else None
+    purged = caches.purge_quietly(ctx, plan.env, plan.from_version or "", plan.to_version) \
+        if plan.old and switched else None
+    checks = pg.verify_after_undo(ctx, plan, dep_id) if plan.old else None
     repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "done",
-                       {"status": status})
+                       {"status": status, "checks": checks, "schema": schema_back,
+                        "purged": purged})
     ctx.emit(plan.kind, status, env=plan.env, version=plan.to_version, reason=reason,
              data={"deployment": dep_id, "serving": plan.from_version})
     return status
+
+
+def _schema_back(ctx: Context, dep_id: int, plan: d.Plan) -> dict[str, Any] | None:
+    """A deploy undone after its migrations ran: with traffic back on the old release, take
+    the schema back to what the old release needs (unless it works on the new one)."""
+    if plan.kind != d.DEPLOY or d.MIGRATE not in repo.done_steps(ctx.engine, dep_id):
+        return None
+    old_rel = repo.get_release(ctx.engine, plan.from_version or "") or {}
+    try:
+        return schema.migrate_down(ctx, plan.env, plan.to_version, old_rel)
+    except RollwiseError as e:
+        ctx.emit("migrate", reasons.ERROR, env=plan.env, version=plan.from_version,
+                 reason=f"schema not taken back: {e}")
+        return {"schema": "error", "error": str(e)}
+
+
+def restore(ctx: Context, plan: d.Plan) -> None:
+    """Before traffic goes back: old instances a rolling deploy already stopped (or that
+    died) start again from their release and must be ready, so traffic never goes to cold
+    or too few instances."""
+    alive = {i.name for i in ctx.target(plan.env).instances() if i.alive}
+    gone = tuple(i for i in plan.old if i.name not in alive)
+    if gone:
+        ms = start_ready(ctx, plan.env, gone)
+        ctx.emit("restore", reasons.OK, env=plan.env, version=plan.from_version,
+                 data={"instances": [i.name for i in gone], "ready_ms": ms})
 
 
 def recover(ctx: Context, env: str, lease: Lease) -> str | None:

@@ -18,7 +18,8 @@ def add_release(engine: Engine, meta: ReleaseMeta) -> None:
         conn.execute(insert(releases).values(
             version=meta.version, app=meta.app, sha256=meta.sha256, size=meta.size,
             git_commit=meta.git_commit, built_at=meta.built_at, builder=meta.builder,
-            changelog=meta.changelog, config_sha256=meta.config_sha256, pruned=0))
+            changelog=meta.changelog, config_sha256=meta.config_sha256, pruned=0,
+            schema=meta.schema))
 
 
 def get_release(engine: Engine, version: str) -> dict[str, Any] | None:
@@ -139,7 +140,27 @@ def set_status(conn: Connection, dep_id: int, status: str, reason: str | None) -
                  .values(status=status, reason=reason, updated_at=time.time()))
 
 
-def request_abort(engine: Engine, dep_id: int, reason: str) -> None:
+def request(engine: Engine, dep_id: int, what: str, actor: str) -> None:
+    """Ask the process running deployment `dep_id` to promote, abort or roll back."""
     with engine.begin() as conn:
         conn.execute(update(deployments).where(deployments.c.id == dep_id)
-                     .values(reason=reason, updated_at=time.time()))
+                     .values(request=what, request_by=actor, updated_at=time.time()))
+
+
+def take_request(engine: Engine, dep_id: int) -> tuple[str, str] | None:
+    """The pending request and who made it, cleared so it is acted on once."""
+    with engine.begin() as conn:
+        row = conn.execute(select(deployments.c.request, deployments.c.request_by)
+                           .where(deployments.c.id == dep_id)).first()
+        if row is None or row.request is None:
+            return None
+        conn.execute(update(deployments).where(deployments.c.id == dep_id)
+                     .values(request=None, request_by=None))
+        return str(row.request), str(row.request_by)
+
+
+def pending_request(engine: Engine, dep_id: int) -> str | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(deployments.c.request)
+                           .where(deployments.c.id == dep_id)).first()
+    return None if row is None or row.request is None else str(row.request)

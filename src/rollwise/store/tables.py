@@ -30,6 +30,7 @@ releases = Table(
     Column("changelog", Text),
     Column("config_sha256", String(64), nullable=False),
     Column("pruned", Integer, nullable=False, default=0),
+    Column("schema", JSON),  # {"version": ..., "migrations": [...]} when it has migrations
 )
 
 marks = Table(
@@ -62,6 +63,8 @@ deployments = Table(
     Column("status", String(16), nullable=False),
     Column("reason", Text),
     Column("plan", JSON, nullable=False),
+    Column("request", String(16)),  # promote | promote-full | abort | rollback, until taken
+    Column("request_by", String(128)),
     Column("actor", String(128), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),

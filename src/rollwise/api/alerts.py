@@ -1,0 +1,175 @@
+"""Alerts in: Alertmanager webhooks and generic JSON roll back the environment they name.
+
+POST /hooks/alertmanager   Alertmanager's webhook payload (version 4); each *firing* alert
+                           whose labels name this app (`app`, optional) and an environment
+                           (`rollwise_env`, `env` or `environment`) rolls that environment back.
+POST /hooks/generic        {"env": "prod", "app": "order-sync", "reason": "..."}
+
+Both need `Authorization: Bearer <ROLLWISE_WEBHOOK_TOKEN>`. A rollout in progress is asked
+to roll back (traffic goes back at once); otherwise the environment is rolled back to its
+last known-good release, in the background (202 Accepted). An alert is acted on once: when
+the environment was already rolled back after the alert began (Alertmanager repeats firing
+alerts), or, for alerts without a start time, within `COOLDOWN_S` of the last rollback, it
+is ignored, so a repeated notification never walks an environment further back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException
+from pydantic import BaseModel, ConfigDict
+
+from rollwise import domain as d
+from rollwise.controller import ops
+from rollwise.controller.context import Context
+from rollwise.errors import ConfigError, RollwiseError
+from rollwise.store import repo
+
+TOKEN_ENV = "ROLLWISE_WEBHOOK_TOKEN"
+ENV_LABELS = ("rollwise_env", "env", "environment")
+COOLDOWN_S = 600.0
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str = "firing"
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    startsAt: str | None = None
+
+
+class AlertmanagerPayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str = "firing"
+    alerts: list[Alert]
+
+
+class GenericAlert(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    env: str
+    app: str | None = None
+    reason: str = "alert"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    env: str
+    reason: str
+    started_at: float | None = None
+
+
+def parse_time(text: str | None) -> float | None:
+    """Alertmanager's RFC 3339 times (nanoseconds allowed); None when absent or unset."""
+    if not text or text.startswith("0001-"):
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def already_handled(last: dict[str, Any] | None, trigger: Trigger, now: float) -> bool:
+    """True when the environment was rolled back after this alert began (or, without a
+    start time, within the cooldown)."""
+    if last is None or last["kind"] != d.ROLLBACK:
+        return False
+    since = trigger.started_at if trigger.started_at is not None else now - COOLDOWN_S
+    return float(last["created_at"]) >= since
+
+
+def triggers(payload: AlertmanagerPayload, app: str) -> list[Trigger]:
+    """The environments a payload asks to roll back (pure; tested by equality)."""
+    out: dict[str, Trigger] = {}
+    for a in payload.alerts:
+        if a.status != "firing" or a.labels.get("app", app) != app:
+            continue
+        env = next((a.labels[k] for k in ENV_LABELS if k in a.labels), None)
+        if env and env not in out:
+            name = a.labels.get("alertname", "alert")
+            summary = a.annotations.get("summary", "")
+            out[env] = Trigger(env, f"alert {name}" + (f": {summary}" if summary else ""),
+                               parse_time(a.startsAt))
+    return list(out.values())
+
+
+def make_app(root: Path, token: str) -> FastAPI:
+    api = FastAPI(title="rollwise alerts", version="1")
+    lock = threading.Lock()
+    app = Context.open(root).config.app
+
+    def auth(authorization: str | None) -> None:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong token (Authorization: Bearer ...)")
+
+    def act(trigger: Trigger) -> dict[str, Any]:
+        with lock:
+            ctx = Context.open(root)
+            try:
+                ctx.env(trigger.env)
+            except ConfigError as e:
+                return {"env": trigger.env, "action": "refused", "error": e.message}
+            ctx.actor = f"alert ({ctx.actor})"
+            last = next(iter(repo.list_deployments(ctx.engine, trigger.env, 1)), None)
+            if already_handled(last, trigger, time.time()):
+                assert last is not None
+                return {"env": trigger.env, "action": "ignored",
+                        "reason": f"already rolled back to {last['to_version']} "
+                        f"(deployment {last['id']}) after this alert began"}
+            if ops.running(ctx, trigger.env):
+                res = ops.rollback(ctx, trigger.env, None, reason=trigger.reason)
+                return {"env": trigger.env, "action": "requested", "message": res.message}
+        threading.Thread(target=_rollback, args=(root, trigger), daemon=True).start()
+        return {"env": trigger.env, "action": "rolling back"}
+
+    @api.post("/hooks/alertmanager", status_code=202)
+    def alertmanager(payload: AlertmanagerPayload,
+                     authorization: str | None = Header(None)) -> dict[str, Any]:
+        auth(authorization)
+        return {"results": [act(t) for t in triggers(payload, app)]}
+
+    @api.post("/hooks/generic", status_code=202)
+    def generic(payload: GenericAlert,
+                authorization: str | None = Header(None)) -> dict[str, Any]:
+        auth(authorization)
+        if payload.app not in (None, app):
+            raise HTTPException(404, f"this rollwise serves app {app!r}, not {payload.app!r}")
+        return {"results": [act(Trigger(payload.env, payload.reason))]}
+
+    @api.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return api
+
+
+def _rollback(root: Path, trigger: Trigger) -> None:
+    ctx = Context.open(root)
+    ctx.actor = f"alert ({ctx.actor})"
+    try:
+        ops.rollback(ctx, trigger.env, None, lock_wait=60.0, reason=trigger.reason)
+    except RollwiseError as e:
+        ctx.emit("rollback", "error", env=trigger.env, reason=f"{trigger.reason}: {e.message}")
+
+
+def serve(root: Path, listen: str) -> None:
+    import uvicorn
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(token) < 16:
+        raise ConfigError(f"{TOKEN_ENV} is not set or shorter than 16 characters",
+                          where=TOKEN_ENV, hint="set it to a long random value, e.g. "
+                          "`export ROLLWISE_WEBHOOK_TOKEN=$(openssl rand -hex 24)`")
+    api = make_app(root, token)  # a bad rollwise.yaml fails here, not at the first alert
+    host, _, port = listen.rpartition(":")
+    uvicorn.run(api, host=host or "127.0.0.1", port=int(port), log_level="warning")

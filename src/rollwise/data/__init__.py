@@ -1,0 +1,1 @@
+"""What must follow the code: database schema (migrations), later backups and caches."""
