@@ -37,6 +37,7 @@ class Project:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.cleanups: list[Callable[[], object]] = []
+        self.background: list[subprocess.Popen[str]] = []  # killed at teardown if still up
 
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = False,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -82,6 +83,10 @@ class Project:
 def project(tmp_path: Path) -> Iterator[Project]:
     p = Project(prepare_example(EXAMPLE, tmp_path))
     yield p
+    for proc in p.background:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
     for fn in p.cleanups:
         fn()
     p.stop_agents()

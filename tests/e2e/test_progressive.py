@@ -115,16 +115,25 @@ def test_given_dry_run_when_the_canary_is_bad_then_it_reports_and_does_not_act(p
 
 
 def run_in_background(p: Project, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "rollwise", *args, "-C", str(p.root)],
+    proc = subprocess.Popen([sys.executable, "-m", "rollwise", *args, "-C", str(p.root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.background.append(proc)
+    return proc
 
 
-def wait_for(p: Project, pred, timeout: float = 30) -> dict:
+def wait_for(p: Project, pred, timeout: float = 60) -> dict:
+    """Polls status until pred holds; fails at once, with their output, if a background
+    command has already exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         s = status(p)
         if pred(s):
             return s
+        for proc in p.background:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"{proc.args[3:5]} exited {proc.returncode} before the "
+                                     f"condition held:\n{out}\n{err}\nstatus: {s}")
         time.sleep(0.3)
     raise AssertionError(f"condition not met in {timeout} s: {s}")
 

@@ -298,10 +298,21 @@ def status(ctx: Context, env: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"app": ctx.config.app, "environments": {}}
     for name in [env] if env else list(ctx.config.environments):
         ctx.env(name)
-        with lease_if_free(ctx.engine, name, holder_id(ctx.actor)) as lease:
-            recovered = machine.recover(ctx, name, lease) if lease else None
+        recovered = None
+        if _needs_recovery(ctx, name):
+            with lease_if_free(ctx.engine, name, holder_id(ctx.actor)) as lease:
+                recovered = machine.recover(ctx, name, lease) if lease else None
         out["environments"][name] = _env_status(ctx, name, recovered)
     return out
+
+
+def _needs_recovery(ctx: Context, env: str) -> bool:
+    """A deployment left open, or a dead agent behind a live release. Status takes the lock
+    only then, so that polling it never makes a deploy starting at that moment fail."""
+    if repo.active_deployment(ctx.engine, env) is not None:
+        return True
+    live = repo.env_state(ctx.engine, env)["live_version"]
+    return bool(live) and AgentClient(ctx.env_dir(env), env).alive() is None
 
 
 def _env_status(ctx: Context, env: str, recovered: str | None) -> dict[str, Any]:
