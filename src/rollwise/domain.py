@@ -118,10 +118,12 @@ def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
                     stages: tuple[Stage, ...] = (), bake_s: float = 0.0,
                     checks: bool = False, batch_size: int = 1, pause_s: float = 0.0,
                     migrate: bool = False, migrate_down: bool = False,
-                    purge: bool = False, backup: bool = False) -> Plan:
+                    down_first: bool = False, purge: bool = False,
+                    backup: bool = False) -> Plan:
     """Migrate the schema up, start new beside old (old stays at full capacity), check, move
     traffic (at once or in canary stages), verify, keep old warm for the bake time, drain and
-    stop old. A rollback runs down migrations after traffic is back on the older release.
+    stop old. A rollback runs down migrations after traffic is back on the older release
+    (`down_first`: before the older release starts, for apps that refuse a newer schema).
 
     Rolling: new instances start `batch_size` at a time; each batch takes its share of
     traffic and is watched before the old instances it replaces leave.
@@ -137,12 +139,13 @@ def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
     bake = bake_s if progressive and not rolling else 0.0
     launch = [f"{BATCH}:{k + 1}" for k in range(math.ceil(len(new) / rolling))] if rolling \
         else [START, HEALTH]
+    down = [MIGRATE_DOWN] if migrate_down and kind == ROLLBACK else []
     steps = [VERIFY, UNPACK, *([PRE_HOOKS] if pre_hooks else []),
              *([BACKUP] if backup and kind == DEPLOY else []),
-             *([MIGRATE] if migrate and kind == DEPLOY else []), *launch,
+             *([MIGRATE] if migrate and kind == DEPLOY else []),
+             *(down if down_first else []), *launch,
              *([PREVIEW] if progressive and strategy == "blue-green" and checks else []),
-             *(s.step for s in stages), SWITCH,
-             *([MIGRATE_DOWN] if migrate_down and kind == ROLLBACK else []),
+             *(s.step for s in stages), SWITCH, *([] if down_first else down),
              *([PURGE] if purge else []),
              *([POST_HOOKS] if post_hooks else []),
              *([CHECKS] if checks else []), *([BAKE] if bake > 0 else []),

@@ -313,11 +313,85 @@ class AnalysisConfig(Strict):
     )
 
 
+COMMAND_KEYS = ("version", "current", "up", "down")
+
+
 class MigrationsConfig(Strict):
-    type: Literal["sql"] = Field(
-        "sql", description="`sql`: a folder of `<version>_<name>.up.sql` / `.down.sql` files.",
+    type: Literal["sql", "alembic", "command"] = Field(
+        "sql",
+        description="`sql`: a folder of `<version>_<name>.up.sql` / `.down.sql` files. "
+        "`alembic`: the app's own Alembic revisions, run by its `alembic` or Flask-Migrate "
+        "`flask db` command. `command`: any tool (Flyway, Liquibase) through the `version`, "
+        "`current`, `up` and `down` commands.",
     )
-    dir: str = Field("migrations", description="The folder, relative to `source`.")
+    dir: str = Field(
+        "migrations",
+        description="`sql`: the folder of SQL files. `alembic` with `layout: flask`: the "
+        "Flask-Migrate folder (with `env.py` and `versions/`). Relative to `source`.",
+    )
+    layout: Literal["plain", "flask"] = Field(
+        "plain",
+        description="`alembic` only. `plain`: `alembic -c <config>`. `flask`: Flask-Migrate, "
+        "`flask db ... -d <dir>` (set `FLASK_APP` in `env` unless the app is `app.py`).",
+    )
+    config: str = Field(
+        "alembic.ini", description="`alembic`, `layout: plain`: the app's alembic.ini.",
+    )
+    command: str | None = Field(
+        None,
+        description="`alembic`: the command before `upgrade`/`downgrade`, run in the release "
+        "directory with the interpreter that has the app's dependencies. Default `python3 -m "
+        "alembic -c {config}` (plain) or `python3 -m flask db` (flask).",
+    )
+    version: str | None = Field(
+        None,
+        description="`command`: prints the schema version the release needs; run in the "
+        "source at `release create`.",
+    )
+    current: str | None = Field(
+        None, description="`command`: prints the database's current schema version.",
+    )
+    up: str | None = Field(
+        None, description="`command`: migrates up to `{version}`, e.g. "
+        "`flyway migrate -target={version}`.",
+    )
+    down: str | None = Field(
+        None, description="`command`: migrates down to `{version}`, e.g. "
+        "`flyway undo -target={version}`.",
+    )
+    preview: str | None = Field(
+        None, description="`command`: prints the SQL `down` would run (`rollback --dry-run`).",
+    )
+    transactional: bool = Field(
+        False,
+        description="`command`: the tool undoes a failed run itself (Flyway on PostgreSQL). "
+        "When false, a failure halfway restores the pre-deploy backup.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables for the migration commands, on top of the "
+        "instances' (`run.env`, the environment's `env` and secrets) and `DATABASE_URL`.",
+    )
+    rollback: Literal["after_switch", "before_start"] = Field(
+        "after_switch",
+        description="When a rollback runs the down migrations. `after_switch`: once traffic "
+        "is back on the older release (it must start on the newer schema). `before_start`: "
+        "before the older release starts, for apps that refuse a newer schema at start "
+        "(those that migrate on start); the newer release serves on the older schema "
+        "until the switch.",
+    )
+    timeout_s: float = Field(600.0, gt=0, description="Longest run of one migration command.")
+    version_table: str = Field(
+        "alembic_version", description="`alembic`: the app's version table.",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> MigrationsConfig:
+        if self.type == "command":
+            missing = [k for k in COMMAND_KEYS if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"type command needs {', '.join(missing)}")
+        return self
 
 
 class UrlOrSecret(Strict):

@@ -72,6 +72,21 @@ class Context:
     def secret(self, env: str, name: str) -> str:
         return secrets.resolve([name], self.state_dir, env)[name].reveal()
 
+    def instance_env(self, env: str, version: str) -> dict[str, str | secrets.Secret]:
+        """What an instance (and a migration command) of `version` runs with: `run.env`, the
+        environment's `env` and secrets, `DATABASE_URL` when a database is configured, and
+        ROLLWISE_ENV, ROLLWISE_VERSION, ROLLWISE_SHARED_DIR."""
+        env_cfg = self.env(env)
+        values: dict[str, str | secrets.Secret] = {**self.config.run.env, **env_cfg.env}
+        values |= secrets.resolve(env_cfg.secrets, self.state_dir, env)
+        shared = self.env_dir(env) / "shared"
+        shared.mkdir(parents=True, exist_ok=True)
+        if env_cfg.database is not None and "DATABASE_URL" not in values:
+            url = self.url(env, env_cfg.database).replace("{shared}", str(shared))
+            values["DATABASE_URL"] = secrets.Secret(url)
+        return values | {"ROLLWISE_ENV": env, "ROLLWISE_VERSION": version,
+                         "ROLLWISE_SHARED_DIR": str(shared)}
+
     def config_sha256(self) -> str:
         return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
 

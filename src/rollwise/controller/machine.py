@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rollwise import artifacts, reasons, secrets
+from rollwise import artifacts, reasons
 from rollwise import domain as d
 from rollwise.controller import caches, schema
 from rollwise.controller import progressive as pg
@@ -70,17 +70,6 @@ def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
     return reasons.SUCCEEDED
 
 
-def _instance_env(ctx: Context, env: str, version: str) -> dict[str, str | secrets.Secret]:
-    env_cfg = ctx.env(env)
-    values: dict[str, str | secrets.Secret] = {**ctx.config.run.env, **env_cfg.env}
-    values |= secrets.resolve(env_cfg.secrets, ctx.state_dir, env)
-    shared = ctx.env_dir(env) / "shared"
-    shared.mkdir(parents=True, exist_ok=True)
-    values |= {"ROLLWISE_ENV": env, "ROLLWISE_VERSION": version,
-               "ROLLWISE_SHARED_DIR": str(shared)}
-    return values
-
-
 def _release_dir(ctx: Context, plan: d.Plan) -> Path:
     return ctx.env_dir(plan.env) / "releases" / plan.to_version
 
@@ -91,7 +80,7 @@ def start_ready(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...]) -
     target.ensure()
     for i in instances:
         target.start(i.name, i.version, ctx.env_dir(env) / "releases" / i.version, i.port,
-                     cfg.run.command, _instance_env(ctx, env, i.version))
+                     cfg.run.command, ctx.instance_env(env, i.version))
     t0 = time.monotonic()
     for i in instances:
         target.wait_ready(i.name, i.port, cfg.health)
@@ -148,7 +137,7 @@ def run_step(ctx: Context, plan: d.Plan, step: str, watch: pg.Watch) -> dict[str
         return _hooks(ctx, plan, cfg.hooks.post_deploy)
     if step == d.START:
         target.ensure()
-        env = _instance_env(ctx, plan.env, plan.to_version)
+        env = ctx.instance_env(plan.env, plan.to_version)
         for i in plan.new:
             target.start(i.name, i.version, _release_dir(ctx, plan), i.port, cfg.run.command, env)
         return {"instances": [i.name for i in plan.new]}
@@ -253,10 +242,16 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
 def _schema_back(ctx: Context, dep_id: int, plan: d.Plan) -> dict[str, Any] | None:
     """A deploy undone after its migrations ran: with traffic back on the old release, take
     the schema back to what the old release needs (unless it works on the new one)."""
-    if plan.kind != d.DEPLOY or d.MIGRATE not in repo.done_steps(ctx.engine, dep_id):
+    done = repo.done_steps(ctx.engine, dep_id)
+    down_first = plan.kind == d.ROLLBACK and d.MIGRATE_DOWN in done and \
+        plan.steps.index(d.MIGRATE_DOWN) < plan.steps.index(d.SWITCH)
+    if not down_first and (plan.kind != d.DEPLOY or d.MIGRATE not in done):
         return None
     old_rel = repo.get_release(ctx.engine, plan.from_version or "") or {}
     try:
+        if down_first:  # the older release never took traffic: the schema goes back up
+            assert plan.from_version is not None
+            return schema.upgrade(ctx, plan.env, plan.from_version, plan.from_version)
         return schema.migrate_down(ctx, plan.env, plan.to_version, old_rel)
     except RollwiseError as e:
         ctx.emit("migrate", reasons.ERROR, env=plan.env, version=plan.from_version,

@@ -114,6 +114,7 @@ def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str
     warnings = preflight_checks(ctx, env, rel["version"], state["live_version"])
     strategy = env_cfg.strategy
     migrate, migrate_down = schema.needs_migrations(ctx, env, rel), False
+    down_first = False
     if kind == d.ROLLBACK:
         change, _ = schema.rollback_change_for(ctx, env, state["live_version"], rel)
         if change.action == "restore":
@@ -123,6 +124,7 @@ def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str
         migrate_down = change.action == "down"
         if migrate_down:
             _check_window(ctx, env, state, rel["version"], force_reason)
+            down_first = ctx.config.migrations.rollback == "before_start"  # type: ignore[union-attr]
     plan = d.plan_deployment(
         env=env, kind=kind, to_version=rel["version"], sha256=rel["sha256"],
         from_version=state["live_version"],
@@ -131,7 +133,7 @@ def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str
         pre_hooks=bool(hooks.pre_deploy), post_hooks=bool(hooks.post_deploy),
         strategy=strategy.type, bake_s=strategy.bake, checks=bool(env_cfg.verify),
         batch_size=strategy.batch_size, pause_s=strategy.pause_s,
-        migrate=migrate, migrate_down=migrate_down,
+        migrate=migrate, migrate_down=migrate_down, down_first=down_first,
         backup=schema.wants_backup(ctx, env, migrate),
         purge=caches.configured(ctx, env),
         stages=tuple(d.Stage(s.weight, strategy.pause_s if s.pause_s is None else s.pause_s,
@@ -222,8 +224,10 @@ def describe_schema(ctx: Context, env: str, live: dict[str, Any] | None,
     """What a rollback to `target` does to the database schema, with the SQL it runs."""
     change, path = schema.rollback_change_for(ctx, env, live["version"] if live else None,
                                               target)
-    lost = schema.data_lost(ctx, env, path) if change.action == "down" else {}
-    return schema.describe(change, path, lost)
+    if change.action != "down" or live is None:
+        return schema.describe(change, [])
+    sql = schema.preview_down(ctx, env, live["version"], target, path)
+    return schema.describe(change, sql, schema.data_lost(ctx, env, path))
 
 
 def rollback(ctx: Context, env: str, to: str | None, lock_wait: float = 0.0,

@@ -4,11 +4,14 @@ after traffic is back on an older release (unless it works on the current schema
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rollwise import domain as d
 from rollwise import reasons
+from rollwise.config.schema import MigrationsConfig
 from rollwise.controller.context import Context
+from rollwise.data.alembic import AlembicRunner, scan_revisions, versions_dir
+from rollwise.data.command import CommandRunner, release_version
 from rollwise.data.migrations import (
     Migration,
     SchemaChange,
@@ -19,19 +22,52 @@ from rollwise.data.migrations import (
     scan,
     up_path,
 )
-from rollwise.data.sqlrunner import MigrationFailed, SqlRunner, check_applied
+from rollwise.data.sqlrunner import MigrationFailed, SqlRunner, open_db
 from rollwise.errors import ConfigError, RollwiseError
+from rollwise.secrets import Secret
+from rollwise.store import repo
+
+
+class SchemaRunner(Protocol):
+    """One runner per kind of migrations (`migrations.type`), bound to a release directory:
+    what is applied, up, down, and the SQL a down would run."""
+
+    @property
+    def transactional_ddl(self) -> bool: ...
+    def applied_versions(self, ms: list[Migration]) -> set[str]: ...
+    def check(self, ms: list[Migration], recorded: dict[str, str]) -> None: ...
+    def upgrade(self, path: list[Migration]) -> list[str]: ...
+    def downgrade(self, path: list[Migration], target: str | None = None) -> list[str]: ...
+    def preview(self, path: list[Migration], target: str | None) -> list[str]: ...
+    def close(self) -> None: ...
+
+
+def scan_release(cfg: MigrationsConfig, release_dir: Path,
+                 env: dict[str, str] | None = None) -> list[Migration]:
+    """A release's migrations, oldest first, read without a database."""
+    if cfg.type == "sql":
+        return scan(release_dir / cfg.dir)
+    if cfg.type == "alembic":
+        return scan_revisions(versions_dir(release_dir, cfg.layout, _alembic_path(cfg)))
+    return release_version(release_dir, str(cfg.version), env or {}, cfg.timeout_s)
+
+
+def _alembic_path(cfg: MigrationsConfig) -> str:
+    return cfg.dir if cfg.layout == "flask" else cfg.config
 
 
 def release_schema(ctx: Context, source: Path) -> tuple[dict[str, Any] | None, list[str]]:
     """At `release create`: the migrations the release carries (refused when one has no
-    down step or is misnamed) and warnings about destructive ones."""
-    if ctx.config.migrations is None:
+    down step or is misnamed) and warnings about destructive and irreversible ones."""
+    cfg = ctx.config.migrations
+    if cfg is None:
         return None, []
-    ms = scan(source / ctx.config.migrations.dir)
+    ms = scan_release(cfg, source, cfg.env)
     if not ms:
         return None, []
-    return ({"version": ms[-1].version, "migrations": [m.summary() for m in ms]}, lint(ms))
+    warnings = lint(ms) + [f"{m.file}: irreversible: a rollback across it needs a restore "
+                           "from backup" for m in ms if m.irreversible and cfg.type != "sql"]
+    return {"version": ms[-1].version, "migrations": [m.summary() for m in ms]}, warnings
 
 
 def database_url(ctx: Context, env: str) -> str | None:
@@ -41,45 +77,79 @@ def database_url(ctx: Context, env: str) -> str | None:
     return ctx.url(env, db).replace("{shared}", str(ctx.env_dir(env) / "shared"))
 
 
-def runner(ctx: Context, env: str) -> SqlRunner:
-    url = database_url(ctx, env)
-    if url is None:
+def _release_dir(ctx: Context, env: str, version: str) -> Path:
+    return ctx.env_dir(env) / "releases" / version
+
+
+def _command_env(ctx: Context, env: str, version: str) -> dict[str, str]:
+    assert ctx.config.migrations is not None
+    values = ctx.instance_env(env, version)
+    plain = {k: v.reveal() if isinstance(v, Secret) else v for k, v in values.items()}
+    return plain | ctx.config.migrations.env
+
+
+def runner(ctx: Context, env: str, version: str) -> SchemaRunner:
+    """The runner of `migrations.type` for the database of `env`, in `version`'s release."""
+    url, cfg = database_url(ctx, env), ctx.config.migrations
+    if url is None or cfg is None:
         raise ConfigError(f"environment {env!r} has no database", where=str(ctx.config_path))
     (ctx.env_dir(env) / "shared").mkdir(parents=True, exist_ok=True)
-    return SqlRunner(url, ctx.env(env).database.lock_timeout_s)  # type: ignore[union-attr]
+    lock_s = ctx.env(env).database.lock_timeout_s  # type: ignore[union-attr]
+    folder = _release_dir(ctx, env, version)
+    if cfg.type == "sql":
+        return SqlRunner(url, lock_s, folder / cfg.dir)
+    env_vars = _command_env(ctx, env, version)
+    if cfg.type == "alembic":
+        return AlembicRunner(url, folder, cfg.layout, _alembic_path(cfg), cfg.command,
+                             env_vars, cfg.version_table, lock_s, cfg.timeout_s)
+    return CommandRunner(url, folder, str(cfg.version), str(cfg.current), str(cfg.up),
+                         str(cfg.down), cfg.preview, env_vars, cfg.transactional, lock_s,
+                         cfg.timeout_s)
 
 
 def release_migrations(ctx: Context, env: str, version: str) -> list[Migration]:
     """The migrations in a release's unpacked directory."""
     assert ctx.config.migrations is not None
-    folder = ctx.env_dir(env) / "releases" / version / ctx.config.migrations.dir
-    return scan(folder)
+    cfg = ctx.config.migrations
+    env_vars = _command_env(ctx, env, version) if cfg.type == "command" else None
+    return scan_release(cfg, _release_dir(ctx, env, version), env_vars)
 
 
 def needs_migrations(ctx: Context, env: str, rel: dict[str, Any]) -> bool:
     return bool(rel.get("schema")) and database_url(ctx, env) is not None
 
 
+def _recorded(ctx: Context, version: str | None) -> dict[str, str]:
+    """Checksums of the migrations a release carried, as recorded at `release create`."""
+    rel = repo.get_release(ctx.engine, version) if version else None
+    schema = (rel or {}).get("schema") or {}
+    return {m["version"]: m["checksum"] for m in schema.get("migrations", [])}
+
+
 def migrate_up(ctx: Context, plan: d.Plan, backup: str | None = None) -> dict[str, Any]:
-    """Before the new code starts: apply the release's pending migrations (checksums of the
-    applied ones checked first), under the database lock, in one transaction where the
-    database allows. Where it does not (MySQL), a failure restores the pre-deploy backup."""
-    ms = release_migrations(ctx, plan.env, plan.to_version)
-    run = runner(ctx, plan.env)
+    """Before the new code starts: apply the release's pending migrations (edited applied
+    ones refused first), under the database lock, in one transaction where the database
+    allows. Where it does not (MySQL), a failure restores the pre-deploy backup."""
+    return upgrade(ctx, plan.env, plan.to_version, plan.from_version, backup)
+
+
+def upgrade(ctx: Context, env: str, version: str, live: str | None,
+            backup: str | None = None) -> dict[str, Any]:
+    """Bring the schema up to what `version` needs, checking applied migrations against the
+    copies `live` recorded."""
+    ms = release_migrations(ctx, env, version)
+    run = runner(ctx, env, version)
     try:
-        applied = run.applied()
-        check_applied(applied, ms)
-        path = up_path(ms, {a.version for a in applied}, ms[-1].version if ms else None)
-        done = run.upgrade(path)
+        run.check(ms, _recorded(ctx, live))
+        done = run.upgrade(up_path(ms, run.applied_versions(ms)))
     except MigrationFailed as e:
         if run.transactional_ddl or backup is None:
             raise
-        _restore_after_failure(ctx, plan.env, backup, e)
+        _restore_after_failure(ctx, env, backup, e)
         raise
     finally:
-        run.engine.dispose()
-    ctx.emit("migrate", reasons.OK, env=plan.env, version=plan.to_version,
-             data={"applied": done})
+        run.close()
+    ctx.emit("migrate", reasons.OK, env=env, version=version, data={"applied": done})
     return {"applied": done, "schema": ms[-1].version if ms else None}
 
 
@@ -97,21 +167,31 @@ def _restore_after_failure(ctx: Context, env: str, backup_id: str, e: RollwiseEr
 
 def rollback_change_for(ctx: Context, env: str, live: str | None, target: dict[str, Any]
                         ) -> tuple[SchemaChange, list[Migration]]:
-    """What a rollback to `target` does to the schema, with the down path (its SQL comes from
-    the live release, the one that applied those migrations)."""
+    """What a rollback to `target` does to the schema, with the down path (its steps come
+    from the live release, the one that applied those migrations)."""
     if live is None or ctx.config.migrations is None or database_url(ctx, env) is None:
         return SchemaChange("none"), []
     ms = release_migrations(ctx, env, live)
     if not ms:
         return SchemaChange("none"), []
-    run = runner(ctx, env)
+    run = runner(ctx, env, live)
     try:
-        applied = {a.version for a in run.applied()}
+        applied = run.applied_versions(ms)
     finally:
-        run.engine.dispose()
+        run.close()
     floor = (target.get("schema") or {}).get("version")
     path = down_path(ms, applied, floor)
     return rollback_change(path), path
+
+
+def preview_down(ctx: Context, env: str, live: str, target: dict[str, Any],
+                 path: list[Migration]) -> list[str]:
+    """The SQL the down path runs (Alembic: offline `--sql`)."""
+    run = runner(ctx, env, live)
+    try:
+        return run.preview(path, (target.get("schema") or {}).get("version"))
+    finally:
+        run.close()
 
 
 def migrate_down(ctx: Context, env: str, live: str, target: dict[str, Any]) -> dict[str, Any]:
@@ -123,11 +203,11 @@ def migrate_down(ctx: Context, env: str, live: str, target: dict[str, Any]) -> d
     if change.action != "down":
         return {"schema": change.action, "reason": change.reason}
     lost = data_lost(ctx, env, path)
-    run = runner(ctx, env)
+    run = runner(ctx, env, live)
     try:
-        done = run.downgrade(path)
+        done = run.downgrade(path, (target.get("schema") or {}).get("version"))
     finally:
-        run.engine.dispose()
+        run.close()
     ctx.emit("migrate", "down", env=env, version=target["version"],
              data={"ran": done, "data_lost": lost})
     return {"schema": "down", "ran": done, "data_lost": lost}
@@ -171,9 +251,11 @@ def data_lost(ctx: Context, env: str, path: list[Migration]) -> dict[str, int]:
     from sqlalchemy import text
 
     out: dict[str, int] = {}
-    run = runner(ctx, env)
+    url = database_url(ctx, env)
+    assert url is not None
+    engine = open_db(url)
     try:
-        with run.engine.connect() as conn:
+        with engine.connect() as conn:
             q = conn.dialect.identifier_preparer.quote
             for m in path:
                 for table, column in dropped(m.down or ""):
@@ -186,20 +268,18 @@ def data_lost(ctx: Context, env: str, path: list[Migration]) -> dict[str, int]:
                         continue
                     out[table if column is None else f"{table}.{column}"] = n
     finally:
-        run.engine.dispose()
+        engine.dispose()
     return out
 
 
-def describe(change: SchemaChange, path: list[Migration], lost: dict[str, int] | None = None
+def describe(change: SchemaChange, sql: list[str], lost: dict[str, int] | None = None
              ) -> list[str]:
     """Lines for `rollwise rollback`: what happens to the schema, with the SQL and the data
     that exists only in what it drops."""
     if change.action == "none":
         return []
     rows = [f"schema:  {change.action}: {change.reason}"]
-    for m in path if change.action == "down" else []:
-        rows.append(f"  -- {m.file.replace('.up.', '.down.')}")
-        rows += [f"  {line}" for line in (m.down or "").strip().splitlines()]
+    rows += [f"  {line}" for line in (sql if change.action == "down" else [])]
     for where, n in (lost or {}).items():
         rows.append(f"  data lost: {where}: {n} values written to the newer schema")
     return rows

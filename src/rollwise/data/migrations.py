@@ -33,21 +33,37 @@ DESTRUCTIVE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bNOT\s+NULL\b(?![^;]*\bDEFAULT\b)", re.I),
      "NOT NULL without a DEFAULT: fails on existing rows and on the old code's inserts; "
      "add it nullable (or with a default), backfill, then tighten"),
+    # Alembic operations
+    (re.compile(r"\bop\.drop_table\("),
+     "drops a table: rename it away in one release, drop it in a later one (expand/contract)"),
+    (re.compile(r"\.drop_column\("),
+     "drops a column: stop using it in one release, drop it in a later one"),
+    (re.compile(r"\bop\.rename_table\(|\bnew_column_name\s*="),
+     "renames: add the new name, write both, move readers, then drop the old one"),
+    (re.compile(r"\.alter_column\((?:[^()]|\([^()]*\))*\btype_\s*="),
+     "changes a column type: add a column of the new type and backfill it instead"),
+    (re.compile(r"\bnullable\s*=\s*False\b(?![^)]*server_default)"),
+     "NOT NULL without a server default: fails on existing rows and on the old code's "
+     "inserts; add it nullable (or with a default), backfill, then tighten"),
 )
 
 
 @dataclass(frozen=True)
 class Migration:
+    """One migration of any runner: its version (a number for SQL files, a revision id for
+    Alembic), the up and down source (None: irreversible) and its markers."""
+
     version: str
     name: str
     up: str
     down: str | None
     irreversible: bool = False
     expand: bool = False
+    filename: str = ""
 
     @property
-    def number(self) -> int:
-        return int(self.version)
+    def key(self) -> str:
+        return version_key(self.version)
 
     @property
     def checksum(self) -> str:
@@ -55,12 +71,22 @@ class Migration:
 
     @property
     def file(self) -> str:
-        return f"{self.version}_{self.name}.up.sql"
+        return self.filename or f"{self.version}_{self.name}.up.sql"
+
+    @property
+    def down_file(self) -> str:
+        return self.file.replace(".up.", ".down.") if not self.filename else \
+            f"{self.filename} (downgrade)"
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
-        del d["up"], d["down"]
+        del d["up"], d["down"], d["filename"]
         return d | {"checksum": self.checksum}
+
+
+def version_key(version: str) -> str:
+    """Versions made of digits compare as numbers (`0002` is `2`); others as they are."""
+    return str(int(version)) if version.isdigit() else version
 
 
 def markers(sql: str) -> set[str]:
@@ -108,7 +134,7 @@ def scan(folder: Path) -> list[Migration]:
     if downs:
         orphan = next(iter(downs.values()))
         raise ConfigError(f"down migration {orphan.name} has no up migration", where=str(orphan))
-    return sorted(out, key=lambda m: m.number)
+    return sorted(out, key=lambda m: int(m.version))
 
 
 def lint(migrations: list[Migration]) -> list[str]:
@@ -130,21 +156,24 @@ def statements(sql: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*(?:\n|$)", _strip_comments(sql)) if s.strip()]
 
 
-def up_path(migrations: list[Migration], applied: set[str], target: str | None
+def up_path(migrations: list[Migration], applied: set[str], target: str | None = None
             ) -> list[Migration]:
-    """Migrations to apply, in order, to reach `target` (None: the newest)."""
-    top = int(target) if target else max((m.number for m in migrations), default=0)
-    done = {int(v) for v in applied}
-    return [m for m in migrations if m.number <= top and m.number not in done]
+    """Migrations (in order) not applied yet, up to `target` (None: the newest)."""
+    keys = [m.key for m in migrations]
+    top = keys.index(version_key(target)) + 1 if target else len(keys)
+    done = {version_key(v) for v in applied}
+    return [m for m in migrations[:top] if m.key not in done]
 
 
 def down_path(migrations: list[Migration], applied: set[str], target: str | None
               ) -> list[Migration]:
-    """Applied migrations above `target` (None: all), newest first."""
-    floor = int(target) if target else 0
-    done = {int(v) for v in applied}
-    return sorted((m for m in migrations if m.number > floor and m.number in done),
-                  key=lambda m: -m.number)
+    """Applied migrations after `target` (None: all), newest first. A target the list does
+    not hold is taken as older than all of it."""
+    keys = [m.key for m in migrations]
+    floor = keys.index(version_key(target)) + 1 if target and version_key(target) in keys \
+        else 0
+    done = {version_key(v) for v in applied}
+    return [m for m in reversed(migrations[floor:]) if m.key in done]
 
 
 @dataclass(frozen=True)
@@ -174,10 +203,20 @@ def rollback_change(path: list[Migration]) -> SchemaChange:
 DROP_COLUMN = re.compile(r"ALTER\s+TABLE\s+[`\"]?(\w+)[`\"]?\s+DROP\s+(?:COLUMN\s+)?"
                          r"(?:IF\s+EXISTS\s+)?[`\"]?(\w+)", re.I)
 DROP_TABLE = re.compile(r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?[`\"]?(\w+)", re.I)
+OP_DROP_COLUMN = re.compile(r"\bop\.drop_column\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]")
+OP_DROP_TABLE = re.compile(r"\bop\.drop_table\(\s*['\"](\w+)['\"]")
+BATCH = re.compile(r"batch_alter_table\(\s*['\"](\w+)['\"][^\n]*\n(?P<body>(?:[ \t]+[^\n]*\n?)*)")
+BATCH_DROP = re.compile(r"\.drop_column\(\s*['\"](\w+)['\"]")
 
 
-def dropped(sql: str) -> list[tuple[str, str | None]]:
-    """(table, column) a down step drops; column None for a whole table."""
-    text = _strip_comments(sql)
-    return [(t, c) for t, c in DROP_COLUMN.findall(text)] + \
+def dropped(source: str) -> list[tuple[str, str | None]]:
+    """(table, column) a down step drops; column None for a whole table. Reads SQL and
+    Alembic's `op.drop_column`, `op.drop_table` and `batch_alter_table(...).drop_column`."""
+    text = _strip_comments(source)
+    out = [(t, c) for t, c in DROP_COLUMN.findall(text)] + \
         [(t, None) for t in DROP_TABLE.findall(text)]
+    out += [(t, c) for t, c in OP_DROP_COLUMN.findall(source)]
+    out += [(t, None) for t in OP_DROP_TABLE.findall(source)]
+    for b in BATCH.finditer(source):
+        out += [(b[1], c) for c in BATCH_DROP.findall(b["body"])]
+    return list(dict.fromkeys(out))

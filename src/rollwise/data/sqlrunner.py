@@ -9,16 +9,18 @@ DDL statement; a failure there names the statement, and the pre-deploy backup is
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError
 
-from rollwise.data.migrations import Migration, statements
+from rollwise.data.migrations import Migration, scan, statements
 from rollwise.errors import ConfigError, LockHeld, RollwiseError
 
 TABLE = "rollwise_schema"
@@ -78,6 +80,7 @@ class Applied:
 class SqlRunner:
     url: str
     lock_timeout_s: float = 10.0
+    folder: Path | None = None  # the release's migrations folder
 
     def __post_init__(self) -> None:
         self.engine = open_db(self.url)
@@ -114,16 +117,39 @@ class SqlRunner:
                           "applied_at FLOAT NOT NULL)"))
         conn.commit()
 
+    def migrations(self) -> list[Migration]:
+        return scan(self.folder) if self.folder else []
+
+    def applied_versions(self, ms: list[Migration]) -> set[str]:
+        return {a.version for a in self.applied()}
+
+    def check(self, ms: list[Migration], recorded: dict[str, str]) -> None:
+        check_applied(self.applied(), ms)
+
     def upgrade(self, path: list[Migration]) -> list[str]:
         return self._run(path, up=True)
 
-    def downgrade(self, path: list[Migration]) -> list[str]:
+    def downgrade(self, path: list[Migration], target: str | None = None) -> list[str]:
         return self._run(path, up=False)
+
+    def preview(self, path: list[Migration], target: str | None) -> list[str]:
+        rows = []
+        for m in path:
+            rows += [f"-- {m.down_file}", *(m.down or "").strip().splitlines()]
+        return rows
+
+    @contextmanager
+    def _db_lock(self, conn: Connection) -> Iterator[None]:
+        if self.engine.dialect.name == "sqlite":  # BEGIN IMMEDIATE takes the write lock
+            yield
+            return
+        with db_lock(conn, self.url, self.lock_timeout_s):
+            yield
 
     def _run(self, path: list[Migration], *, up: bool) -> list[str]:
         if not path:
             return []
-        with self._connect() as conn, self._lock(conn):
+        with self._connect() as conn, self._db_lock(conn):
             self._ensure_table(conn)
             if self.transactional_ddl:
                 with conn.begin():
@@ -133,7 +159,7 @@ class SqlRunner:
                 for m in path:
                     with conn.begin():
                         self._one(conn, m, up)
-        return [m.file if up else m.file.replace(".up.", ".down.") for m in path]
+        return [m.file if up else m.down_file for m in path]
 
     def _one(self, conn: Connection, m: Migration, up: bool) -> None:
         sql = m.up if up else m.down
@@ -144,7 +170,7 @@ class SqlRunner:
             try:
                 conn.exec_driver_sql(stmt)
             except DBAPIError as e:
-                file = m.file if up else m.file.replace(".up.", ".down.")
+                file = m.file if up else m.down_file
                 state = ("nothing of this run was kept; the schema is as before"
                          if self.transactional_ddl else
                          "statements before it are committed (MySQL commits DDL at once); "
@@ -158,37 +184,66 @@ class SqlRunner:
         else:
             conn.execute(text(f"DELETE FROM {TABLE} WHERE version = :v"), {"v": m.version})
 
-    @contextmanager
-    def _lock(self, conn: Connection) -> Iterator[None]:
-        """One migration run per database at a time; a second one is refused, not queued
-        behind a half-finished schema."""
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":  # BEGIN IMMEDIATE takes the write lock per transaction
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def db_lock(conn: Connection, url: str, timeout_s: float) -> Iterator[None]:
+    """One migration run per database at a time; a second one is refused after `timeout_s`,
+    not queued behind a half-finished schema. PostgreSQL: an advisory lock; MySQL: GET_LOCK;
+    SQLite: a lock file beside the database."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        with _file_lock(conn.engine.url.database, url, timeout_s):
             yield
-            return
-        deadline = time.monotonic() + self.lock_timeout_s
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if dialect == "postgresql":
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar()
+        else:
+            got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": LOCK_NAME}).scalar()
+        conn.commit()
+        if got:
+            break
+        if time.monotonic() > deadline:
+            raise _held(url)
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        if dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+        else:
+            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": LOCK_NAME})
+        conn.commit()
+
+
+@contextmanager
+def _file_lock(database: str | None, url: str, timeout_s: float) -> Iterator[None]:
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.rollwise-lock", "a") as f:
+        deadline = time.monotonic() + timeout_s
         while True:
-            if dialect == "postgresql":
-                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
-                                   {"k": LOCK_KEY}).scalar()
-            else:
-                got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": LOCK_NAME}).scalar()
-            conn.commit()
-            if got:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            if time.monotonic() > deadline:
-                raise LockHeld(f"another migration holds the lock of {redact(self.url)}",
-                               where="database", hint="wait for it to finish, then deploy "
-                               "again; nothing was changed")
-            time.sleep(0.2)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise _held(url) from None
+                time.sleep(0.2)
         try:
             yield
         finally:
-            if dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
-            else:
-                conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": LOCK_NAME})
-            conn.commit()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _held(url: str) -> LockHeld:
+    return LockHeld(f"another migration holds the lock of {redact(url)}", where="database",
+                    hint="wait for it to finish, then deploy again; nothing was changed")
 
 
 def check_applied(applied: list[Applied], migrations: list[Migration]) -> None:

@@ -1,0 +1,99 @@
+"""Migrations run by any tool (Flyway, Liquibase, a script): shell commands in the release
+directory, `{version}` replaced by a schema version.
+
+- `version`, run at `release create` in the source: prints the schema version the release
+  needs (for Flyway, the newest `V<version>__*.sql`).
+- `current`: prints the database's schema version.
+- `up`: brings the database to `{version}`; `down`: takes it back to `{version}`.
+- `preview` (optional): prints what `down` would run.
+
+The tool checks its own migrations (Flyway's `validate`); rollwise compares versions only,
+so a rollback runs `down` whenever the database is at the live release's version and the
+target release needs another one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rollwise.data.migrations import Migration
+from rollwise.data.sqlrunner import MigrationFailed, db_lock, open_db
+from rollwise.errors import ConfigError
+
+
+def release_version(release_dir: Path, command: str, env: dict[str, str],
+                    timeout_s: float) -> list[Migration]:
+    """The schema version a release needs, as one migration (empty when none printed)."""
+    v = _shell("version", command, release_dir, env, timeout_s).strip()
+    return [Migration(v, "schema", "", "", filename=f"schema {v}")] if v else []
+
+
+@dataclass
+class CommandRunner:
+    url: str
+    release_dir: Path
+    version: str
+    current: str
+    up: str
+    down: str
+    preview_command: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    transactional_ddl: bool = False
+    lock_timeout_s: float = 10.0
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        self.engine = open_db(self.url)
+
+    def applied_versions(self, ms: list[Migration]) -> set[str]:
+        v = self._run("current", self.current).strip()
+        return {v} if v else set()
+
+    def check(self, ms: list[Migration], recorded: dict[str, str]) -> None:
+        """The tool validates its own migrations."""
+
+    def upgrade(self, path: list[Migration]) -> list[str]:
+        if not path:
+            return []
+        with self.engine.connect() as conn, db_lock(conn, self.url, self.lock_timeout_s):
+            self._run("up", self.up.format(version=path[-1].version))
+        return [f"up to {path[-1].version}"]
+
+    def downgrade(self, path: list[Migration], target: str | None = None) -> list[str]:
+        if not path:
+            return []
+        with self.engine.connect() as conn, db_lock(conn, self.url, self.lock_timeout_s):
+            self._run("down", self.down.format(version=target or ""))
+        return [f"down to {target}"]
+
+    def preview(self, path: list[Migration], target: str | None) -> list[str]:
+        if not path:
+            return []
+        if self.preview_command is None:
+            return [f"-- runs: {self.down.format(version=target or '')}"]
+        return self._run("preview", self.preview_command.format(version=target or "")
+                         ).splitlines()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _run(self, key: str, command: str) -> str:
+        return _shell(key, command, self.release_dir, self.env, self.timeout_s)
+
+
+def _shell(key: str, command: str, cwd: Path, env: dict[str, str], timeout_s: float) -> str:
+    try:
+        proc = subprocess.run(["bash", "-c", command], cwd=cwd, text=True, capture_output=True,
+                              timeout=timeout_s, env={**os.environ, **env})
+    except subprocess.TimeoutExpired:
+        raise MigrationFailed(f"migrations.{key} ran longer than {timeout_s} s: {command}",
+                              where=f"migrations.{key}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+        cls = ConfigError if proc.returncode == 127 else MigrationFailed
+        raise cls(f"migrations.{key} exited {proc.returncode}: {command}\n" + "\n".join(tail),
+                  where=f"migrations.{key} in {cwd}")
+    return proc.stdout
