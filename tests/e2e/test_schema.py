@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -229,4 +230,34 @@ def test_given_mariadb_when_a_migration_fails_halfway_then_the_backup_is_restore
                 == ["0001"]
     finally:
         engine.dispose()
+    assert status(project)["live_version"] == "1.0.0"
+
+
+def test_given_a_command_runner_when_deployed_and_rolled_back_then_the_tool_moves_the_schema(
+        project):
+    """A Flyway-like tool (the one the component tests use) through rollwise.yaml only."""
+    from tests.component.test_runners import TOOL
+
+    (project.root / "tool.py").write_text(TOOL)
+    path = project.root / "rollwise.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    tool = f"{sys.executable} tool.py"
+    cfg["migrations"] = {"type": "command", "version": "cat SCHEMA",
+                         "current": f"{tool} current", "up": f"{tool} up {{version}}",
+                         "down": f"{tool} down {{version}}",
+                         "preview": "echo would run: down to {version}"}
+    cfg["environments"]["dev"]["database"] = {"url": "sqlite:///{shared}/orders.db"}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for version, schema in (("1.0.0", "1"), ("1.1.0", "3")):
+        (project.root / "SCHEMA").write_text(schema + "\n")
+        project.release(version)
+    project.cli("deploy", "1.0.0", check=True)
+    project.cli("deploy", "1.1.0", check=True)
+    assert [c for c in columns(project) if c in ("channel", "note")] == ["channel", "note"]
+    dry = project.cli("rollback", "--dry-run", check=True)
+    assert "would run: down to 1" in dry.stdout + dry.stderr
+    project.cli("rollback", check=True)
+    assert "channel" not in columns(project) and "note" not in columns(project)
+    with db(project) as conn:
+        assert conn.execute("SELECT max(v) FROM tool_version").fetchone() == (1,)
     assert status(project)["live_version"] == "1.0.0"

@@ -92,3 +92,65 @@ def test_dropped_names_columns_and_tables_a_down_step_drops():
     assert dropped("-- DROP TABLE x\nALTER TABLE orders DROP COLUMN channel;\n"
                    "ALTER TABLE `t` DROP `c`;\nDROP TABLE IF EXISTS audit;") == [
         ("orders", "channel"), ("t", "c"), ("audit", None)]
+
+
+def revision(rev: str, parent: str | None, up: str = "op.add_column('t', sa.Column('c'))",
+             down: str = "op.drop_column('t', 'c')", head: str = "") -> str:
+    return (f'"""{rev} does a thing\n\nRevision ID: {rev}\n"""\n{head}'
+            f"revision = {rev!r}\ndown_revision: str | None = {parent!r}\n\n"
+            f"def upgrade():\n    {up}\n\n\ndef downgrade():\n    {down}\n")
+
+
+def test_alembic_revisions_are_read_without_importing_and_ordered_by_down_revision(tmp_path):
+    from rollwise.data.alembic import scan_revisions
+
+    ms = scan_revisions(folder(tmp_path, {
+        "c_third.py": revision("c3", "b2", head="# rollwise: expand\n"),
+        "a_first.py": revision("a1", None, up="import nothing_installed_here"),
+        "b_second.py": revision("b2", "a1", down='"""no way back."""\n    pass'),
+        "__init__.py": ""}))
+    assert [(x.version, x.name, x.irreversible, x.expand, x.down is None, x.file)
+            for x in ms] == [
+        ("a1", "a1 does a thing", False, False, False, "a_first.py"),
+        ("b2", "b2 does a thing", True, False, True, "b_second.py"),
+        ("c3", "c3 does a thing", False, True, False, "c_third.py")]
+    assert "op.drop_column('t', 'c')" in (ms[0].down or "")
+    assert [x.version for x in up_path(ms, {"a1"})] == ["b2", "c3"]
+    assert [x.version for x in down_path(ms, {"a1", "b2", "c3"}, "a1")] == ["c3", "b2"]
+    assert rollback_change(down_path(ms, {"a1", "b2", "c3"}, "a1")).action == "restore"
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"a.py": revision("a1", None), "b.py": revision("b2", "a1"), "c.py": revision("c3", "a1")},
+     "all follow a1: there are several heads"),
+    ({"a.py": revision("a1", None), "m.py": revision("m", None).replace(
+        "= None", "= ('a1', 'x')")}, "merges revisions a1, x"),
+    ({"a.py": revision("a1", None), "b.py": revision("b2", "zz")}, "do not lead back"),
+    ({"a.py": "def upgrade(:\n"}, "does not parse"),
+    ({"a.py": "x = 1\n"}, "has no `revision"),
+])
+def test_alembic_branches_and_broken_files_are_refused_naming_the_file(tmp_path, files,
+                                                                       message):
+    from rollwise.data.alembic import scan_revisions
+
+    with pytest.raises(ConfigError, match=message):
+        scan_revisions(folder(tmp_path, files))
+
+
+def test_lint_and_dropped_read_alembic_operations():
+    from rollwise.data.migrations import dropped
+
+    up = ("op.drop_table('legacy')\nop.alter_column('t', 'a', new_column_name='b')\n"
+          "op.alter_column('t', 'p', type_=sa.String(length=256))\n"
+          "op.add_column('t', sa.Column('n', sa.Integer(), nullable=False))\n"
+          "op.add_column('t', sa.Column('d', sa.Integer(), nullable=False, "
+          "server_default='0'))\n")
+    got = [w.split(": ", 1)[1].split(":")[0] for w in lint([Migration("a1", "a", up, "x",
+                                                                      filename="a.py")])]
+    assert got == ["drops a table", "renames", "changes a column type",
+                   "NOT NULL without a server default"]
+    down = ("with op.batch_alter_table('transaction', schema=None) as batch_op:\n"
+            "    batch_op.drop_column('remote_addr')\n"
+            "op.drop_column(\"bill\", \"bill_type\")\nop.drop_table('archive')\n")
+    assert dropped(down) == [("bill", "bill_type"), ("archive", None),
+                             ("transaction", "remote_addr")]

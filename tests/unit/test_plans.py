@@ -110,3 +110,16 @@ def test_given_rolling_when_planning_then_one_step_per_batch_and_the_last_retire
     assert plan.batch("rolling:2") == 1 and plan.batch("switch") is None
     assert plan.bake_s == 0.0 and plan.traffic_moving({"rolling:1"})
     assert d.Plan.from_dict(plan.as_dict()) == plan
+
+
+def test_given_down_first_then_a_rollback_migrates_down_before_the_older_release_starts():
+    kw = {"env": "dev", "kind": d.ROLLBACK, "to_version": "1.0.0", "sha256": "s",
+          "from_version": "1.1.0", "old": [d.InstancePlan("1.1.0-a-0", "1.1.0", 9000)],
+          "ports": [9001], "suffix": "b", "pre_hooks": False, "post_hooks": False,
+          "migrate_down": True}
+    after = d.plan_deployment(**kw).steps
+    first = d.plan_deployment(**kw, down_first=True).steps
+    assert after == (d.VERIFY, d.UNPACK, d.START, d.HEALTH, d.SWITCH, d.MIGRATE_DOWN,
+                     d.DRAIN, d.STOP_OLD, d.FINALIZE)
+    assert first == (d.VERIFY, d.UNPACK, d.MIGRATE_DOWN, d.START, d.HEALTH, d.SWITCH,
+                     d.DRAIN, d.STOP_OLD, d.FINALIZE)
