@@ -69,7 +69,7 @@ def test_given_a_release_with_a_migration_when_rolled_back_then_schema_back_and_
     plan = project.cli("rollback", "--dry-run", check=True)
     assert "schema:  down" in plan.stderr and "ALTER TABLE orders DROP COLUMN channel" \
         in plan.stderr
-    assert "data lost: orders.channel:" in plan.stderr  # 1.1.0 filled it
+    assert "dropped: orders.channel:" in plan.stderr  # 1.1.0 filled it
     assert columns(project)[-1] == "channel"  # a dry run changes nothing
     project.cli("rollback", check=True)
     results = load.stop()
@@ -82,6 +82,16 @@ def test_given_a_release_with_a_migration_when_rolled_back_then_schema_back_and_
         applied = [r[0] for r in conn.execute("SELECT version FROM rollwise_schema")]
     assert stored == len(acked) and by.get("1.1.0", 0) > 0 and by.get("1.0.0", 0) > 0
     assert applied == ["0001"]
+    # what only the dropped column held was kept first, with each row's key
+    parked = list((project.root / ".rollwise" / "envs" / "dev" / "parked").glob(
+        "*-1.1.0-to-1.0.0-orders.channel.jsonl"))
+    assert len(parked) == 1
+    rows = [json.loads(line) for line in parked[0].read_text().splitlines()]
+    assert {r["channel"] for r in rows} == {"web"}
+    with db(project) as conn:  # every order 1.1.0 took, and those 1.0.0 took on the new schema
+        new = {r[0] for r in conn.execute("SELECT id FROM orders WHERE version = '1.1.0'")}
+        every = {r[0] for r in conn.execute("SELECT id FROM orders")}
+    assert new <= {r["id"] for r in rows} <= every and len(rows) == len({r["id"] for r in rows})
     assert status(project)["live_version"] == "1.0.0" and router_version(project) == "1.0.0"
 
 

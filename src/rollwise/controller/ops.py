@@ -227,7 +227,8 @@ def describe_schema(ctx: Context, env: str, live: dict[str, Any] | None,
     if change.action != "down" or live is None:
         return schema.describe(change, [])
     sql = schema.preview_down(ctx, env, live["version"], target, path)
-    return schema.describe(change, sql, schema.data_lost(ctx, env, path))
+    return schema.describe(change, sql, schema.data_dropped(ctx, env, path),
+                           schema.parked_dir(ctx, env))
 
 
 def rollback(ctx: Context, env: str, to: str | None, lock_wait: float = 0.0,

@@ -3,6 +3,7 @@ after traffic is back on an older release (unless it works on the current schema
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -10,6 +11,7 @@ from rollwise import domain as d
 from rollwise import reasons
 from rollwise.config.schema import MigrationsConfig
 from rollwise.controller.context import Context
+from rollwise.data import parking
 from rollwise.data.alembic import AlembicRunner, scan_revisions, versions_dir
 from rollwise.data.command import CommandRunner, release_version
 from rollwise.data.migrations import (
@@ -22,7 +24,7 @@ from rollwise.data.migrations import (
     scan,
     up_path,
 )
-from rollwise.data.sqlrunner import MigrationFailed, SqlRunner, open_db
+from rollwise.data.sqlrunner import MigrationFailed, SqlRunner
 from rollwise.errors import ConfigError, RollwiseError
 from rollwise.secrets import Secret
 from rollwise.store import repo
@@ -202,15 +204,18 @@ def migrate_down(ctx: Context, env: str, live: str, target: dict[str, Any]) -> d
                             "migration, then roll back")
     if change.action != "down":
         return {"schema": change.action, "reason": change.reason}
-    lost = data_lost(ctx, env, path)
+    url = database_url(ctx, env)
+    assert url is not None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{live}-to-{target['version']}"
+    parked = parking.park(url, _dropped(path), parked_dir(ctx, env), stamp)
     run = runner(ctx, env, live)
     try:
         done = run.downgrade(path, (target.get("schema") or {}).get("version"))
     finally:
         run.close()
     ctx.emit("migrate", "down", env=env, version=target["version"],
-             data={"ran": done, "data_lost": lost})
-    return {"schema": "down", "ran": done, "data_lost": lost}
+             data={"ran": done, "parked": parked})
+    return {"schema": "down", "ran": done, "parked": parked}
 
 
 def backups_dir(ctx: Context, env: str) -> Path:
@@ -245,41 +250,31 @@ def take_backup(ctx: Context, env: str, reason: str) -> dict[str, Any]:
     return {"backup": m.id, "size": m.size, "tables": len(m.tables)}
 
 
-def data_lost(ctx: Context, env: str, path: list[Migration]) -> dict[str, int]:
+def _dropped(path: list[Migration]) -> list[tuple[str, str | None]]:
+    return list(dict.fromkeys(t for m in path for t in dropped(m.down or "")))
+
+
+def data_dropped(ctx: Context, env: str, path: list[Migration]) -> dict[str, int]:
     """What the down path drops that only the newer schema holds: non-empty values per
     dropped column, rows per dropped table."""
-    from sqlalchemy import text
-
-    out: dict[str, int] = {}
     url = database_url(ctx, env)
     assert url is not None
-    engine = open_db(url)
-    try:
-        with engine.connect() as conn:
-            q = conn.dialect.identifier_preparer.quote
-            for m in path:
-                for table, column in dropped(m.down or ""):
-                    sql = (f"SELECT count(*) FROM {q(table)}" if column is None else
-                           f"SELECT count({q(column)}) FROM {q(table)}")
-                    try:
-                        n = int(conn.execute(text(sql)).scalar() or 0)
-                    except Exception:
-                        conn.rollback()
-                        continue
-                    out[table if column is None else f"{table}.{column}"] = n
-    finally:
-        engine.dispose()
-    return out
+    return parking.count(url, _dropped(path))
 
 
-def describe(change: SchemaChange, sql: list[str], lost: dict[str, int] | None = None
-             ) -> list[str]:
-    """Lines for `rollwise rollback`: what happens to the schema, with the SQL and the data
-    that exists only in what it drops."""
+def parked_dir(ctx: Context, env: str) -> Path:
+    return ctx.env_dir(env) / "parked"
+
+
+def describe(change: SchemaChange, sql: list[str], dropped_now: dict[str, int] | None = None,
+             parked: Path | None = None) -> list[str]:
+    """Lines for `rollwise rollback`: what happens to the schema, with the SQL, and the data
+    that exists only in what it drops (kept in `parked` before the down path runs)."""
     if change.action == "none":
         return []
     rows = [f"schema:  {change.action}: {change.reason}"]
     rows += [f"  {line}" for line in (sql if change.action == "down" else [])]
-    for where, n in (lost or {}).items():
-        rows.append(f"  data lost: {where}: {n} values written to the newer schema")
+    for where, n in (dropped_now or {}).items():
+        rows.append(f"  dropped: {where}: {n} values written to the newer schema, kept in "
+                    f"{parked}/ first")
     return rows
