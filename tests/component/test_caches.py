@@ -56,7 +56,8 @@ def test_an_unreachable_redis_is_a_clear_error_without_the_password():
 
 
 class Cdn(BaseHTTPRequestHandler):
-    """Answers 429 once, then 204; keeps what it was sent."""
+    """Answers 429 twice (the second time with Retry-After: 3), then 204; keeps what it was
+    sent."""
 
     calls: ClassVar[list[tuple[str, dict[str, object]]]] = []
 
@@ -66,7 +67,9 @@ class Cdn(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self.calls.append((self.headers.get("authorization", ""), body))
-        self.send_response(429 if len(self.calls) == 1 else 204)
+        self.send_response(429 if len(self.calls) <= 2 else 204)
+        if len(self.calls) == 2:
+            self.send_header("retry-after", "3")
         self.send_header("content-length", "0")
         self.end_headers()
 
@@ -85,7 +88,8 @@ def test_cdn_purge_posts_the_release_backs_off_on_429_and_sends_the_token(cdn):
     waits: list[float] = []
     payload = {"app": "order-sync", "env": "prod", "version": "1.1.0", "previous": "1.0.0"}
     assert call_cdn(cdn, payload, "tok", 5, sleep=waits.append) == 204
-    assert Cdn.calls == [("Bearer tok", payload), ("Bearer tok", payload)] and waits == [0.5]
+    assert Cdn.calls == [("Bearer tok", payload)] * 3
+    assert waits == [0.5, 3.0]  # its own back-off, then the CDN's Retry-After
 
 
 def test_static_assets_without_a_content_hash_are_named(tmp_path):

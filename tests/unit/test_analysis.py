@@ -261,3 +261,15 @@ def test_an_alert_is_acted_on_once():
     assert already_handled(rollback, Trigger("prod", "x"), now=1500.0)  # cooldown
     assert not already_handled(rollback, Trigger("prod", "x"), now=5000.0)
     assert not already_handled(None, Trigger("prod", "x"), now=5000.0)
+
+
+def test_backoff_doubles_honours_retry_after_and_is_capped():
+    import httpx
+
+    from rollwise.retry import backoff_s
+
+    assert [backoff_s(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert backoff_s(0, httpx.Response(429, headers={"retry-after": "7"})) == 7
+    assert backoff_s(1, httpx.Response(429, headers={"retry-after": "0"})) == 0
+    assert backoff_s(1, httpx.Response(429, headers={"retry-after": "soon"})) == 1
+    assert backoff_s(0, httpx.Response(429, headers={"retry-after": "600"})) == 30

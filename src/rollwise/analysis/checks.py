@@ -15,6 +15,7 @@ import httpx
 
 from rollwise.analysis.base import FAIL, INCONCLUSIVE, PASS, Look, Measurement
 from rollwise.config.schema import CommandCheck, HttpCheck, parse_expectation
+from rollwise.retry import backoff_s
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -82,7 +83,7 @@ class HttpProvider:
                               timeout=self.check.timeout_s)
             if r.status_code != 429 or attempt == tries - 1:
                 return r
-            self.sleep(_retry_after(r, attempt))
+            self.sleep(backoff_s(attempt, r))
         raise AssertionError("unreachable")
 
     def _fields(self, r: httpx.Response, numbers: dict[str, Any]) -> Measurement:
@@ -99,14 +100,6 @@ class HttpProvider:
         if wrong:
             return Measurement(self.kind, self.name, FAIL, "; ".join(wrong), numbers)
         return Measurement(self.kind, self.name, PASS, "all fields as expected", numbers)
-
-
-def _retry_after(r: httpx.Response, attempt: int) -> float:
-    try:
-        wait = float(str(r.headers.get("retry-after", "")))
-    except ValueError:
-        wait = 0.5 * 2 ** attempt
-    return min(30.0, wait)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from rollwise.errors import RollwiseError
+from rollwise.retry import backoff_s
 
 BATCH = 500
 # a hex hash (app.3f2a9c1b.js) or a bundler's base64url one with a digit (main-BfT3xk2q.css)
@@ -49,10 +50,12 @@ def purge_redis(url: str, patterns: list[str]) -> dict[str, int]:
 
 def call_cdn(url: str, payload: dict[str, Any], token: str | None, timeout: float,
              sleep: Any = time.sleep) -> int:
-    """POST the purge; retried (it is idempotent) on 429 and 5xx with back-off."""
+    """POST the purge; retried (it is idempotent) on 429 and 5xx, after the Retry-After the
+    CDN asks for or a doubling back-off."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     last = "no answer"
     for attempt in range(4):
+        r = None
         try:
             r = httpx.post(url, json=payload, headers=headers, timeout=timeout)
         except httpx.HTTPError as e:
@@ -63,7 +66,7 @@ def call_cdn(url: str, payload: dict[str, Any], token: str | None, timeout: floa
             last = f"HTTP {r.status_code}"
             if r.status_code != 429 and r.status_code < 500:
                 break
-        sleep(min(30.0, 0.5 * 2 ** attempt))
+        sleep(backoff_s(attempt, r))
     raise RollwiseError(f"CDN purge {url} failed: {last}", where="caches.cdn",
                         hint="purge by hand; the deploy itself is done")
 
