@@ -209,3 +209,17 @@ def test_given_a_failing_or_missing_tool_then_the_key_and_the_folder_are_named(t
             run.downgrade(ms, "1")
     finally:
         run.close()
+
+
+def test_given_a_migration_command_that_is_not_installed_then_a_config_error(tmp_path):
+    root = alembic_app(tmp_path / "app")
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    ms = scan_revisions(versions_dir(root, "plain", "alembic.ini"))
+    run = AlembicRunner(url, root, "plain", "alembic.ini", "no-such-python -m alembic")
+    try:
+        with pytest.raises(ConfigError, match="migration command not found") as e:
+            run.upgrade(ms)
+        assert e.value.where == "migrations.command"
+        assert run.applied_versions(ms) == set()
+    finally:
+        run.close()

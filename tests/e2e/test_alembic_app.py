@@ -1,8 +1,8 @@
 """End to end on a real public Flask-Migrate application, I Hate Money (from PyPI), with
-only a rollwise.yaml: 6.1.5 deployed, then 7.2.1 (three Alembic revisions up), then rolled
-back to 6.1.5 (three down) on PostgreSQL, with every project and bill kept. The app runs
-`upgrade` when it starts, so its rollback runs the down revisions before 6.1.5 starts
-(`migrations.rollback: before_start`)."""
+only a rollwise.yaml and its settings file (examples/ihatemoney): 6.1.5 deployed, then
+7.2.1 (three Alembic revisions up), then rolled back to 6.1.5 (three down) on PostgreSQL,
+with every project and bill kept. The app runs `upgrade` when it starts, so its rollback
+runs the down revisions before 6.1.5 starts (`migrations.rollback: before_start`)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,7 @@ from tests.conftest import Project, require
 from tests.e2e.test_deploy_rollback import status
 
 VERSIONS = {"6.1.5": "927ed575acbd", "7.2.1": "c941aaca38c2"}
-SETTINGS = ('import os\n'
-            '# the app runs on psycopg2; rollwise reads the same database through psycopg\n'
-            'SQLALCHEMY_DATABASE_URI = os.environ["DATABASE_URL"].replace("+psycopg", "")\n'
-            'SECRET_KEY = "test"\n')
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ihatemoney"
 
 
 @pytest.fixture(scope="session")
@@ -46,23 +43,15 @@ def vendored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def app(tmp_path: Path, pg_url: str, vendored: dict[str, Path]) -> Iterator[Project]:  # noqa: F811
+    """examples/ihatemoney as it is, but for its router port, database and interpreter."""
     p = Project(tmp_path / "ihatemoney")
-    p.root.mkdir()
-    (p.root / "settings.cfg").write_text(SETTINGS)
-    (p.root / "rollwise.yaml").write_text(yaml.safe_dump({
-        "app": "ihatemoney",
-        "run": {"command": f"{sys.executable} -m flask --app ihatemoney.wsgi run "
-                           "--port {port}",
-                "env": {"PYTHONPATH": "vendor",
-                        "IHATEMONEY_SETTINGS_FILE_PATH": str(p.root / "settings.cfg")}},
-        "health": {"path": "/healthcheck", "ready_timeout_s": 60},
-        "migrations": {"type": "alembic", "layout": "flask",
-                       "dir": "vendor/ihatemoney/migrations",
-                       "command": f"{sys.executable} -m flask --app ihatemoney.wsgi db",
-                       "rollback": "before_start"},
-        "environments": {"dev": {"router": {"listen": f"127.0.0.1:{free_port()}"},
-                                 "database": {"url": pg_url}}},
-    }, sort_keys=False))
+    shutil.copytree(EXAMPLE, p.root)
+    cfg = yaml.safe_load((p.root / "rollwise.yaml").read_text())
+    for section in (cfg["run"], cfg["migrations"]):
+        section["command"] = section["command"].replace("python3", sys.executable)
+    cfg["environments"]["dev"] = {"router": {"listen": f"127.0.0.1:{free_port()}"},
+                                  "database": {"url": pg_url}}
+    (p.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for v, folder in vendored.items():
         shutil.rmtree(p.root / "vendor", ignore_errors=True)
         shutil.copytree(folder, p.root / "vendor", symlinks=True)

@@ -220,13 +220,15 @@ class AlembicRunner:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _argv(self, op: str, rev: str, sql: bool) -> list[str]:
+    def _command(self, op: str, rev: str, sql: bool) -> str:
         base = (self.command or DEFAULT_COMMAND[self.layout]).format(config=self.directory)
         where = ["-d", self.directory] if self.layout == "flask" else []
-        return [*shlex.split(base), op, *where, *(["--sql"] if sql else []), rev]
+        return f"{base} {shlex.join([op, *where, *(['--sql'] if sql else []), rev])}"
 
     def _run(self, op: str, rev: str, sql: bool = False) -> str:
-        argv = self._argv(op, rev, sql)
+        """The command in a shell (as `run.command` is), so `$PWD` and `VAR=... cmd` work."""
+        command = self._command(op, rev, sql)
+        argv = ["/bin/sh", "-c", command]
         env = {**os.environ, **self.env}
         try:
             if sql:  # offline mode touches no database: no lock
@@ -237,18 +239,17 @@ class AlembicRunner:
                                                             self.lock_timeout_s):
                     proc = subprocess.run(argv, cwd=self.release_dir, env=env, text=True,
                                           capture_output=True, timeout=self.timeout_s)
-        except FileNotFoundError:
-            raise ConfigError(f"migration command not found: {argv[0]}",
-                              where="migrations.command", hint="the interpreter or tool that "
-                              "has the app's dependencies, e.g. .venv/bin/python -m flask db")\
-                from None
         except subprocess.TimeoutExpired:
-            raise MigrationFailed(f"`{shlex.join(argv)}` ran longer than {self.timeout_s} s",
+            raise MigrationFailed(f"`{command}` ran longer than {self.timeout_s} s",
                                   where=str(self.release_dir)) from None
+        if proc.returncode == 127:
+            raise ConfigError(f"migration command not found: `{command}`",
+                              where="migrations.command", hint="the interpreter or tool that "
+                              "has the app's dependencies, e.g. .venv/bin/python -m flask db")
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
-            raise MigrationFailed(f"`{shlex.join(argv)}` exited {proc.returncode}:\n"
-                                  + "\n".join(tail), where=str(self.release_dir),
+            raise MigrationFailed(f"`{command}` exited {proc.returncode}:\n" + "\n".join(tail),
+                                  where=str(self.release_dir),
                                   hint="nothing of this run was kept; the schema is as before"
                                   if self.transactional_ddl else "")
         return proc.stdout
