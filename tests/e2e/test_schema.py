@@ -101,6 +101,9 @@ def test_given_an_expand_migration_when_rolled_back_then_the_schema_is_kept(proj
     add(project, "0002_channel", "-- rollwise: expand\nALTER TABLE orders ADD COLUMN channel "
         "TEXT;\n", "ALTER TABLE orders DROP COLUMN channel;\n")
     project.release("1.1.0")
+    listed = project.cli("release", "list", check=True).stdout.splitlines()
+    assert "schema 0001 " in listed[0] and "code of schema" not in listed[0]
+    assert "schema 0002 (code of schema 0001 and later runs on it)" in listed[1]
     project.cli("deploy", "1.0.0", check=True)
     project.cli("deploy", "1.1.0", check=True)
     plan = project.cli("rollback", "--dry-run", check=True)

@@ -154,3 +154,12 @@ def test_lint_and_dropped_read_alembic_operations():
             "op.drop_column(\"bill\", \"bill_type\")\nop.drop_table('archive')\n")
     assert dropped(down) == [("bill", "bill_type"), ("archive", None),
                              ("transaction", "remote_addr")]
+
+
+def test_the_compatibility_floor_is_below_the_trailing_expand_migrations():
+    from rollwise.controller.schema import compatibility_floor
+
+    assert compatibility_floor([m("1"), m("2"), m("3")]) == "3"
+    assert compatibility_floor([m("1"), m("2", expand=True), m("3", expand=True)]) == "1"
+    assert compatibility_floor([m("1", expand=True)]) is None
+    assert compatibility_floor([m("1"), m("2", expand=True), m("3")]) == "3"

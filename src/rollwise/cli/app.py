@@ -173,7 +173,11 @@ def release_list(directory: DirOpt = Path("."), as_json: JsonOpt = False,
             if r["version"] in extra["lives"] else ""
         pruned = " [dim](pruned)[/dim]" if r["pruned"] else ""
         commit = (r["git_commit"] or "-")[:12]
-        out.print(f"{r['version']:<12} {r['sha256'][:12]} commit {commit:<12} "
+        schema = r.get("schema") or {}
+        needs = f" schema {schema['version']}" if schema else ""
+        floor = f" (code of schema {schema['floor']} and later runs on it)" \
+            if schema.get("floor") not in (None, schema.get("version")) else ""
+        out.print(f"{r['version']:<12} {r['sha256'][:12]} commit {commit:<12}{needs}{floor} "
                   f"{' '.join(extra['marks'].get(r['version'], []))}{live}{pruned}")
 
 

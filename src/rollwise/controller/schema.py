@@ -69,7 +69,17 @@ def release_schema(ctx: Context, source: Path) -> tuple[dict[str, Any] | None, l
         return None, []
     warnings = lint(ms) + [f"{m.file}: irreversible: a rollback across it needs a restore "
                            "from backup" for m in ms if m.irreversible and cfg.type != "sql"]
-    return {"version": ms[-1].version, "migrations": [m.summary() for m in ms]}, warnings
+    return {"version": ms[-1].version, "floor": compatibility_floor(ms),
+            "migrations": [m.summary() for m in ms]}, warnings
+
+
+def compatibility_floor(ms: list[Migration]) -> str | None:
+    """The oldest schema version whose code runs on this release's schema: below the
+    release's trailing run of `expand` migrations (None: every older release's code does)."""
+    for i in range(len(ms) - 1, -1, -1):
+        if not ms[i].expand:
+            return ms[i].version
+    return None
 
 
 def database_url(ctx: Context, env: str) -> str | None:
