@@ -138,17 +138,28 @@ def test_router_provider_guard_rail_and_unreadable_router():
     assert RouterProvider(RouterAnalysisConfig(), broken).measure(LOOK).verdict == INCONCLUSIVE
 
 
-def test_router_provider_detects_a_slower_canary():
+def slower_canary(cfg: RouterAnalysisConfig, canary: list[int]) -> Measurement:
     c = Counters()
-    p = RouterProvider(RouterAnalysisConfig(latency_quantiles=[0.9], min_requests=10), c.read)
+    p = RouterProvider(cfg, c.read)
     p.measure(LOOK)
     c.add("1.0.0", 300, 0, [200, 100, 0, 0])  # baseline: p90 in the 2 ms bucket
     p.measure(LOOK)
     for _ in range(10):
         c.add("1.0.0", 90, 0, [60, 30, 0, 0])
-        c.add("1.1.0", 10, 0, [0, 2, 8, 0])  # most above 2 ms
+        c.add("1.1.0", 10, 0, canary)
         got = p.measure(LOOK)
+    return got
+
+
+def test_router_provider_detects_a_slower_canary_above_latency_min_ms():
+    fine = RouterAnalysisConfig(latency_quantiles=[0.9], min_requests=10, latency_min_ms=0)
+    got = slower_canary(fine, [0, 2, 8, 0])  # most in (2, 5] ms
     assert got.verdict == FAIL and "slower than 2.0 ms" in got.reason
+    default = RouterAnalysisConfig(latency_quantiles=[0.9], min_requests=10)
+    assert default.latency_min_ms == 5
+    assert slower_canary(default, [0, 2, 8, 0]).verdict == PASS  # under 5 ms: not judged
+    got = slower_canary(default, [0, 2, 0, 8])  # most above 5 ms
+    assert got.verdict == FAIL and "slower than 5.0 ms" in got.reason
 
 
 def test_prometheus_result_parsing_and_query_rendering():

@@ -3,7 +3,9 @@
 Each look reads the router's cumulative per-version counters and feeds what changed since
 the last look to sequential tests: errors (5xx and connection errors), and slow requests
 for each configured latency quantile (slower than that quantile of the old release, fixed
-once the old release has served enough requests). The false-alarm budget `alpha` is split:
+once the old release has served enough requests; never below `latency_min_ms`, so
+sub-millisecond differences such as a new process's first requests are not judged). The
+false-alarm budget `alpha` is split:
 80% to the error test, 20% shared by the latency tests (a slowdown shows in hundreds of
 requests at once; errors are rare events and need every bit of it). Absolute guard rail: the new
 release's error rate above `max_error_rate` fails at once once it has `min_requests`.
@@ -107,7 +109,8 @@ class RouterProvider:
                 return Measurement(
                     self.kind, self.name, FAIL,
                     f"{t.canary_bad} of {t.canary_n} requests slower than {ms} ms (the old "
-                    f"release's p{q * 100:g}) vs {t.stable_bad} of {t.stable_n} on the old "
+                    f"release's p{q * 100:g}, at least latency_min_ms) vs {t.stable_bad} of "
+                    f"{t.stable_n} on the old "
                     f"release (sequential test {t.e_value:.0f} >= {t.threshold:.0f})", numbers)
         if n < self.cfg.min_requests:
             return Measurement(self.kind, self.name, INCONCLUSIVE,
@@ -130,7 +133,9 @@ class RouterProvider:
             self.stable_hist = [a + b for a, b in zip(
                 self.stable_hist or [0] * len(s.buckets), s.buckets, strict=False)]
             if sum(self.stable_hist) >= LATENCY_BASELINE_REQUESTS:
-                self.slow_above = [bucket_index_at(self.stable_hist, q) or 0
+                floor = next((i for i, b in enumerate(self.bounds)
+                              if b >= self.cfg.latency_min_ms), len(self.bounds))
+                self.slow_above = [max(bucket_index_at(self.stable_hist, q) or 0, floor)
                                    for q in self.cfg.latency_quantiles]
             return {"latency": "measuring the old release's latency"}
         for t, i in zip(self.slow, self.slow_above, strict=True):

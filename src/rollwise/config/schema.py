@@ -287,6 +287,12 @@ class RouterAnalysisConfig(Strict):
         "Several quantiles catch both a general slowdown and a worse tail.",
     )
 
+    latency_min_ms: float = Field(
+        5.0, ge=0,
+        description="A request is never counted slow below this: differences under it (a new "
+        "process's first requests, a busy host's scheduling) are not judged.",
+    )
+
     @field_validator("latency_quantiles")
     @classmethod
     def _quantiles(cls, v: list[float]) -> list[float]:
