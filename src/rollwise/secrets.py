@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -35,6 +36,11 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def reveal_all(values: Mapping[str, str | Secret]) -> dict[str, str]:
+    """Plain strings, for handing an environment to a process."""
+    return {k: v.reveal() if isinstance(v, Secret) else v for k, v in values.items()}
 
 
 def secrets_file(state_dir: Path, env: str) -> Path:

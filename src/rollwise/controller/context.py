@@ -72,6 +72,17 @@ class Context:
     def secret(self, env: str, name: str) -> str:
         return secrets.resolve([name], self.state_dir, env)[name].reveal()
 
+    def release_dir(self, env: str, version: str) -> Path:
+        """Where a release is unpacked for an environment."""
+        return self.env_dir(env) / "releases" / version
+
+    def database_url(self, env: str) -> str | None:
+        """The environment's `database` URL, `{shared}` filled in; None without one."""
+        db = self.env(env).database
+        if db is None:
+            return None
+        return self.url(env, db).replace("{shared}", str(self.env_dir(env) / "shared"))
+
     def instance_env(self, env: str, version: str) -> dict[str, str | secrets.Secret]:
         """What an instance (and a migration command) of `version` runs with: `run.env`, the
         environment's `env` and secrets, `DATABASE_URL` when a database is configured, and
@@ -81,8 +92,8 @@ class Context:
         values |= secrets.resolve(env_cfg.secrets, self.state_dir, env)
         shared = self.env_dir(env) / "shared"
         shared.mkdir(parents=True, exist_ok=True)
-        if env_cfg.database is not None and "DATABASE_URL" not in values:
-            url = self.url(env, env_cfg.database).replace("{shared}", str(shared))
+        url = self.database_url(env)
+        if url is not None and "DATABASE_URL" not in values:
             values["DATABASE_URL"] = secrets.Secret(url)
         return values | {"ROLLWISE_ENV": env, "ROLLWISE_VERSION": version,
                          "ROLLWISE_SHARED_DIR": str(shared)}

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from rollwise import artifacts, reasons
@@ -70,16 +69,12 @@ def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
     return reasons.SUCCEEDED
 
 
-def _release_dir(ctx: Context, plan: d.Plan) -> Path:
-    return ctx.env_dir(plan.env) / "releases" / plan.to_version
-
-
 def start_ready(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...]) -> float:
     """Start instances (idempotent by name) and wait until each is ready; returns ms."""
     target, cfg = ctx.target(env), ctx.config
     target.ensure()
     for i in instances:
-        target.start(i.name, i.version, ctx.env_dir(env) / "releases" / i.version, i.port,
+        target.start(i.name, i.version, ctx.release_dir(env, i.version), i.port,
                      cfg.run.command, ctx.instance_env(env, i.version))
     t0 = time.monotonic()
     for i in instances:
@@ -91,8 +86,8 @@ def _hooks(ctx: Context, plan: d.Plan, commands: list[str]) -> dict[str, Any]:
     env = {**os.environ, "ROLLWISE_ENV": plan.env, "ROLLWISE_VERSION": plan.to_version,
            "ROLLWISE_PREVIOUS_VERSION": plan.from_version or ""}
     for cmd in commands:
-        proc = subprocess.run(cmd, shell=True, cwd=_release_dir(ctx, plan), env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, shell=True, cwd=ctx.release_dir(plan.env, plan.to_version),
+                              env=env, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise RollwiseError(f"hook exited with {proc.returncode}: {cmd}",
@@ -139,7 +134,8 @@ def run_step(ctx: Context, plan: d.Plan, step: str, watch: pg.Watch) -> dict[str
         target.ensure()
         env = ctx.instance_env(plan.env, plan.to_version)
         for i in plan.new:
-            target.start(i.name, i.version, _release_dir(ctx, plan), i.port, cfg.run.command, env)
+            target.start(i.name, i.version, ctx.release_dir(plan.env, plan.to_version), i.port,
+                         cfg.run.command, env)
         return {"instances": [i.name for i in plan.new]}
     if step == d.HEALTH:
         t0 = time.monotonic()

@@ -26,7 +26,7 @@ from rollwise.data.migrations import (
 )
 from rollwise.data.sqlrunner import MigrationFailed, SqlRunner
 from rollwise.errors import ConfigError, RollwiseError
-from rollwise.secrets import Secret
+from rollwise.secrets import reveal_all
 from rollwise.store import repo
 
 
@@ -83,21 +83,13 @@ def compatibility_floor(ms: list[Migration]) -> str | None:
 
 
 def database_url(ctx: Context, env: str) -> str | None:
-    db = ctx.env(env).database
-    if db is None or ctx.config.migrations is None:
-        return None
-    return ctx.url(env, db).replace("{shared}", str(ctx.env_dir(env) / "shared"))
-
-
-def _release_dir(ctx: Context, env: str, version: str) -> Path:
-    return ctx.env_dir(env) / "releases" / version
+    """The database the environment migrates (None without `migrations` or `database`)."""
+    return ctx.database_url(env) if ctx.config.migrations is not None else None
 
 
 def _command_env(ctx: Context, env: str, version: str) -> dict[str, str]:
     assert ctx.config.migrations is not None
-    values = ctx.instance_env(env, version)
-    plain = {k: v.reveal() if isinstance(v, Secret) else v for k, v in values.items()}
-    return plain | ctx.config.migrations.env
+    return reveal_all(ctx.instance_env(env, version)) | ctx.config.migrations.env
 
 
 def runner(ctx: Context, env: str, version: str) -> SchemaRunner:
@@ -107,9 +99,9 @@ def runner(ctx: Context, env: str, version: str) -> SchemaRunner:
         raise ConfigError(f"environment {env!r} has no database", where=str(ctx.config_path))
     (ctx.env_dir(env) / "shared").mkdir(parents=True, exist_ok=True)
     lock_s = ctx.env(env).database.lock_timeout_s  # type: ignore[union-attr]
-    folder = _release_dir(ctx, env, version)
+    folder = ctx.release_dir(env, version)
     if cfg.type == "sql":
-        return SqlRunner(url, lock_s, folder / cfg.dir)
+        return SqlRunner(url, lock_s)
     env_vars = _command_env(ctx, env, version)
     if cfg.type == "alembic":
         return AlembicRunner(url, folder, cfg.layout, _alembic_path(cfg), cfg.command,
@@ -124,7 +116,7 @@ def release_migrations(ctx: Context, env: str, version: str) -> list[Migration]:
     assert ctx.config.migrations is not None
     cfg = ctx.config.migrations
     env_vars = _command_env(ctx, env, version) if cfg.type == "command" else None
-    return scan_release(cfg, _release_dir(ctx, env, version), env_vars)
+    return scan_release(cfg, ctx.release_dir(env, version), env_vars)
 
 
 def needs_migrations(ctx: Context, env: str, rel: dict[str, Any]) -> bool:

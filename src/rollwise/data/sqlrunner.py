@@ -14,13 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError
 
-from rollwise.data.migrations import Migration, scan, statements
+from rollwise.data.migrations import Migration, statements
 from rollwise.errors import ConfigError, LockHeld, RollwiseError
 
 TABLE = "rollwise_schema"
@@ -80,7 +79,6 @@ class Applied:
 class SqlRunner:
     url: str
     lock_timeout_s: float = 10.0
-    folder: Path | None = None  # the release's migrations folder
 
     def __post_init__(self) -> None:
         self.engine = open_db(self.url)
@@ -116,9 +114,6 @@ class SqlRunner:
                           "KEY, name VARCHAR(200) NOT NULL, checksum VARCHAR(64) NOT NULL, "
                           "applied_at FLOAT NOT NULL)"))
         conn.commit()
-
-    def migrations(self) -> list[Migration]:
-        return scan(self.folder) if self.folder else []
 
     def applied_versions(self, ms: list[Migration]) -> set[str]:
         return {a.version for a in self.applied()}

@@ -10,7 +10,7 @@ from rollwise import artifacts, reasons
 from rollwise.agent.client import AgentClient
 from rollwise.config.schema import HealthConfig
 from rollwise.errors import HealthCheckFailed
-from rollwise.secrets import Secret
+from rollwise.secrets import Secret, reveal_all
 from rollwise.targets.base import InstanceInfo
 
 
@@ -30,9 +30,8 @@ class LocalTarget:
 
     def start(self, name: str, version: str, release_dir: Path, port: int,
               command: str, env: dict[str, str | Secret]) -> None:
-        plain = {k: v.reveal() if isinstance(v, Secret) else v for k, v in env.items()}
         spec = {"name": name, "version": version, "command": command, "cwd": str(release_dir),
-                "port": port, "env": plain}
+                "port": port, "env": reveal_all(env)}
         self.agent.call("start", spec=spec)
 
     def wait_ready(self, name: str, port: int, health: HealthConfig) -> None:
