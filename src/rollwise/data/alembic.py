@@ -7,24 +7,24 @@ but `pass` in it is irreversible. `# rollwise: expand` and `# rollwise: irrevers
 comments mark a revision as for SQL files. Branches (two heads, merge revisions) are
 refused: a rollback needs one line of revisions.
 
-Alembic takes no lock of its own (alembic#633): the runner holds the database lock of
-`sqlrunner.db_lock` on its own connection for as long as the command runs.
+Alembic takes no lock of its own (alembic#633): the runner holds the database lock
+(`sqlrunner.locked`) on its own connection for as long as the command runs.
 """
 
 from __future__ import annotations
 
 import ast
 import configparser
-import os
 import shlex
-import subprocess
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import inspect, text
 
+from rollwise.data.command import shell, tail
 from rollwise.data.migrations import Migration, markers
-from rollwise.data.sqlrunner import MigrationFailed, db_lock, open_db, redact
+from rollwise.data.sqlrunner import MigrationFailed, locked, open_db, redact
 from rollwise.errors import ConfigError, RollwiseError
 
 DEFAULT_COMMAND = {"flask": "python3 -m flask db", "plain": "python3 -m alembic -c {config}"}
@@ -178,9 +178,9 @@ class AlembicRunner:
                 "back with the release that applied that revision")
         return set(keys[: keys.index(heads[0]) + 1])
 
-    def check(self, ms: list[Migration], recorded: dict[str, str]) -> None:
-        """Refuse a release whose copy of an applied revision differs from the copy that
-        applied it (checksums recorded with that release)."""
+    def verified_applied(self, ms: list[Migration], recorded: dict[str, str]) -> set[str]:
+        """The applied revisions, once none of them differs from the copy that applied it
+        (checksums recorded with that release)."""
         applied = self.applied_versions(ms)
         for m in ms:
             if m.version in applied and recorded.get(m.version) not in (None, m.checksum):
@@ -189,6 +189,7 @@ class AlembicRunner:
                     f"{recorded[m.version][:12]} when applied, {m.checksum[:12]} now)",
                     where=m.file, hint="never edit an applied revision: undo the edit and "
                     "add a new revision")
+        return applied
 
     def upgrade(self, path: list[Migration]) -> list[str]:
         if not path:
@@ -226,29 +227,18 @@ class AlembicRunner:
         return f"{base} {shlex.join([op, *where, *(['--sql'] if sql else []), rev])}"
 
     def _run(self, op: str, rev: str, sql: bool = False) -> str:
-        """The command in a shell (as `run.command` is), so `$PWD` and `VAR=... cmd` work."""
+        """The command in a shell, so `$PWD` and `env VAR=... cmd` work; under the migration
+        lock unless it runs offline (`--sql` touches no database)."""
         command = self._command(op, rev, sql)
-        argv = ["/bin/sh", "-c", command]
-        env = {**os.environ, **self.env}
-        try:
-            if sql:  # offline mode touches no database: no lock
-                proc = subprocess.run(argv, cwd=self.release_dir, env=env, text=True,
-                                      capture_output=True, timeout=self.timeout_s)
-            else:
-                with self.engine.connect() as conn, db_lock(conn, self.url,
-                                                            self.lock_timeout_s):
-                    proc = subprocess.run(argv, cwd=self.release_dir, env=env, text=True,
-                                          capture_output=True, timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
-            raise MigrationFailed(f"`{command}` ran longer than {self.timeout_s} s",
-                                  where=str(self.release_dir)) from None
+        with nullcontext() if sql else locked(self.engine, self.url, self.lock_timeout_s):
+            proc = shell(command, self.release_dir, self.env, self.timeout_s,
+                         "migrations.command")
         if proc.returncode == 127:
             raise ConfigError(f"migration command not found: `{command}`",
                               where="migrations.command", hint="the interpreter or tool that "
                               "has the app's dependencies, e.g. .venv/bin/python -m flask db")
         if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
-            raise MigrationFailed(f"`{command}` exited {proc.returncode}:\n" + "\n".join(tail),
+            raise MigrationFailed(f"`{command}` exited {proc.returncode}:\n{tail(proc)}",
                                   where=str(self.release_dir),
                                   hint="nothing of this run was kept; the schema is as before"
                                   if self.transactional_ddl else "")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rollwise.data.migrations import Migration
-from rollwise.data.sqlrunner import MigrationFailed, db_lock, open_db
+from rollwise.data.sqlrunner import MigrationFailed, locked, open_db
 from rollwise.errors import ConfigError
 
 
@@ -52,20 +52,21 @@ class CommandRunner:
         v = self._run("current", self.current).strip()
         return {v} if v else set()
 
-    def check(self, ms: list[Migration], recorded: dict[str, str]) -> None:
+    def verified_applied(self, ms: list[Migration], recorded: dict[str, str]) -> set[str]:
         """The tool validates its own migrations."""
+        return self.applied_versions(ms)
 
     def upgrade(self, path: list[Migration]) -> list[str]:
         if not path:
             return []
-        with self.engine.connect() as conn, db_lock(conn, self.url, self.lock_timeout_s):
+        with locked(self.engine, self.url, self.lock_timeout_s):
             self._run("up", self.up.format(version=path[-1].version))
         return [f"up to {path[-1].version}"]
 
     def downgrade(self, path: list[Migration], target: str | None = None) -> list[str]:
         if not path:
             return []
-        with self.engine.connect() as conn, db_lock(conn, self.url, self.lock_timeout_s):
+        with locked(self.engine, self.url, self.lock_timeout_s):
             self._run("down", self.down.format(version=target or ""))
         return [f"down to {target}"]
 
@@ -84,16 +85,27 @@ class CommandRunner:
         return _shell(key, command, self.release_dir, self.env, self.timeout_s)
 
 
-def _shell(key: str, command: str, cwd: Path, env: dict[str, str], timeout_s: float) -> str:
+def shell(command: str, cwd: Path, env: dict[str, str], timeout_s: float,
+          label: str) -> subprocess.CompletedProcess[str]:
+    """`command` in bash in `cwd`, with `env` over this process's; MigrationFailed naming
+    `label` when it runs longer than `timeout_s`."""
     try:
-        proc = subprocess.run(["bash", "-c", command], cwd=cwd, text=True, capture_output=True,
+        return subprocess.run(["bash", "-c", command], cwd=cwd, text=True, capture_output=True,
                               timeout=timeout_s, env={**os.environ, **env})
     except subprocess.TimeoutExpired:
-        raise MigrationFailed(f"migrations.{key} ran longer than {timeout_s} s: {command}",
-                              where=f"migrations.{key}") from None
+        raise MigrationFailed(f"{label} ran longer than {timeout_s} s: {command}",
+                              where=label) from None
+
+
+def tail(proc: subprocess.CompletedProcess[str]) -> str:
+    """The last lines a failed command wrote, for its error."""
+    return "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
+
+
+def _shell(key: str, command: str, cwd: Path, env: dict[str, str], timeout_s: float) -> str:
+    proc = shell(command, cwd, env, timeout_s, f"migrations.{key}")
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
         cls = ConfigError if proc.returncode == 127 else MigrationFailed
-        raise cls(f"migrations.{key} exited {proc.returncode}: {command}\n" + "\n".join(tail),
+        raise cls(f"migrations.{key} exited {proc.returncode}: {command}\n{tail(proc)}",
                   where=f"migrations.{key} in {cwd}")
     return proc.stdout

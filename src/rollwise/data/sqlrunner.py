@@ -118,8 +118,11 @@ class SqlRunner:
     def applied_versions(self, ms: list[Migration]) -> set[str]:
         return {a.version for a in self.applied()}
 
-    def check(self, ms: list[Migration], recorded: dict[str, str]) -> None:
-        check_applied(self.applied(), ms)
+    def verified_applied(self, ms: list[Migration], recorded: dict[str, str]) -> set[str]:
+        """The applied versions, once none of them was edited (checksums in the database)."""
+        applied = self.applied()
+        check_applied(applied, ms)
+        return {a.version for a in applied}
 
     def upgrade(self, path: list[Migration]) -> list[str]:
         return self._run(path, up=True)
@@ -181,6 +184,14 @@ class SqlRunner:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def locked(engine: Engine, url: str, timeout_s: float) -> Iterator[None]:
+    """`db_lock` held on a connection of its own for the block (a migration tool runs
+    beside it on its own connections)."""
+    with engine.connect() as conn, db_lock(conn, url, timeout_s):
+        yield
 
 
 @contextmanager
