@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,27 @@ class Project:
             raise AssertionError(f"rollwise {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
+
+    def cli_tty(self, *args: str, answer: str) -> subprocess.CompletedProcess[str]:
+        """Run on a terminal (a pseudo-terminal) and answer its question with `answer`;
+        stdout and stderr come back together as stdout."""
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "rollwise", *args, "-C", str(self.root)],
+                                stdin=follower, stdout=follower, stderr=follower)
+        os.close(follower)
+        os.write(leader, f"{answer}\n".encode())
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the follower side closed: the process is done
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        code = proc.wait(timeout=180)
+        return subprocess.CompletedProcess(proc.args, code, b"".join(chunks).decode(), "")
 
     def write_version(self, v: str) -> None:
         (self.root / "VERSION").write_text(v + "\n")

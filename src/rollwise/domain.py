@@ -163,10 +163,58 @@ def canary_weights(new: tuple[InstancePlan, ...], old: tuple[InstancePlan, ...],
     return {**{i.name: w_old // g for i in old}, **{i.name: w_new // g for i in new}}
 
 
-def rollback_target(live: str | None, good_newest_first: list[str], bad: set[str],
-                    requested: str | None) -> str | None:
-    """The release a rollback goes to: the requested one, or the newest known-good release
-    that is not live and not marked bad. None when there is nothing to go back to."""
+def release_order(deployments_oldest_first: list[tuple[str, str, str]]) -> list[str]:
+    """Versions in the order they first went live in an environment, from its deployments
+    (kind, to_version, status), oldest first. Only succeeded deploys count: a rollback
+    does not make a release newer, and a failed deploy never went live."""
+    order: list[str] = []
+    for kind, version, status in deployments_oldest_first:
+        if kind == DEPLOY and status == "succeeded" and version not in order:
+            order.append(version)
+    return order
+
+
+def semver_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1
+                 for p in version.split("+")[0].split("-")[0].split("."))
+
+
+def is_newer(version: str, than: str, order: list[str]) -> bool:
+    """`version` went live after `than` in the environment (or, if either never went live
+    there, has the higher semantic version)."""
+    if version in order and than in order:
+        return order.index(version) > order.index(than)
+    return semver_key(version) > semver_key(than)
+
+
+@dataclass(frozen=True)
+class RollbackChoice:
+    """Where a rollback goes (`version`), or why it goes nowhere (`refusal`, with the
+    reason constant `why`)."""
+
+    version: str | None
+    why: str = ""
+    refusal: str = ""
+
+
+NOTHING_OLDER = "NothingOlder"
+NEWER_THAN_LIVE = "NewerThanLive"
+
+
+def rollback_target(live: str | None, order: list[str], good: set[str], bad: set[str],
+                    requested: str | None) -> RollbackChoice:
+    """The release a rollback goes to: the requested one if it is older than the live
+    release, else the newest known-good release that went live before the live one and is
+    not marked bad. A rollback never moves forward."""
     if requested is not None:
-        return requested
-    return next((v for v in good_newest_first if v != live and v not in bad), None)
+        if live is not None and requested != live and is_newer(requested, live, order):
+            return RollbackChoice(None, NEWER_THAN_LIVE,
+                                  f"{requested} is newer than the live release {live}: going "
+                                  f"there is a deploy, not a rollback")
+        return RollbackChoice(requested)
+    before = order[:order.index(live)] if live in order else []
+    target = next((v for v in reversed(before) if v in good and v not in bad), None)
+    if target is None:
+        return RollbackChoice(None, NOTHING_OLDER,
+                              f"no known-good release deployed before {live or 'nothing'}")
+    return RollbackChoice(target)

@@ -37,6 +37,10 @@ class RollwiseError(Exception):
         return "\n".join(parts)
 
 
+class UsageError(RollwiseError):
+    code = ExitCode.USAGE
+
+
 class ConfigError(RollwiseError):
     code = ExitCode.CONFIG
 

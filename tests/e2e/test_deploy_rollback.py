@@ -58,9 +58,11 @@ def test_given_two_releases_when_deploy_then_rollback_under_load_then_nothing_fa
     assert (s["live_version"], s["marks"]["1.1.0"], s["marks"]["1.0.0"]) == ("1.0.0", "bad", "good")
     assert {i["version"] for i in s["instances"]} == {"1.0.0"}
     assert router_version(project) == "1.0.0"
-    # a second rollback never lands on the release marked bad
+    # a second rollback never lands on the release marked bad, nor moves forward
     again = project.cli("rollback")
-    assert again.returncode == 0 and "nothing done" in again.stdout
+    assert again.returncode == ExitCode.NOT_FOUND
+    assert "no known-good release deployed before 1.0.0" in again.stderr
+    assert router_version(project) == "1.0.0"
 
 
 def test_given_a_release_that_never_gets_ready_then_nothing_is_switched(project):
@@ -156,7 +158,8 @@ def test_given_the_router_port_in_use_then_deploy_says_so(project):
 def test_given_nothing_in_progress_then_rollback_and_abort_are_safe_noops(project):
     project.release("1.0.0")
     nothing = project.cli("rollback")
-    assert nothing.returncode == 0 and "nothing done" in nothing.stdout
+    assert nothing.returncode == ExitCode.NOT_FOUND
+    assert "nothing to roll back to" in nothing.stderr and "nothing was changed" in nothing.stderr
     assert "nothing to abort" in project.cli("abort", check=True).stdout
     project.cli("deploy", "1.0.0", check=True)
     same = project.cli("rollback", "--to", "1.0.0", check=True)
@@ -233,13 +236,19 @@ def test_given_sigkill_at_a_step_boundary_then_the_next_command_makes_it_consist
     project.cli("deploy", "1.0.0", check=True)
     killed = project.cli("deploy", "1.1.0", env={"ROLLWISE_FAILPOINT": f"{step}:{where}"})
     assert killed.returncode == -9
-    s = status(project)  # the next command
+    seen = status(project)  # only reads: reports what is left and who acts on it
+    assert seen["in_progress"]["interrupted"] and not seen["healthy"]
+    assert f"interrupted at step {step}" in seen["interrupted"]
+    assert "rollwise recover" in seen["interrupted"]
+    assert status(project)["in_progress"] == seen["in_progress"]
+    recovered = project.cli("recover", check=True).stdout
     # switch:after applied the weights but never journaled it: undone, which is as safe
     switched = step in ("drain", "stop_old", "finalize")
     live = "1.1.0" if switched else "1.0.0"
-    assert s["live_version"] == live
-    assert s["in_progress"] is None and s["recovered"]
-    assert ("resumed" if switched else "rolled it back") in s["recovered"]
+    assert ("resumed" if switched else "rolled it back") in recovered
+    s = status(project)
+    assert s["live_version"] == live and s["healthy"]
+    assert s["in_progress"] is None and s["interrupted"] is None
     serving = {i["version"] for i in s["instances"] if s["weights"].get(i["name"], 0) > 0}
     assert serving == {live}
     assert {i["version"] for i in s["instances"]} == {live}

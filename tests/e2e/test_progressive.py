@@ -270,8 +270,12 @@ def test_given_a_rolling_deploy_killed_after_a_batch_then_recovery_restarts_old_
     old = {i["name"] for i in status(project)["instances"]}
     killed = project.cli("deploy", "1.1.0", env={"ROLLWISE_FAILPOINT": "rolling:2:before"})
     assert killed.returncode == -9
-    s = status(project)  # recovers: the stopped old instance starts again, then traffic
-    assert s["live_version"] == "1.0.0" and "rolled it back" in s["recovered"]
+    split = status(project)["weights"]  # status only reads: traffic stays as it was
+    assert status(project)["weights"] == split and any(n not in old for n in split)
+    # recover: the stopped old instance starts again, then traffic goes back to it
+    assert "rolled it back" in project.cli("recover", check=True).stdout
+    s = status(project)
+    assert s["live_version"] == "1.0.0"
     assert {i["name"] for i in s["instances"] if i["alive"]} == old
     assert {n for n, w in s["weights"].items() if w} == old
     assert router_version(project) == "1.0.0"
@@ -324,7 +328,9 @@ def test_given_blue_green_when_the_preview_fails_then_nothing_is_switched(projec
     assert preview["measurements"][0]["numbers"]["url"].endswith("/status")
     assert s["router"] not in preview["measurements"][0]["numbers"]["url"]  # the new instance
     project.configure(verify=[{"type": "http", "name": "status", "url": "{router}/status"}])
-    project.cli("deploy", "1.1.0", check=True)
+    refused = project.cli("deploy", "1.1.0")  # marked bad by its failed preview
+    assert refused.returncode == ExitCode.ERROR and "--force" in refused.stderr
+    project.cli("deploy", "1.1.0", "--force", "--reason", "the check was wrong", check=True)
     s = status(project)
     assert s["live_version"] == "1.1.0"
     assert [a["step"] for a in s["analysis"]] == ["preview", "checks", "bake"]

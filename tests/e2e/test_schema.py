@@ -71,7 +71,7 @@ def test_given_a_release_with_a_migration_when_rolled_back_then_schema_back_and_
         in plan.stderr
     assert "dropped: orders.channel:" in plan.stderr  # 1.1.0 filled it
     assert columns(project)[-1] == "channel"  # a dry run changes nothing
-    project.cli("rollback", check=True)
+    project.cli("rollback", "--yes", check=True)
     results = load.stop()
     acked = {r for r in results if r.status in (200, 201)}
     assert len(acked) == len(results)  # nothing failed
@@ -108,7 +108,7 @@ def test_given_an_expand_migration_when_rolled_back_then_the_schema_is_kept(proj
     project.cli("deploy", "1.1.0", check=True)
     plan = project.cli("rollback", "--dry-run", check=True)
     assert "schema:  keep" in plan.stderr
-    project.cli("rollback", check=True)
+    project.cli("rollback", "--yes", check=True)
     assert columns(project)[-1] == "channel"
 
 
@@ -202,8 +202,11 @@ def test_given_a_deploy_with_migrations_then_a_verified_backup_is_taken_first(pr
     with db(project) as conn:
         since = conn.execute("SELECT count(*) FROM orders").fetchone()[0] - \
             newest["tables"]["orders"]["rows"]
-    no = project.cli("backup", "restore", newest["id"], stdin="n\n")
-    assert no.returncode == ExitCode.ERROR and f"orders: {since} rows" in no.stderr
+    no = project.cli_tty("backup", "restore", newest["id"], answer="n")
+    assert no.returncode == 0 and f"orders: {since} rows" in no.stdout
+    assert "nothing changed" in no.stdout
+    unasked = project.cli("backup", "restore", newest["id"])  # no terminal: --yes needed
+    assert unasked.returncode == ExitCode.USAGE and "--yes" in unasked.stderr
     with db(project) as conn:
         assert conn.execute("SELECT count(*) FROM orders WHERE id = 'late'").fetchone()[0] == 1
     project.cli("backup", "restore", newest["id"], "--yes", check=True)
@@ -269,7 +272,7 @@ def test_given_a_command_runner_when_deployed_and_rolled_back_then_the_tool_move
     assert [c for c in columns(project) if c in ("channel", "note")] == ["channel", "note"]
     dry = project.cli("rollback", "--dry-run", check=True)
     assert "would run: down to 1" in dry.stdout + dry.stderr
-    project.cli("rollback", check=True)
+    project.cli("rollback", "--yes", check=True)
     assert "channel" not in columns(project) and "note" not in columns(project)
     with db(project) as conn:
         assert conn.execute("SELECT max(v) FROM tool_version").fetchone() == (1,)

@@ -9,6 +9,7 @@ import pytest
 from rollwise.data.migrations import (
     Migration,
     SchemaChange,
+    UnknownRevision,
     down_path,
     lint,
     rollback_change,
@@ -163,3 +164,12 @@ def test_the_compatibility_floor_is_below_the_trailing_expand_migrations():
     assert compatibility_floor([m("1"), m("2", expand=True), m("3", expand=True)]) == "1"
     assert compatibility_floor([m("1", expand=True)]) is None
     assert compatibility_floor([m("1"), m("2", expand=True), m("3")]) == "3"
+
+
+def test_given_a_target_or_an_applied_revision_the_release_does_not_hold_then_refused():
+    ms = [m("1"), m("2")]
+    with pytest.raises(UnknownRevision, match="revision 7 is not among"):
+        down_path(ms, {"1", "2"}, "7")
+    with pytest.raises(UnknownRevision, match=r"migration\(s\) 3 that this release"):
+        down_path(ms, {"1", "2", "3"}, "1")
+    assert [x.version for x in down_path(ms, {"1", "2"}, None)] == ["2", "1"]

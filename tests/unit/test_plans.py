@@ -22,11 +22,42 @@ def test_given_a_live_release_when_planning_a_deploy_then_blue_green_steps_in_or
     assert d.Plan.from_dict(plan.as_dict()) == plan
 
 
-def test_given_marks_when_choosing_a_rollback_target_then_newest_good_not_live_not_bad():
-    assert d.rollback_target("1.2.0", ["1.2.0", "1.1.0", "1.0.0"], set(), None) == "1.1.0"
-    assert d.rollback_target("1.2.0", ["1.2.0", "1.1.0", "1.0.0"], {"1.1.0"}, None) == "1.0.0"
-    assert d.rollback_target("1.0.0", ["1.0.0"], set(), None) is None
-    assert d.rollback_target("1.2.0", ["1.2.0"], set(), "0.9.0") == "0.9.0"
+ORDER = ["1.0.0", "1.1.0", "1.2.0"]
+GOOD = {"1.0.0", "1.1.0", "1.2.0"}
+
+
+def test_given_marks_when_choosing_a_rollback_target_then_newest_good_deployed_before_live():
+    assert d.rollback_target("1.2.0", ORDER, GOOD, set(), None) == d.RollbackChoice("1.1.0")
+    assert d.rollback_target("1.2.0", ORDER, GOOD, {"1.1.0"}, None) == \
+        d.RollbackChoice("1.0.0")
+    assert d.rollback_target("1.2.0", ORDER, GOOD - {"1.1.0"}, set(), None) == \
+        d.RollbackChoice("1.0.0")
+    assert d.rollback_target("1.2.0", ORDER, GOOD, set(), "0.9.0") == d.RollbackChoice("0.9.0")
+
+
+def test_given_a_rollback_to_the_oldest_when_rolling_back_again_then_refused_never_forward():
+    # A -> B -> C -> rollback --to A: B is good and newer than A; nothing is older than A
+    choice = d.rollback_target("1.0.0", ORDER, GOOD - {"1.2.0"}, {"1.2.0"}, None)
+    assert choice == d.RollbackChoice(None, d.NOTHING_OLDER,
+                                      "no known-good release deployed before 1.0.0")
+
+
+def test_given_a_newer_release_when_asked_to_roll_back_to_it_then_refused_as_a_deploy():
+    choice = d.rollback_target("1.0.0", ORDER, GOOD, set(), "1.1.0")
+    assert (choice.version, choice.why) == (None, d.NEWER_THAN_LIVE)
+    # never deployed here: semantic versions decide
+    assert d.rollback_target("1.0.0", ORDER, GOOD, set(), "2.0.0").why == d.NEWER_THAN_LIVE
+    assert d.rollback_target("1.2.0", ORDER, GOOD, set(), "0.9.0").version == "0.9.0"
+
+
+def test_given_a_history_then_releases_are_ordered_by_their_first_successful_deploy():
+    history = [("deploy", "1.0.0", "succeeded"), ("deploy", "1.1.0", "succeeded"),
+               ("deploy", "1.2.0", "rolled_back"), ("rollback", "1.0.0", "succeeded"),
+               ("deploy", "1.2.0", "succeeded"), ("deploy", "1.1.0", "succeeded")]
+    assert d.release_order(history) == ["1.0.0", "1.1.0", "1.2.0"]
+    assert d.is_newer("1.2.0", "1.1.0", d.release_order(history))
+    assert not d.is_newer("1.0.0", "1.1.0", [])
+    assert d.is_newer("1.10.0", "1.9.2", [])
 
 
 def test_given_retention_when_pruning_then_protected_releases_survive():

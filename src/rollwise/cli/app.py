@@ -10,10 +10,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from rollwise import audit, reasons
 from rollwise.audit import Event
-from rollwise.errors import ExitCode, RollwiseError
+from rollwise.errors import ExitCode, RollwiseError, UsageError
 from rollwise.events import EventBus
 
 T = TypeVar("T")
@@ -52,8 +53,8 @@ def _progress(ev: Event) -> None:
         elif ev.outcome == reasons.OK:
             extra = {k: v for k, v in ev.data.items() if k not in ("deployment", "step")}
             err.print(f"  [green]✓[/green] {step} [dim]{_fmt(extra)}[/dim]")
-        else:
-            err.print(f"  [red]✗[/red] {step}: {ev.reason}")
+        else:  # the reason is printed once, with the command's error
+            err.print(f"  [red]✗[/red] {step}")
     elif ev.action == "analysis":
         mark = {"advance": "[green]✓[/green]", "rollback": "[red]✗[/red]"}.get(
             ev.outcome, "[yellow]![/yellow]")
@@ -61,8 +62,8 @@ def _progress(ev: Event) -> None:
     elif ev.action in ("promote", "preflight"):
         err.print(f"    [yellow]![/yellow] {ev.action}: {ev.reason}")
     elif ev.action in ("deploy", "rollback", "recover") and ev.outcome not in (
-            "started", reasons.SUCCEEDED, reasons.NOOP):
-        err.print(f"  [yellow]![/yellow] {ev.action} {ev.outcome}: {ev.reason or ''}")
+            "started", reasons.SUCCEEDED, reasons.NOOP, reasons.REFUSED):
+        err.print(f"  [yellow]![/yellow] {ev.action} {ev.outcome}")
 
 
 def _fmt(d: dict[str, Any]) -> str:
@@ -99,11 +100,16 @@ class LookPrinter:
         err.print(f"    [dim]… {step}: {'; '.join(parts) or 'no measurement'}[/dim]")
 
 
-def _run(fn: Callable[[], T]) -> T:
+def _run(fn: Callable[[], T], as_json: bool = False) -> T:
+    """Run a command's work; a RollwiseError is printed once (and, for --json, as one
+    result object on stdout) and becomes the exit code."""
     try:
         return fn()
     except RollwiseError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+        err.print("[red]error:[/red]", Text(str(e)), soft_wrap=True)
+        if as_json:
+            _emit_json({"ok": False, "error": e.message, "where": e.where or None,
+                        "hint": e.hint or None, "exit_code": int(e.code)})
         raise typer.Exit(int(e.code)) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/yellow]: run `rollwise status` to see the state")
@@ -181,15 +187,34 @@ def release_list(directory: DirOpt = Path("."), as_json: JsonOpt = False,
                   f"{' '.join(extra['marks'].get(r['version'], []))}{live}{pruned}")
 
 
+ForceOpt = Annotated[bool, typer.Option("--force", help="Override a refusal that protects "
+                                        "you (needs --reason; recorded in the audit log).")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit "
+                                               "log).")]
+
+
+def _force_reason(force: bool, reason: str | None) -> str | None:
+    if force and not (reason or "").strip():
+        err.print("error: --force needs --reason TEXT (it is recorded)")
+        raise typer.Exit(int(ExitCode.USAGE))
+    return reason if force else None
+
+
 @app.command()
 def deploy(version: Annotated[str, typer.Argument(help="Release version to deploy.")],
-           env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = Path("."),
+           env: EnvOpt = "dev", lock_wait: LockWait = 0.0, force: ForceOpt = False,
+           reason: ReasonOpt = None, directory: DirOpt = Path("."),
            as_json: JsonOpt = False) -> None:
-    """Start the release beside the live one, check it, switch traffic, stop the old one."""
+    """Start the release beside the live one, check it, switch traffic, stop the old one.
+
+    Refused for a release marked bad (unless --force --reason) and for an older release
+    whose schema must go back (use `rollback --to`). The live version again is a restart."""
     from rollwise.controller import ops
 
-    res = _run(lambda: ops.deploy(_ctx(directory), env, version, lock_wait=lock_wait))
-    _emit_json(res.data) if as_json else out.print(res.message)
+    why = _force_reason(force, reason)
+    res = _run(lambda: ops.deploy(_ctx(directory), env, version, lock_wait=lock_wait,
+                                  force_reason=why), as_json)
+    _emit_json({"ok": True, **res.data}) if as_json else out.print(res.message)
 
 
 @app.command()
@@ -200,14 +225,14 @@ def rollback(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what changes.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Past the rollback window: run the "
                                         "down migrations anyway (needs --reason).")] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit "
-                                               "log).")] = None,
+    reason: ReasonOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before dropping data "
+                                      "(needed without a terminal, e.g. in CI).")] = False,
     directory: DirOpt = Path("."), as_json: JsonOpt = False,
 ) -> None:
-    """Put a previous release back; the release left is marked bad."""
-    if force and not (reason or "").strip():
-        err.print("[red]error:[/red] --force needs --reason TEXT (it is recorded)")
-        raise typer.Exit(int(ExitCode.USAGE))
+    """Put an older release back (default: the newest known-good one deployed before the
+    live one); the release left is marked bad. Never moves forward."""
+    why = _force_reason(force, reason)
     from rollwise.controller import ops
 
     def go() -> ops.Outcome:
@@ -215,18 +240,33 @@ def rollback(
         if to is None and not dry_run and ops.running(ctx, env):
             return ops.rollback(ctx, env, None, lock_wait)  # the running rollout undoes itself
         live, target = ops.rollback_plan(ctx, env, to)
-        if target is not None and not as_json:
+        rows, dropped = ops.describe_schema(ctx, env, live, target)
+        if not as_json:
             err.print(f"rollback of {env}:")
-            for row in [*ops.describe_change(live, target),
-                        *ops.describe_schema(ctx, env, live, target)]:
+            for row in [*ops.describe_change(live, target), *rows]:
                 err.print(f"  {row}")
         if dry_run:
-            return ops.Outcome("dry run: nothing changed", changed=False)
-        return ops.rollback(ctx, env, to, lock_wait,
-                            force_reason=reason if force else None)
+            return ops.Outcome("dry run: nothing changed", {"dropped": dropped},
+                               changed=False)
+        if dropped and not yes and not _confirm(
+                f"the down migrations drop {sum(dropped.values())} values (kept in parked "
+                "files first); roll back?"):
+            return ops.Outcome("nothing changed", {"dropped": dropped}, changed=False)
+        return ops.rollback(ctx, env, to, lock_wait, force_reason=why)
 
-    res = _run(go)
-    _emit_json(res.data | {"message": res.message}) if as_json else out.print(res.message)
+    res = _run(go, as_json)
+    if as_json:
+        _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed})
+    else:
+        out.print(res.message)
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; without one (CI), refuse and say to pass --yes."""
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question.rstrip('?')}: no terminal to ask on",
+                         hint="pass --yes to confirm (what is dropped is listed above)")
+    return typer.confirm(question, default=False, err=True)
 
 
 @app.command()
@@ -261,20 +301,39 @@ def abort(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 
 
 @app.command()
-def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
-           directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """What serves each environment; finishes or undoes an interrupted deployment."""
+def recover(env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = Path("."),
+            as_json: JsonOpt = False) -> None:
+    """Finish or undo a deployment whose process died (a split canary goes back to the
+    stable release) and restart a dead agent. `status` reports when this is needed."""
     from rollwise.controller import ops
 
-    data = _run(lambda: ops.status(_ctx(directory), env))
+    res = _run(lambda: ops.recover(_ctx(directory), env, lock_wait), as_json)
+    _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed}) \
+        if as_json else out.print(res.message)
+
+
+@app.command()
+def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
+           directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """What serves each environment, whether it answers its health check, and what an
+    interrupted deployment left to do. Only reads: `rollwise recover` acts."""
+    from rollwise.controller import ops
+
+    data = _run(lambda: ops.status(_ctx(directory), env), as_json)
     if as_json:
         _emit_json(data)
         return
     for name, s in data["environments"].items():
+        health = s["health"]
+        verdict = "" if health is None else " [green]healthy[/green]" if s["healthy"] \
+            else " [red]NOT HEALTHY[/red]"
         out.print(f"[bold]{name}[/bold]: {s['live_version'] or 'nothing deployed'} "
-                  f"on {s['router']} (agent {s['agent']})")
-        if s["recovered"]:
-            out.print(f"  [yellow]recovered:[/yellow] {s['recovered']}")
+                  f"on {s['router']} (agent {s['agent']}){verdict}")
+        if health and not health["ok"]:
+            answers = ", ".join(f"{k}: {v}" for k, v in health["instances"].items())
+            out.print(f"  health {health['path']}: {answers or 'no instance takes traffic'}")
+        if s["interrupted"]:
+            out.print(f"  [yellow]interrupted:[/yellow] {s['interrupted']}")
         for i in s["instances"]:
             w = s["weights"].get(i["name"], 0)
             out.print(f"  {i['name']} port {i['port']} weight {w} "
@@ -364,9 +423,9 @@ def backup_restore(backup_id: Annotated[str, typer.Argument(help="Backup id.")],
         err.print(f"  {table}: {n} rows")
     if not lost:
         err.print("  none (by row count)")
-    if not yes and not typer.confirm("restore?", default=False, err=True):
-        err.print("nothing changed")
-        raise typer.Exit(int(ExitCode.ERROR))
+    if not yes and not _run(lambda: _confirm("restore?")):
+        out.print("nothing changed")
+        return
     out.print(_run(lambda: ops.backup_restore(ctx, env, backup_id, lock_wait)).message)
 
 

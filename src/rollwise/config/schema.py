@@ -425,6 +425,14 @@ class DatabaseConfig(UrlOrSecret):
     lock_timeout_s: float = Field(
         10.0, ge=0, description="How long to wait for another migration's lock.",
     )
+    app_scheme: str = Field(
+        "plain",
+        description="The URL scheme the app gets in `DATABASE_URL`: `plain` (`postgresql://`, "
+        "`mysql://`, `sqlite://`: no driver, the form most frameworks parse), `as-is` (the "
+        "URL exactly as configured here), or a scheme such as `postgresql+psycopg2` or "
+        "`postgres`. rollwise itself always connects with its own driver.",
+        pattern=r"^(plain|as-is|[a-z][a-z0-9+]*)$",
+    )
     backup: Literal["migrations", "always", "never"] = Field(
         "migrations",
         description="Back up before a deploy: `migrations` (when it carries migrations), "

@@ -94,7 +94,8 @@ class Context:
         shared.mkdir(parents=True, exist_ok=True)
         url = self.database_url(env)
         if url is not None and "DATABASE_URL" not in values:
-            values["DATABASE_URL"] = secrets.Secret(url)
+            scheme = env_cfg.database.app_scheme  # type: ignore[union-attr]
+            values["DATABASE_URL"] = secrets.Secret(app_url(url, scheme))
         return values | {"ROLLWISE_ENV": env, "ROLLWISE_VERSION": version,
                          "ROLLWISE_SHARED_DIR": str(shared)}
 
@@ -113,3 +114,13 @@ def actor() -> str:
         return getpass.getuser()
     except OSError:
         return str(os.getuid())
+
+
+def app_url(url: str, scheme: str) -> str:
+    """`url` with the scheme the app asks for: `plain` drops rollwise's driver
+    (`postgresql+psycopg://` becomes `postgresql://`), `as-is` keeps it, anything else
+    replaces it."""
+    head, sep, rest = url.partition("://")
+    if not sep or scheme == "as-is":
+        return url
+    return f"{head.split('+')[0] if scheme == 'plain' else scheme}://{rest}"

@@ -6,8 +6,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, insert, select, update
@@ -133,17 +131,3 @@ class Lease:
             self._thread.join()
         release(self.engine, self.env, self.token)
 
-
-@contextmanager
-def lease_if_free(engine: Engine, env: str, holder: str) -> Iterator[Lease | None]:
-    """The lease when nobody holds the lock now, else None (no waiting)."""
-    lease = Lease(engine, env, holder)
-    try:
-        lease.__enter__()
-    except LockHeld:
-        yield None
-        return
-    try:
-        yield lease
-    finally:
-        lease.__exit__()

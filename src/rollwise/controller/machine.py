@@ -19,7 +19,7 @@ from rollwise.controller import caches, schema
 from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context
 from rollwise.controller.lock import Lease
-from rollwise.errors import RollwiseError
+from rollwise.errors import ConfigError, RollwiseError
 from rollwise.store import repo
 from rollwise.traffic import Backend
 
@@ -61,7 +61,7 @@ def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
             ctx.emit("step", reasons.ERROR, env=plan.env, version=plan.to_version,
                      reason=reason, data={"deployment": dep_id, "step": step})
             status = undo(ctx, dep_id, plan, lease, switched=switched, reason=reason,
-                          blame_new=not isinstance(e, pg.Aborted))
+                          blame_new=not isinstance(e, pg.Aborted | ConfigError))
             if isinstance(e, RollwiseError):
                 e.message = f"{e.message}\n(deployment {dep_id} {status})"
                 raise
@@ -236,23 +236,26 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
 
 
 def _schema_back(ctx: Context, dep_id: int, plan: d.Plan) -> dict[str, Any] | None:
-    """A deploy undone after its migrations ran: with traffic back on the old release, take
-    the schema back to what the old release needs (unless it works on the new one)."""
-    done = repo.done_steps(ctx.engine, dep_id)
-    down_first = plan.kind == d.ROLLBACK and d.MIGRATE_DOWN in done and \
-        plan.steps.index(d.MIGRATE_DOWN) < plan.steps.index(d.SWITCH)
-    if not down_first and (plan.kind != d.DEPLOY or d.MIGRATE not in done):
-        return None
-    old_rel = repo.get_release(ctx.engine, plan.from_version or "") or {}
+    """With traffic back on the old release, undo exactly what this deployment's schema
+    step did: a deploy's migrations down (the ones it applied, nothing else); a rollback's
+    down migrations, run before the older release started, up again."""
+    rows = repo.journal_rows(ctx.engine, dep_id)
+    ran = {j["step"]: j["data"] for j in rows if j["phase"] == "done"}
+    started = {j["step"] for j in rows if j["phase"] == "started"}
     try:
-        if down_first:  # the older release never took traffic: the schema goes back up
-            assert plan.from_version is not None
+        if plan.kind == d.ROLLBACK and d.MIGRATE_DOWN in ran and \
+                plan.steps.index(d.MIGRATE_DOWN) < plan.steps.index(d.SWITCH):
+            assert plan.from_version is not None  # the older release never took traffic
             return schema.upgrade(ctx, plan.env, plan.from_version, plan.from_version)
-        return schema.migrate_down(ctx, plan.env, plan.to_version, old_rel)
+        if plan.kind == d.DEPLOY and d.MIGRATE in started:
+            applied = ran[d.MIGRATE].get("versions") if d.MIGRATE in ran else None
+            return schema.undo_upgrade(ctx, plan.env, plan.to_version, applied,
+                                       plan.from_version)
     except RollwiseError as e:
         ctx.emit("migrate", reasons.ERROR, env=plan.env, version=plan.from_version,
                  reason=f"schema not taken back: {e}")
         return {"schema": "error", "error": str(e)}
+    return None
 
 
 def restore(ctx: Context, plan: d.Plan) -> None:
@@ -268,31 +271,40 @@ def restore(ctx: Context, plan: d.Plan) -> None:
 
 
 def recover(ctx: Context, env: str, lease: Lease) -> str | None:
-    """Under the lock: finish or undo a deployment whose process died. Says what it did."""
+    """Under the lock: finish or undo a deployment whose process died, and note on it what
+    was done. Says what it did (None: nothing was left to do)."""
     dep = repo.active_deployment(ctx.engine, env)
     if dep is None and not repo.env_state(ctx.engine, env)["live_version"]:
         return None
-    ctx.target(env).ensure()  # an agent that died comes back with its instances
+    agent_back = ctx.target(env).ensure()  # a dead agent comes back with its instances
     if dep is None:
-        return None
+        return "the agent was not running; started it with its instances" if agent_back \
+            else None
     plan = d.Plan.from_dict(dep["plan"])
-    if d.SWITCH in repo.done_steps(ctx.engine, dep["id"]):
+    rows = repo.journal_rows(ctx.engine, dep["id"])
+    at = rows[-1]["step"] if rows else "start"
+    who = f"recovered by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z"
+    if d.SWITCH in {r["step"] for r in rows if r["phase"] == "done"}:
         ctx.emit("recover", "resume", env=env, version=plan.to_version,
                  reason=reasons.INTERRUPTED_AFTER_SWITCH, data={"deployment": dep["id"]})
         run_plan(ctx, dep["id"], plan, lease)
-        complete(ctx, dep["id"], plan, lease)
+        complete(ctx, dep["id"], plan, lease,
+                 note=f"interrupted at step {at}, after the switch; resumed and completed, "
+                 f"{who}")
         return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
-                "after the switch; resumed and completed it")
-    undo(ctx, dep["id"], plan, lease, switched=False,
-         reason=reasons.INTERRUPTED_BEFORE_SWITCH, blame_new=False)
+                f"at step {at}, after the switch; resumed and completed it")
     serving = plan.from_version or "nothing"
+    undo(ctx, dep["id"], plan, lease, switched=False,
+         reason=f"interrupted at step {at}, before the switch; undone, {serving} keeps "
+         f"serving; {who}", blame_new=False)
     return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
-            f"before the switch; rolled it back, {serving} keeps serving")
+            f"at step {at}, before the switch; rolled it back, {serving} keeps serving")
 
 
-def complete(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> None:
+def complete(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease,
+             note: str | None = None) -> None:
     with ctx.engine.begin() as conn:
         repo.fence(conn, plan.env, lease.token)
-        repo.set_status(conn, dep_id, reasons.SUCCEEDED, None)
+        repo.set_status(conn, dep_id, reasons.SUCCEEDED, note)
     ctx.emit(plan.kind, reasons.SUCCEEDED, env=plan.env, version=plan.to_version,
              data={"deployment": dep_id, "from": plan.from_version})

@@ -13,8 +13,8 @@ from rollwise.agent.client import AgentClient
 from rollwise.controller import caches, machine, schema
 from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context
-from rollwise.controller.lock import Lease, current, holder_id, lease_if_free
-from rollwise.errors import ConfigError, NotFound, RollwiseError
+from rollwise.controller.lock import Lease, current, holder_dead, holder_id
+from rollwise.errors import ConfigError, LockHeld, NotFound, RollwiseError
 from rollwise.ports import free_ports
 from rollwise.store import repo
 
@@ -94,6 +94,9 @@ def _release(ctx: Context, version: str, flag: str = "version") -> dict[str, Any
 
 def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
            lock_wait: float = 0.0, force_reason: str | None = None) -> Outcome:
+    """Deploy `version` (or, with kind rollback, go back to it). `force_reason` overrides a
+    refusal that protects the user (a release marked bad, a closed rollback window) and is
+    recorded."""
     ctx.env(env)
     rel = _release(ctx, version, "--to" if kind == d.ROLLBACK else "version")
     with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
@@ -104,60 +107,124 @@ def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
                      reason=reasons.ALREADY_SERVING)
             return Outcome(f"{rel['version']} is already serving {env}; nothing to do",
                            {"recovered": recovered}, changed=False)
+        if kind == d.DEPLOY:
+            _check_not_bad(ctx, env, rel["version"], force_reason)
         return _run(ctx, env, kind, rel, state, lease, recovered, force_reason)
+
+
+def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | None) -> None:
+    """A release marked bad in `env` deploys again only with a recorded reason."""
+    mark = next((m for m in repo.get_marks(ctx.engine, env) if m["version"] == version), None)
+    if mark is None or mark["mark"] != reasons.BAD:
+        return
+    if not force_reason:
+        ctx.emit(d.DEPLOY, reasons.REFUSED, env=env, version=version,
+                 reason=f"marked bad: {mark['reason']}")
+        raise RollwiseError(
+            f"{env}: {version} is marked bad ({mark['reason']}); not deployed",
+            hint="fix forward with a new release, or deploy it "
+            f"anyway: rollwise deploy {version} --env {env} --force --reason '...' (recorded "
+            "in the audit log)")
+    ctx.emit(d.DEPLOY, "forced", env=env, version=version,
+             reason=f"deploying a release marked bad ({mark['reason']}): {force_reason}")
+
+
+def _schema_steps(ctx: Context, env: str, kind: str, rel: dict[str, Any],
+                  state: dict[str, Any], force_reason: str | None) -> tuple[bool, bool, bool]:
+    """(migrate up, migrate down, down before the older release starts). A deploy never
+    runs down migrations: to an older release whose schema must go back, it is refused and
+    points to `rollback --to`, which previews the down path and the data it drops."""
+    live, version = state["live_version"], rel["version"]
+    if kind == d.ROLLBACK:
+        change, _ = schema.rollback_change_for(ctx, env, live, rel)
+        if change.action == "restore":
+            raise RollwiseError(f"rollback to {version}: {change.reason}",
+                                where=f"environment {env}", hint="restore the database from "
+                                "its backup first; nothing was changed")
+        if change.action != "down":
+            return False, False, False
+        _check_window(ctx, env, state, version, force_reason)
+        return False, True, ctx.config.migrations.rollback == "before_start"  # type: ignore[union-attr]
+    if live and live != version and d.is_newer(live, version, release_order(ctx, env)):
+        change, _ = schema.rollback_change_for(ctx, env, live, rel)
+        if change.action in ("down", "restore"):
+            ctx.emit(kind, reasons.REFUSED, env=env, version=version,
+                     reason=f"older release needs the schema taken back: {change.reason}")
+            raise RollwiseError(
+                f"{env}: {version} is older than the live release {live} and its schema is "
+                f"behind the database ({change.reason}); a deploy never runs down migrations",
+                where=f"release {version}", hint=f"`rollwise rollback --to {version} --env "
+                f"{env}` previews the down migrations and the data they drop, then runs them; "
+                "nothing was changed")
+        return False, False, False
+    return bool(schema.pending(ctx, env, version, live)), False, False
 
 
 def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str, Any],
          lease: Lease, recovered: str | None, force_reason: str | None = None) -> Outcome:
     hooks, env_cfg = ctx.config.hooks, ctx.env(env)
-    ctx.target(env).ensure()  # pre-flight: a busy router port fails here, before any record
-    warnings = preflight_checks(ctx, env, rel["version"], state["live_version"])
+    target = ctx.target(env)
+    target.ensure()  # pre-flight: a busy router port fails here, before any record
+    # the release's migrations are read before planning: its checked artifact is unpacked
+    target.prepare(artifacts.verify(ctx.artifacts_dir(), rel["sha256"], rel["version"]),
+                   rel["sha256"], rel["version"])
+    restart = kind == d.DEPLOY and state["live_version"] == rel["version"]
+    warnings = preflight_checks(ctx, env, rel["version"], state["live_version"], restart)
     strategy = env_cfg.strategy
-    migrate, migrate_down = schema.needs_migrations(ctx, env, rel), False
-    down_first = False
-    if kind == d.ROLLBACK:
-        change, _ = schema.rollback_change_for(ctx, env, state["live_version"], rel)
-        if change.action == "restore":
-            raise RollwiseError(f"rollback to {rel['version']}: {change.reason}",
-                                where=f"environment {env}", hint="restore the database from "
-                                "its backup first; nothing was changed")
-        migrate_down = change.action == "down"
-        if migrate_down:
-            _check_window(ctx, env, state, rel["version"], force_reason)
-            down_first = ctx.config.migrations.rollback == "before_start"  # type: ignore[union-attr]
+    migrate, migrate_down, down_first = _schema_steps(ctx, env, kind, rel, state, force_reason)
+    backup = schema.wants_backup(ctx, env, migrate)
     plan = d.plan_deployment(
         env=env, kind=kind, to_version=rel["version"], sha256=rel["sha256"],
         from_version=state["live_version"],
         old=[d.InstancePlan(**i) for i in state["instances"]],
         ports=free_ports(ctx.env(env).instances), suffix=pysecrets.token_hex(3),
         pre_hooks=bool(hooks.pre_deploy), post_hooks=bool(hooks.post_deploy),
-        strategy=strategy.type, bake_s=strategy.bake, checks=bool(env_cfg.verify),
+        strategy="all-at-once" if restart else strategy.type,
+        bake_s=0.0 if restart else strategy.bake, checks=bool(env_cfg.verify),
         batch_size=strategy.batch_size, pause_s=strategy.pause_s,
         migrate=migrate, migrate_down=migrate_down, down_first=down_first,
-        backup=schema.wants_backup(ctx, env, migrate),
-        purge=caches.configured(ctx, env),
+        backup=backup, purge=caches.configured(ctx, env),
         stages=tuple(d.Stage(s.weight, strategy.pause_s if s.pause_s is None else s.pause_s,
                              s.until_promote) for s in strategy.steps))
+    backup_note = _backup_note(ctx, env, kind, migrate, backup)
     dep_id = repo.create_deployment(ctx.engine, plan.as_dict(), ctx.actor)
     ctx.emit(kind, "started", env=env, version=plan.to_version, git_commit=rel["git_commit"],
              data={"deployment": dep_id, "from": plan.from_version, "steps": list(plan.steps),
-                   "warnings": warnings})
+                   "warnings": warnings, "restart": restart, "backup": backup_note})
     machine.run_plan(ctx, dep_id, plan, lease)
     machine.complete(ctx, dep_id, plan, lease)
     journal = repo.journal_rows(ctx.engine, dep_id)
     switch_ms = next((j["data"]["switch_ms"] for j in journal
                       if j["step"] == d.SWITCH and j["phase"] == "done"), None)
-    verb = "rolled back" if kind == d.ROLLBACK else "deployed"
-    return Outcome(f"{env}: {verb} to {plan.to_version} (from {plan.from_version or 'nothing'})"
-                   f", traffic switched in {switch_ms} ms",
+    verb = "rolled back" if kind == d.ROLLBACK else "restarted" if restart else "deployed"
+    what = f"{plan.to_version} (already live; new instances replace the old ones)" if restart \
+        else f"{plan.to_version} (from {plan.from_version or 'nothing'})"
+    return Outcome(f"{env}: {verb}{'' if restart else ' to'} {what}, traffic "
+                   f"switched in {switch_ms} ms" + (f"; {backup_note}" if backup_note else ""),
                    {"deployment": dep_id, "env": env, "version": plan.to_version,
                     "from": plan.from_version, "switch_ms": switch_ms,
-                    "recovered": recovered})
+                    "recovered": recovered, "restart": restart, "backup": backup_note,
+                    "warnings": warnings})
 
 
-def preflight_checks(ctx: Context, env: str, version: str, live: str | None) -> list[str]:
+def _backup_note(ctx: Context, env: str, kind: str, migrate: bool, backup: bool) -> str | None:
+    """Why a deploy took a backup or not, in words (None: the environment has none)."""
+    db = ctx.env(env).database
+    if kind != d.DEPLOY or db is None or db.backup == "never" or \
+            schema.database_url(ctx, env) is None:
+        return None
+    if backup:
+        return "backup taken first: " + ("database.backup is `always`" if not migrate else
+                                         "the deploy changes the schema")
+    return "no backup: the deploy changes no schema (database.backup: always takes one " \
+        "every time)"
+
+
+def preflight_checks(ctx: Context, env: str, version: str, live: str | None,
+                     restart: bool = False) -> list[str]:
     """Refuse a malformed Prometheus query before anything moves; an unreachable Prometheus
-    is only a warning (its checks will be inconclusive, which pauses the rollout)."""
+    is only a warning (its checks will be inconclusive, which pauses the rollout), and so is
+    a canary that nothing watches."""
     from rollwise.analysis import Look
     from rollwise.analysis.prometheus import PrometheusProvider
     from rollwise.config.schema import PrometheusCheck
@@ -166,23 +233,47 @@ def preflight_checks(ctx: Context, env: str, version: str, live: str | None) -> 
     cfg = ctx.env(env)
     warnings = [w for c in [*cfg.analysis.checks, *cfg.verify] if isinstance(c, PrometheusCheck)
                 if (w := PrometheusProvider(c).validate(look))]
+    if cfg.strategy.type == "canary" and live and not restart and \
+            not (cfg.analysis.router.enabled or cfg.analysis.checks):
+        warnings.append("canary with no analysis (analysis.router.enabled is false and "
+                        "analysis.checks is empty): each step only waits its pause; nothing "
+                        "rolls back a bad release automatically")
     for w in warnings:
         ctx.emit("preflight", "warning", env=env, version=version, reason=w)
     return warnings
 
 
 def rollback_plan(ctx: Context, env: str, to: str | None) -> tuple[dict[str, Any] | None,
-                                                                   dict[str, Any] | None]:
-    """(current live release, release a rollback goes to) — None where there is none."""
+                                                                   dict[str, Any]]:
+    """(current live release, release a rollback goes to). Refuses a rollback that would
+    move forward, and one with nothing older to go to."""
     ctx.env(env)
     live = repo.env_state(ctx.engine, env)["live_version"]
     marks = repo.get_marks(ctx.engine, env)
-    good = [m["version"] for m in marks if m["mark"] == reasons.GOOD]
+    good = {m["version"] for m in marks if m["mark"] == reasons.GOOD
+            if (r := repo.get_release(ctx.engine, m["version"])) and not r["pruned"]}
     bad = {m["version"] for m in marks if m["mark"] == reasons.BAD}
-    usable = [v for v in good if (r := repo.get_release(ctx.engine, v)) and not r["pruned"]]
-    target = d.rollback_target(live, usable, bad, to.removeprefix("v") if to else None)
+    choice = d.rollback_target(live, release_order(ctx, env), good, bad,
+                               to.removeprefix("v") if to else None)
+    if choice.version is None:
+        ctx.emit(d.ROLLBACK, reasons.REFUSED, env=env, version=to, reason=choice.refusal)
+        if choice.why == d.NEWER_THAN_LIVE:
+            raise RollwiseError(f"{env}: {choice.refusal}", where="--to",
+                                hint=f"`rollwise deploy {to} --env {env}` deploys it (with "
+                                "its checks and canary); nothing was changed")
+        raise NotFound(f"{env}: {choice.refusal}; nothing to roll back to",
+                       where=f"environment {env}",
+                       hint="`rollwise history` shows what went live when; `rollwise rollback "
+                       "--to VERSION` names an older release; nothing was changed")
     return (repo.get_release(ctx.engine, live) if live else None,
-            _release(ctx, target, "--to") if target else None)
+            _release(ctx, choice.version, "--to"))
+
+
+def release_order(ctx: Context, env: str) -> list[str]:
+    """Versions in the order they first went live in `env`."""
+    deps = repo.list_deployments(ctx.engine, env, 100_000)
+    return d.release_order([(x["kind"], x["to_version"], x["status"])
+                            for x in reversed(deps)])
 
 
 def describe_change(live: dict[str, Any] | None, target: dict[str, Any]) -> list[str]:
@@ -220,15 +311,17 @@ def _check_window(ctx: Context, env: str, state: dict[str, Any], target: str,
 
 
 def describe_schema(ctx: Context, env: str, live: dict[str, Any] | None,
-                    target: dict[str, Any]) -> list[str]:
-    """What a rollback to `target` does to the database schema, with the SQL it runs."""
+                    target: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+    """What a rollback to `target` does to the database schema, with the SQL it runs, and
+    the values it drops (by table or column; kept in parked files first)."""
     change, path = schema.rollback_change_for(ctx, env, live["version"] if live else None,
                                               target)
     if change.action != "down" or live is None:
-        return schema.describe(change, [])
+        return schema.describe(change, []), {}
     sql = schema.preview_down(ctx, env, live["version"], target, path)
-    return schema.describe(change, sql, schema.data_dropped(ctx, env, path),
-                           schema.parked_dir(ctx, env))
+    dropped = schema.data_dropped(ctx, env, path)
+    return schema.describe(change, sql, dropped, schema.parked_dir(ctx, env)), \
+        {k: v for k, v in dropped.items() if v}
 
 
 def rollback(ctx: Context, env: str, to: str | None, lock_wait: float = 0.0,
@@ -238,10 +331,6 @@ def rollback(ctx: Context, env: str, to: str | None, lock_wait: float = 0.0,
     if to is None and (asked := _ask_running(ctx, env, pg.ROLLBACK, reason)):
         return asked
     _, target = rollback_plan(ctx, env, to)
-    if target is None:
-        ctx.emit(d.ROLLBACK, reasons.NOOP, env=env, reason=reasons.NOTHING_IN_PROGRESS)
-        return Outcome(f"{env}: no earlier known-good release to roll back to; nothing done",
-                       changed=False)
     return deploy(ctx, env, target["version"], kind=d.ROLLBACK, lock_wait=lock_wait,
                   force_reason=force_reason)
 
@@ -251,7 +340,8 @@ def running(ctx: Context, env: str) -> dict[str, Any] | None:
     ctx.env(env)
     dep = repo.active_deployment(ctx.engine, env)
     lock = current(ctx.engine, env)
-    return dep if dep is not None and lock is not None and not lock.expired else None
+    alive = lock is not None and not lock.expired and not holder_dead(lock.holder)
+    return dep if dep is not None and alive else None
 
 
 def _ask_running(ctx: Context, env: str, what: str, reason: str | None) -> Outcome | None:
@@ -299,53 +389,98 @@ def abort(ctx: Context, env: str) -> Outcome:
 
 
 def status(ctx: Context, env: str | None) -> dict[str, Any]:
-    """Each environment's state; finishes or undoes interrupted deployments it can lock."""
+    """Each environment's state. Reads only: an interrupted deployment or a dead agent is
+    reported with what `rollwise recover` will do, never acted on here."""
     out: dict[str, Any] = {"app": ctx.config.app, "environments": {}}
     for name in [env] if env else list(ctx.config.environments):
         ctx.env(name)
-        recovered = None
-        if _needs_recovery(ctx, name):
-            with lease_if_free(ctx.engine, name, holder_id(ctx.actor)) as lease:
-                recovered = machine.recover(ctx, name, lease) if lease else None
-        out["environments"][name] = _env_status(ctx, name, recovered)
+        out["environments"][name] = _env_status(ctx, name)
     return out
 
 
-def _needs_recovery(ctx: Context, env: str) -> bool:
-    """A deployment left open, or a dead agent behind a live release. Status takes the lock
-    only then, so that polling it never makes a deploy starting at that moment fail."""
-    if repo.active_deployment(ctx.engine, env) is not None:
-        return True
-    live = repo.env_state(ctx.engine, env)["live_version"]
-    return bool(live) and AgentClient(ctx.env_dir(env), env).alive() is None
+def recover(ctx: Context, env: str, lock_wait: float = 0.0) -> Outcome:
+    """Finish or undo a deployment whose process died (traffic split by a canary goes back
+    to the stable release), and bring a dead agent back."""
+    ctx.env(env)
+    if (dep := running(ctx, env)) is not None:
+        raise LockHeld(f"{env}: deployment {dep['id']} is running in a live "
+                       "process; nothing to recover", where=f"environment {env}",
+                       hint="`rollwise abort` or `rollwise rollback` asks it to stop")
+    with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
+        msg = machine.recover(ctx, env, lease)
+    if msg is None:
+        ctx.emit("recover", reasons.NOOP, env=env, reason=reasons.NOTHING_IN_PROGRESS)
+        return Outcome(f"{env}: nothing to recover", changed=False)
+    return Outcome(f"{env}: {msg}", {"env": env, "recovered": msg})
 
 
-def _env_status(ctx: Context, env: str, recovered: str | None) -> dict[str, Any]:
+def _interrupted(ctx: Context, env: str, dep: dict[str, Any] | None, agent_up: bool,
+                 live: str | None) -> str | None:
+    """What is left undone, in words, with the command that deals with it."""
+    if dep is not None and running(ctx, env) is None:
+        rows = repo.journal_rows(ctx.engine, dep["id"])
+        at = rows[-1]["step"] if rows else "the start"
+        done = {r["step"] for r in rows if r["phase"] == "done"}
+        action = "finishes it" if d.SWITCH in done else "undoes it (traffic back on " \
+            f"{dep['from_version'] or 'nothing'})"
+        return (f"deployment {dep['id']} ({dep['kind']} to {dep['to_version']}) was "
+                f"interrupted at step {at}; `rollwise recover --env {env}` {action}")
+    if live and not agent_up:
+        return (f"the agent of {env} is not running, so nothing serves {live}; `rollwise "
+                f"recover --env {env}` starts it with its instances")
+    return None
+
+
+def _health(ctx: Context, env: str, instances: list[Any], weights: dict[str, int]
+            ) -> dict[str, Any]:
+    """Each serving instance's health endpoint, asked once now: healthy only if all answer
+    2xx."""
+    import httpx
+
+    cfg = ctx.config.health
+    serving = [i for i in instances if weights.get(i.name, 0) > 0]
+    result: dict[str, str] = {}
+    for i in serving:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{i.port}{cfg.path}", timeout=cfg.timeout_s)
+            result[i.name] = str(r.status_code)
+        except httpx.HTTPError as e:
+            result[i.name] = f"no answer ({type(e).__name__})"
+    ok = bool(serving) and all(v.startswith("2") for v in result.values())
+    return {"ok": ok, "path": cfg.path, "instances": result}
+
+
+def _env_status(ctx: Context, env: str) -> dict[str, Any]:
     state = repo.env_state(ctx.engine, env)
     lock = current(ctx.engine, env)
     dep = repo.active_deployment(ctx.engine, env)
     done = sorted(repo.done_steps(ctx.engine, dep["id"])) if dep else []
     last = repo.list_deployments(ctx.engine, env, 1)
-    target = ctx.target(env)
     agent_up = AgentClient(ctx.env_dir(env), env).alive() is not None
-    info: dict[str, Any] = {
+    instances = ctx.target(env).instances() if agent_up else []
+    weights = ctx.router(env).weights() if agent_up else {}
+    interrupted = _interrupted(ctx, env, dep, agent_up, state["live_version"])
+    health = _health(ctx, env, instances, weights) if state["live_version"] else None
+    return {
         "live_version": state["live_version"],
-        "instances": [vars(i) for i in target.instances()] if agent_up else [],
+        "healthy": bool(health and health["ok"]) and interrupted is None,
+        "health": health,
+        "instances": [vars(i) for i in instances],
         "agent": "running" if agent_up else "not running",
         "router": ctx.env(env).router.listen,
-        "weights": ctx.router(env).weights() if agent_up else {},
+        "weights": weights,
         "lock": None if lock is None or lock.expired else
         {"holder": lock.holder, "token": lock.token, "expires_at": lock.expires_at},
         "in_progress": None if dep is None else
         {"id": dep["id"], "kind": dep["kind"], "to": dep["to_version"],
-         "steps_done": done, "on_recovery": "resume" if d.SWITCH in done else "roll back"},
+         "steps_done": done, "interrupted": interrupted is not None,
+         "on_recovery": "resume" if d.SWITCH in done else "roll back"},
+        "interrupted": interrupted,
         "last_deployment": _dep_summary(last[0]) if last else None,
-        "recovered": recovered,
         "marks": {m["version"]: m["mark"] for m in repo.get_marks(ctx.engine, env)},
         "strategy": ctx.env(env).strategy.type,
         "analysis": _decisions(ctx, env, dep["id"] if dep else last[0]["id"] if last else None),
     }
-    return info
 
 
 def _decisions(ctx: Context, env: str, dep_id: int | None) -> list[dict[str, Any]]:

@@ -17,12 +17,14 @@ from rollwise.data.command import CommandRunner, release_version
 from rollwise.data.migrations import (
     Migration,
     SchemaChange,
+    UnknownRevision,
     down_path,
     dropped,
     lint,
     rollback_change,
     scan,
     up_path,
+    version_key,
 )
 from rollwise.data.sqlrunner import MigrationFailed, SqlRunner
 from rollwise.errors import ConfigError, RollwiseError
@@ -120,10 +122,6 @@ def release_migrations(ctx: Context, env: str, version: str) -> list[Migration]:
     return scan_release(cfg, ctx.release_dir(env, version), env_vars)
 
 
-def needs_migrations(ctx: Context, env: str, rel: dict[str, Any]) -> bool:
-    return bool(rel.get("schema")) and database_url(ctx, env) is not None
-
-
 def _recorded(ctx: Context, version: str | None) -> dict[str, str]:
     """Checksums of the migrations a release carried, as recorded at `release create`."""
     rel = repo.get_release(ctx.engine, version) if version else None
@@ -141,11 +139,12 @@ def migrate_up(ctx: Context, plan: d.Plan, backup: str | None = None) -> dict[st
 def upgrade(ctx: Context, env: str, version: str, live: str | None,
             backup: str | None = None) -> dict[str, Any]:
     """Bring the schema up to what `version` needs, checking applied migrations against the
-    copies `live` recorded."""
+    copies `live` recorded. `versions` (journaled) is exactly what this run applied."""
     ms = release_migrations(ctx, env, version)
     run = runner(ctx, env, version)
     try:
-        done = run.upgrade(up_path(ms, run.verified_applied(ms, _recorded(ctx, live))))
+        path = up_path(ms, run.verified_applied(ms, _recorded(ctx, live)))
+        done = run.upgrade(path)
     except MigrationFailed as e:
         if run.transactional_ddl or backup is None:
             raise
@@ -154,7 +153,65 @@ def upgrade(ctx: Context, env: str, version: str, live: str | None,
     finally:
         run.close()
     ctx.emit("migrate", reasons.OK, env=env, version=version, data={"applied": done})
-    return {"applied": done, "schema": ms[-1].version if ms else None}
+    return {"applied": done, "versions": [m.version for m in path],
+            "schema": ms[-1].version if ms else None}
+
+
+def undo_upgrade(ctx: Context, env: str, version: str, applied: list[str] | None,
+                 before: str | None) -> dict[str, Any]:
+    """Undo a deploy's migrate step: take down exactly the migrations it applied (`applied`,
+    from its journal), or, if it was interrupted before recording them, those of `version`
+    the release before it (`before`) does not hold. Never a path derived from anything
+    else: a deploy that applied nothing is undone by doing nothing."""
+    ms = release_migrations(ctx, env, version)
+    ours = set(applied) if applied is not None else \
+        {m.version for m in ms} - set(_recorded(ctx, before))
+    run = runner(ctx, env, version)
+    try:
+        now = {version_key(v) for v in run.applied_versions(ms)}
+    finally:
+        run.close()
+    path = [m for m in reversed(ms) if m.version in ours and m.key in now]
+    if not path:
+        return {"schema": "unchanged", "reason": "the deploy applied no migration"}
+    keys = [m.version for m in ms]
+    first = keys.index(path[-1].version)
+    return run_down(ctx, env, version, path, keys[first - 1] if first else None,
+                    f"undo of {version}")
+
+
+def migrate_down(ctx: Context, env: str, live: str, target: dict[str, Any]) -> dict[str, Any]:
+    change, path = rollback_change_for(ctx, env, live, target)
+    if change.action == "restore":
+        raise RollwiseError(f"schema: {change.reason}", where=f"environment {env}",
+                            hint="restore the database from the backup taken before that "
+                            "migration, then roll back")
+    if change.action != "down":
+        return {"schema": change.action, "reason": change.reason}
+    return run_down(ctx, env, live, path, (target.get("schema") or {}).get("version"),
+                    f"{live} to {target['version']}")
+
+
+def run_down(ctx: Context, env: str, version: str, path: list[Migration], to: str | None,
+             label: str) -> dict[str, Any]:
+    """Park what `path` drops, then run it down to `to` with `version`'s runner."""
+    if any(m.irreversible for m in path):
+        bad = next(m.file for m in path if m.irreversible)
+        raise RollwiseError(f"schema: {bad} is irreversible", where=f"environment {env}",
+                            hint="restore the database from the backup taken before it")
+    url = database_url(ctx, env)
+    assert url is not None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + label.replace(" ", "-")
+    parked = parking.park(url, _dropped(path), parked_dir(ctx, env), stamp)
+    run = runner(ctx, env, version)
+    try:
+        done = run.downgrade(path, to)
+    finally:
+        run.close()
+    ctx.emit("migrate", "down", env=env, version=version, reason=label,
+             data={"ran": done, "parked": parked})
+    return {"schema": "down", "ran": done, "versions": [m.version for m in path],
+            "parked": parked}
 
 
 def _restore_after_failure(ctx: Context, env: str, backup_id: str, e: RollwiseError) -> None:
@@ -172,7 +229,8 @@ def _restore_after_failure(ctx: Context, env: str, backup_id: str, e: RollwiseEr
 def rollback_change_for(ctx: Context, env: str, live: str | None, target: dict[str, Any]
                         ) -> tuple[SchemaChange, list[Migration]]:
     """What a rollback to `target` does to the schema, with the down path (its steps come
-    from the live release, the one that applied those migrations)."""
+    from the live release, the one that applied those migrations). A path through a
+    revision the live release does not hold is refused (UnknownRevision), never guessed."""
     if live is None or ctx.config.migrations is None or database_url(ctx, env) is None:
         return SchemaChange("none"), []
     ms = release_migrations(ctx, env, live)
@@ -184,8 +242,34 @@ def rollback_change_for(ctx: Context, env: str, live: str | None, target: dict[s
     finally:
         run.close()
     floor = (target.get("schema") or {}).get("version")
-    path = down_path(ms, applied, floor)
+    if ctx.config.migrations.type == "command":  # opaque versions: down to the target's
+        path = [] if floor == ms[-1].version else down_path(ms, applied & {ms[-1].version},
+                                                             None)
+    else:
+        try:
+            path = down_path(ms, applied, floor)
+        except UnknownRevision as e:
+            raise UnknownRevision(
+                f"cannot plan the schema from {live} to {target['version']}: {e.message}",
+                where=f"release {live}", hint="nothing was changed; `rollwise rollback "
+                "--to` an older release whose migrations the live release holds, or restore "
+                "the database from a backup (`rollwise backup list`)") from None
     return rollback_change(path), path
+
+
+def pending(ctx: Context, env: str, version: str, live: str | None) -> list[str]:
+    """The migrations of `version` (unpacked) not applied to the database yet, once none
+    of the applied ones was edited since `live` recorded it."""
+    if ctx.config.migrations is None or database_url(ctx, env) is None:
+        return []
+    ms = release_migrations(ctx, env, version)
+    if not ms:
+        return []
+    run = runner(ctx, env, version)
+    try:
+        return [m.version for m in up_path(ms, run.verified_applied(ms, _recorded(ctx, live)))]
+    finally:
+        run.close()
 
 
 def preview_down(ctx: Context, env: str, live: str, target: dict[str, Any],
@@ -196,28 +280,6 @@ def preview_down(ctx: Context, env: str, live: str, target: dict[str, Any],
         return run.preview(path, (target.get("schema") or {}).get("version"))
     finally:
         run.close()
-
-
-def migrate_down(ctx: Context, env: str, live: str, target: dict[str, Any]) -> dict[str, Any]:
-    change, path = rollback_change_for(ctx, env, live, target)
-    if change.action == "restore":
-        raise RollwiseError(f"schema: {change.reason}", where=f"environment {env}",
-                            hint="restore the database from the backup taken before that "
-                            "migration, then roll back")
-    if change.action != "down":
-        return {"schema": change.action, "reason": change.reason}
-    url = database_url(ctx, env)
-    assert url is not None
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{live}-to-{target['version']}"
-    parked = parking.park(url, _dropped(path), parked_dir(ctx, env), stamp)
-    run = runner(ctx, env, live)
-    try:
-        done = run.downgrade(path, (target.get("schema") or {}).get("version"))
-    finally:
-        run.close()
-    ctx.emit("migrate", "down", env=env, version=target["version"],
-             data={"ran": done, "parked": parked})
-    return {"schema": "down", "ran": done, "parked": parked}
 
 
 def backups_dir(ctx: Context, env: str) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import re
 import shlex
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,11 +23,12 @@ from pathlib import Path
 
 from sqlalchemy import inspect, text
 
-from rollwise.data.command import shell, tail
+from rollwise.data.command import cause, shell, tail
 from rollwise.data.migrations import Migration, markers
 from rollwise.data.sqlrunner import MigrationFailed, locked, open_db, redact
 from rollwise.errors import ConfigError, RollwiseError
 
+RUNNING = re.compile(r"Running (upgrade|downgrade) ([\w,() ]*?) -> (\w+)")
 DEFAULT_COMMAND = {"flask": "python3 -m flask db", "plain": "python3 -m alembic -c {config}"}
 
 
@@ -212,8 +214,9 @@ class AlembicRunner:
             out = self._run("downgrade", f"{path[0].version}:{target or 'base'}", sql=True)
             return [line for line in out.splitlines() if line.strip()]
         except RollwiseError as e:
-            rows = [f"-- no offline SQL ({e.message.splitlines()[-1]}); the downgrade() "
-                    "functions that will run:"]
+            rows = [f"-- no offline SQL: `{self._command('downgrade', '...', True)}` failed: "
+                    f"{cause(e.message.partition(chr(10))[2] or e.message)}",
+                    "-- the downgrade() functions that will run:"]
             for m in path:
                 rows += [f"-- {m.file}", *(m.down or "").splitlines()]
             return rows
@@ -238,7 +241,11 @@ class AlembicRunner:
                               where="migrations.command", hint="the interpreter or tool that "
                               "has the app's dependencies, e.g. .venv/bin/python -m flask db")
         if proc.returncode != 0:
-            raise MigrationFailed(f"`{command}` exited {proc.returncode}:\n{tail(proc)}",
+            running = RUNNING.findall(proc.stderr + proc.stdout)
+            op, src, dst = running[-1] if running else ("", "", "")
+            rev, src = (dst if op == "upgrade" else src.strip()), src.strip() or "base"
+            at = f"revision {rev} ({op} {src} -> {dst}) failed; " if running else ""
+            raise MigrationFailed(f"{at}`{command}` exited {proc.returncode}:\n{tail(proc)}",
                                   where=str(self.release_dir),
                                   hint="nothing of this run was kept; the schema is as before"
                                   if self.transactional_ddl else "")

@@ -15,6 +15,7 @@ target release needs another one.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +98,26 @@ def shell(command: str, cwd: Path, env: dict[str, str], timeout_s: float,
                               where=label) from None
 
 
-def tail(proc: subprocess.CompletedProcess[str]) -> str:
-    """The last lines a failed command wrote, for its error."""
-    return "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
+EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+(?:Error|Exception|Exit)\b|Error:|error:|FATAL)")
+
+
+def tail(proc: subprocess.CompletedProcess[str], keep: int = 30) -> str:
+    """What a failed command wrote (stderr, then stdout), for its error: all of it when
+    short; else the first exception lines (the cause, which tools often follow with an
+    unrelated last line) and the last lines."""
+    lines = [*proc.stderr.strip().splitlines(), *proc.stdout.strip().splitlines()]
+    if len(lines) <= keep:
+        return "\n".join(lines)
+    causes = [x for x in lines[:-keep // 2] if EXCEPTION_LINE.match(x)][:keep // 2]
+    return "\n".join([*causes, "...", *lines[-keep // 2:]])
+
+
+def cause(text: str) -> str:
+    """The line of a command's output that says why it failed: the first exception line,
+    else the last line."""
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return next((x.strip() for x in lines if EXCEPTION_LINE.match(x)),
+                lines[-1] if lines else "no output")
 
 
 def _shell(key: str, command: str, cwd: Path, env: dict[str, str], timeout_s: float) -> str:

@@ -165,15 +165,31 @@ def up_path(migrations: list[Migration], applied: set[str], target: str | None =
     return [m for m in migrations[:top] if m.key not in done]
 
 
+class UnknownRevision(ConfigError):
+    """A migration path names a revision the release's migrations do not hold: it is never
+    guessed, the plan is refused."""
+
+
 def down_path(migrations: list[Migration], applied: set[str], target: str | None
               ) -> list[Migration]:
-    """Applied migrations after `target` (None: all), newest first. A target the list does
-    not hold is taken as older than all of it."""
+    """Applied migrations after `target` (None: all), newest first. A target, or an applied
+    migration, that the list does not hold makes the path unknowable: UnknownRevision."""
     keys = [m.key for m in migrations]
-    floor = keys.index(version_key(target)) + 1 if target and version_key(target) in keys \
-        else 0
+    if target is not None and version_key(target) not in keys:
+        raise UnknownRevision(f"revision {target} is not among this release's migrations "
+                              f"({_span(migrations)})")
     done = {version_key(v) for v in applied}
+    if unknown := sorted(done - set(keys)):
+        raise UnknownRevision(f"the database has migration(s) {', '.join(unknown)} that this "
+                              f"release does not hold ({_span(migrations)})")
+    floor = keys.index(version_key(target)) + 1 if target else 0
     return [m for m in reversed(migrations[floor:]) if m.key in done]
+
+
+def _span(migrations: list[Migration]) -> str:
+    if not migrations:
+        return "none"
+    return f"{migrations[0].version} to {migrations[-1].version}"
 
 
 @dataclass(frozen=True)

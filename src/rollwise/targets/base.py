@@ -23,8 +23,9 @@ class InstanceInfo:
 class Target(Protocol):
     type: str
 
-    def ensure(self) -> None:
-        """Make the target reachable (start the local agent, connect to hosts)."""
+    def ensure(self) -> bool:
+        """Make the target reachable (start the local agent, connect to hosts); True when
+        it was not and had to be started."""
 
     def prepare(self, artifact: Path, sha256: str, version: str) -> Path:
         """Put the release's files in place; returns its directory. Idempotent."""

@@ -22,8 +22,11 @@ class LocalTarget:
         self.agent = AgentClient(env_dir, env)
         self.listen = listen
 
-    def ensure(self) -> None:
+    def ensure(self) -> bool:
+        if self.agent.alive() is not None:
+            return False
         self.agent.ensure(self.listen)
+        return True
 
     def prepare(self, artifact: Path, sha256: str, version: str) -> Path:
         return artifacts.unpack(artifact, sha256, self.env_dir / "releases" / version)
