@@ -277,3 +277,44 @@ def test_given_a_command_runner_when_deployed_and_rolled_back_then_the_tool_move
     with db(project) as conn:
         assert conn.execute("SELECT max(v) FROM tool_version").fetchone() == (1,)
     assert status(project)["live_version"] == "1.0.0"
+
+
+def test_given_a_backup_from_an_older_schema_when_restored_then_code_and_schema_meet_again(
+        project):
+    with_channel_releases(project)
+    project.cli("deploy", "1.0.0", check=True)
+    with db(project) as conn:
+        conn.execute("INSERT INTO orders VALUES ('kept', 'sku', 1, '1.0.0')")
+    taken = json.loads(project.cli("backup", "create", "--json", check=True).stdout)
+    listed = json.loads(project.cli("backup", "list", "--json", check=True).stdout)
+    assert (listed[-1]["release"], listed[-1]["schema"]) == ("1.0.0", ["0001"])
+    deployed = project.cli("deploy", "1.1.0", check=True)
+    assert "backup taken first: the deploy changes the schema" in deployed.stdout
+    assert columns(project)[-1] == "channel"
+    # default: the restored data is brought up to the live release's schema
+    restored = project.cli("backup", "restore", taken["backup"], "--yes", check=True)
+    assert "backup taken under 1.0.0 (schema 0001); live: 1.1.0 (schema 0002)" in \
+        restored.stderr
+    assert "schema brought up to 1.1.0's: applied 1 migration(s)" in restored.stdout
+    assert columns(project)[-1] == "channel"
+    s = status(project)
+    assert s["live_version"] == "1.1.0" and s["healthy"]
+    # or the release the backup was taken under runs on it
+    project.cli("backup", "restore", taken["backup"], "--then", "release", "--yes", check=True)
+    assert "channel" not in columns(project)
+    s = status(project)
+    assert s["live_version"] == "1.0.0" and s["healthy"]
+    with db(project) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE id = 'kept'").fetchone() == (1,)
+
+
+def test_given_a_deploy_without_pending_migrations_then_no_backup_and_it_says_so(project):
+    with_channel_releases(project)
+    project.cli("deploy", "1.0.0", check=True)
+    project.release("1.0.1")  # carries 0001 and 0002, both applied once 1.1.0 is live
+    project.cli("deploy", "1.1.0", check=True)
+    again = project.cli("deploy", "1.0.1", check=True)
+    assert "no backup: the deploy changes no schema" in again.stdout
+    assert "migrate" not in again.stderr
+    backups = json.loads(project.cli("backup", "list", "--json", check=True).stdout)
+    assert len(backups) == 1  # the one before 1.1.0's migration

@@ -410,23 +410,36 @@ def backup_verify(backup_id: Annotated[str | None, typer.Argument(help="Default:
 @backup_app.command("restore")
 def backup_restore(backup_id: Annotated[str, typer.Argument(help="Backup id.")],
                    env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
+                   then: Annotated[str, typer.Option(
+                       "--then", help="After the data: `migrate` (default) brings it up to "
+                       "the live release's schema; `release` deploys the release the backup "
+                       "was taken under.")] = "migrate",
                    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
-                   directory: DirOpt = Path(".")) -> None:
-    """Put the database back as it was at the backup; first shows the rows that would be
-    lost (written since), by table, and asks."""
+                   directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Put the database back as it was at the backup, all or nothing; bring code and schema
+    together again; check the live release's health. First shows the rows that would be
+    lost (written since), by table, and the schema plan, and asks."""
     from rollwise.controller import ops
 
-    ctx = _run(lambda: _ctx(directory))
-    lost = _run(lambda: ops.backup_loss(ctx, env, backup_id))
+    if then not in ops.RESTORE_THEN:
+        err.print(f"error: --then {then}: use one of {', '.join(ops.RESTORE_THEN)}")
+        raise typer.Exit(int(ExitCode.USAGE))
+    ctx = _run(lambda: _ctx(directory), as_json)
+    plan = _run(lambda: ops.restore_plan(ctx, env, backup_id, then), as_json)
+    lost = _run(lambda: ops.backup_loss(ctx, env, backup_id), as_json)
     err.print(f"restoring {backup_id} into {env}'s database loses the rows written since:")
     for table, n in lost.items():
         err.print(f"  {table}: {n} rows")
     if not lost:
         err.print("  none (by row count)")
-    if not yes and not _run(lambda: _confirm("restore?")):
+    err.print(f"  backup taken under {plan['backup_release'] or '?'} (schema "
+              f"{plan['backup_schema'] or '-'}); live: {plan['live'] or 'nothing'} (schema "
+              f"{plan['live_schema'] or '-'}); then: {plan['then']}")
+    if not yes and not _run(lambda: _confirm("restore?"), as_json):
         out.print("nothing changed")
         return
-    out.print(_run(lambda: ops.backup_restore(ctx, env, backup_id, lock_wait)).message)
+    res = _run(lambda: ops.backup_restore(ctx, env, backup_id, lock_wait, then), as_json)
+    _emit_json({"ok": True, **res.data}) if as_json else out.print(res.message)
 
 
 @audit_app.command("verify")

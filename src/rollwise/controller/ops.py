@@ -14,7 +14,7 @@ from rollwise.controller import caches, machine, schema
 from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context
 from rollwise.controller.lock import Lease, current, holder_dead, holder_id
-from rollwise.errors import ConfigError, LockHeld, NotFound, RollwiseError
+from rollwise.errors import ConfigError, HealthCheckFailed, LockHeld, NotFound, RollwiseError
 from rollwise.ports import free_ports
 from rollwise.store import repo
 
@@ -545,18 +545,90 @@ def backup_loss(ctx: Context, env: str, backup_id: str) -> dict[str, int]:
     return backups.loss(m, _database(ctx, env))
 
 
-def backup_restore(ctx: Context, env: str, backup_id: str, lock_wait: float = 0.0) -> Outcome:
-    """Put the database back as it was at the backup, under the environment's lock."""
+RESTORE_THEN = ("migrate", "release")
+
+
+def restore_plan(ctx: Context, env: str, backup_id: str, then: str = "migrate"
+                 ) -> dict[str, Any]:
+    """What a restore does besides the data: the backup's release and schema, the live
+    ones, and what follows (`migrate`: the restored data goes up to the live release's
+    schema; `release`: the backup's release is deployed on it). Refuses a plan that would
+    leave code and schema apart."""
+    from rollwise.data import backups
+
+    _database(ctx, env)
+    m = backups.get(schema.backups_dir(ctx, env), backup_id)
+    live = repo.env_state(ctx.engine, env)["live_version"]
+    live_rel = repo.get_release(ctx.engine, live) if live else None
+    plan = {"backup": m.id, "backup_release": m.release,
+            "backup_schema": m.schema[-1] if m.schema else None, "live": live,
+            "live_schema": ((live_rel or {}).get("schema") or {}).get("version"), "then": then}
+    if live is None:
+        return plan | {"then": "nothing serves yet: the data only"}
+    if then == "release":
+        if m.release is None:
+            raise RollwiseError(f"backup {m.id} does not record the release live when it was "
+                                "taken", where="--then release",
+                                hint="use --then migrate; nothing was changed")
+        _release(ctx, m.release, "--then release")
+        return plan
+    known = {x["version"] for x in ((live_rel or {}).get("schema") or {}).get("migrations", [])}
+    if unknown := [v for v in m.schema or [] if v not in known]:
+        raise RollwiseError(
+            f"backup {m.id} holds schema {', '.join(unknown)}, which the live release {live} "
+            "does not have: its data cannot be migrated up to the live schema",
+            where=f"backup {m.id}", hint=f"`--then release` restores and runs "
+            f"{m.release or 'the release it was taken under'} on it; nothing was changed")
+    return plan
+
+
+def backup_restore(ctx: Context, env: str, backup_id: str, lock_wait: float = 0.0,
+                   then: str = "migrate") -> Outcome:
+    """Under the environment's lock: put the database back as it was at the backup
+    (all or nothing), bring code and schema together again (`then`), and check that the
+    live release answers its health check."""
     from rollwise.data import backups
 
     url = _database(ctx, env)
     folder = schema.backups_dir(ctx, env)
     m = backups.get(folder, backup_id)
-    with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait):
+    with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
+        machine.recover(ctx, env, lease)
+        plan = restore_plan(ctx, env, backup_id, then)
         lost = backups.loss(m, url)
         backups.restore(m, folder, url)
-    ctx.emit("backup_restore", reasons.OK, env=env, data={"id": m.id, "lost": lost})
-    return Outcome(f"{env}: database restored from backup {m.id}", {"id": m.id, "lost": lost})
+        ctx.emit("backup_restore", reasons.OK, env=env, data={"id": m.id, "lost": lost,
+                                                              "plan": plan})
+        after = _after_restore(ctx, env, m.release, plan, lease)
+    health = _serving_health(ctx, env) if plan["live"] else None
+    data = {"id": m.id, "lost": lost, "plan": plan, "after": after, "health": health}
+    if health is not None and not health["ok"]:
+        raise HealthCheckFailed(
+            f"{env}: database restored from backup {m.id}, but the live release does not "
+            f"answer its health check: {health['instances']}", where=f"environment {env}",
+            hint=f"`rollwise status --env {env}` shows it; restore with `--then release` or "
+            "roll back to the release the backup was taken under")
+    return Outcome(f"{env}: database restored from backup {m.id}; {after['summary']}", data)
+
+
+def _after_restore(ctx: Context, env: str, release: str | None, plan: dict[str, Any],
+                   lease: Lease) -> dict[str, Any]:
+    live = plan["live"]
+    if live is None:
+        return {"summary": "nothing is deployed"}
+    if plan["then"] == "migrate":
+        up = schema.upgrade(ctx, env, live, live)
+        return up | {"summary": f"schema brought up to {live}'s: applied "
+                     f"{len(up['applied'])} migration(s)"}
+    rel = _release(ctx, str(release))
+    state = repo.env_state(ctx.engine, env)
+    _run(ctx, env, d.DEPLOY, rel, state, lease, None, f"restore of backup {plan['backup']}")
+    return {"summary": f"{rel['version']} (the release the backup was taken under) serves"}
+
+
+def _serving_health(ctx: Context, env: str) -> dict[str, Any]:
+    instances = ctx.target(env).instances()
+    return _health(ctx, env, instances, ctx.router(env).weights())
 
 
 def _database(ctx: Context, env: str) -> str:

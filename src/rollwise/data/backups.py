@@ -45,6 +45,8 @@ class Manifest:
     created_at: float
     tables: Snapshot = field(default_factory=dict)
     reason: str = ""
+    release: str | None = None  # the release live when it was taken
+    schema: list[str] | None = None  # the migrations applied then, oldest first
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,7 +175,8 @@ def scratch_database(url: str, work: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def create(url: str, folder: Path, env: str, reason: str) -> Manifest:
+def create(url: str, folder: Path, env: str, reason: str, *, release: str | None = None,
+           schema: list[str] | None = None) -> Manifest:
     """Dump, then record the file's sha256 and the tables as they were."""
     u = make_url(url)
     backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -182,7 +185,8 @@ def create(url: str, folder: Path, env: str, reason: str) -> Manifest:
     tables = snapshot(url)
     dump(url, dest)
     m = Manifest(backup_id, env, u.get_backend_name(), redact(url), dest.name,
-                 dest.stat().st_size, sha256_file(dest), time.time(), tables, reason)
+                 dest.stat().st_size, sha256_file(dest), time.time(), tables, reason,
+                 release, schema)
     (folder / f"{backup_id}.json").write_text(json.dumps(m.as_dict(), indent=2))
     return m
 
