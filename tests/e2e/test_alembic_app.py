@@ -103,7 +103,7 @@ def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_bac
     assert "dropped: bill.bill_type: 2 values" in preview
     assert revision(pg_url) == VERSIONS["7.2.1"]  # a dry run changes nothing
 
-    back = app.cli("rollback", check=True)
+    back = app.cli("rollback", "--yes", check=True)
     assert "6.1.5" in back.stdout
     assert revision(pg_url) == VERSIONS["6.1.5"]
     engine = create_engine(pg_url)
