@@ -121,7 +121,7 @@ def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_bac
     # logging_preference a VARCHAR that its upgrade cannot cast back to the enum on
     # PostgreSQL. The three revisions ran in one transaction, so none of them stays, and
     # 6.1.5 keeps serving.
-    again = app.cli("deploy", "7.2.1")
+    again = app.cli("deploy", "7.2.1", "--force", "--reason", "re-upgrade")
     assert again.returncode != 0 and "c941aaca38c2" in again.stderr
     assert "schema is as before" in again.stderr
     assert revision(pg_url) == VERSIONS["6.1.5"]
