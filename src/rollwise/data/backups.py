@@ -1,36 +1,88 @@
-"""Backups that are known to restore: a dump per engine, a manifest with the file's sha256 and
-each table's row count and checksum at backup time, and a verify that restores into a scratch
-database and compares.
+"""Backups that are known to restore: a dump per engine, a manifest with the file's sha256, each
+table's row count and checksum and its keys and indexes at backup time, and a restore that is
+all or nothing and checked before it takes effect.
 
-- SQLite: the online backup API (a consistent copy while the app writes);
-- PostgreSQL: `pg_dump --format=custom`, restored with `pg_restore`;
-- MySQL/MariaDB: `mysqldump --single-transaction`, restored with `mysql`.
+A restore loads the dump into a scratch database beside the live one, compares it with the
+manifest, and only then swaps it in, in one step the database makes atomic (see
+docs/adr/0003-atomic-restore.md). `verify` is the same path without the swap.
+
+- SQLite: the online backup API (a consistent copy while the app writes); restored by one
+  backup-API pass of the checked scratch file into the live file (one write transaction);
+- PostgreSQL: `pg_dump --format=custom`; `pg_restore` into `<db>_rollwise_restore_<token>`,
+  then both database renames in one transaction;
+- MySQL/MariaDB: `mysqldump --single-transaction`; `mysql` into a scratch schema, then one
+  RENAME TABLE statement moves the live tables aside and the restored ones in.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn, Protocol, TypedDict, TypeVar
 
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Connection, TextClause, create_engine, inspect, text
+from sqlalchemy.engine import URL, Inspector, make_url
+from sqlalchemy.engine.interfaces import (
+    ReflectedForeignKeyConstraint,
+    ReflectedIndex,
+    ReflectedUniqueConstraint,
+)
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from rollwise.artifacts import sha256_file
 from rollwise.data.sqlrunner import TABLE as SCHEMA_TABLE
 from rollwise.data.sqlrunner import redact
 from rollwise.errors import IntegrityError, RollwiseError
+from rollwise.failpoint import failpoint
 
 Snapshot = dict[str, dict[str, Any]]  # table -> {"rows": n, "checksum": "..."}
+
+
+class Key(TypedDict):
+    name: str | None  # None where the engine does not name it (SQLite)
+    columns: list[str]
+
+
+class ForeignKey(TypedDict):
+    name: str | None
+    columns: list[str]
+    referred_table: str  # "schema.table" when in another schema
+    referred_columns: list[str]
+
+
+class Index(TypedDict):
+    name: str | None
+    columns: list[str]  # an expression index lists its expressions
+    unique: bool
+
+
+class TableShape(TypedDict):
+    primary_key: Key | None
+    foreign_keys: list[ForeignKey]
+    unique: list[Key]
+    indexes: list[Index]
+
+
+Structure = dict[str, TableShape]  # table -> its keys and indexes
+
+RESTORE = "restore"  # failpoints: ROLLWISE_FAILPOINT=restore:<one of RESTORE_POINTS>
+RESTORE_POINTS = ("created", "loaded", "checked", "swapping", "swapped", "done")
+BEFORE_SWAP = RESTORE_POINTS[:4]  # a kill there leaves the live database as it was
+NOT_CHANGED = "the live database was not changed"
+SIDE = "_rollwise_"  # scratch names: <db>_rollwise_restore_<token>, <db>_rollwise_old_<token>
+FILE_SIDE = ".rollwise_restore_"  # SQLite: <backups>/.rollwise_restore_<token>.db and .lock
+_FAILURES = (RollwiseError, SQLAlchemyError, sqlite3.Error, OSError, subprocess.SubprocessError)
 
 
 @dataclass(frozen=True)
@@ -47,10 +99,19 @@ class Manifest:
     reason: str = ""
     release: str | None = None  # the release live when it was taken
     schema: list[str] | None = None  # the migrations applied then, oldest first
+    structure: Structure | None = None  # keys and indexes per table (None: an older manifest)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Fields a newer rollwise added are ignored; fields an older one lacked default."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# -- what a database holds ---------------------------------------------------------------------
 
 def snapshot(url: str) -> Snapshot:
     """Row count and a content checksum of every table (rollwise's own table left out)."""
@@ -83,127 +144,58 @@ def _table_sum(conn: Any, table: str) -> dict[str, Any]:
     return {"rows": len(rows), "checksum": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
 
 
+def structure(url: str) -> Structure:
+    """Each table's primary key, foreign keys, unique constraints and indexes, by name and
+    columns (rollwise's own table left out)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            insp = inspect(conn)
+            return {t: _shape(insp, t) for t in sorted(insp.get_table_names())
+                    if t != SCHEMA_TABLE}
+    finally:
+        engine.dispose()
+
+
+def _shape(insp: Inspector, table: str) -> TableShape:
+    pk = insp.get_pk_constraint(table)
+    return {"primary_key": {"name": pk.get("name"), "columns": list(pk["constrained_columns"])}
+            if pk["constrained_columns"] else None,
+            "foreign_keys": _sorted([_fk(fk) for fk in insp.get_foreign_keys(table)]),
+            "unique": _sorted([_unique(u) for u in insp.get_unique_constraints(table)]),
+            "indexes": _sorted([_index(ix) for ix in insp.get_indexes(table)])}
+
+
+def _fk(fk: ReflectedForeignKeyConstraint) -> ForeignKey:
+    schema = fk.get("referred_schema")
+    return {"name": fk.get("name"), "columns": list(fk["constrained_columns"]),
+            "referred_table": f"{schema}.{fk['referred_table']}" if schema
+            else fk["referred_table"], "referred_columns": list(fk["referred_columns"])}
+
+
+def _unique(u: ReflectedUniqueConstraint) -> Key:
+    return {"name": u.get("name"), "columns": list(u["column_names"])}
+
+
+def _index(ix: ReflectedIndex) -> Index:
+    columns = ix.get("expressions") or ix["column_names"]
+    return {"name": ix.get("name"), "columns": [str(c) for c in columns],
+            "unique": bool(ix["unique"])}
+
+
+T = TypeVar("T")
+
+
+def _sorted(items: list[T]) -> list[T]:
+    return sorted(items, key=lambda x: json.dumps(x, sort_keys=True))
+
+
 def has_data(url: str) -> bool:
     """False for a database that does not exist yet or has no table: nothing to back up."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite" and not Path(str(u.database)).is_file():
         return False
     return bool(snapshot(url))
-
-
-def _pg_uri(u: URL) -> str:
-    return u.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _mysql_args(u: URL) -> tuple[list[str], dict[str, str]]:
-    args = [f"--host={u.host or '127.0.0.1'}", f"--port={u.port or 3306}",
-            f"--user={u.username or 'root'}"]
-    env = {**os.environ, "MYSQL_PWD": u.password or ""}
-    return args, env
-
-
-def _run(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None,
-         stdout: Any = None) -> None:
-    p = subprocess.run(cmd, env=env, stdin=stdin, stdout=stdout or subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=False, timeout=6 * 3600)
-    if p.returncode != 0:
-        msg = p.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise RollwiseError(f"{cmd[0]} exited {p.returncode}: {msg[0]}", where=cmd[0])
-
-
-def dump(url: str, dest: Path) -> None:
-    u = make_url(url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if u.get_backend_name() == "sqlite":
-        src = sqlite3.connect(str(u.database))
-        try:
-            with sqlite3.connect(dest) as out:
-                src.backup(out)
-        finally:
-            src.close()
-    elif u.get_backend_name() == "postgresql":
-        _run(["pg_dump", "--format=custom", "--no-owner", f"--file={dest}", _pg_uri(u)])
-    elif u.get_backend_name() == "mysql":
-        args, env = _mysql_args(u)
-        with dest.open("wb") as f:
-            _run(["mysqldump", *args, "--single-transaction", "--routines", "--triggers",
-                  str(u.database)], env=env, stdout=f)
-    else:
-        raise RollwiseError(f"no backup provider for {u.get_backend_name()}")
-
-
-def load(path: Path, url: str) -> None:
-    """Restore a dump into the (empty or existing) database at `url`."""
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        src = sqlite3.connect(path)
-        try:
-            with sqlite3.connect(str(u.database)) as out:
-                src.backup(out)
-        finally:
-            src.close()
-    elif u.get_backend_name() == "postgresql":
-        _run(["pg_restore", "--no-owner", "--clean", "--if-exists", "--exit-on-error",
-              f"--dbname={_pg_uri(u)}", str(path)])
-    else:
-        args, env = _mysql_args(u)
-        with path.open("rb") as f:
-            _run(["mysql", *args, str(u.database)], env=env, stdin=f)
-
-
-@contextmanager
-def scratch_database(url: str, work: Path) -> Iterator[str]:
-    """An empty database beside the source's, dropped afterwards."""
-    u = make_url(url)
-    name = f"rollwise_verify_{uuid.uuid4().hex[:8]}"
-    if u.get_backend_name() == "sqlite":
-        path = work / f"{name}.db"
-        yield f"sqlite:///{path}"
-        path.unlink(missing_ok=True)
-        return
-    admin_db = "postgres" if u.get_backend_name() == "postgresql" else "mysql"
-    admin = create_engine(u.set(database=admin_db), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        yield u.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            drop = "DROP DATABASE IF EXISTS {} WITH (FORCE)" if \
-                u.get_backend_name() == "postgresql" else "DROP DATABASE IF EXISTS {}"
-            conn.execute(text(drop.format(name)))
-        admin.dispose()
-
-
-def create(url: str, folder: Path, env: str, reason: str, *, release: str | None = None,
-           schema: list[str] | None = None) -> Manifest:
-    """Dump, then record the file's sha256 and the tables as they were."""
-    u = make_url(url)
-    backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    ext = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}[u.get_backend_name()]
-    dest = folder / f"{backup_id}.{ext}"
-    tables = snapshot(url)
-    dump(url, dest)
-    m = Manifest(backup_id, env, u.get_backend_name(), redact(url), dest.name,
-                 dest.stat().st_size, sha256_file(dest), time.time(), tables, reason,
-                 release, schema)
-    (folder / f"{backup_id}.json").write_text(json.dumps(m.as_dict(), indent=2))
-    return m
-
-
-def manifests(folder: Path) -> list[Manifest]:
-    out = []
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        out.append(Manifest(**json.loads(f.read_text())))
-    return out
-
-
-def get(folder: Path, backup_id: str) -> Manifest:
-    for m in manifests(folder):
-        if m.id == backup_id:
-            return m
-    known = ", ".join(m.id for m in manifests(folder)) or "none"
-    raise RollwiseError(f"no backup {backup_id!r}", hint=f"backups: {known}")
 
 
 def diff(expected: Snapshot, got: Snapshot) -> list[str]:
@@ -221,31 +213,37 @@ def diff(expected: Snapshot, got: Snapshot) -> list[str]:
     return out
 
 
-def verify(m: Manifest, folder: Path, url: str) -> dict[str, Any]:
-    """The file is intact (sha256) and restores to what was backed up (tables compared)."""
-    path = folder / m.file
-    if not path.is_file():
-        raise IntegrityError(f"backup {m.id}: file {m.file} is missing", where=str(path))
-    actual = sha256_file(path)
-    if actual != m.sha256 or path.stat().st_size != m.size:
-        raise IntegrityError(f"backup {m.id}: {m.file} is corrupted or truncated (sha256 "
-                             f"{actual[:12]}, manifest {m.sha256[:12]}; {path.stat().st_size} "
-                             f"of {m.size} bytes)", where=str(path),
-                             hint="do not rely on this backup; take a new one")
-    t0 = time.monotonic()
-    with scratch_database(url, folder) as scratch:
-        try:
-            load(path, scratch)
-        except RollwiseError as e:
-            raise IntegrityError(f"backup {m.id} does not restore: {e.message}",
-                                 where=str(path)) from None
-        problems = diff(m.tables, snapshot(scratch))
-    if problems:
-        raise IntegrityError(f"backup {m.id} restores to something else than was backed up: "
-                             + "; ".join(problems), where=str(path))
-    return {"id": m.id, "tables": len(m.tables), "rows": sum(t["rows"] for t in
-                                                              m.tables.values()),
-            "restore_s": round(time.monotonic() - t0, 2)}
+def diff_structure(expected: Structure, got: Structure) -> list[str]:
+    """Keys and indexes that differ, for the tables both sides have (a table missing on one
+    side is `diff`'s to report)."""
+    out = []
+    for t in sorted(set(expected) & set(got)):
+        a, b = _described(expected[t]), _described(got[t])
+        out += [f"table {t}: {x} missing in the restore" for x in sorted(a - b)]
+        out += [f"table {t}: {x} not in the backup" for x in sorted(b - a)]
+    return out
+
+
+def _described(shape: TableShape) -> set[str]:
+    def cols(c: list[str]) -> str:
+        return f"({', '.join(c)})"
+
+    pk = shape["primary_key"]
+    out = {f"primary key {pk['name']} {cols(pk['columns'])}"} if pk else set()
+    out |= {f"foreign key {fk['name']} {cols(fk['columns'])} -> {fk['referred_table']} "
+            f"{cols(fk['referred_columns'])}" for fk in shape["foreign_keys"]}
+    out |= {f"unique constraint {u['name']} {cols(u['columns'])}" for u in shape["unique"]}
+    return out | {f"{'unique ' if ix['unique'] else ''}index {ix['name']} {cols(ix['columns'])}"
+                  for ix in shape["indexes"]}
+
+
+def check(m: Manifest, url: str) -> list[str]:
+    """How the database at `url` differs from the backup's manifest: tables, rows, content,
+    and (manifests that record them) keys and indexes. Empty: the same."""
+    problems = diff(m.tables, snapshot(url))
+    if m.structure is not None:
+        problems += diff_structure(m.structure, structure(url))
+    return problems
 
 
 def loss(m: Manifest, url: str) -> dict[str, int]:
@@ -255,28 +253,710 @@ def loss(m: Manifest, url: str) -> dict[str, int]:
             if now[t]["rows"] > m.tables.get(t, {"rows": 0})["rows"]}
 
 
-def restore(m: Manifest, folder: Path, url: str) -> None:
+# -- files and tools ---------------------------------------------------------------------------
+
+def _private_dir(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+
+
+@contextmanager
+def _private_file(path: Path) -> Iterator[IO[bytes]]:
+    """A new or truncated file only its owner can read (mode 0600 whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        yield f
+
+
+def _write_private(path: Path, data: str) -> None:
+    """Written beside, then renamed: a crash leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with _private_file(tmp) as f:
+        f.write(data.encode())
+    os.replace(tmp, path)
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None,
+         stdout: Any = None) -> None:
+    p = subprocess.run(cmd, env=env, stdin=stdin, stdout=stdout or subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=False, timeout=6 * 3600)
+    if p.returncode != 0:
+        raise RollwiseError(f"{cmd[0]} exited {p.returncode}:\n{_output(p.stderr)}",
+                            where=cmd[0])
+
+
+def _output(raw: bytes, limit: int = 60) -> str:
+    """A tool's error output, indented; the first `limit` lines (the first error is what
+    matters: the tools stop at it)."""
+    lines = raw.decode(errors="replace").rstrip().splitlines() or ["(no output)"]
+    more = [f"... {len(lines) - limit} more line(s)"] if len(lines) > limit else []
+    return "\n".join("  " + line for line in lines[:limit] + more)
+
+
+def _pg_conn(u: URL) -> tuple[str, dict[str, str]]:
+    """A libpq URI for the tools, with the password in the environment, not in argv."""
+    uri = u.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return uri, {**os.environ, **({"PGPASSWORD": str(u.password)} if u.password else {})}
+
+
+def _mysql_args(u: URL) -> tuple[list[str], dict[str, str]]:
+    args = [f"--host={u.host or '127.0.0.1'}", f"--port={u.port or 3306}",
+            f"--user={u.username or 'root'}"]
+    env = {**os.environ, "MYSQL_PWD": u.password or ""}
+    return args, env
+
+
+def _sqlite_open(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    """`immutable`: a file nobody writes (a dump, a scratch copy): no lock, no -wal or -shm
+    files created beside it."""
+    if immutable:
+        return sqlite3.connect(path.resolve().as_uri() + "?immutable=1", uri=True)
+    return sqlite3.connect(path, timeout=30)
+
+
+def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool) -> None:
+    """One backup-API pass of `src` into `dest`: a single write transaction there, which
+    SQLite makes atomic (a crash rolls it back). `standalone`: rollback-journal mode, so
+    the file holds everything by itself."""
+    with closing(_sqlite_open(dest)) as out:
+        src.backup(out)
+        if standalone:
+            out.execute("PRAGMA journal_mode=DELETE")
+
+
+# -- backup ------------------------------------------------------------------------------------
+
+def dump(url: str, dest: Path) -> None:
+    """Dump the database at `url` into `dest` (mode 0600, its folder 0700); nothing is left
+    behind on failure."""
+    u = make_url(url)
+    _private_dir(dest.parent)
+    try:
+        with _private_file(dest) as f:
+            _dump_into(u, dest, f)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def _dump_into(u: URL, dest: Path, f: IO[bytes]) -> None:
+    if u.get_backend_name() == "sqlite":
+        with closing(_sqlite_open(Path(str(u.database)))) as src:
+            _sqlite_copy(src, dest, standalone=True)
+    elif u.get_backend_name() == "postgresql":
+        uri, env = _pg_conn(u)
+        _run(["pg_dump", "--format=custom", "--no-owner", uri], env=env, stdout=f)
+    elif u.get_backend_name() == "mysql":
+        args, env = _mysql_args(u)
+        _run(["mysqldump", *args, "--single-transaction", "--routines", "--triggers",
+              str(u.database)], env=env, stdout=f)
+    else:
+        raise RollwiseError(f"no backup provider for {u.get_backend_name()}",
+                            where=redact(u.render_as_string()))
+
+
+def create(url: str, folder: Path, env: str, reason: str, *, release: str | None = None,
+           schema: list[str] | None = None) -> Manifest:
+    """Dump, then record the file's sha256, the tables as they were and their keys and
+    indexes; `release` and `schema` (applied migrations) when the caller knows them."""
+    u = make_url(url)
+    backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    ext = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}[u.get_backend_name()]
+    dest = folder / f"{backup_id}.{ext}"
+    tables, shapes = snapshot(url), structure(url)
+    dump(url, dest)
+    m = Manifest(backup_id, env, u.get_backend_name(), redact(url), dest.name,
+                 dest.stat().st_size, sha256_file(dest), time.time(), tables, reason,
+                 release, schema, shapes)
+    _write_private(folder / f"{backup_id}.json", json.dumps(m.as_dict(), indent=2))
+    return m
+
+
+def manifests(folder: Path) -> list[Manifest]:
+    out = []
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        out.append(Manifest.from_dict(json.loads(f.read_text())))
+    return out
+
+
+def get(folder: Path, backup_id: str) -> Manifest:
+    for m in manifests(folder):
+        if m.id == backup_id:
+            return m
+    known = ", ".join(m.id for m in manifests(folder)) or "none"
+    raise RollwiseError(f"no backup {backup_id!r}", hint=f"backups: {known}")
+
+
+# -- restore: stages, one per engine -----------------------------------------------------------
+
+class _Stage(Protocol):
+    """One restore beside the live database. `token` names its scratch database (and the
+    previous copy after a swap) and is locked for the stage's life, so `sweep` drops only
+    what restores that died left behind."""
+
+    name: str  # the scratch database, for messages
+    scratch: str  # its URL
+
+    def sweep(self) -> None: ...
+    def create(self) -> None: ...
+    def load(self, path: Path) -> None: ...
+    def refusals(self) -> list[str]: ...  # why the swap could not be atomic ([] if it can)
+    def swap(self) -> None: ...
+    def swapped(self) -> bool: ...  # after a failed swap: did it take effect?
+    def drop(self) -> None: ...  # the scratch database and the previous copy
+    def close(self) -> None: ...
+
+
+def _side_name(live: str, kind: str, token: str, limit: int) -> str:
+    """`<live>_rollwise_<kind>_<token>`, the live name shortened to fit the engine's limit."""
+    return f"{_side_base(live, limit)}{SIDE}{kind}_{token}"
+
+
+def _side_base(live: str, limit: int) -> str:
+    return live[:limit - len(SIDE) - len("restore_") - 8]
+
+
+def _side_tokens(names: Sequence[str], live: str, limit: int) -> set[str]:
+    prefix = re.escape(_side_base(live, limit) + SIDE)
+    pattern = re.compile(prefix + r"(?:restore|old)_([0-9a-f]{8})")
+    return {m.group(1) for n in names if (m := pattern.fullmatch(n))}
+
+
+def _ident(name: str, quote: str = '"') -> str:
+    return quote + name.replace(quote, quote * 2) + quote
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql(statement: str) -> TextClause:
+    """A statement built from names and literals: colons are not bind parameters."""
+    return text(statement.replace(":", r"\:"))
+
+
+def _render(u: URL) -> str:
+    return u.render_as_string(hide_password=False)
+
+
+PG_NAME_MAX = 63
+
+
+class _PgStage:
+    """PostgreSQL: restore into a database of its own, then both renames in one transaction."""
+
+    def __init__(self, url: str, folder: Path, token: str) -> None:
+        self.u, self.token = make_url(url), token
+        self.live = str(self.u.database)
+        self.new = _side_name(self.live, "restore", token, PG_NAME_MAX)
+        self.old = _side_name(self.live, "old", token, PG_NAME_MAX)
+        self.name, self.scratch = f"database {self.new}", _render(self.u.set(database=self.new))
+        self.admin = create_engine(self.u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        self.conn = self.admin.connect()
+        self.conn.execute(text("SELECT pg_advisory_lock(:a, :b)"), _pg_key(token))
+
+    def sweep(self) -> None:
+        names = self.conn.execute(text("SELECT datname FROM pg_database")).scalars().all()
+        for token in _side_tokens(names, self.live, PG_NAME_MAX) - {self.token}:
+            if self.conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"),
+                                 _pg_key(token)).scalar():
+                self._drop(token)
+                self.conn.execute(text("SELECT pg_advisory_unlock(:a, :b)"), _pg_key(token))
+
+    def create(self) -> None:
+        me = str(self.conn.execute(text("SELECT current_user")).scalar_one())
+        for statement in pg_create_sql(_pg_database(self.conn, self.live), self.new, me):
+            self.conn.execute(_sql(statement))
+
+    def load(self, path: Path) -> None:
+        uri, env = _pg_conn(self.u.set(database=self.new))
+        _run(["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction",
+              f"--dbname={uri}", str(path)], env=env)
+
+    def refusals(self) -> list[str]:
+        return []
+
+    def swap(self) -> None:
+        """PostgreSQL renames no database that has clients: they are disconnected, and the
+        rename waits up to 5 s for them to go. One that reconnects in between makes the
+        transaction fail as a whole; it is tried again."""
+        for attempt in range(3):
+            try:
+                self._rename()
+                return
+            except DBAPIError as e:
+                if getattr(e.orig, "sqlstate", None) != "55006" or attempt == 2:  # in use
+                    raise
+
+    def _rename(self) -> None:
+        engine = create_engine(self.admin.url)  # not autocommit: one transaction
+        try:
+            with engine.begin() as c:
+                c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                               "datname = :n AND pid <> pg_backend_pid()"), {"n": self.live})
+                if _pg_exists(c, self.live):
+                    c.execute(_sql(f"ALTER DATABASE {_ident(self.live)} RENAME TO "
+                                   f"{_ident(self.old)}"))
+                c.execute(_sql(f"ALTER DATABASE {_ident(self.new)} RENAME TO "
+                               f"{_ident(self.live)}"))
+        finally:
+            engine.dispose()
+
+    def swapped(self) -> bool:
+        return not _pg_exists(self.conn, self.new)
+
+    def drop(self) -> None:
+        self._drop(self.token)
+
+    def _drop(self, token: str) -> None:
+        for kind in ("restore", "old"):
+            name = _side_name(self.live, kind, token, PG_NAME_MAX)
+            self.conn.execute(_sql(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)"))
+
+    def close(self) -> None:
+        self.conn.close()  # ends the session: its advisory lock goes with it
+        self.admin.dispose()
+
+
+def _pg_key(token: str) -> dict[str, int]:
+    """The advisory lock of a restore token: ("rest", token as a signed 32-bit number)."""
+    return {"a": 0x72657374, "b": int(token, 16) - 2**31}
+
+
+def _pg_exists(conn: Connection, name: str) -> bool:
+    return conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                        {"n": name}).first() is not None
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    """What a database carries outside its schema (pg_dump leaves it out without --create);
+    copied onto the scratch database so that the swap keeps it."""
+
+    encoding: str
+    collate: str
+    ctype: str
+    icu_locale: str | None
+    owner: str
+    tablespace: str
+    connection_limit: int
+    comment: str | None
+    acl: list[tuple[str, str, bool]] | None  # (privilege, role or PUBLIC, grantable); None: default
+    settings: list[tuple[str | None, str]]  # (role or None for all, "name=value")
+
+
+_PG_DATABASE = """SELECT to_jsonb(d), pg_encoding_to_char(d.encoding), pg_get_userbyid(d.datdba),
+ t.spcname, shobj_description(d.oid, 'pg_database') FROM pg_database d
+ JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = :n"""
+_PG_ACL = """SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+ ELSE pg_get_userbyid(a.grantee) END, a.is_grantable
+ FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = :n ORDER BY 2, 1"""
+_PG_SETTINGS = """SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END,
+ c FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c
+ WHERE d.datname = :n ORDER BY 1, 2"""
+_PG_LIST_SETTINGS = {"search_path", "temp_tablespaces", "local_preload_libraries",
+                     "session_preload_libraries", "shared_preload_libraries"}
+
+
+def _pg_database(conn: Connection, name: str) -> PgDatabase | None:
+    row = conn.execute(text(_PG_DATABASE), {"n": name}).first()
+    if row is None:
+        return None
+    d: dict[str, Any] = row[0]
+    acl = [(str(p), str(r), bool(g)) for p, r, g in conn.execute(text(_PG_ACL), {"n": name})]
+    settings = [(r, str(s)) for r, s in conn.execute(text(_PG_SETTINGS), {"n": name})]
+    icu = d.get("daticulocale") or d.get("datlocale") if d.get("datlocprovider") == "i" else None
+    return PgDatabase(row[1], d["datcollate"], d["datctype"], icu, row[2], row[3],
+                      int(d["datconnlimit"]), row[4], acl if d["datacl"] is not None else None,
+                      settings)
+
+
+def pg_create_sql(db: PgDatabase | None, name: str, me: str) -> list[str]:
+    """The statements that create `name` empty and like `db` (from template0, as pg_dump's
+    output expects); `me` is the role that runs them."""
+    if db is None:
+        return [f"CREATE DATABASE {_ident(name)} TEMPLATE template0"]
+    create = (f"CREATE DATABASE {_ident(name)} TEMPLATE template0 ENCODING "
+              f"{_literal(db.encoding)} LC_COLLATE {_literal(db.collate)} LC_CTYPE "
+              f"{_literal(db.ctype)}")
+    create += f" LOCALE_PROVIDER icu ICU_LOCALE {_literal(db.icu_locale)}" if db.icu_locale \
+        else ""
+    create += f" OWNER {_ident(db.owner)}" if db.owner != me else ""
+    create += f" TABLESPACE {_ident(db.tablespace)}" if db.tablespace != "pg_default" else ""
+    create += f" CONNECTION LIMIT {db.connection_limit}" if db.connection_limit != -1 else ""
+    comment = [f"COMMENT ON DATABASE {_ident(name)} IS {_literal(db.comment)}"] \
+        if db.comment is not None else []
+    return [create, *comment, *_pg_grants(db, name),
+            *(_pg_setting(name, role, s) for role, s in db.settings)]
+
+
+def _pg_grants(db: PgDatabase, name: str) -> list[str]:
+    if db.acl is None:
+        return []
+    on = f"ON DATABASE {_ident(name)}"
+    out = [f"REVOKE ALL {on} FROM PUBLIC", f"REVOKE ALL {on} FROM {_ident(db.owner)}"]
+    for privilege, role, grantable in db.acl:
+        who = "PUBLIC" if role == "PUBLIC" else _ident(role)
+        out.append(f"GRANT {privilege} {on} TO {who}{' WITH GRANT OPTION' if grantable else ''}")
+    return out
+
+
+def _pg_setting(name: str, role: str | None, setting: str) -> str:
+    key, _, value = setting.partition("=")
+    if key.lower() in _PG_LIST_SETTINGS:  # a list: each item its own literal, as pg_dump does
+        rendered = ", ".join(_literal(v.strip().strip('"')) for v in value.split(","))
+    else:
+        rendered = _literal(value)
+    target = f"ROLE {_ident(role)} IN DATABASE" if role else "DATABASE"
+    return f"ALTER {target} {_ident(name)} SET {_ident(key)} = {rendered}"
+
+
+MYSQL_NAME_MAX = 64
+
+
+class _MySqlStage:
+    """MySQL/MariaDB (no RENAME DATABASE): restore into a schema of its own, then one RENAME
+    TABLE statement moves the live tables into `<db>_rollwise_old_<token>` and the restored
+    ones in; the server applies it whole or not at all."""
+
+    def __init__(self, url: str, folder: Path, token: str) -> None:
+        self.u, self.token = make_url(url), token
+        self.live = str(self.u.database)
+        self.new = _side_name(self.live, "restore", token, MYSQL_NAME_MAX)
+        self.old = _side_name(self.live, "old", token, MYSQL_NAME_MAX)
+        self.name, self.scratch = f"schema {self.new}", _render(self.u.set(database=self.new))
+        self.admin = create_engine(self.u.set(database=None), isolation_level="AUTOCOMMIT")
+        self.conn = self.admin.connect()
+        self.conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": f"rollwise_restore_{token}"})
+
+    def sweep(self) -> None:
+        names = self.conn.execute(text("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
+                                  ).scalars().all()
+        for token in _side_tokens(names, self.live, MYSQL_NAME_MAX) - {self.token}:
+            lock = {"n": f"rollwise_restore_{token}"}
+            if self.conn.execute(text("SELECT GET_LOCK(:n, 0)"), lock).scalar() == 1:
+                self._drop(token)
+                self.conn.execute(text("SELECT RELEASE_LOCK(:n)"), lock)
+
+    def create(self) -> None:
+        self.conn.execute(_sql(self._create_sql(self.new, self.live)))
+
+    def _create_sql(self, name: str, like: str) -> str:
+        row = self.conn.execute(text(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM "
+            "information_schema.SCHEMATA WHERE SCHEMA_NAME = :s"), {"s": like}).first()
+        charset = f" CHARACTER SET {row[0]} COLLATE {row[1]}" if row else ""
+        return f"CREATE DATABASE IF NOT EXISTS {_ident(name, '`')}{charset}"
+
+    def load(self, path: Path) -> None:
+        args, env = _mysql_args(self.u)
+        with path.open("rb") as f:
+            _run(["mysql", *args, self.new], env=env, stdin=f)
+
+    def refusals(self) -> list[str]:
+        """RENAME TABLE moves no view and no table with triggers to another schema, and
+        routines and events stay where they are."""
+        backup, live = _mysql_objects(self.conn, self.new), _mysql_objects(self.conn, self.live)
+        out = [f"{kind} {name} in the {where}" for where, objs in
+               (("backup", backup), ("live database", live)) for kind in ("view", "trigger")
+               for name in sorted(objs[kind])]
+        for kind in ("routine", "event"):
+            differ = {x.split(":", 1)[0] for x in backup[kind] ^ live[kind]}
+            out += [f"{kind} {n}, which differs between the backup and the live database"
+                    for n in sorted(differ)]
+        return out
+
+    def swap(self) -> None:
+        self.conn.execute(_sql(self._create_sql(self.old, self.live)))
+        self.conn.execute(_sql(self._create_sql(self.live, self.new)))
+        moves = [(self.live, self.old, t) for t in _mysql_tables(self.conn, self.live)]
+        moves += [(self.new, self.live, t) for t in _mysql_tables(self.conn, self.new)]
+        if moves:
+            self.conn.execute(text("SET SESSION lock_wait_timeout = 60"))
+            self.conn.execute(_sql("RENAME TABLE " + ", ".join(
+                f"{_ident(a, '`')}.{_ident(t, '`')} TO {_ident(b, '`')}.{_ident(t, '`')}"
+                for a, b, t in moves)))
+
+    def swapped(self) -> bool:
+        return not _mysql_tables(self.conn, self.new)
+
+    def drop(self) -> None:
+        self._drop(self.token)
+
+    def _drop(self, token: str) -> None:
+        for kind in ("restore", "old"):
+            name = _side_name(self.live, kind, token, MYSQL_NAME_MAX)
+            self.conn.execute(_sql(f"DROP DATABASE IF EXISTS {_ident(name, '`')}"))
+
+    def close(self) -> None:
+        self.conn.close()  # ends the session: its GET_LOCK goes with it
+        self.admin.dispose()
+
+
+def _mysql_tables(conn: Connection, schema: str) -> list[str]:
+    return list(conn.execute(text(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = :s AND "
+        "TABLE_TYPE IN ('BASE TABLE', 'SEQUENCE') ORDER BY TABLE_NAME"), {"s": schema}
+    ).scalars())
+
+
+_MYSQL_OBJECTS = {
+    "view": "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = :s",
+    "trigger": "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = :s",
+    "routine": "SELECT CONCAT(ROUTINE_TYPE, ' ', ROUTINE_NAME, ':', COALESCE(ROUTINE_DEFINITION, "
+               "'')) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = :s",
+    "event": "SELECT CONCAT(EVENT_NAME, ':', EVENT_DEFINITION) FROM information_schema.EVENTS "
+             "WHERE EVENT_SCHEMA = :s",
+}
+
+
+def _mysql_objects(conn: Connection, schema: str) -> dict[str, set[str]]:
+    return {kind: set(conn.execute(text(q), {"s": schema}).scalars())
+            for kind, q in _MYSQL_OBJECTS.items()}
+
+
+class _SqliteStage:
+    """SQLite: the backup is loaded into a scratch file in the backups folder and checked
+    there; the swap is one backup-API pass of that file into the live one, a single write
+    transaction (readers keep working; a crash rolls it back through SQLite's journal)."""
+
+    def __init__(self, url: str, folder: Path, token: str) -> None:
+        self.live, self.folder, self.token = Path(str(make_url(url).database)), folder, token
+        self.path = folder / f"{FILE_SIDE}{token}.db"
+        self.name, self.scratch = f"file {self.path}", f"sqlite:///{self.path}"
+        _private_dir(folder)
+        self.fd = _locked_file(folder / f"{FILE_SIDE}{token}.lock")
+
+    def sweep(self) -> None:
+        names = [p.name for p in self.folder.iterdir()]
+        for token in _file_tokens(names) - {self.token}:
+            lock = self.folder / f"{FILE_SIDE}{token}.lock"
+            fd = _try_flock(lock) if lock.exists() else -1
+            if fd is not None:  # its restore is gone
+                _unlink_sqlite(self.folder / f"{FILE_SIDE}{token}.db")
+                lock.unlink(missing_ok=True)
+                if fd >= 0:
+                    os.close(fd)
+
+    def create(self) -> None:
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+    def load(self, path: Path) -> None:
+        try:
+            with closing(_sqlite_open(path, immutable=True)) as src:
+                _sqlite_copy(src, self.path, standalone=True)
+        except sqlite3.Error as e:
+            raise RollwiseError(f"sqlite3: {e}", where=str(path)) from None
+
+    def refusals(self) -> list[str]:
+        return []
+
+    def swap(self) -> None:
+        with closing(_sqlite_open(self.path, immutable=True)) as src:
+            _sqlite_copy(src, self.live, standalone=False)
+
+    def swapped(self) -> bool:
+        return False  # the pass is one transaction: an error rolled it back
+
+    def drop(self) -> None:
+        _unlink_sqlite(self.path)
+
+    def close(self) -> None:
+        (self.folder / f"{FILE_SIDE}{self.token}.lock").unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+def _file_tokens(names: Sequence[str]) -> set[str]:
+    pattern = re.compile(re.escape(FILE_SIDE)
+                         + r"([0-9a-f]{8})\.(?:db|lock)(?:-journal|-wal|-shm)?")
+    return {m.group(1) for n in names if (m := pattern.fullmatch(n))}
+
+
+def _locked_file(path: Path) -> int:
+    """A lock file that appears already locked: made under another name, locked, renamed."""
+    tmp = path.with_name(f".lock-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(tmp, path)
+    return fd
+
+
+def _try_flock(path: Path) -> int | None:
+    """The open, locked file; None if someone holds it."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlink_sqlite(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+_STAGES: dict[str, Callable[[str, Path, str], _Stage]] = {
+    "postgresql": _PgStage, "mysql": _MySqlStage, "sqlite": _SqliteStage}
+
+
+# -- restore and verify ------------------------------------------------------------------------
+
+@contextmanager
+def _opened(url: str, folder: Path) -> Iterator[_Stage]:
+    """A stage for a new restore (its token locked), once what dead ones left is dropped."""
+    backend = make_url(url).get_backend_name()
+    if backend not in _STAGES:
+        raise RollwiseError(f"no backup provider for {backend}", where=redact(url))
+    st = _STAGES[backend](url, folder, uuid.uuid4().hex[:8])
+    try:
+        _quietly(st.sweep)  # a leftover that cannot be dropped must not block a restore
+        yield st
+    finally:
+        st.close()
+
+
+def _intact(m: Manifest, folder: Path) -> Path:
+    path = folder / m.file
+    if not path.is_file():
+        raise IntegrityError(f"backup {m.id}: file {m.file} is missing", where=str(path))
+    actual, size = sha256_file(path), path.stat().st_size
+    if actual != m.sha256 or size != m.size:
+        raise IntegrityError(f"backup {m.id}: {m.file} is corrupted or truncated (sha256 "
+                             f"{actual[:12]}, manifest {m.sha256[:12]}; {size} of {m.size} "
+                             "bytes)", where=str(path),
+                             hint="do not rely on this backup; take a new one")
+    return path
+
+
+def _prepare(st: _Stage, m: Manifest, path: Path) -> None:
+    """Up to the swap, a restore and a verify do the same: load into an empty scratch
+    database, compare it with the manifest, and ask whether the swap can be atomic."""
+    st.create()
+    failpoint(RESTORE, "created")
+    try:
+        st.load(path)
+    except RollwiseError as e:
+        raise IntegrityError(f"backup {m.id} does not restore (into the scratch {st.name}): "
+                             f"{e.message}", where=str(path), hint="restore another backup "
+                             "(`rollwise backup list`)") from None
+    failpoint(RESTORE, "loaded")
+    if problems := check(m, st.scratch):
+        raise IntegrityError(f"backup {m.id} restores to something else than was backed up: "
+                             + "; ".join(problems), where=str(path),
+                             hint="do not rely on this backup; restore another one")
+    if refused := st.refusals():
+        raise RollwiseError(f"backup {m.id} cannot be swapped in at once: "
+                            + "; ".join(refused), where=str(path),
+                            hint="the engine cannot move these between schemas; with the app "
+                            f"stopped, load {path} by hand")
+    failpoint(RESTORE, "checked")
+
+
+def verify(m: Manifest, folder: Path, url: str) -> dict[str, Any]:
+    """The file is intact (sha256) and restores to what was backed up: what a restore does
+    up to the swap (scratch database, same load, same checks), then the scratch is dropped."""
+    path = _intact(m, folder)
+    t0 = time.monotonic()
+    with _opened(url, folder) as st:
+        try:
+            _prepare(st, m, path)
+        finally:
+            _quietly(st.drop)
+    return {"id": m.id, "tables": len(m.tables),
+            "rows": sum(t["rows"] for t in m.tables.values()),
+            "structure": m.structure is not None, "restore_s": round(time.monotonic() - t0, 2)}
+
+
+def restore(m: Manifest, folder: Path, url: str) -> dict[str, Any]:
+    """Put the database at `url` back as it was at the backup, all or nothing: loaded and
+    checked beside it, then swapped in at once. Any failure before the swap leaves the live
+    database as it was, and says so."""
+    t0 = time.monotonic()
+    with ExitStack() as stack:
+        with _before_swap():
+            _same_database(m, url)
+            path = _intact(m, folder)
+            st = stack.enter_context(_opened(url, folder))
+            _prepare_or_drop(st, m, path)
+        failpoint(RESTORE, "swapping")
+        t1 = time.monotonic()
+        _swap(st, m)
+        swap_s = time.monotonic() - t1
+        failpoint(RESTORE, "swapped")
+        leftover = _quietly(st.drop)
+    failpoint(RESTORE, "done")
+    return {"id": m.id, "tables": len(m.tables), "restore_s": round(time.monotonic() - t0, 2),
+            "swap_s": round(swap_s, 3),
+            "leftover": f"{st.name} or the previous copy: {leftover} (the next restore drops "
+                        "it)" if leftover else None}
+
+
+def _same_database(m: Manifest, url: str) -> None:
     if m.database != redact(url):
         raise RollwiseError(f"backup {m.id} is of {m.database}, not of {redact(url)}",
                             where=f"backup {m.id}", hint="restore it into the database it "
-                            "came from; nothing was changed")
-    path = folder / m.file
-    if sha256_file(path) != m.sha256:
-        raise IntegrityError(f"backup {m.id}: {m.file} is corrupted; not restored",
-                             where=str(path))
-    load(path, url)
-    _drop_newer_tables(url, set(m.tables) | {SCHEMA_TABLE})
+                            "came from")
 
 
-def _drop_newer_tables(url: str, keep: set[str]) -> None:
-    """Tables created after the backup are not part of the state it restores."""
-    engine = create_engine(url)
+@contextmanager
+def _before_swap() -> Iterator[None]:
+    """Errors raised before the swap say that the live database was not changed."""
     try:
-        with engine.begin() as conn:
-            newer = [t for t in inspect(conn).get_table_names() if t not in keep]
-            if engine.dialect.name == "mysql" and newer:
-                conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
-            for t in newer:
-                conn.execute(text(f"DROP TABLE {conn.dialect.identifier_preparer.quote(t)}"))
-    finally:
-        engine.dispose()
+        yield
+    except RollwiseError as e:
+        e.message = f"{e.message}\n{NOT_CHANGED}"
+        raise
+    except _FAILURES as e:
+        raise RollwiseError(f"{_detail(e)}\n{NOT_CHANGED}", where="restore") from e
+
+
+def _prepare_or_drop(st: _Stage, m: Manifest, path: Path) -> None:
+    try:
+        _prepare(st, m, path)
+    except BaseException:
+        _quietly(st.drop)
+        raise
+
+
+def _swap(st: _Stage, m: Manifest) -> None:
+    """The one step that changes the live database."""
+    try:
+        st.swap()
+    except _FAILURES as e:
+        _failed_swap(st, m, e)
+
+
+def _failed_swap(st: _Stage, m: Manifest, e: BaseException) -> NoReturn:
+    try:
+        swapped = st.swapped()
+    except _FAILURES as probe:
+        raise RollwiseError(
+            f"backup {m.id}: the swap failed, and whether it took effect is unknown (checking "
+            f"failed: {_detail(probe)}): {_detail(e)}", where=f"restore of backup {m.id}",
+            hint=f"if the scratch {st.name} still exists, the live database was not changed; "
+            "otherwise it holds the backup") from e
+    if swapped:
+        raise RollwiseError(
+            f"backup {m.id}: the swap took effect (the live database holds the backup), then "
+            f"failed: {_detail(e)}", where=f"restore of backup {m.id}",
+            hint="check it with `rollwise backup verify`; the next restore drops leftovers") from e
+    _quietly(st.drop)
+    raise RollwiseError(f"backup {m.id}: the swap failed: {_detail(e)}\n{NOT_CHANGED}",
+                        where=f"restore of backup {m.id}",
+                        hint="the cause is above; run the restore again once it is fixed") from e
+
+
+def _detail(e: BaseException) -> str:
+    return e.message if isinstance(e, RollwiseError) else f"{type(e).__name__}: {e}"
+
+
+def _quietly(fn: Callable[[], None]) -> str:
+    """Cleanup that must not hide what happened before it: its error as text ("" if none)."""
+    try:
+        fn()
+    except _FAILURES as e:
+        return _detail(e)
+    return ""

@@ -1,0 +1,344 @@
+"""Restore is all or nothing, checked before it takes effect, and survives kill -9 at every
+boundary: on real SQLite, PostgreSQL and MariaDB. The scenario is the one that broke
+`pg_restore --clean` on a live database: since the backup, a new table with a foreign key to
+a backed-up table, a new column, a new unique index, and rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from rollwise.artifacts import sha256_file
+from rollwise.data import backups
+from rollwise.errors import IntegrityError, RollwiseError
+from rollwise.failpoint import FAILPOINT_ENV
+
+ENGINES = [pytest.param("sqlite", id="sqlite"),
+           pytest.param("postgresql", id="postgresql", marks=pytest.mark.service),
+           pytest.param("mariadb", id="mariadb", marks=pytest.mark.service)]
+SCRATCH = re.compile(r"_rollwise_(?:restore|old)_[0-9a-f]{8}|\.rollwise_restore_[0-9a-f]{8}")
+RESTORE_IN_A_PROCESS = (
+    "import sys; from pathlib import Path; from rollwise.data import backups; "
+    "f = Path(sys.argv[2]); m = backups.get(f, sys.argv[3]); "
+    "getattr(backups, sys.argv[1])(m, f, sys.argv[4])")
+
+
+@pytest.fixture(params=ENGINES)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    return str(request.getfixturevalue("pg_url" if request.param == "postgresql"
+                                       else "mysql_url"))
+
+
+def run(url: str, *statements: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for s in statements:
+                conn.execute(text(s))
+    finally:
+        engine.dispose()
+
+
+def app_at_backup_time(url: str) -> None:
+    run(url, "CREATE TABLE customers (id VARCHAR(40) PRIMARY KEY, email VARCHAR(80))",
+        "CREATE TABLE orders (id VARCHAR(40) PRIMARY KEY, customer_id VARCHAR(40) "
+        "REFERENCES customers (id), qty INTEGER)",
+        "CREATE INDEX ix_orders_qty ON orders (qty)",
+        "INSERT INTO customers (id, email) VALUES ('c1', 'a@x'), ('c2', 'b@x')",
+        "INSERT INTO orders (id, customer_id, qty) VALUES ('o1', 'c1', 1), ('o2', 'c2', 2)")
+
+
+def app_moves_on(url: str) -> None:
+    """What happens after the backup: rows, a column, a unique index, a table whose foreign
+    key points into a backed-up table (what `pg_restore --clean` could not drop)."""
+    run(url, "INSERT INTO customers (id, email) VALUES ('c3', 'c@x')",
+        "UPDATE orders SET qty = 10 WHERE id = 'o1'",
+        "INSERT INTO orders (id, customer_id, qty) VALUES ('o3', 'c3', 3)",
+        "ALTER TABLE orders ADD COLUMN note VARCHAR(40)",
+        "CREATE UNIQUE INDEX ux_customers_email ON customers (email)",
+        "CREATE TABLE shipments (id VARCHAR(40) PRIMARY KEY, order_id VARCHAR(40) "
+        "REFERENCES orders (id))",
+        "INSERT INTO shipments (id, order_id) VALUES ('s1', 'o1'), ('s2', 'o3')")
+
+
+def state(url: str) -> tuple[backups.Snapshot, backups.Structure]:
+    return backups.snapshot(url), backups.structure(url)
+
+
+def leftovers(url: str, folder: Path) -> list[str]:
+    """Scratch databases, previous copies and scratch files a restore left behind."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")
+                      or p.name.endswith(".tmp"))
+    admin = create_engine(u.set(database="postgres" if u.get_backend_name() == "postgresql"
+                                else "mysql"))
+    query = "SELECT datname FROM pg_database" if u.get_backend_name() == "postgresql" else \
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"
+    try:
+        with admin.connect() as conn:
+            names = conn.execute(text(query)).scalars().all()
+    finally:
+        admin.dispose()
+    return sorted(n for n in names if n.startswith(f"{u.database}_rollwise_"))
+
+
+def backed_up(url: str, folder: Path) -> backups.Manifest:
+    app_at_backup_time(url)
+    m = backups.create(url, folder, "prod", "before deploy", release="1.0.0",
+                       schema=["0001", "0002"])
+    app_moves_on(url)
+    return m
+
+
+def in_a_process(fn: str, m: backups.Manifest, folder: Path, url: str,
+                 failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, FAILPOINT_ENV: failpoint or ""}
+    return subprocess.run([sys.executable, "-c", RESTORE_IN_A_PROCESS, fn, str(folder), m.id,
+                           url], env=env, capture_output=True, text=True, timeout=120)
+
+
+def without_scratch_names(message: str) -> str:
+    return SCRATCH.sub("<scratch>", message)
+
+
+def test_given_a_newer_table_with_a_foreign_key_and_more_when_restored_then_it_is_the_backup(
+        url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    assert m.release == "1.0.0" and m.schema == ["0001", "0002"]
+    assert m.structure is not None and m.structure["orders"]["foreign_keys"][0][
+        "referred_table"] == "customers"
+    assert backups.loss(m, url) == {"customers": 1, "orders": 1, "shipments": 2}
+
+    info = backups.restore(m, folder, url)
+
+    assert state(url) == (m.tables, m.structure)
+    assert "shipments" not in m.tables and info["leftover"] is None
+    assert leftovers(url, folder) == []
+    backups.restore(m, folder, url)  # and again: a restore is repeatable
+    assert state(url) == (m.tables, m.structure)
+
+
+def unloadable(url: str, folder: Path) -> backups.Manifest:
+    """A backup whose manifest vouches for a dump that does not load. PostgreSQL: it grants
+    to a role this server no longer has; MariaDB and SQLite: the file was damaged after the
+    sha check read it."""
+    if make_url(url).get_backend_name() == "postgresql":
+        role = f"rollwise_gone_{uuid.uuid4().hex[:8]}"
+        app_at_backup_time(url)
+        run(url, f"CREATE ROLE {role}", f"GRANT SELECT ON orders TO {role}")
+        m = backups.create(url, folder, "prod", "manual")
+        run(url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+        app_moves_on(url)
+        return m
+    m = backed_up(url, folder)
+    path = folder / m.file
+    if m.engine == "mysql":
+        path.write_bytes(path.read_bytes() + b"\nINSERT INTO no_such_table VALUES (1);\n")
+    else:
+        path.write_bytes(b"this is not an SQLite database\n" * 200)
+    return dataclasses.replace(m, sha256=sha256_file(path), size=path.stat().st_size)
+
+
+def test_given_a_dump_that_fails_to_load_then_restore_changes_nothing_and_shows_the_tool(
+        url, tmp_path):
+    folder = tmp_path / "backups"
+    m = unloadable(url, folder)
+    before = state(url)
+
+    with pytest.raises(IntegrityError) as failed:
+        backups.restore(m, folder, url)
+
+    assert state(url) == before
+    message = failed.value.message
+    assert message.endswith(backups.NOT_CHANGED)
+    assert "does not restore" in message
+    tool = {"postgresql": ["pg_restore: error: could not execute query: ERROR:  role",
+                           "Command was: GRANT SELECT ON TABLE public.orders TO"],
+            "mysql": ["INSERT INTO no_such_table VALUES (1)", "ERROR 1146"],
+            "sqlite": ["file is not a database"]}[m.engine]
+    assert all(line in message for line in tool), message  # the tool's error, all of it
+    assert leftovers(url, folder) == []
+    # verify takes the same path and fails with the same words
+    with pytest.raises(IntegrityError) as verified:
+        backups.verify(m, folder, url)
+    assert without_scratch_names(verified.value.message) == \
+        without_scratch_names(message.removesuffix("\n" + backups.NOT_CHANGED))
+    assert leftovers(url, folder) == []
+
+
+def test_given_a_manifest_the_restore_does_not_match_then_nothing_is_swapped_in(url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    before = state(url)
+    assert m.structure is not None
+    lying_rows = dataclasses.replace(m, tables={**m.tables, "orders": {
+        **m.tables["orders"], "rows": 1}})
+    shape = m.structure["orders"]
+    extra = {"name": "ix_orders_extra", "columns": ["qty"], "unique": False}
+    lying_keys = dataclasses.replace(m, structure={**m.structure, "orders": {
+        **shape, "indexes": [*shape["indexes"], extra]}})
+
+    with pytest.raises(IntegrityError, match="1 rows at backup time, 2 restored") as e1:
+        backups.restore(lying_rows, folder, url)
+    with pytest.raises(IntegrityError, match=re.escape(
+            "index ix_orders_extra (qty) missing in the restore")) as e2:
+        backups.restore(lying_keys, folder, url)
+
+    assert backups.NOT_CHANGED in e1.value.message and backups.NOT_CHANGED in e2.value.message
+    assert state(url) == before
+    assert leftovers(url, folder) == []
+
+
+def test_an_older_manifest_without_keys_release_or_schema_still_restores(url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    path = folder / f"{m.id}.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items()
+           if k not in ("structure", "release", "schema")}
+    path.write_text(json.dumps(old))
+    loaded = backups.get(folder, m.id)
+    assert (loaded.structure, loaded.release, loaded.schema) == (None, None, None)
+
+    assert backups.verify(loaded, folder, url)["structure"] is False
+    backups.restore(loaded, folder, url)
+    assert state(url) == (m.tables, m.structure)
+
+
+def test_backup_files_are_private(url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == \
+        {m.file: 0o600, f"{m.id}.json": 0o600}
+
+
+@pytest.mark.parametrize("point", backups.RESTORE_POINTS)
+def test_given_a_kill_9_at_each_restore_boundary_then_the_live_database_is_whole(
+        url, tmp_path, point):
+    """Before the swap: the live database as it was; after: the backup. Never in between;
+    the next restore succeeds and leaves nothing behind."""
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    before = state(url)
+
+    killed = in_a_process("restore", m, folder, url, failpoint=f"restore:{point}")
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    after = state(url)
+    expected = before if point in backups.BEFORE_SWAP else (m.tables, m.structure)
+    assert after == expected, f"killed at restore:{point}"
+    backups.restore(m, folder, url)
+    assert state(url) == (m.tables, m.structure)
+    assert leftovers(url, folder) == []
+
+
+def test_verify_takes_the_restore_path_and_its_leftovers_are_swept(url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    before = state(url)
+
+    killed = in_a_process("verify", m, folder, url, failpoint="restore:checked")
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # the restore's failpoint
+    assert len(leftovers(url, folder)) >= 1
+    assert backups.verify(m, folder, url)["tables"] == 2
+    assert leftovers(url, folder) == []
+    assert state(url) == before
+
+
+def test_a_restore_under_way_keeps_its_scratch_while_another_sweeps(url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    with backups._opened(url, folder) as running:
+        running.create()
+        backups.verify(m, folder, url)  # sweeps what dead restores left, and only that
+        assert len(leftovers(url, folder)) >= 1
+        running.drop()
+    assert leftovers(url, folder) == []
+
+
+def test_given_mariadb_views_then_restore_refuses_what_it_cannot_swap_at_once(
+        mysql_url, tmp_path):
+    folder = tmp_path / "backups"
+    app_at_backup_time(mysql_url)
+    run(mysql_url, "CREATE VIEW big_orders AS SELECT id FROM orders WHERE qty > 1")
+    m = backups.create(mysql_url, folder, "prod", "manual")
+    app_moves_on(mysql_url)
+    before = state(mysql_url)
+
+    with pytest.raises(RollwiseError, match="view big_orders in the backup") as e:
+        backups.restore(m, folder, mysql_url)
+
+    assert backups.NOT_CHANGED in e.value.message and state(mysql_url) == before
+    with pytest.raises(RollwiseError, match="view big_orders in the backup"):
+        backups.verify(m, folder, mysql_url)
+    assert leftovers(mysql_url, folder) == []
+
+
+def pg_database(url: str) -> dict[str, Any]:
+    u = make_url(url)
+    admin = create_engine(u.set(database="postgres"))
+    try:
+        with admin.connect() as conn:
+            row = conn.execute(text(
+                "SELECT d.datacl::text[], d.datconnlimit, shobj_description(d.oid, "
+                "'pg_database'), (SELECT s.setconfig FROM pg_db_role_setting s WHERE "
+                "s.setdatabase = d.oid AND s.setrole = 0) FROM pg_database d WHERE "
+                "d.datname = :n"), {"n": u.database}).one()
+    finally:
+        admin.dispose()
+    return {"acl": sorted(row[0] or []), "limit": row[1], "comment": row[2],
+            "set": sorted(row[3] or [])}
+
+
+@pytest.mark.service
+def test_given_postgresql_then_the_swapped_in_database_keeps_grants_settings_and_comment(
+        pg_url, tmp_path):
+    name = make_url(pg_url).database
+    run(pg_url, f"ALTER DATABASE {name} SET work_mem = '8MB'",
+        f"ALTER DATABASE {name} SET search_path = app, public",
+        f"ALTER DATABASE {name} CONNECTION LIMIT 40",
+        f"REVOKE CONNECT ON DATABASE {name} FROM PUBLIC",
+        f"GRANT CONNECT ON DATABASE {name} TO pg_monitor",
+        f"COMMENT ON DATABASE {name} IS 'orders: it''s the shop'")
+    before = pg_database(pg_url)
+    m = backed_up(pg_url, tmp_path / "backups")
+
+    backups.restore(m, tmp_path / "backups", pg_url)
+
+    assert pg_database(pg_url) == before
+    assert before["set"] == ["search_path=app, public", "work_mem=8MB"]
+    assert before["comment"] == "orders: it's the shop" and "=T/postgres" in before["acl"]
+
+
+def test_the_scratch_database_is_created_like_the_live_one():
+    db = backups.PgDatabase("UTF8", "C.UTF-8", "C.UTF-8", None, "app", "pg_default", 5,
+                            "shop", [("CONNECT", "app", False), ("TEMPORARY", "PUBLIC", True)],
+                            [(None, "search_path=app, public"), ("web", "work_mem=8MB")])
+    assert backups.pg_create_sql(db, "shop_rollwise_restore_0a", "postgres") == [
+        "CREATE DATABASE \"shop_rollwise_restore_0a\" TEMPLATE template0 ENCODING 'UTF8' "
+        "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' OWNER \"app\" CONNECTION LIMIT 5",
+        "COMMENT ON DATABASE \"shop_rollwise_restore_0a\" IS 'shop'",
+        "REVOKE ALL ON DATABASE \"shop_rollwise_restore_0a\" FROM PUBLIC",
+        "REVOKE ALL ON DATABASE \"shop_rollwise_restore_0a\" FROM \"app\"",
+        "GRANT CONNECT ON DATABASE \"shop_rollwise_restore_0a\" TO \"app\"",
+        "GRANT TEMPORARY ON DATABASE \"shop_rollwise_restore_0a\" TO PUBLIC WITH GRANT OPTION",
+        "ALTER DATABASE \"shop_rollwise_restore_0a\" SET \"search_path\" = 'app', 'public'",
+        "ALTER ROLE \"web\" IN DATABASE \"shop_rollwise_restore_0a\" SET \"work_mem\" = '8MB'"]
+    assert backups.pg_create_sql(None, "x", "postgres") == [
+        "CREATE DATABASE \"x\" TEMPLATE template0"]
