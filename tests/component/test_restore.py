@@ -342,3 +342,49 @@ def test_the_scratch_database_is_created_like_the_live_one():
         "ALTER ROLE \"web\" IN DATABASE \"shop_rollwise_restore_0a\" SET \"work_mem\" = '8MB'"]
     assert backups.pg_create_sql(None, "x", "postgres") == [
         "CREATE DATABASE \"x\" TEMPLATE template0"]
+
+
+def test_given_a_client_connected_to_the_live_database_then_the_restore_still_swaps(
+        url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as client:
+            client.execute(text("SELECT count(*) FROM orders")).scalar()
+            client.commit()  # idle, connected (PostgreSQL: terminated at the swap)
+            backups.restore(m, folder, url)
+    finally:
+        engine.dispose()
+    assert state(url) == (m.tables, m.structure)
+
+
+def test_scratch_names_fit_the_engines_limit_and_are_found_again():
+    live = "é" * 40  # 80 bytes: longer than PostgreSQL's 63
+    name = backups._side_name(live, "restore", "0123abcd", backups.PG_NAME_MAX)
+    assert len(name.encode()) <= backups.PG_NAME_MAX
+    found = backups._side_tokens([name, live, "other_rollwise_old_0123abce"], live,
+                                 backups.PG_NAME_MAX)
+    assert found == {"0123abcd"}
+
+
+@pytest.mark.parametrize("url", [ENGINES[0], ENGINES[2]], indirect=True)
+def test_given_a_writer_that_holds_the_live_database_then_the_swap_gives_up_and_changes_nothing(
+        url, tmp_path):
+    """SQLite: a write transaction; MariaDB: a transaction on a table RENAME must move.
+    (PostgreSQL disconnects its clients at the swap instead.)"""
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    before = state(url)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as client:
+            client.execute(text("UPDATE orders SET qty = qty WHERE id = 'o1'"))  # holds it
+            with pytest.raises(RollwiseError, match="the swap failed") as e:
+                backups.restore(m, folder, url, wait_s=1)
+            client.rollback()
+    finally:
+        engine.dispose()
+    assert e.value.message.endswith(backups.NOT_CHANGED)
+    assert state(url) == before
+    assert leftovers(url, folder) == []

@@ -80,6 +80,7 @@ RESTORE = "restore"  # failpoints: ROLLWISE_FAILPOINT=restore:<one of RESTORE_PO
 RESTORE_POINTS = ("created", "loaded", "checked", "swapping", "swapped", "done")
 BEFORE_SWAP = RESTORE_POINTS[:4]  # a kill there leaves the live database as it was
 NOT_CHANGED = "the live database was not changed"
+SWAP_WAIT_S = 60.0  # how long the swap waits for the live database's running transactions
 SIDE = "_rollwise_"  # scratch names: <db>_rollwise_restore_<token>, <db>_rollwise_old_<token>
 FILE_SIDE = ".rollwise_restore_"  # SQLite: <backups>/.rollwise_restore_<token>.db and .lock
 _FAILURES = (RollwiseError, SQLAlchemyError, sqlite3.Error, OSError, subprocess.SubprocessError)
@@ -307,20 +308,31 @@ def _mysql_args(u: URL) -> tuple[list[str], dict[str, str]]:
     return args, env
 
 
-def _sqlite_open(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+def _sqlite_open(path: Path, *, immutable: bool = False,
+                 wait_s: float = SWAP_WAIT_S) -> sqlite3.Connection:
     """`immutable`: a file nobody writes (a dump, a scratch copy): no lock, no -wal or -shm
     files created beside it."""
     if immutable:
         return sqlite3.connect(path.resolve().as_uri() + "?immutable=1", uri=True)
-    return sqlite3.connect(path, timeout=30)
+    return sqlite3.connect(path, timeout=wait_s)
 
 
-def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool) -> None:
+def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool,
+                 wait_s: float = SWAP_WAIT_S) -> None:
     """One backup-API pass of `src` into `dest`: a single write transaction there, which
-    SQLite makes atomic (a crash rolls it back). `standalone`: rollback-journal mode, so
-    the file holds everything by itself."""
-    with closing(_sqlite_open(dest)) as out:
-        src.backup(out)
+    SQLite makes atomic (a crash rolls it back). It waits up to `wait_s` for another
+    writer, then gives up. `standalone`: rollback-journal mode, so the file holds
+    everything by itself."""
+    deadline = time.monotonic() + wait_s
+
+    def give_up_when_late(status: int, remaining: int, total: int) -> None:
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and \
+                time.monotonic() >= deadline:
+            raise RollwiseError(f"another connection kept {dest} locked for writing for "
+                                f"{wait_s:g} s", where=str(dest))
+
+    with closing(_sqlite_open(dest, wait_s=wait_s)) as out:
+        src.backup(out, progress=give_up_when_late)
         if standalone:
             out.execute("PRAGMA journal_mode=DELETE")
 
@@ -414,7 +426,9 @@ def _side_name(live: str, kind: str, token: str, limit: int) -> str:
 
 
 def _side_base(live: str, limit: int) -> str:
-    return live[:limit - len(SIDE) - len("restore_") - 8]
+    """The live name cut to leave room for the suffix (the limits count bytes)."""
+    room = limit - len(SIDE) - len("restore_") - 8
+    return live.encode()[:room].decode(errors="ignore")
 
 
 def _side_tokens(names: Sequence[str], live: str, limit: int) -> set[str]:
@@ -441,28 +455,31 @@ def _render(u: URL) -> str:
 
 
 PG_NAME_MAX = 63
+_PG_LOCK, _PG_TRY_LOCK, _PG_UNLOCK = (
+    text(f"SELECT {fn}(CAST(:a AS integer), CAST(:b AS integer))")
+    for fn in ("pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_unlock"))
 
 
 class _PgStage:
     """PostgreSQL: restore into a database of its own, then both renames in one transaction."""
 
-    def __init__(self, url: str, folder: Path, token: str) -> None:
-        self.u, self.token = make_url(url), token
+    def __init__(self, url: str, folder: Path, token: str, wait_s: float) -> None:
+        self.u, self.token, self.wait_s = make_url(url), token, wait_s
         self.live = str(self.u.database)
         self.new = _side_name(self.live, "restore", token, PG_NAME_MAX)
         self.old = _side_name(self.live, "old", token, PG_NAME_MAX)
         self.name, self.scratch = f"database {self.new}", _render(self.u.set(database=self.new))
         self.admin = create_engine(self.u.set(database="postgres"), isolation_level="AUTOCOMMIT")
         self.conn = self.admin.connect()
-        self.conn.execute(text("SELECT pg_advisory_lock(:a, :b)"), _pg_key(token))
+        self.conn.execute(_PG_LOCK, _pg_key(token))
 
     def sweep(self) -> None:
         names = self.conn.execute(text("SELECT datname FROM pg_database")).scalars().all()
         for token in _side_tokens(names, self.live, PG_NAME_MAX) - {self.token}:
-            if self.conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"),
+            if self.conn.execute(_PG_TRY_LOCK,
                                  _pg_key(token)).scalar():
                 self._drop(token)
-                self.conn.execute(text("SELECT pg_advisory_unlock(:a, :b)"), _pg_key(token))
+                self.conn.execute(_PG_UNLOCK, _pg_key(token))
 
     def create(self) -> None:
         me = str(self.conn.execute(text("SELECT current_user")).scalar_one())
@@ -493,6 +510,7 @@ class _PgStage:
         engine = create_engine(self.admin.url)  # not autocommit: one transaction
         try:
             with engine.begin() as c:
+                c.execute(_sql(f"SET LOCAL lock_timeout = '{max(1, round(self.wait_s * 1000))}ms'"))
                 c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                                "datname = :n AND pid <> pg_backend_pid()"), {"n": self.live})
                 if _pg_exists(c, self.live):
@@ -620,8 +638,8 @@ class _MySqlStage:
     TABLE statement moves the live tables into `<db>_rollwise_old_<token>` and the restored
     ones in; the server applies it whole or not at all."""
 
-    def __init__(self, url: str, folder: Path, token: str) -> None:
-        self.u, self.token = make_url(url), token
+    def __init__(self, url: str, folder: Path, token: str, wait_s: float) -> None:
+        self.u, self.token, self.wait_s = make_url(url), token, wait_s
         self.live = str(self.u.database)
         self.new = _side_name(self.live, "restore", token, MYSQL_NAME_MAX)
         self.old = _side_name(self.live, "old", token, MYSQL_NAME_MAX)
@@ -673,7 +691,8 @@ class _MySqlStage:
         moves = [(self.live, self.old, t) for t in _mysql_tables(self.conn, self.live)]
         moves += [(self.new, self.live, t) for t in _mysql_tables(self.conn, self.new)]
         if moves:
-            self.conn.execute(text("SET SESSION lock_wait_timeout = 60"))
+            self.conn.execute(text("SET SESSION lock_wait_timeout = :s"),
+                              {"s": max(1, round(self.wait_s))})
             self.conn.execute(_sql("RENAME TABLE " + ", ".join(
                 f"{_ident(a, '`')}.{_ident(t, '`')} TO {_ident(b, '`')}.{_ident(t, '`')}"
                 for a, b, t in moves)))
@@ -721,8 +740,9 @@ class _SqliteStage:
     there; the swap is one backup-API pass of that file into the live one, a single write
     transaction (readers keep working; a crash rolls it back through SQLite's journal)."""
 
-    def __init__(self, url: str, folder: Path, token: str) -> None:
+    def __init__(self, url: str, folder: Path, token: str, wait_s: float) -> None:
         self.live, self.folder, self.token = Path(str(make_url(url).database)), folder, token
+        self.wait_s = wait_s
         self.path = folder / f"{FILE_SIDE}{token}.db"
         self.name, self.scratch = f"file {self.path}", f"sqlite:///{self.path}"
         _private_dir(folder)
@@ -754,7 +774,7 @@ class _SqliteStage:
 
     def swap(self) -> None:
         with closing(_sqlite_open(self.path, immutable=True)) as src:
-            _sqlite_copy(src, self.live, standalone=False)
+            _sqlite_copy(src, self.live, standalone=False, wait_s=self.wait_s)
 
     def swapped(self) -> bool:
         return False  # the pass is one transaction: an error rolled it back
@@ -798,19 +818,19 @@ def _unlink_sqlite(path: Path) -> None:
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
-_STAGES: dict[str, Callable[[str, Path, str], _Stage]] = {
+_STAGES: dict[str, Callable[[str, Path, str, float], _Stage]] = {
     "postgresql": _PgStage, "mysql": _MySqlStage, "sqlite": _SqliteStage}
 
 
 # -- restore and verify ------------------------------------------------------------------------
 
 @contextmanager
-def _opened(url: str, folder: Path) -> Iterator[_Stage]:
+def _opened(url: str, folder: Path, wait_s: float = SWAP_WAIT_S) -> Iterator[_Stage]:
     """A stage for a new restore (its token locked), once what dead ones left is dropped."""
     backend = make_url(url).get_backend_name()
     if backend not in _STAGES:
         raise RollwiseError(f"no backup provider for {backend}", where=redact(url))
-    st = _STAGES[backend](url, folder, uuid.uuid4().hex[:8])
+    st = _STAGES[backend](url, folder, uuid.uuid4().hex[:8], wait_s)
     try:
         _quietly(st.sweep)  # a leftover that cannot be dropped must not block a restore
         yield st
@@ -870,16 +890,18 @@ def verify(m: Manifest, folder: Path, url: str) -> dict[str, Any]:
             "structure": m.structure is not None, "restore_s": round(time.monotonic() - t0, 2)}
 
 
-def restore(m: Manifest, folder: Path, url: str) -> dict[str, Any]:
+def restore(m: Manifest, folder: Path, url: str, *,
+            wait_s: float = SWAP_WAIT_S) -> dict[str, Any]:
     """Put the database at `url` back as it was at the backup, all or nothing: loaded and
-    checked beside it, then swapped in at once. Any failure before the swap leaves the live
-    database as it was, and says so."""
+    checked beside it, then swapped in at once (waiting up to `wait_s` for transactions
+    running on the live database). Any failure before the swap, or of the swap, leaves the
+    live database as it was, and says so."""
     t0 = time.monotonic()
     with ExitStack() as stack:
         with _before_swap():
             _same_database(m, url)
             path = _intact(m, folder)
-            st = stack.enter_context(_opened(url, folder))
+            st = stack.enter_context(_opened(url, folder, wait_s))
             _prepare_or_drop(st, m, path)
         failpoint(RESTORE, "swapping")
         t1 = time.monotonic()
@@ -890,8 +912,8 @@ def restore(m: Manifest, folder: Path, url: str) -> dict[str, Any]:
     failpoint(RESTORE, "done")
     return {"id": m.id, "tables": len(m.tables), "restore_s": round(time.monotonic() - t0, 2),
             "swap_s": round(swap_s, 3),
-            "leftover": f"{st.name} or the previous copy: {leftover} (the next restore drops "
-                        "it)" if leftover else None}
+            "leftover": f"could not drop {st.name} or the previous copy ({leftover}); the "
+                        "next restore drops them" if leftover else None}
 
 
 def _same_database(m: Manifest, url: str) -> None:
@@ -930,23 +952,24 @@ def _swap(st: _Stage, m: Manifest) -> None:
 
 
 def _failed_swap(st: _Stage, m: Manifest, e: BaseException) -> NoReturn:
+    where = f"restore of backup {m.id}"
     try:
         swapped = st.swapped()
     except _FAILURES as probe:
         raise RollwiseError(
-            f"backup {m.id}: the swap failed, and whether it took effect is unknown (checking "
-            f"failed: {_detail(probe)}): {_detail(e)}", where=f"restore of backup {m.id}",
+            f"the swap failed, and whether it took effect is unknown (checking failed: "
+            f"{_detail(probe)}): {_detail(e)}", where=where,
             hint=f"if the scratch {st.name} still exists, the live database was not changed; "
             "otherwise it holds the backup") from e
     if swapped:
         raise RollwiseError(
-            f"backup {m.id}: the swap took effect (the live database holds the backup), then "
-            f"failed: {_detail(e)}", where=f"restore of backup {m.id}",
-            hint="check it with `rollwise backup verify`; the next restore drops leftovers") from e
+            f"the swap took effect (the live database holds the backup), then failed: "
+            f"{_detail(e)}", where=where,
+            hint="the restore is done; the next restore drops what is left beside it") from e
     _quietly(st.drop)
-    raise RollwiseError(f"backup {m.id}: the swap failed: {_detail(e)}\n{NOT_CHANGED}",
-                        where=f"restore of backup {m.id}",
-                        hint="the cause is above; run the restore again once it is fixed") from e
+    raise RollwiseError(f"the swap failed: {_detail(e)}\n{NOT_CHANGED}", where=where,
+                        hint="end what holds the live database (or wait for it), then "
+                        "restore again") from e
 
 
 def _detail(e: BaseException) -> str:
