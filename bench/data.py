@@ -214,7 +214,9 @@ def baseline(url: str, work: Path, repeat: int) -> dict[str, Any]:
             "pg_dump_s": timed(run, ["pg_dump", "--format=custom", "--no-owner",
                                      f"--file={dump}", plain(url)])[0],
             "pg_restore_s": timed(pg_restore, dump)[0],
-            "snapshot_s": timed(backups.snapshot, url)[0]}
+            "snapshot_s": timed(backups.snapshot, url)[0],
+            "structure_s": timed(getattr(backups, "structure", len), url)[0],
+            "dump_s": timed(backups.dump, url, work / "alone.pgdump")[0]}
         times["backup_s"], m = timed(backups.create, url, folder, ENV, "bench")
         times["verify_s"] = timed(backups.verify, m, folder, url)[0]
         best = {k: min(v, best.get(k, v)) for k, v in times.items()}
@@ -228,9 +230,12 @@ def baseline(url: str, work: Path, repeat: int) -> dict[str, Any]:
                    "verify_vs_pg_restore": round(best["verify_s"] / best["pg_restore_s"], 2),
                    "backup_bytes": m.size,
                    "profile": {"manifest_snapshot_s": r["snapshot_s"],
-                               "dump_s": round(best["backup_s"] - best["snapshot_s"], 3),
-                               "note": "backup_s = manifest snapshot (per-table count and "
-                               "md5 of sorted row md5s) + pg_dump; snapshot timed alone"}},
+                               "manifest_structure_s": r["structure_s"],
+                               "dump_s": r["dump_s"],
+                               "note": "backups.create = backups.snapshot (per table: count "
+                               "and md5 of the sorted row md5s), backups.structure (keys and "
+                               "indexes) and backups.dump (pg_dump -Fc), each timed alone "
+                               "here"}},
         "repeat": repeat,
     }
 
@@ -277,6 +282,8 @@ def phases(ctx: Context, dep_id: int, t0: float, t1: float) -> dict[str, Any]:
         "verified_s": since(at.get(("checks", "done"))),
         "verification": {"passed": checks.get("passed"), "decision": checks.get("decision")},
         "parked": {k: v["rows"] for k, v in parked.items()},
+        "parked_rows_per_s": round(sum(v["rows"] for v in parked.values()) / parking, 0)
+        if (parking := span(down_start, parked_at)) else None,
         "steps": {j["step"]: [since(at.get((j["step"], "started"))),
                               since(at.get((j["step"], "done")))]
                   for j in rows if j["phase"] == "started"},
@@ -383,7 +390,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     result = cases | bases
     result["targets"] = targets(result)
-    result["command"] = "python bench/data.py " + " ".join(sys.argv[1:])
+    result["command"] = " ".join(["python bench/data.py", *sys.argv[1:]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
