@@ -12,6 +12,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,39 @@ def test_an_older_manifest_without_keys_release_or_schema_still_restores(url, tm
     assert backups.verify(loaded, folder, url)["structure"] is False
     backups.restore(loaded, folder, url)
     assert state(url) == (m.tables, m.structure)
+
+
+def test_given_writes_while_the_backup_runs_then_its_manifest_describes_the_dump(url, tmp_path):
+    """The manifest is what the dump holds, not the database a moment before or after
+    (PostgreSQL: pg_dump shares the described snapshot; SQLite: the dump file is described;
+    MariaDB: described again after the dump, and from the dump when they differ)."""
+    app_at_backup_time(url)
+    if url.startswith("sqlite"):
+        run(url, "PRAGMA journal_mode=WAL")
+    stop, written = threading.Event(), []
+
+    def app_writes() -> None:
+        engine = create_engine(url)
+        try:
+            while not stop.is_set():
+                with engine.begin() as conn:
+                    conn.execute(text("INSERT INTO customers (id, email) VALUES (:i, 'w')"),
+                                 {"i": f"w{len(written)}"})
+                written.append(1)
+        finally:
+            engine.dispose()
+
+    writer = threading.Thread(target=app_writes)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        m = backups.create(url, tmp_path / "backups", "prod", "under load")
+        time.sleep(0.1)
+    finally:
+        stop.set()
+        writer.join()
+    assert len(written) > 10
+    assert backups.verify(m, tmp_path / "backups", url)["tables"] == 2
 
 
 def test_backup_files_are_private(url, tmp_path):

@@ -114,18 +114,25 @@ class Manifest:
 
 # -- what a database holds ---------------------------------------------------------------------
 
-def snapshot(url: str) -> Snapshot:
-    """Row count and a content checksum of every table (rollwise's own table left out)."""
-    engine = create_engine(url)
+@contextmanager
+def _connected(url: str, **options: Any) -> Iterator[Connection]:
+    engine = create_engine(url, **options)
     try:
         with engine.connect() as conn:
-            out: Snapshot = {}
-            for t in sorted(inspect(conn).get_table_names()):
-                if t != SCHEMA_TABLE:
-                    out[t] = _table_sum(conn, t)
-            return out
+            yield conn
     finally:
         engine.dispose()
+
+
+def snapshot(url: str) -> Snapshot:
+    """Row count and a content checksum of every table (rollwise's own table left out)."""
+    with _connected(url) as conn:
+        return _snapshot(conn)
+
+
+def _snapshot(conn: Connection) -> Snapshot:
+    return {t: _table_sum(conn, t) for t in sorted(inspect(conn).get_table_names())
+            if t != SCHEMA_TABLE}
 
 
 def _table_sum(conn: Any, table: str) -> dict[str, Any]:
@@ -148,14 +155,13 @@ def _table_sum(conn: Any, table: str) -> dict[str, Any]:
 def structure(url: str) -> Structure:
     """Each table's primary key, foreign keys, unique constraints and indexes, by name and
     columns (rollwise's own table left out)."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            insp = inspect(conn)
-            return {t: _shape(insp, t) for t in sorted(insp.get_table_names())
-                    if t != SCHEMA_TABLE}
-    finally:
-        engine.dispose()
+    with _connected(url) as conn:
+        return _structure(conn)
+
+
+def _structure(conn: Connection) -> Structure:
+    insp = inspect(conn)
+    return {t: _shape(insp, t) for t in sorted(insp.get_table_names()) if t != SCHEMA_TABLE}
 
 
 def _shape(insp: Inspector, table: str) -> TableShape:
@@ -339,26 +345,27 @@ def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool,
 
 # -- backup ------------------------------------------------------------------------------------
 
-def dump(url: str, dest: Path) -> None:
+def dump(url: str, dest: Path, *, pg_snapshot: str | None = None) -> None:
     """Dump the database at `url` into `dest` (mode 0600, its folder 0700); nothing is left
-    behind on failure."""
+    behind on failure. `pg_snapshot`: an exported PostgreSQL snapshot to dump."""
     u = make_url(url)
     _private_dir(dest.parent)
     try:
         with _private_file(dest) as f:
-            _dump_into(u, dest, f)
+            _dump_into(u, dest, f, pg_snapshot)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
 
 
-def _dump_into(u: URL, dest: Path, f: IO[bytes]) -> None:
+def _dump_into(u: URL, dest: Path, f: IO[bytes], pg_snapshot: str | None) -> None:
     if u.get_backend_name() == "sqlite":
         with closing(_sqlite_open(Path(str(u.database)))) as src:
             _sqlite_copy(src, dest, standalone=True)
     elif u.get_backend_name() == "postgresql":
         uri, env = _pg_conn(u)
-        _run(["pg_dump", "--format=custom", "--no-owner", uri], env=env, stdout=f)
+        at = [f"--snapshot={pg_snapshot}"] if pg_snapshot else []
+        _run(["pg_dump", "--format=custom", "--no-owner", *at, uri], env=env, stdout=f)
     elif u.get_backend_name() == "mysql":
         args, env = _mysql_args(u)
         _run(["mysqldump", *args, "--single-transaction", "--routines", "--triggers",
@@ -374,15 +381,51 @@ def create(url: str, folder: Path, env: str, reason: str, *, release: str | None
     indexes; `release` and `schema` (applied migrations) when the caller knows them."""
     u = make_url(url)
     backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    ext = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}[u.get_backend_name()]
+    ext = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}.get(
+        u.get_backend_name(), "dump")
     dest = folder / f"{backup_id}.{ext}"
-    tables, shapes = snapshot(url), structure(url)
-    dump(url, dest)
+    tables, shapes = _dump_described(url, dest)
     m = Manifest(backup_id, env, u.get_backend_name(), redact(url), dest.name,
                  dest.stat().st_size, sha256_file(dest), time.time(), tables, reason,
                  release, schema, shapes)
     _write_private(folder / f"{backup_id}.json", json.dumps(m.as_dict(), indent=2))
     return m
+
+
+def _dump_described(url: str, dest: Path) -> tuple[Snapshot, Structure]:
+    """Dump, and describe exactly what the dump holds while the app writes on."""
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
+        return _pg_dump_described(url, dest)
+    if backend == "mysql":
+        return _mysql_dump_described(url, dest)
+    dump(url, dest)
+    with _connected(f"sqlite:///file:{dest.resolve()}?immutable=1&uri=true") as conn:
+        return _snapshot(conn), _structure(conn)
+
+
+def _pg_dump_described(url: str, dest: Path) -> tuple[Snapshot, Structure]:
+    """pg_dump reads the snapshot this transaction exports: described and dumped alike."""
+    with _connected(url, isolation_level="REPEATABLE READ") as conn:
+        exported = str(conn.execute(text("SELECT pg_export_snapshot()")).scalar_one())
+        dump(url, dest, pg_snapshot=exported)
+        return _snapshot(conn), _structure(conn)
+
+
+def _mysql_dump_described(url: str, dest: Path) -> tuple[Snapshot, Structure]:
+    """mysqldump's snapshot cannot be shared: the tables are described before and after it;
+    if the app wrote in between, the dump itself is loaded beside and described there."""
+    before = snapshot(url), structure(url)
+    dump(url, dest)
+    if (snapshot(url), structure(url)) == before:
+        return before
+    with _opened(url, dest.parent) as st:
+        try:
+            st.create()
+            st.load(dest)
+            return snapshot(st.scratch), structure(st.scratch)
+        finally:
+            _quietly(st.drop)
 
 
 def manifests(folder: Path) -> list[Manifest]:
