@@ -21,7 +21,8 @@ T = TypeVar("T")
 app = typer.Typer(help="Deploy progressively; roll back in seconds.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 release_app = typer.Typer(help="Create and list releases.", no_args_is_help=True)
-audit_app = typer.Typer(help="Verify and export the audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify, checkpoint and export the audit log.",
+                         no_args_is_help=True)
 secrets_app = typer.Typer(help="Manage encrypted secrets.", no_args_is_help=True)
 backup_app = typer.Typer(help="Back up, verify and restore the app's database.",
                          no_args_is_help=True)
@@ -443,14 +444,56 @@ def backup_restore(backup_id: Annotated[str, typer.Argument(help="Backup id.")],
 
 
 @audit_app.command("verify")
-def audit_verify(directory: DirOpt = Path(".")) -> None:
-    """Check the hash chain; name the first changed, removed or reordered event."""
-    res = _run(lambda: audit.verify(_ctx(directory, quiet=True).engine))
+def audit_verify(
+    public_key: Annotated[Path | None, typer.Option(
+        "--public-key", help="Check the checkpoints with this public key (one you keep "
+        "elsewhere) instead of the one beside them.")] = None,
+    directory: DirOpt = Path("."),
+) -> None:
+    """Check the hash chain and the newest signed checkpoint; name the first changed,
+    removed or reordered event, or the removed tail."""
+    from rollwise import checkpoints
+
+    def check() -> audit.VerifyResult:
+        ctx = _ctx(directory, quiet=True)
+        settings = checkpoints.settings(ctx.config, ctx.state_dir, ctx.engine)
+        return audit.verify_with_checkpoints(ctx.engine, settings, public_key)
+
+    res = _run(check)
     if not res.ok:
-        err.print(f"[red]audit log tampered:[/red] {res.problem} "
-                  f"(first bad event: {res.first_bad_seq}; {res.count} events before it ok)")
+        where = "" if res.first_bad_seq is None else (
+            f" (first bad event: {res.first_bad_seq}; {res.count} events before it ok)")
+        err.print("[red]audit log tampered:[/red]", Text(res.problem + where))
         raise typer.Exit(int(ExitCode.INTEGRITY))
     out.print(f"audit log ok: {res.count} events, chain intact")
+    out.print(Text(res.note))
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(directory: DirOpt = Path(".")) -> None:
+    """Sign a checkpoint of the log now and write it (and its copies); deploys, rollbacks
+    and the other operations write one when they end."""
+    from rollwise import checkpoints
+
+    ctx = _run(lambda: _ctx(directory, quiet=True))
+    settings = _run(lambda: checkpoints.settings(ctx.config, ctx.state_dir, ctx.engine))
+    cp = _run(lambda: audit.checkpoint(ctx.engine, settings))
+    out.print(Text(f"{cp.label()}: {cp.count} events, head {cp.head[:16]}…, key {cp.key_id}, "
+                   f"written to {settings.checkpoint_file}"))
+
+
+@audit_app.command("keygen")
+def audit_keygen(directory: DirOpt = Path(".")) -> None:
+    """Create the key that signs checkpoints (mode 0600, outside .rollwise/). The first
+    checkpoint creates it too when it is missing."""
+    from rollwise import checkpoints
+
+    ctx = _run(lambda: _ctx(directory, quiet=True))
+    settings = _run(lambda: checkpoints.settings(ctx.config, ctx.state_dir, ctx.engine))
+    key = _run(lambda: checkpoints.create_key(settings.key_file))
+    out.print(Text(f"created {settings.key_file} (mode 0600), key "
+                   f"{checkpoints.key_id(key.public_key())}; keep it out of the repository "
+                   "and out of copies of .rollwise/"))
 
 
 @audit_app.command("export")

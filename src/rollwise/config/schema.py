@@ -534,6 +534,40 @@ class HooksConfig(Strict):
     )
 
 
+class AuditConfig(Strict):
+    """Signed checkpoints of the audit log, kept outside the state store (docs/audit.md)."""
+
+    key_file: str | None = Field(
+        None,
+        description="Ed25519 private key that signs checkpoints; `~` and paths relative to "
+        "this file work. Default: `$ROLLWISE_AUDIT_KEY_FILE`, else "
+        "`$XDG_CONFIG_HOME/rollwise/audit-<app>.key` (`~/.config/...`). Created 0600 by "
+        "`rollwise audit keygen` or by the first checkpoint. Keep it out of `.rollwise/`, "
+        "the repository and backups of the state store.",
+    )
+    checkpoint_file: str | None = Field(
+        None,
+        description="Append-only JSON-lines file of signed checkpoints; the public key is "
+        "written beside it as `<file>.pub`. Default: `$ROLLWISE_AUDIT_CHECKPOINT_FILE`, else "
+        "`$XDG_STATE_HOME/rollwise/audit-<app>-<store>.jsonl` (`~/.local/state/...`), "
+        "`<store>` naming the state store. Paths inside `.rollwise/` are refused.",
+    )
+    syslog: bool = Field(False, description="Also send every checkpoint to syslog.")
+    syslog_address: str = Field(
+        "/dev/log",
+        description="Where syslog listens: a Unix socket path, or `host:port` (UDP).",
+        pattern=r"^(/.*|[^/:\s]+:\d{1,5})$",
+    )
+    webhook_url: str | None = Field(
+        None, description="Also POST every checkpoint as JSON to this URL.",
+    )
+    webhook_token_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the webhook's bearer token "
+        "(sent as `Authorization: Bearer <value>`, never printed).",
+    )
+
+
 def _env_names(v: dict[str, EnvironmentConfig]) -> dict[str, EnvironmentConfig]:
     for name in v:
         if not NAME_RE.match(name):
@@ -561,6 +595,11 @@ class ProjectConfig(Strict):
     hooks: HooksConfig = Field(default_factory=HooksConfig, description="Deploy hooks.")
     migrations: MigrationsConfig | None = Field(
         None, description="Database migrations shipped in each release.",
+    )
+    audit: AuditConfig = Field(
+        default_factory=AuditConfig,
+        description="Where the audit log's signed checkpoints and their key live, and "
+        "where copies go (syslog, webhook).",
     )
     environments: dict[str, EnvironmentConfig] = Field(
         default_factory=lambda: {"dev": EnvironmentConfig()},
