@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, func, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
-from rollwise import checkpoints
+from rollwise import checkpoints, reasons
 from rollwise.checkpoints import GENESIS, Checkpoint
 from rollwise.errors import IntegrityError, RollwiseError
 from rollwise.store.tables import events
@@ -33,6 +33,7 @@ CHECKPOINT_AFTER: Final = frozenset({
     "deploy", "rollback", "abort", "recover", "release", "prune", "secret", "backup_verify",
     "backup_restore",
 })
+CHECKPOINT: Final = "checkpoint"  # the action of a checkpoint that could not be written
 GOES_ON: Final = frozenset({"started", "requested", "resume", "forced", "progress"})
 NO_CHECKPOINT: Final = ("no checkpoint: truncation cannot be detected; `rollwise audit "
                         "checkpoint` writes one (see docs/audit.md)")
@@ -84,9 +85,9 @@ def digest(prev_hash: str, row: Mapping[str, Any]) -> str:
 
 def _digest(prev_hash: str, seq: Any, ts: Any, actor: Any, action: Any, env: Any,
             version: Any, git_commit: Any, outcome: Any, reason: Any, data: Any) -> str:
-    j = _json
+    j = _json  # ts goes in as its float's repr, a JSON string that needs no escaping
     canon = _CANONICAL % (j(action), j(actor), j(data), j(env), j(git_commit), j(outcome),
-                          j(reason), j(seq), j(repr(float(ts))), j(version))
+                          j(reason), j(seq), f'"{float(ts)!r}"', j(version))
     return hashlib.sha256(f"{prev_hash}\n{canon}".encode()).hexdigest()
 
 
@@ -208,7 +209,12 @@ def verify_with_checkpoints(engine: Engine, settings: checkpoints.Settings,
     except IntegrityError as e:
         res = verify(engine)
         return replace(res, ok=False, problem=str(e), note="") if res.ok else res
-    return verify(engine, signed)
+    res = verify(engine, signed)
+    if not signed and settings.key_file.exists():  # keygen alone, or checkpoints deleted
+        return replace(res, note=f"{res.note}; the signing key {settings.key_file} exists: "
+                       f"if it signed checkpoints, {settings.checkpoint_file} and its public "
+                       "key were removed")
+    return res
 
 
 def checkpoint(engine: Engine, settings: checkpoints.Settings) -> Checkpoint:
@@ -267,7 +273,7 @@ def checkpointer(engine: Engine, settings: checkpoints.Settings,
         try:
             checkpoint(engine, settings)
         except (RollwiseError, OSError) as e:
-            emit(Event(action="checkpoint", outcome="error", actor=ev.actor, env=ev.env,
+            emit(Event(action=CHECKPOINT, outcome=reasons.ERROR, actor=ev.actor, env=ev.env,
                        reason=str(e)))
 
     return after

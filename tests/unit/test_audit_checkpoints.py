@@ -15,6 +15,7 @@ from rollwise.audit import Event
 from rollwise.checkpoints import Checkpoint, Settings
 from rollwise.config import load_config_text
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError
+from rollwise.events import EventBus
 from rollwise.store.db import open_engine
 from rollwise.store.tables import events
 
@@ -249,6 +250,19 @@ def test_given_checkpoints_when_the_checkpoint_file_is_removed_then_verify_fails
     assert "the checkpoints were removed" in res.problem
 
 
+def test_given_a_key_when_checkpoint_file_and_public_key_are_deleted_then_verify_says_so(
+        engine, settings):
+    audit.checkpoint(engine, settings)
+    settings.checkpoint_file.unlink()
+    settings.public_key_file.unlink()
+
+    res = verify(engine, settings)
+
+    assert res.ok  # indistinguishable from `audit keygen` without a checkpoint yet
+    assert res.note.startswith("no checkpoint: truncation cannot be detected")
+    assert f"{settings.checkpoint_file} and its public key were removed" in res.note
+
+
 def test_given_a_checkpoint_signed_with_another_key_then_verify_refuses_it(
         engine, settings, tmp_path):
     first = audit.checkpoint(engine, settings)
@@ -369,6 +383,23 @@ def test_given_a_failing_checkpoint_when_an_operation_ends_then_it_is_reported_n
     [ev] = emitted
     assert (ev.action, ev.outcome, ev.env, ev.actor) == ("checkpoint", "error", "prod", "ana")
     assert "the audit key is missing" in (ev.reason or "")
+
+
+def test_given_a_bus_wired_like_the_context_when_a_deploy_ends_then_its_last_event_is_covered(
+        engine, settings):
+    bus = EventBus()
+    bus.subscribe(audit.recorder(engine))
+    bus.subscribe(audit.checkpointer(engine, settings, bus.emit))
+
+    bus.emit(Event(action="deploy", outcome="started", actor="ana", env="prod"))
+    bus.emit(Event(action="deploy", outcome="succeeded", actor="ana", env="prod"))
+
+    assert [c["count"] for c in lines(settings.checkpoint_file)] == [7]
+    settings.key_file.unlink()  # the next checkpoint fails: recorded, the operation goes on
+    bus.emit(Event(action="rollback", outcome="succeeded", actor="ana", env="prod"))
+    [last] = audit.iter_events(engine, limit=1)
+    assert (last["seq"], last["action"], last["outcome"]) == (9, "checkpoint", "error")
+    assert verify(engine, settings).note.endswith("events 8\N{EN DASH}9 were written after it")
 
 
 # --- copies -------------------------------------------------------------------------------
