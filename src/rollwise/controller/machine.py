@@ -8,7 +8,6 @@ instances and stops the new ones.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from typing import Any
@@ -20,17 +19,9 @@ from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context
 from rollwise.controller.lock import Lease
 from rollwise.errors import ConfigError, RollwiseError
+from rollwise.failpoint import failpoint
 from rollwise.store import repo
 from rollwise.traffic import Backend
-
-FAILPOINT_ENV = "ROLLWISE_FAILPOINT"
-
-
-def failpoint(step: str, where: str) -> None:
-    """Fault injection for crash tests: ROLLWISE_FAILPOINT=<step>:<before|after> kills this
-    process with SIGKILL at that point."""
-    if os.environ.get(FAILPOINT_ENV) == f"{step}:{where}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
