@@ -257,21 +257,19 @@ def rollback_change_for(ctx: Context, env: str, live: str | None, target: dict[s
     return rollback_change(path), path
 
 
-def applied_now(ctx: Context, env: str, live: str | None) -> set[str]:
-    """The migrations applied to the database, as the live release knows them (none when
-    nothing is live)."""
+def applied_now(ctx: Context, env: str, live: str | None) -> list[str]:
+    """The migrations applied to the database, oldest first, as the live release knows
+    them (none when nothing is live)."""
     if live is None or ctx.config.migrations is None:
-        return set()
+        return []
     ms = release_migrations(ctx, env, live)
     run = runner(ctx, env, live)
     try:
-        return run.applied_versions(ms)
+        applied = run.applied_versions(ms)
     finally:
         run.close()
-
-
-def version_key_int(v: str) -> tuple[int, str]:
-    return (int(v), "") if v.isdigit() else (0, v)
+    order = {m.key: n for n, m in enumerate(ms)}
+    return sorted(applied, key=lambda v: (order.get(version_key(v), len(order)), v))
 
 
 def pending(ctx: Context, env: str, version: str, live: str | None) -> list[str]:
@@ -322,7 +320,7 @@ def take_backup(ctx: Context, env: str, reason: str) -> dict[str, Any]:
     folder = backups_dir(ctx, env)
     live = repo.env_state(ctx.engine, env)["live_version"]
     m = backups.create(url, folder, env, reason, release=live,
-                       schema=sorted(applied_now(ctx, env, live), key=version_key_int))
+                       schema=applied_now(ctx, env, live))
     keep = ctx.env(env).database.keep_backups  # type: ignore[union-attr]
     for old in backups.manifests(folder)[:-keep]:
         (folder / old.file).unlink(missing_ok=True)
