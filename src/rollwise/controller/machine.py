@@ -272,10 +272,9 @@ def recover(ctx: Context, env: str, lease: Lease) -> str | None:
         return "the agent was not running; started it with its instances" if agent_back \
             else None
     plan = d.Plan.from_dict(dep["plan"])
-    rows = repo.journal_rows(ctx.engine, dep["id"])
-    at = rows[-1]["step"] if rows else "start"
+    at, switched = interrupted_at(ctx, dep["id"])
     who = f"recovered by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z"
-    if d.SWITCH in {r["step"] for r in rows if r["phase"] == "done"}:
+    if switched:
         ctx.emit("recover", "resume", env=env, version=plan.to_version,
                  reason=reasons.INTERRUPTED_AFTER_SWITCH, data={"deployment": dep["id"]})
         run_plan(ctx, dep["id"], plan, lease)
@@ -290,6 +289,14 @@ def recover(ctx: Context, env: str, lease: Lease) -> str | None:
          f"serving; {who}", blame_new=False)
     return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
             f"at step {at}, before the switch; rolled it back, {serving} keeps serving")
+
+
+def interrupted_at(ctx: Context, dep_id: int) -> tuple[str, bool]:
+    """The step an interrupted deployment last journaled, and whether its switch was done
+    (then recovery finishes it; otherwise it undoes it)."""
+    rows = repo.journal_rows(ctx.engine, dep_id)
+    done = {r["step"] for r in rows if r["phase"] == "done"}
+    return (rows[-1]["step"] if rows else "start"), d.SWITCH in done
 
 
 def complete(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease,

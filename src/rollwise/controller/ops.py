@@ -418,10 +418,8 @@ def _interrupted(ctx: Context, env: str, dep: dict[str, Any] | None, agent_up: b
                  live: str | None) -> str | None:
     """What is left undone, in words, with the command that deals with it."""
     if dep is not None and running(ctx, env) is None:
-        rows = repo.journal_rows(ctx.engine, dep["id"])
-        at = rows[-1]["step"] if rows else "the start"
-        done = {r["step"] for r in rows if r["phase"] == "done"}
-        action = "finishes it" if d.SWITCH in done else "undoes it (traffic back on " \
+        at, switched = machine.interrupted_at(ctx, dep["id"])
+        action = "finishes it" if switched else "undoes it (traffic back on " \
             f"{dep['from_version'] or 'nothing'})"
         return (f"deployment {dep['id']} ({dep['kind']} to {dep['to_version']}) was "
                 f"interrupted at step {at}; `rollwise recover --env {env}` {action}")
