@@ -289,7 +289,9 @@ def test_given_a_backup_from_an_older_schema_when_restored_then_code_and_schema_
     listed = json.loads(project.cli("backup", "list", "--json", check=True).stdout)
     assert (listed[-1]["release"], listed[-1]["schema"]) == ("1.0.0", ["0001"])
     deployed = project.cli("deploy", "1.1.0", check=True)
-    assert "backup taken first: the deploy changes the schema" in deployed.stdout
+    newest = json.loads(project.cli("backup", "list", "--json", check=True).stdout)[-1]
+    assert newest["id"] != taken["backup"]
+    assert f"backup {newest['id']} taken first: the deploy changes the schema" in deployed.stdout
     assert columns(project)[-1] == "channel"
     # default: the restored data is brought up to the live release's schema
     restored = project.cli("backup", "restore", taken["backup"], "--yes", check=True)

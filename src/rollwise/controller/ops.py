@@ -186,16 +186,16 @@ def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str
         backup=backup, purge=caches.configured(ctx, env),
         stages=tuple(d.Stage(s.weight, strategy.pause_s if s.pause_s is None else s.pause_s,
                              s.until_promote) for s in strategy.steps))
-    backup_note = _backup_note(ctx, env, kind, migrate, backup)
     dep_id = repo.create_deployment(ctx.engine, plan.as_dict(), ctx.actor)
     ctx.emit(kind, "started", env=env, version=plan.to_version, git_commit=rel["git_commit"],
              data={"deployment": dep_id, "from": plan.from_version, "steps": list(plan.steps),
-                   "warnings": warnings, "restart": restart, "backup": backup_note})
+                   "warnings": warnings, "restart": restart})
     machine.run_plan(ctx, dep_id, plan, lease)
     machine.complete(ctx, dep_id, plan, lease)
-    journal = repo.journal_rows(ctx.engine, dep_id)
-    switch_ms = next((j["data"]["switch_ms"] for j in journal
-                      if j["step"] == d.SWITCH and j["phase"] == "done"), None)
+    done = {j["step"]: j["data"] for j in repo.journal_rows(ctx.engine, dep_id)
+            if j["phase"] == "done"}
+    switch_ms = done.get(d.SWITCH, {}).get("switch_ms")
+    backup_note = _backup_note(ctx, env, kind, migrate, done.get(d.BACKUP) if backup else None)
     verb = "rolled back" if kind == d.ROLLBACK else "restarted" if restart else "deployed"
     what = f"{plan.to_version} (already live; new instances replace the old ones)" if restart \
         else f"{plan.to_version} (from {plan.from_version or 'nothing'})"
@@ -207,15 +207,19 @@ def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str
                     "warnings": warnings})
 
 
-def _backup_note(ctx: Context, env: str, kind: str, migrate: bool, backup: bool) -> str | None:
-    """Why a deploy took a backup or not, in words (None: the environment has none)."""
+def _backup_note(ctx: Context, env: str, kind: str, migrate: bool,
+                 backup: dict[str, Any] | None) -> str | None:
+    """Why a deploy took a backup or not, in words, from its `backup` step's journal (None:
+    the environment has none)."""
     db = ctx.env(env).database
     if kind != d.DEPLOY or db is None or db.backup == "never" or \
             schema.database_url(ctx, env) is None:
         return None
-    if backup:
-        return "backup taken first: " + ("database.backup is `always`" if not migrate else
-                                         "the deploy changes the schema")
+    if backup is not None and backup.get("backup") is None:
+        return f"no backup: {backup.get('skipped')}"
+    if backup is not None:
+        return f"backup {backup['backup']} taken first: " + (
+            "database.backup is `always`" if not migrate else "the deploy changes the schema")
     return "no backup: the deploy changes no schema (database.backup: always takes one " \
         "every time)"
 
