@@ -257,15 +257,15 @@ def rollback_plan(ctx: Context, env: str, to: str | None) -> tuple[dict[str, Any
     good = {m["version"] for m in marks if m["mark"] == reasons.GOOD
             if (r := repo.get_release(ctx.engine, m["version"])) and not r["pruned"]}
     bad = {m["version"] for m in marks if m["mark"] == reasons.BAD}
-    choice = d.rollback_target(live, release_order(ctx, env), good, bad,
-                               to.removeprefix("v") if to else None)
+    requested = _release(ctx, to, "--to")["version"] if to else None  # unknown: exit 7
+    choice = d.rollback_target(live, release_order(ctx, env), good, bad, requested)
     if choice.version is None:
         ctx.emit(d.ROLLBACK, reasons.REFUSED, env=env, version=to, reason=choice.refusal)
         if choice.why == d.NEWER_THAN_LIVE:
             raise RollwiseError(f"{env}: {choice.refusal}", where="--to",
                                 hint=f"`rollwise deploy {to} --env {env}` deploys it (with "
                                 "its checks and canary); nothing was changed")
-        raise NotFound(f"{env}: {choice.refusal}; nothing to roll back to",
+        raise NotFound(f"{choice.refusal}; nothing to roll back to",
                        where=f"environment {env}",
                        hint="`rollwise history` shows what went live when; `rollwise rollback "
                        "--to VERSION` names an older release; nothing was changed")
