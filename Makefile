@@ -20,7 +20,7 @@ demo: $(STAMP) ## Deploy the example, switch and roll back under load, print a r
 test: $(STAMP) ## Lint, type-check and run every test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4 --dist loadgroup
 
 lint: $(STAMP) ## ruff and mypy strict
 	$(BIN)/ruff check src tests bench
@@ -32,6 +32,7 @@ bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
 	$(BIN)/python bench/switch.py --out bench/results/switch.json
 	$(BIN)/python bench/detection.py --out bench/results/detection.json
 	$(BIN)/python bench/data.py --out bench/results/data.json
+	$(BIN)/python bench/audit.py --out bench/results/audit.json
 
 docs: $(STAMP) ## Regenerate docs/config.md from the schema
 	$(BIN)/rollwise config docs > docs/config.md

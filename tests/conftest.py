@@ -34,6 +34,18 @@ def require_binary(name: str, how: str) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _audit_files_in_tmp(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signed audit checkpoints and their key go under XDG_CONFIG_HOME / XDG_STATE_HOME:
+    keep each test's (and each CLI run's) away from the home directory and other tests."""
+    home = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    for var in ("ROLLWISE_AUDIT_KEY_FILE", "ROLLWISE_AUDIT_CHECKPOINT_FILE"):
+        monkeypatch.delenv(var, raising=False)
+
+
 class Project:
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tarfile
 import time
@@ -26,6 +27,19 @@ SEMVER = re.compile(
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
 MARKER = ".rollwise-sha256"
+MAX_LINK_HOPS = 40  # as Linux: more links than this followed for one path is a loop
+_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+HINT_ABSOLUTE = ("a release is unpacked in another directory (and on other hosts), where an "
+                 "absolute link points elsewhere or nowhere: make it relative to a file inside "
+                 "`source` (ln -sfn <relative path> <link>), copy the file into the tree, or add "
+                 "the link's name to build.exclude")
+HINT_OUTSIDE = ("a release holds only what is inside `source`, and deploy refuses links that "
+                "leave it: point the link at a file inside the tree, copy the file in, or add "
+                "the link's name to build.exclude")
+HINT_LOOP = "make each link point at a file or folder, not back at itself through other links"
+HINT_NOT_A_FILE = ("a release holds regular files, folders and links inside the tree: delete "
+                   "it, move it out of `source`, or add its name to build.exclude")
 
 
 @dataclass(frozen=True)
@@ -67,11 +81,13 @@ def run_build(command: str, cwd: Path) -> None:
 
 
 def _files(source: Path, exclude: list[str]) -> Iterator[Path]:
+    """Every path packed, in a stable order; a link to a directory is a path, not a folder."""
     for root, dirs, files in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if not _excluded(d, exclude))
-        for name in sorted(files):
-            if not _excluded(name, exclude):
-                yield Path(root, name)
+        kept = [d for d in dirs if not _excluded(d, exclude)]
+        links = [d for d in kept if os.path.islink(os.path.join(root, d))]
+        dirs[:] = sorted(d for d in kept if d not in links)
+        for name in sorted([*(f for f in files if not _excluded(f, exclude)), *links]):
+            yield Path(root, name)
 
 
 def _excluded(name: str, exclude: list[str]) -> bool:
@@ -81,14 +97,18 @@ def _excluded(name: str, exclude: list[str]) -> bool:
 def pack(source: Path, exclude: list[str], dest_dir: Path) -> tuple[str, int, Path]:
     """A deterministic tar.gz of `source`: same files, same bytes, same sha256."""
     if not source.is_dir():
-        raise ConfigError(f"source directory {source} does not exist", where="source")
+        raise ConfigError(f"source directory {source} does not exist", where="source",
+                          hint="`source` in rollwise.yaml is the folder the release is packed "
+                          "from, relative to the project: run the build that makes it first, "
+                          "or fix the path")
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in _files(source, exclude):
-            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(source)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            info = _member(source, path)
+            if info.issym():
+                tar.addfile(info)
+                continue
             with path.open("rb") as f:
                 tar.addfile(info, f)
     data = buf.getvalue()
@@ -100,6 +120,70 @@ def pack(source: Path, exclude: list[str], dest_dir: Path) -> tuple[str, int, Pa
         tmp.write_bytes(data)
         tmp.replace(dest)
     return digest, len(data), dest
+
+
+def _member(source: Path, path: Path) -> tarfile.TarInfo:
+    """The tar header of one path: a regular file (each hard link is stored as its own
+    file) or a link that stays inside the tree; anything else is refused."""
+    info = tarfile.TarInfo(path.relative_to(source).as_posix())
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, _link(source, path), 0o777
+    elif stat.S_ISREG(st.st_mode):
+        info.size = st.st_size
+        info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+    else:
+        raise _refused(source, path, f"is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a file')}",
+                       HINT_NOT_A_FILE)
+    return info
+
+
+def _link(source: Path, path: Path) -> str:
+    """The link's target, when it stays inside the tree wherever the release is unpacked:
+    relative, and inside both as written and followed through other links."""
+    target = os.readlink(path)
+    rel = path.relative_to(source)
+    if os.path.isabs(target):
+        raise _refused(source, path, f"is a link to the absolute path {target}", HINT_ABSOLUTE)
+    as_written = os.path.normpath(os.path.join(*rel.parent.parts, target))
+    if as_written.split(os.sep)[0] == os.pardir:
+        raise _refused(source, path, f"is a link to {target}, which is outside `source`",
+                       HINT_OUTSIDE)
+    if _follow(source, rel.parent.parts, target, path) is None:
+        raise _refused(source, path, f"is a link to {target}, which leads outside `source` "
+                       "when the links on its way are followed", HINT_OUTSIDE)
+    return target
+
+
+def _follow(source: Path, here: tuple[str, ...], target: str, link: Path
+            ) -> tuple[str, ...] | None:
+    """Where the relative `target`, read from the folder `here` (parts under `source`),
+    leads as the system follows it, through other links; None when it leaves `source`."""
+    parts, todo, hops = list(here), target.split("/")[::-1], 0
+    while todo:
+        part = todo.pop()
+        if part == os.pardir and not parts:
+            return None
+        if part == os.pardir:
+            parts.pop()
+        elif part not in ("", os.curdir):
+            parts.append(part)
+            if not source.joinpath(*parts).is_symlink():
+                continue
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise _refused(source, link, "is a link in a loop of links", HINT_LOOP)
+            inner = os.readlink(source.joinpath(*parts))
+            if os.path.isabs(inner):
+                return None
+            parts.pop()
+            todo += inner.split("/")[::-1]
+    return tuple(parts)
+
+
+def _refused(source: Path, path: Path, what: str, hint: str) -> ConfigError:
+    return ConfigError(f"{path.relative_to(source).as_posix()} {what}; nothing was stored",
+                       where=str(path), hint=hint)
 
 
 def git_commit(source: Path) -> str | None:

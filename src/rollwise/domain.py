@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-# step names, in the order they run
+# kinds of steps, in the order they run
 VERIFY = "verify"
 UNPACK = "unpack"
 PRE_HOOKS = "pre_hooks"
@@ -15,8 +15,8 @@ MIGRATE = "migrate"
 START = "start"
 HEALTH = "health"
 PREVIEW = "preview"
-CANARY = "canary"  # canary:<percent>, one per canary step before the switch
-BATCH = "rolling"  # rolling:<n>, one per batch of a rolling deploy
+CANARY = "canary"  # one Stage per canary step before the switch
+BATCH = "rolling"  # one Batch per batch of a rolling deploy
 SWITCH = "switch"
 MIGRATE_DOWN = "migrate_down"
 PURGE = "purge_caches"
@@ -30,12 +30,48 @@ FINALIZE = "finalize"
 DEPLOY = "deploy"
 ROLLBACK = "rollback"
 
+# where instances of plans and states written before placement was recorded listen: all
+# were started by the local agent on the controller's loopback
+LEGACY_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an instance listens, as its target handed it out."""
+
+    host: str
+    port: int
+
+    def url(self, path: str = "") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
 
 @dataclass(frozen=True)
 class InstancePlan:
     name: str
     version: str
+    host: str
     port: int
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InstancePlan:
+        return cls(**{"host": LEGACY_HOST, **d})
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step that needs nothing but its kind."""
+
+    kind: str
+
+    @property
+    def name(self) -> str:
+        """How the journal, events, `status` and failpoints know the step."""
+        return self.kind
 
 
 @dataclass(frozen=True)
@@ -45,10 +81,47 @@ class Stage:
     weight: int
     pause_s: float
     until_promote: bool = False
+    kind: ClassVar[str] = CANARY
 
     @property
-    def step(self) -> str:
+    def name(self) -> str:
         return f"{CANARY}:{self.weight}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rolling: start batch `number` (from 1) of `Plan.batches()`, watch it, retire the old
+    instances it replaces."""
+
+    number: int
+    kind: ClassVar[str] = BATCH
+
+    @property
+    def name(self) -> str:
+        return f"{BATCH}:{self.number}"
+
+
+AnyStep = Step | Stage | Batch
+MOVES_TRAFFIC = (CANARY, BATCH, SWITCH)  # once one has started, requests may reach the new
+
+
+def step_as_dict(step: AnyStep) -> dict[str, Any]:
+    return {**asdict(step), "kind": step.kind}
+
+
+def step_from_dict(d: dict[str, Any]) -> AnyStep:
+    args = {k: v for k, v in d.items() if k != "kind"}
+    return Stage(**args) if d["kind"] == CANARY else Batch(**args) if d["kind"] == BATCH \
+        else Step(d["kind"])
+
+
+def step_from_name(name: str, stages: list[dict[str, Any]]) -> AnyStep:
+    """A step of a plan written before steps were typed, which stored each by its name
+    (`canary:<weight>` with its stage in the plan's `stages`, `rolling:<number>`)."""
+    kind, _, arg = name.partition(":")
+    if kind == CANARY:
+        return next(Stage(**s) for s in stages if s["weight"] == int(arg))
+    return Batch(int(arg)) if kind == BATCH else Step(name)
 
 
 @dataclass(frozen=True)
@@ -60,35 +133,33 @@ class Plan:
     from_version: str | None
     new: tuple[InstancePlan, ...]
     old: tuple[InstancePlan, ...]
-    steps: tuple[str, ...] = field(default=())
-    stages: tuple[Stage, ...] = field(default=())
+    steps: tuple[AnyStep, ...] = field(default=())
     bake_s: float = 0.0
     batch_size: int = 0  # rolling deploys only
     pause_s: float = 0.0  # rolling: each batch is watched this long
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "steps": [step_as_dict(s) for s in self.steps]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         return cls(
             env=d["env"], kind=d["kind"], to_version=d["to_version"], sha256=d["sha256"],
             from_version=d["from_version"],
-            new=tuple(InstancePlan(**i) for i in d["new"]),
-            old=tuple(InstancePlan(**i) for i in d["old"]),
-            steps=tuple(d["steps"]),
-            stages=tuple(Stage(**s) for s in d.get("stages", ())),
+            new=tuple(InstancePlan.from_dict(i) for i in d["new"]),
+            old=tuple(InstancePlan.from_dict(i) for i in d["old"]),
+            steps=tuple(step_from_name(s, d.get("stages", [])) if isinstance(s, str) else
+                        step_from_dict(s) for s in d["steps"]),
             bake_s=float(d.get("bake_s", 0.0)),
             batch_size=int(d.get("batch_size", 0)), pause_s=float(d.get("pause_s", 0.0)),
         )
 
-    def stage(self, step: str) -> Stage | None:
-        return next((s for s in self.stages if s.step == step), None)
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps)
 
     def traffic_moving(self, done: set[str]) -> bool:
-        """True once any request may have gone to the new release."""
-        return SWITCH in done or any(s.step in done for s in self.stages) or \
-            any(s.startswith(f"{BATCH}:") for s in done)
+        """True once any request may have gone to the new release (`done`: step names)."""
+        return any(s.name in done for s in self.steps if s.kind in MOVES_TRAFFIC)
 
     def batches(self) -> list[tuple[tuple[InstancePlan, ...], tuple[InstancePlan, ...]]]:
         """Rolling: per batch, the new instances it starts and the old ones it retires
@@ -100,58 +171,50 @@ class Plan:
                  self.old[k * b:(k + 1) * b] if k < n - 1 else self.old[k * b:])
                 for k in range(n)]
 
-    def batch(self, step: str) -> int | None:
-        """The index of a rolling step's batch."""
-        head, _, num = step.partition(":")
-        return int(num) - 1 if head == BATCH and self.batch_size else None
-
-    def weights_new(self) -> dict[str, int]:
-        return {i.name: 1 for i in self.new}
-
-    def weights_old(self) -> dict[str, int]:
-        return {i.name: 1 for i in self.old}
 
 
 def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
-                    from_version: str | None, old: list[InstancePlan], ports: list[int],
+                    from_version: str | None, old: list[InstancePlan], endpoints: list[Endpoint],
                     suffix: str, pre_hooks: bool, post_hooks: bool, strategy: str = "all-at-once",
                     stages: tuple[Stage, ...] = (), bake_s: float = 0.0,
                     checks: bool = False, batch_size: int = 1, pause_s: float = 0.0,
                     migrate: bool = False, migrate_down: bool = False,
                     down_first: bool = False, purge: bool = False,
                     backup: bool = False) -> Plan:
-    """Migrate the schema up, start new beside old (old stays at full capacity), check, move
-    traffic (at once or in canary stages), verify, keep old warm for the bake time, drain and
-    stop old. A rollback runs down migrations after traffic is back on the older release
-    (`down_first`: before the older release starts, for apps that refuse a newer schema).
+    """Migrate the schema up, start new beside old at the `endpoints` the target handed out
+    (old stays at full capacity), check, move traffic (at once or in canary stages), verify,
+    keep old warm for the bake time, drain and stop old. A rollback runs down migrations
+    after traffic is back on the older release (`down_first`: before the older release
+    starts, for apps that refuse a newer schema).
 
     Rolling: new instances start `batch_size` at a time; each batch takes its share of
     traffic and is watched before the old instances it replaces leave.
 
     A rollback, and the first release of an environment, move traffic at once: there is
     nothing to compare with, and a rollback must not wait."""
-    new = tuple(InstancePlan(f"{to_version}-{suffix}-{n}", to_version, port)
-                for n, port in enumerate(ports))
+    new = tuple(InstancePlan(f"{to_version}-{suffix}-{n}", to_version, e.host, e.port)
+                for n, e in enumerate(endpoints))
     progressive = kind == DEPLOY and bool(old)
     stages = tuple(s for s in stages if s.weight < 100) if progressive and \
         strategy == "canary" else ()
     rolling = batch_size if progressive and strategy == "rolling" else 0
     bake = bake_s if progressive and not rolling else 0.0
-    launch = [f"{BATCH}:{k + 1}" for k in range(math.ceil(len(new) / rolling))] if rolling \
-        else [START, HEALTH]
+    launch: list[str | Batch] = [Batch(k + 1) for k in range(math.ceil(len(new) / rolling))] \
+        if rolling else [START, HEALTH]
     down = [MIGRATE_DOWN] if migrate_down and kind == ROLLBACK else []
     steps = [VERIFY, UNPACK, *([PRE_HOOKS] if pre_hooks else []),
              *([BACKUP] if backup and kind == DEPLOY else []),
              *([MIGRATE] if migrate and kind == DEPLOY else []),
              *(down if down_first else []), *launch,
              *([PREVIEW] if progressive and strategy == "blue-green" and checks else []),
-             *(s.step for s in stages), SWITCH, *([] if down_first else down),
+             *stages, SWITCH, *([] if down_first else down),
              *([PURGE] if purge else []),
              *([POST_HOOKS] if post_hooks else []),
              *([CHECKS] if checks else []), *([BAKE] if bake > 0 else []),
              DRAIN, STOP_OLD, FINALIZE]
-    return Plan(env, kind, to_version, sha256, from_version, new, tuple(old), tuple(steps),
-                stages, bake, rolling, pause_s if rolling else 0.0)
+    return Plan(env, kind, to_version, sha256, from_version, new, tuple(old),
+                tuple(Step(s) if isinstance(s, str) else s for s in steps), bake, rolling,
+                pause_s if rolling else 0.0)
 
 
 def canary_weights(new: tuple[InstancePlan, ...], old: tuple[InstancePlan, ...],

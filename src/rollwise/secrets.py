@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from rollwise.errors import ConfigError, IntegrityError
+from rollwise.private import replace_private
 
 KEY_ENV = "ROLLWISE_SECRETS_KEY"
 PREFIX = "ROLLWISE_SECRET_"
@@ -41,6 +43,37 @@ class Secret:
 def reveal_all(values: Mapping[str, str | Secret]) -> dict[str, str]:
     """Plain strings, for handing an environment to a process."""
     return {k: v.reveal() if isinstance(v, Secret) else v for k, v in values.items()}
+
+
+def split(values: Mapping[str, str | Secret]) -> tuple[dict[str, str], dict[str, str]]:
+    """The plain values and the secrets' values, apart: the first may be written down, the
+    second may not."""
+    plain = {k: v for k, v in values.items() if not isinstance(v, Secret)}
+    return plain, {k: v.reveal() for k, v in values.items() if isinstance(v, Secret)}
+
+
+# what only rollwise itself reads: the key to the secrets file, and the state store's URL
+# (rollwise.store.db.URL_ENV), which may hold its password
+CONTROLLER_ONLY = frozenset({KEY_ENV, "ROLLWISE_DATABASE_URL"})
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the secrets' values, their key and the state store's URL, for a
+    process that resolves none (the agent and through it the instances, which get only
+    their own; hooks)."""
+    return {k: v for k, v in environ.items()
+            if k not in CONTROLLER_ONLY and not k.startswith(PREFIX)}
+
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_name(name: str) -> None:
+    """A secret's name must be usable as an environment variable (and as ROLLWISE_SECRET_<NAME>)."""
+    if not NAME.match(name):
+        raise ConfigError(f"secret name {name!r} is not an environment variable name",
+                          hint="use letters, digits and underscores, not starting with a "
+                          "digit, e.g. DB_PASSWORD")
 
 
 def secrets_file(state_dir: Path, env: str) -> Path:
@@ -76,11 +109,8 @@ def read_file(path: Path) -> dict[str, Secret]:
 
 def write_file(path: Path, values: dict[str, Secret]) -> None:
     token = _fernet().encrypt(json.dumps({k: v.reveal() for k, v in values.items()}).encode())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(token)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    replace_private(path, token)
 
 
 def resolve(names: list[str], state_dir: Path, env: str) -> dict[str, Secret]:

@@ -6,6 +6,7 @@ a backed-up table, a new column, a new unique index, and rows."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -219,6 +220,95 @@ def test_an_older_manifest_without_keys_release_or_schema_still_restores(url, tm
     assert backups.verify(loaded, folder, url)["structure"] is False
     backups.restore(loaded, folder, url)
     assert state(url) == (m.tables, m.structure)
+
+
+ROW_CHANGES = {  # what the restore would hold instead, each undone after it is described
+    "changed": (["UPDATE orders SET qty = 3 WHERE id = 'o2'"],
+                ["UPDATE orders SET qty = 2 WHERE id = 'o2'"]),
+    "values swapped between rows": (
+        ["UPDATE orders SET qty = 3 - qty"], ["UPDATE orders SET qty = 3 - qty"]),
+    "one row for another": (
+        ["DELETE FROM orders WHERE id = 'o2'",
+         "INSERT INTO orders (id, customer_id, qty) VALUES ('o9', 'c2', 2)"],
+        ["DELETE FROM orders WHERE id = 'o9'",
+         "INSERT INTO orders (id, customer_id, qty) VALUES ('o2', 'c2', 2)"]),
+    "missing": (["DELETE FROM orders WHERE id = 'o2'"],
+                ["INSERT INTO orders (id, customer_id, qty) VALUES ('o2', 'c2', 2)"]),
+    "extra": (["INSERT INTO orders (id, customer_id, qty) VALUES ('o3', 'c1', 1)"],
+              ["DELETE FROM orders WHERE id = 'o3'"]),
+}
+
+
+def test_given_a_changed_missing_or_extra_row_then_verify_and_restore_refuse_the_backup(
+        url, tmp_path):
+    """A manifest describing the tables with one row changed, replaced, missing or extra
+    does not match what its dump restores to."""
+    folder = tmp_path / "backups"
+    app_at_backup_time(url)
+    m = backups.create(url, folder, "prod", "manual")
+    lying = {}
+    for what, (change, undo) in ROW_CHANGES.items():
+        run(url, *change)
+        lying[what] = dataclasses.replace(m, tables=backups.snapshot(url, m.checksum_kind))
+        run(url, *undo)
+    assert backups.snapshot(url, m.checksum_kind) == m.tables
+    before = state(url)
+
+    for what, manifest in lying.items():
+        expected = "2 rows at backup time|1 rows at backup time, 2|3 rows at backup time, 2" \
+            if what in ("missing", "extra") else "same row count, different content"
+        with pytest.raises(IntegrityError, match=f"table orders: ({expected})"):
+            backups.verify(manifest, folder, url)
+    with pytest.raises(IntegrityError, match="same row count, different content") as e:
+        backups.restore(lying["changed"], folder, url)
+
+    assert backups.NOT_CHANGED in e.value.message and state(url) == before
+    assert leftovers(url, folder) == []
+
+
+def older_checksums(m: backups.Manifest, rows: dict[str, list[str]]) -> backups.Snapshot:
+    """A manifest's tables as rollwise computed them before it recorded the kind:
+    PostgreSQL's md5 of the sorted row md5s (each row as its text); the others unchanged."""
+    if m.engine != "postgresql":
+        return m.tables
+
+    def md5(s: str) -> str:
+        return hashlib.md5(s.encode()).hexdigest()
+
+    return {t: {"rows": len(r), "checksum": md5("".join(sorted(md5(x) for x in r)))}
+            for t, r in rows.items()}
+
+
+def test_an_older_manifest_with_the_checksums_of_its_time_still_verifies_and_restores(
+        url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    path = folder / f"{m.id}.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k != "checksum_kind"}
+    old["tables"] = older_checksums(m, {"customers": ["(c1,a@x)", "(c2,b@x)"],
+                                         "orders": ["(o1,c1,1)", "(o2,c2,2)"]})
+    path.write_text(json.dumps(old))
+    loaded = backups.get(folder, m.id)
+    assert loaded.checksum_kind is None
+    assert loaded.tables != m.tables or m.engine != "postgresql"
+
+    assert backups.verify(loaded, folder, url)["rows"] == 4
+    tampered = {**loaded.tables, "orders": {**loaded.tables["orders"], "checksum": "0" * 32}}
+    with pytest.raises(IntegrityError, match="table orders: same row count, different content"):
+        backups.verify(dataclasses.replace(loaded, tables=tampered), folder, url)
+    backups.restore(loaded, folder, url)
+    assert state(url) == (m.tables, m.structure)
+
+
+def test_a_manifest_whose_checksum_kind_is_unknown_is_refused_before_the_swap(url, tmp_path):
+    folder = tmp_path / "backups"
+    m = backed_up(url, folder)
+    before = state(url)
+    newer = dataclasses.replace(m, checksum_kind="from-a-newer-rollwise")
+    with pytest.raises(IntegrityError, match=r"kind this rollwise does not know \(from-a-newer"):
+        backups.restore(newer, folder, url)
+    assert state(url) == before
+    assert leftovers(url, folder) == []
 
 
 def test_given_writes_while_the_backup_runs_then_its_manifest_describes_the_dump(url, tmp_path):

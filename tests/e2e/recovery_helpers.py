@@ -20,16 +20,20 @@ from typing import Any
 import yaml
 from sqlalchemy import create_engine, func, inspect, select, table, text
 
+from rollwise import domain as d
 from rollwise.ports import free_port
 from tests.conftest import Project
 
 SHOP = Path(__file__).resolve().parents[1] / "apps" / "shop"
-REVISIONS = ("r1_users", "r2_orders", "r3_users_tier", "r4_order_items", "r5_payments")
-# the revisions each release carries; 1.2.1 is 1.2.0's schema with a code change only
-RELEASES = {"1.0.0": 1, "1.1.0": 3, "1.2.0": 5, "1.2.1": 5}
-SCHEMA = {"1.0.0": "r1", "1.1.0": "r3", "1.2.0": "r5", "1.2.1": "r5"}
+REVISIONS = ("r1_users", "r2_orders", "r3_users_tier", "r4_order_items", "r5_payments",
+             "r6_shipments")
+# the revisions each release carries; 1.2.1 is 1.2.0's schema with a code change only;
+# 1.3.0's r6 is marked expand (a new table), so 1.2.x may run again on its schema
+RELEASES = {"1.0.0": 1, "1.1.0": 3, "1.2.0": 5, "1.2.1": 5, "1.3.0": 6}
+SCHEMA = {"1.0.0": "r1", "1.1.0": "r3", "1.2.0": "r5", "1.2.1": "r5", "1.3.0": "r6"}
 TABLES = {"r1": {"users"}, "r3": {"users", "orders"},
-          "r5": {"users", "orders", "order_items", "payments"}}
+          "r5": {"users", "orders", "order_items", "payments"},
+          "r6": {"users", "orders", "order_items", "payments", "shipments"}}
 SQLITE_URL = "sqlite:///{shared}/shop.db"
 
 
@@ -126,7 +130,22 @@ def deployment_steps(p: Project, dep_id: int) -> list[str]:
                                 {"i": dep_id}).scalar_one()
     finally:
         engine.dispose()
-    return list((json.loads(plan) if isinstance(plan, str) else plan)["steps"])
+    return list(d.Plan.from_dict(json.loads(plan) if isinstance(plan, str) else plan).names())
+
+
+def migrations_applied(p: Project, dep_id: int) -> list[str]:
+    """What one deployment's migrate step journaled as applied: files and revisions (none
+    when the step did not run)."""
+    engine = create_engine(f"sqlite:///{p.root / '.rollwise' / 'state.db'}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT data FROM journal WHERE deployment_id = :i "
+                                     "AND step = 'migrate' AND phase = 'done'"),
+                                {"i": dep_id}).scalars().all()
+    finally:
+        engine.dispose()
+    done = [json.loads(r) if isinstance(r, str) else r for r in rows]
+    return [v for data in done for key in ("applied", "versions") for v in data.get(key, [])]
 
 
 def cli_json(p: Project, *args: str) -> Any:

@@ -155,6 +155,34 @@ def test_given_the_router_port_in_use_then_deploy_says_so(project):
     assert f"router address {host}:{port} of environment 'dev' is in use" in res.stderr
 
 
+def test_given_router_listen_changed_when_the_agent_runs_then_it_moves_or_refuses(project):
+    import socket
+
+    from rollwise.ports import free_port
+
+    project.release("1.0.0", "1.1.0")
+    project.cli("deploy", "1.0.0", check=True)
+    old = status(project)["router"]
+    moved_to = f"127.0.0.1:{free_port()}"
+    project.configure(router={"listen": moved_to})
+
+    project.cli("deploy", "1.1.0", check=True)
+
+    assert status(project)["router"] == moved_to and router_version(project) == "1.1.0"
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect((old.rsplit(":", 1)[0], int(old.rsplit(":", 1)[1])))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = f"127.0.0.1:{squatter.getsockname()[1]}"
+        project.configure(router={"listen": taken})
+        refused = project.cli("deploy", "1.0.0")
+    assert refused.returncode == ExitCode.CONFIG, refused.stderr
+    assert f"router address {taken} of environment 'dev' is in use" in refused.stderr
+    project.configure(router={"listen": moved_to})
+    assert router_version(project) == "1.1.0" and status(project)["live_version"] == "1.1.0"
+
+
 def test_given_nothing_in_progress_then_rollback_and_abort_are_safe_noops(project):
     project.release("1.0.0")
     nothing = project.cli("rollback")

@@ -334,3 +334,22 @@ def test_given_blue_green_when_the_preview_fails_then_nothing_is_switched(projec
     s = status(project)
     assert s["live_version"] == "1.1.0"
     assert [a["step"] for a in s["analysis"]] == ["preview", "checks", "bake"]
+
+
+def test_given_a_canary_that_no_request_reaches_then_it_says_why_it_waits_and_aborts(project):
+    project.release("1.0.0", "1.1.0")
+    project.cli("deploy", "1.0.0", check=True)
+    project.configure(strategy={"type": "canary", "steps": [50, 100], "pause_s": 1,
+                                "max_pause_s": 2},
+                      analysis={**FAST, "router": {"min_requests": 20}})
+
+    res = project.cli("deploy", "1.1.0")
+
+    assert res.returncode == ExitCode.ERROR, res.stderr
+    assert "no request reached the new release" in res.stderr
+    assert "paused: waiting up to 2 s (strategy.max_pause_s)" in res.stderr
+    assert "`rollwise promote` goes on now, `rollwise abort` goes back" in res.stderr
+    assert "no conclusion after 2 s paused" in res.stderr
+    s = status(project)
+    assert s["live_version"] == "1.0.0" and router_version(project) == "1.0.0"
+    assert s["last_deployment"]["status"] == "aborted"

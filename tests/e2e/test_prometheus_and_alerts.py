@@ -3,6 +3,7 @@ real Alertmanager webhook calls."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -164,6 +165,13 @@ def test_given_an_alertmanager_webhook_when_firing_then_the_environment_rolls_ba
     assert r.status_code == 202 and r.json()["results"][0]["action"] == "rolling back"
     s = wait_for(project, lambda s: s["live_version"] == "1.0.0" and not s["in_progress"])
     assert s["marks"]["1.1.0"] == "bad" and router_version(project) == "1.0.0"
+    why = "alert OrderSyncErrors: order sync failures above 5%"
+    newest = json.loads(project.cli("history", "--json", check=True).stdout)[0]
+    assert (newest["kind"], newest["status"], newest["reason"]) == ("rollback", "succeeded", why)
+    events = [json.loads(x) for x in project.cli("audit", "export", check=True).stdout.splitlines()
+              if x.startswith("{")]
+    assert [e["outcome"] for e in events if e["action"] == "rollback" and e["reason"] == why] \
+        == ["started", "succeeded"]
     again = httpx.post(hook, json=firing, headers=auth).json()
     assert again["results"][0]["action"] == "ignored"  # Alertmanager repeats firing alerts
     time.sleep(1)

@@ -5,8 +5,9 @@ whose Alembic revisions add tables with foreign keys release by release:
     1.1.0  r2, r3  orders (-> users), users.tier
     1.2.0  r4, r5  order_items (-> orders, on delete cascade, indexed), payments (-> orders)
     1.2.1          1.2.0's schema, a code change only
+    1.3.0  r6      shipments (-> orders), marked `# rollwise: expand`: 1.2.x runs on it
 
-A -> B -> C and back, one step or several at a time; refusals that change nothing; abort and
+A -> B -> C (-> D) and back, one step or several at a time; refusals that change nothing; abort and
 kill -9 in the middle of a canary; writes during a rollback. Each test asserts the app
 database (tables, columns, foreign keys, rows) and what `status --json` and `history --json`
 report. Where the database engine matters a test runs on SQLite, PostgreSQL and MariaDB,
@@ -40,6 +41,7 @@ from tests.e2e.recovery_helpers import (
     column_values,
     deployment_steps,
     history,
+    migrations_applied,
     output,
     parked,
     request,
@@ -65,6 +67,8 @@ ORDER_ITEMS = {"columns": ["id", "order_id", "sku", "qty"],
                "indexes": ["ix_order_items_order_id"]}
 PAYMENTS = {"columns": ["id", "order_id", "amount"], "fks": [(("order_id",), "orders", None)],
             "indexes": []}
+SHIPMENTS = {"columns": ["id", "order_id", "carrier"],
+             "fks": [(("order_id",), "orders", None)], "indexes": []}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +115,32 @@ def given_a_b_c(p: Project) -> None:
     assert db == {"revision": "r5", "tables": {
         "users": {**USERS_R3, "rows": 3}, "orders": {**ORDERS, "rows": 4},
         "order_items": {**ORDER_ITEMS, "rows": 2}, "payments": {**PAYMENTS, "rows": 2}}}
+
+
+def given_a_b_c_d(p: Project) -> None:
+    """1.0.0 -> 1.1.0 -> 1.2.0 -> 1.3.0: 4 users, 6 orders, 4 items, 4 payments and the 2
+    shipments of 1.3.0's orders; the schema at r6."""
+    deploy_history(p, "1.0.0", "1.1.0", "1.2.0", "1.3.0")
+    assert snapshot(app_db_url(p)) == {"revision": "r6", "tables": {
+        "users": {**USERS_R3, "rows": 4}, "orders": {**ORDERS, "rows": 6},
+        "order_items": {**ORDER_ITEMS, "rows": 4}, "payments": {**PAYMENTS, "rows": 4},
+        "shipments": {**SHIPMENTS, "rows": 2}}}
+
+
+def orders_answered_by(p: Project, version: str, email: str, prefix: str, n: int,
+                       tries: int = 80) -> list[str]:
+    """Write orders through the router (each answered 2xx) until `version` has taken `n`
+    of them; the ids `version` took. During a canary the others go to the other release."""
+    taken: list[str] = []
+    for k in range(tries):
+        order_id = f"{prefix}-{k}"
+        code, body, answered = request(p, "POST", "/orders", {
+            "id": order_id, "email": email, "total": "7.50", "carrier": "dhl"})
+        assert code in (200, 201), (order_id, code, answered, body)
+        taken += [order_id] if answered == version else []
+        if len(taken) == n:
+            return taken
+    raise AssertionError(f"{version} took {len(taken)} of {tries} orders, not {n}")
 
 
 def assert_serving(p: Project, version: str) -> dict:
@@ -400,3 +430,67 @@ def test_given_a_canary_killed_when_status_is_read_then_it_changes_nothing_and_r
     assert snapshot(app_db_url(shop)) == db  # a code-only release: the schema stays
     kind, _, to, state_now = newest(shop)
     assert (kind, to) == ("deploy", "1.2.1") and state_now != "succeeded"
+
+
+# j
+
+
+@every_database
+def test_given_d_live_on_an_expand_revision_when_an_older_canary_is_aborted_then_d_keeps_all(
+        shop):
+    """The reported defect: 1.3.0 live (r6), a canary of the older 1.2.1 (r5: no migration
+    runs), aborted; abort's undo ran 1.2.1's down migration of r5 against the live database
+    and 1.3.0 then answered its writes with 502 while /health and status said up."""
+    given_a_b_c_d(shop)
+    shop.configure(strategy=CANARY)
+    url = app_db_url(shop)
+    proc = run_in_background(shop, "deploy", "1.2.1")
+    s = wait_for(shop, lambda s: len([w for w in s["weights"].values() if w]) == 2)
+    assert s["in_progress"]["to"] == "1.2.1" and s["live_version"] == "1.3.0", s
+    assert migrations_applied(shop, s["in_progress"]["id"]) == []
+    add_users(shop, "canary@shop.test")
+    by_d = orders_answered_by(shop, "1.3.0", "canary@shop.test", "canary", 6)
+    during = snapshot(url)
+    written = int(by_d[-1].rsplit("-", 1)[1]) + 1  # by both releases of the split
+    assert during == {"revision": "r6", "tables": {
+        "users": {**USERS_R3, "rows": 5}, "orders": {**ORDERS, "rows": 6 + written},
+        "order_items": {**ORDER_ITEMS, "rows": 4 + written},
+        "payments": {**PAYMENTS, "rows": 4 + written},
+        "shipments": {**SHIPMENTS, "rows": 2 + 6}}}
+    assert set(column_values(url, "SELECT order_id FROM shipments")) >= set(by_d)
+
+    aborted = shop.cli("abort")
+
+    assert aborted.returncode == 0, output(aborted)
+    out, err = proc.communicate(timeout=90)
+    assert "deploy aborted" in f"{out}\n{err}", f"{out}\n{err}"
+    assert snapshot(url) == during, f"{out}\n{err}"
+    assert parked(shop) == {}
+    assert_serving(shop, "1.3.0")
+    kind, _, to, state = newest(shop)
+    assert (kind, to) == ("deploy", "1.2.1") and state != "succeeded"
+    after = [request(shop, "POST", "/orders", {"id": f"after-{n}", "email": "canary@shop.test",
+                                                "total": "3.00", "carrier": "ups"})
+             for n in range(6)]
+    assert [(code, answered) for code, _, answered in after] == [(201, "1.3.0")] * 6, after
+    assert snapshot(url)["tables"]["shipments"]["rows"] == 2 + 6 + 6
+    assert sorted(column_values(url, "SELECT order_id FROM shipments WHERE carrier = 'ups'")
+                  ) == [f"after-{n}" for n in range(6)]
+    assert_serving(shop, "1.3.0")
+
+
+# k (SQLite only: the refusal is planned before anything runs)
+
+
+def test_given_d_live_when_b_is_deployed_then_refused_as_r4_r5_are_not_expand(shop):
+    given_a_b_c_d(shop)
+    before = settled(shop)
+
+    older = shop.cli("deploy", "1.1.0")
+
+    assert older.returncode == ExitCode.ERROR, output(older)
+    assert "rollback --to 1.1.0" in output(older)
+    assert settled(shop) == before
+    assert before["database"]["revision"] == "r6"
+    assert_serving(shop, "1.3.0")
+    assert newest(shop) == ("deploy", "1.2.0", "1.3.0", "succeeded")

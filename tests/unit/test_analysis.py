@@ -108,6 +108,11 @@ def test_router_provider_is_inconclusive_with_few_samples_then_passes_then_fails
     c = Counters()
     p = RouterProvider(RouterAnalysisConfig(min_requests=50, latency=False), c.read)
     assert p.measure(LOOK).verdict == INCONCLUSIVE  # first look: the baseline
+    c.add("1.0.0", 30, 0)
+    idle = p.measure(LOOK)
+    assert idle.verdict == INCONCLUSIVE and idle.reason == (
+        "too few samples: 0 of 50 requests (no request reached the new release: is anything "
+        "sending traffic through the router?)")
     c.add("1.1.0", 20, 0)
     c.add("1.0.0", 180, 0)
     got = p.measure(LOOK)
@@ -160,6 +165,26 @@ def test_router_provider_detects_a_slower_canary_above_latency_min_ms():
     assert slower_canary(default, [0, 2, 8, 0]).verdict == PASS  # under 5 ms: not judged
     got = slower_canary(default, [0, 2, 0, 8])  # most above 5 ms
     assert got.verdict == FAIL and "slower than 5.0 ms" in got.reason
+
+
+def test_a_new_release_slow_only_while_warming_up_is_not_judged_for_latency():
+    def cold_start(warmup: int) -> Measurement:
+        c = Counters()
+        p = RouterProvider(RouterAnalysisConfig(latency_quantiles=[0.5], min_requests=10,
+                                                latency_warmup_requests=warmup), c.read)
+        p.measure(LOOK)
+        c.add("1.0.0", 300, 0, [0, 150, 140, 10])  # baseline: p50 in the 5 ms bucket
+        p.measure(LOOK)
+        for look in range(10):
+            c.add("1.0.0", 100, 0, [0, 50, 45, 5])
+            c.add("1.1.0", 13, 0, [0, 0, 3, 10] if look < 3 else [0, 7, 6, 0])
+            got = p.measure(LOOK)
+        return got
+
+    assert cold_start(0).verdict == FAIL  # its first 39 requests, mostly slow, are judged
+    got = cold_start(50)
+    assert got.verdict == PASS, got.reason
+    assert got.numbers["latency"][0]["canary"] == 13 * 6  # the windows after the first 50
 
 
 def test_prometheus_result_parsing_and_query_rendering():

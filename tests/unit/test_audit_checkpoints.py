@@ -1,10 +1,12 @@
 """Signed checkpoints make a cut tail, an emptied log and a rewritten chain fail verify."""
 
 import json
+import os
 import re
 import socket
 import sqlite3
 import stat
+from pathlib import Path
 
 import httpx
 import pytest
@@ -502,26 +504,23 @@ def test_given_a_checkpoint_file_inside_the_state_dir_then_the_config_is_refused
 # --- the command line -------------------------------------------------------------------------
 
 
-def test_given_a_project_when_checkpointed_and_its_tail_cut_then_audit_verify_fails(
-        project, tmp_path):
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "cli-config"),
-           "XDG_STATE_HOME": str(tmp_path / "cli-state")}
+def test_given_a_project_when_operations_end_then_each_is_checkpointed_and_a_cut_tail_fails(
+        project):
+    """No `audit checkpoint` needed: each operation that ends signs one (the fixture keeps
+    XDG_CONFIG_HOME and XDG_STATE_HOME in the test's own directory)."""
     project.release("1.0.0", "1.0.1")
-    none_yet = project.cli("audit", "verify", env=env, check=True)
-    assert "no checkpoint: truncation cannot be detected" in none_yet.stdout
-
-    made = project.cli("audit", "checkpoint", env=env, check=True)
-    assert "checkpoint #1 of" in made.stdout and ": 2 events" in made.stdout
-    assert "chain intact" in project.cli("audit", "verify", env=env, check=True).stdout
-    key = tmp_path / "cli-config" / "rollwise" / "audit-order-sync.key"
+    ok = project.cli("audit", "verify", check=True)
+    assert "chain intact" in ok.stdout
+    assert "checkpoint #2 of" in ok.stdout and "covers 2 events and matches" in ok.stdout
+    key = Path(os.environ["XDG_CONFIG_HOME"]) / "rollwise" / "audit-order-sync.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
     with sqlite3.connect(project.root / ".rollwise" / "state.db") as conn:
         conn.execute("DELETE FROM events WHERE seq = 2")
-    cut = project.cli("audit", "verify", env=env)
+    cut = project.cli("audit", "verify")
     assert cut.returncode == 6, cut.stderr
-    assert "the log ends at event 1 but checkpoint #1 of" in cut.stderr
+    assert "the log ends at event 1 but checkpoint #2 of" in cut.stderr
     assert "event 2 was removed" in cut.stderr
-    refused = project.cli("audit", "keygen", env=env)
+    refused = project.cli("audit", "keygen")
     assert refused.returncode == 3 and "already there" in refused.stderr
 

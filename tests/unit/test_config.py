@@ -35,3 +35,28 @@ def test_given_a_minimal_file_then_defaults_fill_in():
 ])
 def test_given_bad_config_then_the_error_says_where_and_what(text, expected):
     assert expected in error_of(text)
+
+
+def test_given_listen_on_all_interfaces_and_unexpanded_variables_then_lint_warns_by_key():
+    from rollwise.config.lint import lint
+
+    cfg = load_config_text(
+        "app: shop\n"
+        "run: {command: python3 app.py, env: {DB: 'postgresql://u:${DB_PASSWORD}@h/db', "
+        "MODE: fast}}\n"
+        "environments:\n"
+        "  dev: {router: {listen: '0.0.0.0:8080'}, env: {HOME_DIR: $HOME/x}}\n"
+        "  prod: {router: {listen: '127.0.0.1:9090'}}\n", "rollwise.yaml")
+
+    assert lint(cfg) == [
+        "run.env.DB contains ${DB_PASSWORD}, which is passed as written: rollwise does not "
+        "expand variables; put secret values in `secrets:` (docs/secrets.md) and write others "
+        "out",
+        "environments.dev.env.HOME_DIR contains $HOME, which is passed as written: rollwise "
+        "does not expand variables; put secret values in `secrets:` (docs/secrets.md) and "
+        "write others out",
+        "environments.dev.router.listen is 0.0.0.0:8080: the router takes requests on every "
+        "network interface, from other machines too; write 127.0.0.1:<port> unless that is "
+        "meant",
+    ]
+    assert lint(cfg, "prod") == lint(cfg)[:1]

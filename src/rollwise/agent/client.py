@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rollwise.agent import socket_path
 from rollwise.errors import ConfigError, RollwiseError
+from rollwise.ports import parse_address
+from rollwise.secrets import without_secrets
 
 START_TIMEOUT_S = 15.0
 
@@ -20,7 +23,7 @@ class AgentClient:
     def __init__(self, env_dir: Path, env: str) -> None:
         self.env_dir = env_dir
         self.env = env
-        self.sock_path = env_dir / "agent.sock"
+        self.sock_path = socket_path(env_dir)
 
     def call(self, op: str, timeout: float = 60.0, **args: Any) -> Any:
         try:
@@ -51,21 +54,23 @@ class AgentClient:
         return result
 
     def ensure(self, listen: str | None) -> dict[str, Any]:
-        """A running agent, started detached if needed (it outlives this process)."""
+        """A running agent, started detached if needed (it outlives this process), with its
+        router on `listen`: a running one whose router listens elsewhere is moved there."""
         info = self.alive()
         if info is not None:
-            return info
-        self.env_dir.mkdir(parents=True, exist_ok=True)
+            return self._moved(info, listen)
+        self.env_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = self.env_dir / "agent.log"
+        os.close(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
         cmd = [sys.executable, "-m", "rollwise", "agent", "run", "--env-dir", str(self.env_dir)]
         if listen:
             cmd += ["--listen", listen]
-        offset = log.stat().st_size if log.exists() else 0
+        offset = log.stat().st_size
         # detach through a shell that exits at once: the agent outlives this process and
         # is nobody's child to reap here
         launcher = subprocess.run(
             ["/bin/sh", "-c", 'exec "$@" </dev/null >>"$0" 2>&1 &', str(log), *cmd],
-            start_new_session=True, env=os.environ.copy(), check=False)
+            start_new_session=True, env=without_secrets(os.environ), check=False)
         if launcher.returncode != 0:
             raise RollwiseError(f"could not start the agent of {self.env!r}", where=str(log))
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -78,9 +83,20 @@ class AgentClient:
         raise RollwiseError(f"agent of environment {self.env!r} did not start in "
                             f"{START_TIMEOUT_S:.0f} s", where=str(log))
 
+    def _moved(self, info: dict[str, Any], listen: str | None) -> dict[str, Any]:
+        if not listen or info.get("listen") is None or \
+                tuple(info["listen"]) == parse_address(listen):
+            return info
+        try:
+            self.call("listen", address=listen)
+        except RollwiseError as e:
+            raise self._start_error(f"agent failed: {e.message}", listen, self.sock_path) \
+                from None
+        return {**info, "listen": list(parse_address(listen))}
+
     def _start_error(self, output: str, listen: str | None, log: Path) -> RollwiseError:
         tail = [ln for ln in output.splitlines() if "agent failed" in ln][-1:] or ["?"]
-        if "address already in use" in tail[0].lower():
+        if "address already in use" in tail[0].lower() or "errno 98" in tail[0].lower():
             return ConfigError(
                 f"router address {listen} of environment {self.env!r} is in use by another "
                 "process",

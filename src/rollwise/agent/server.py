@@ -1,7 +1,10 @@
 """The agent process: router + supervisor behind a line-delimited JSON control socket.
 
 Its state (instances and weights) is written to `agent.json` after every change, so an
-agent that is restarted brings the same instances and weights back.
+agent that is restarted brings the same instances and weights back. Secret values are never
+part of it: they come over the control socket and stay in this process's memory. The file
+names them, and a restored instance that needs them waits (in the router, with its weight)
+until the controller that restarted the agent gives their values again (`resume`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from rollwise.agent import socket_path
 from rollwise.agent.router import Router, serve
 from rollwise.agent.supervisor import InstanceSpec, Supervisor
+from rollwise.ports import parse_address
+from rollwise.private import replace_private
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -26,37 +32,62 @@ class Agent:
     def __init__(self, env_dir: Path, listen: tuple[str, int] | None) -> None:
         self.env_dir = env_dir
         self.listen = listen
+        self.listener: asyncio.Server | None = None
         self.router = Router()
         self.supervisor = Supervisor(env_dir / "logs")
         self.state_file = env_dir / "agent.json"
+        # instances restored from agent.json whose secrets were not given again yet
+        self.waiting: dict[str, dict[str, Any]] = {}
         self.stopped = asyncio.Event()
         self.ops: dict[str, Handler] = {
             "ping": self.op_ping, "start": self.op_start, "stop": self.op_stop,
             "instances": self.op_instances, "set_weights": self.op_set_weights,
             "weights": self.op_weights, "drain": self.op_drain, "metrics": self.op_metrics,
-            "shutdown": self.op_shutdown,
+            "shutdown": self.op_shutdown, "listen": self.op_listen, "resume": self.op_resume,
         }
 
     # -- operations ----------------------------------------------------------------
     async def op_ping(self, _: dict[str, Any]) -> Any:
-        return {"pid": os.getpid(), "listen": self.listen}
+        waiting = [{"name": r["name"], "version": r["version"], "secrets": r["secret_names"]}
+                   for r in self.waiting.values()]
+        return {"pid": os.getpid(), "listen": self.listen, "waiting": waiting}
 
     async def op_start(self, msg: dict[str, Any]) -> Any:
-        spec = InstanceSpec(**msg["spec"])
+        return await self._start(InstanceSpec(**msg["spec"]))
+
+    async def op_resume(self, msg: dict[str, Any]) -> Any:
+        """Start a restored instance with the values of its secrets."""
+        name = msg["name"]
+        if (inst := self.supervisor.instances.get(name)) is not None:
+            return inst.status()  # already resumed
+        if name not in self.waiting:
+            raise ValueError(f"no instance {name} waits for its secrets")
+        return await self._start(InstanceSpec.from_record(self.waiting[name], msg["secrets"]))
+
+    async def _start(self, spec: InstanceSpec) -> dict[str, Any]:
         inst = await self.supervisor.start(spec)
+        self.waiting.pop(spec.name, None)
         self.router.add(spec.name, spec.version, "127.0.0.1", spec.port)
         self.save()
         return inst.status()
 
     async def op_stop(self, msg: dict[str, Any]) -> Any:
         name = msg["name"]
+        self.waiting.pop(name, None)
         self.router.remove(name)
         code = await self.supervisor.stop(name, float(msg.get("grace", 10)))
         self.save()
         return {"exit": code}
 
     async def op_instances(self, _: dict[str, Any]) -> Any:
-        return [i.status() for i in self.supervisor.instances.values()]
+        return [*(i.status() for i in self.supervisor.instances.values()),
+                *(self._waiting_status(r) for r in self.waiting.values())]
+
+    def _waiting_status(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"name": record["name"], "version": record["version"], "port": record["port"],
+                "pid": None, "alive": False, "restarts": 0, "last_exit": None,
+                "log": str(self.supervisor.log_dir / f"{record['name']}.log"),
+                "waiting_for": record["secret_names"]}
 
     async def op_set_weights(self, msg: dict[str, Any]) -> Any:
         self.router.set_weights({k: int(v) for k, v in msg["weights"].items()})
@@ -74,27 +105,39 @@ class Agent:
         return {"versions": {v: s.as_dict() for v, s in self.router.stats.items()},
                 "inflight": inflight}
 
+    async def op_listen(self, msg: dict[str, Any]) -> Any:
+        """Move the router to another address: the new one is bound first (an address in use
+        changes nothing), then the old one stops accepting; open connections finish."""
+        addr = parse_address(msg["address"])
+        new = await serve(self.router, *addr)
+        if self.listener is not None:
+            self.listener.close()
+        self.listener, self.listen = new, addr
+        return {"listen": addr}
+
     async def op_shutdown(self, msg: dict[str, Any]) -> Any:
         asyncio.get_running_loop().call_soon(self.stopped.set)
         return {"stopping": True}
 
     # -- persistence ---------------------------------------------------------------
     def save(self) -> None:
-        state = {"instances": [i.spec.as_dict() for i in self.supervisor.instances.values()],
+        records = [i.spec.record() for i in self.supervisor.instances.values()]
+        state = {"instances": [*records, *self.waiting.values()],
                  "weights": self.router.weights()}
-        tmp = self.state_file.with_suffix(".tmp")
-        # instance environments carry secrets: readable by the owner only
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(state))
-        tmp.replace(self.state_file)
+        # commands and environments, secrets by name only: readable by the owner only
+        replace_private(self.state_file, json.dumps(state).encode())
 
     async def restore(self) -> None:
         if not self.state_file.exists():
             return
         state = json.loads(self.state_file.read_text())
-        for spec in state["instances"]:
-            await self.op_start({"spec": spec})
+        for record in state["instances"]:  # all waiting first, so that each save keeps all
+            record.setdefault("secret_names", [])  # a file an older version wrote
+            self.waiting[record["name"]] = record
+            self.router.add(record["name"], record["version"], "127.0.0.1", record["port"])
+        for record in list(self.waiting.values()):
+            if not record["secret_names"]:
+                await self._start(InstanceSpec.from_record(record, {}))
         self.router.set_weights({k: v for k, v in state["weights"].items()
                                  if k in self.router.upstreams})
 
@@ -112,31 +155,28 @@ class Agent:
         writer.close()
 
     async def run(self) -> None:
-        sock = self.env_dir / "agent.sock"
+        sock = socket_path(self.env_dir)
         sock.unlink(missing_ok=True)
-        servers = []
         if self.listen:
-            servers.append(await serve(self.router, *self.listen))
+            self.listener = await serve(self.router, *self.listen)
         await self.restore()
-        servers.append(await asyncio.start_unix_server(self.control, str(sock)))
+        control = await asyncio.start_unix_server(self.control, str(sock))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         (self.env_dir / "agent.pid").write_text(str(os.getpid()))
         print(f"agent {os.getpid()} ready", flush=True)
         await self.stopped.wait()
-        for s in servers:
-            s.close()
+        for s in (self.listener, control):
+            if s is not None:
+                s.close()
         await self.supervisor.stop_all(10)
         sock.unlink(missing_ok=True)
 
 
 def main(env_dir: str, listen: str | None) -> None:
-    addr = None
-    if listen:
-        host, port = listen.rsplit(":", 1)
-        addr = (host.strip("[]"), int(port))
-    agent = Agent(Path(env_dir), addr)
+    os.umask(0o077)  # logs, state and the instances' files: their owner's alone
+    agent = Agent(Path(env_dir), parse_address(listen) if listen else None)
     try:
         import uvloop
 

@@ -24,10 +24,23 @@ class InstanceSpec:
     cwd: str
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # in memory only, never written
 
-    def as_dict(self) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
+        """What may be written to disk: the secrets by name, never their values."""
         return {"name": self.name, "version": self.version, "command": self.command,
-                "cwd": self.cwd, "port": self.port, "env": dict(self.env)}
+                "cwd": self.cwd, "port": self.port, "env": dict(self.env),
+                "secret_names": sorted(self.secrets)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], secrets: dict[str, str]) -> InstanceSpec:
+        """The spec `record()` wrote, with the values of its secrets given again."""
+        missing = sorted(set(record.get("secret_names", ())) - set(secrets))
+        if missing:
+            raise ValueError(f"no value given for secret(s) {', '.join(missing)} of instance "
+                           f"{record['name']}")
+        fields = {k: v for k, v in record.items() if k != "secret_names"}
+        return cls(**fields, secrets={n: secrets[n] for n in record.get("secret_names", ())})
 
 
 @dataclass
@@ -63,7 +76,7 @@ class Supervisor:
         inst = self.instances.get(spec.name)
         if inst and not inst.stopping:
             return inst  # idempotent: already supervised
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         inst = Instance(spec, self.log_dir / f"{spec.name}.log")
         self.instances[spec.name] = inst
         await self._spawn(inst)
@@ -71,9 +84,11 @@ class Supervisor:
         return inst
 
     async def _spawn(self, inst: Instance) -> None:
-        env = {**os.environ, **inst.spec.env, "PORT": str(inst.spec.port)}
-        command = inst.spec.command.replace("{port}", str(inst.spec.port))
-        with inst.log.open("ab") as log:
+        spec = inst.spec
+        env = {**os.environ, **spec.env, **spec.secrets, "PORT": str(spec.port)}
+        command = spec.command.replace("{port}", str(spec.port))
+        fd = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log:
             inst.proc = await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", f"exec {command}", cwd=inst.spec.cwd, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,

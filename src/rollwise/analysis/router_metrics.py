@@ -4,7 +4,8 @@ Each look reads the router's cumulative per-version counters and feeds what chan
 the last look to sequential tests: errors (5xx and connection errors), and slow requests
 for each configured latency quantile (slower than that quantile of the old release, fixed
 once the old release has served enough requests; never below `latency_min_ms`, so
-sub-millisecond differences such as a new process's first requests are not judged). The
+sub-millisecond differences are not judged), after the new release's first
+`latency_warmup_requests` (a new process warming up is not a slow release). The
 false-alarm budget `alpha` is split:
 80% to the error test, 20% shared by the latency tests (a slowdown shows in hundreds of
 requests at once; errors are rare events and need every bit of it). Absolute guard rail: the new
@@ -113,8 +114,10 @@ class RouterProvider:
                     f"{t.stable_n} on the old "
                     f"release (sequential test {t.e_value:.0f} >= {t.threshold:.0f})", numbers)
         if n < self.cfg.min_requests:
+            idle = "" if n else " (no request reached the new release: is anything sending " \
+                "traffic through the router?)"
             return Measurement(self.kind, self.name, INCONCLUSIVE,
-                               f"too few samples: {n} of {self.cfg.min_requests} requests",
+                               f"too few samples: {n} of {self.cfg.min_requests} requests{idle}",
                                numbers)
         return Measurement(self.kind, self.name, PASS,
                            f"error rate {_pct(rate)} vs {_pct(stable_rate)}", numbers)
@@ -138,6 +141,9 @@ class RouterProvider:
                 self.slow_above = [max(bucket_index_at(self.stable_hist, q) or 0, floor)
                                    for q in self.cfg.latency_quantiles]
             return {"latency": "measuring the old release's latency"}
+        if self.errors.canary_n - c.requests < self.cfg.latency_warmup_requests:
+            return {"latency": f"the new release's first {self.cfg.latency_warmup_requests} "
+                    "requests are not judged for latency"}
         for t, i in zip(self.slow, self.slow_above, strict=True):
             if i < len(self.bounds):
                 t.update(Window(c.requests, slow_count(c.buckets, i),

@@ -5,33 +5,41 @@ POST /hooks/alertmanager   Alertmanager's webhook payload (version 4); each *fir
                            (`rollwise_env`, `env` or `environment`) rolls that environment back.
 POST /hooks/generic        {"env": "prod", "app": "order-sync", "reason": "..."}
 
-Both need `Authorization: Bearer <ROLLWISE_WEBHOOK_TOKEN>`. A rollout in progress is asked
-to roll back (traffic goes back at once); otherwise the environment is rolled back to its
-last known-good release, in the background (202 Accepted). An alert is acted on once: when
-the environment was already rolled back after the alert began (Alertmanager repeats firing
-alerts), or, for alerts without a start time, within `COOLDOWN_S` of the last rollback, it
-is ignored, so a repeated notification never walks an environment further back.
+Both need `Authorization: Bearer <ROLLWISE_WEBHOOK_TOKEN>`, checked before the body is read;
+bodies are bounded in size and time (`limits.Guard`), and no API pages are served. A rollout
+in progress is asked to roll back (traffic goes back at once); otherwise the environment is
+rolled back to its last known-good release, in the background (202 Accepted). An alert is
+acted on once: when the environment was already rolled back after the alert began
+(Alertmanager repeats firing alerts), or, for alerts without a start time, within
+`COOLDOWN_S` of the last rollback, it is ignored, so a repeated notification never walks an
+environment further back.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.types import ASGIApp
 
 from rollwise import domain as d
+from rollwise.api.limits import Guard, HeaderDeadline, Limits
 from rollwise.controller import ops
 from rollwise.controller.context import Context
 from rollwise.errors import ConfigError, RollwiseError
+from rollwise.ports import parse_address
 from rollwise.store import repo
 
 TOKEN_ENV = "ROLLWISE_WEBHOOK_TOKEN"
@@ -102,19 +110,19 @@ def triggers(payload: AlertmanagerPayload, app: str) -> list[Trigger]:
     return list(out.values())
 
 
-def make_app(root: Path, token: str) -> FastAPI:
-    api = FastAPI(title="rollwise alerts", version="1")
+def make_app(root: Path, token: str, limits: Limits) -> ASGIApp:
+    """The routes behind `Guard`: only /health answers without the token."""
+    # No /docs, /redoc or /openapi.json: they answered anyone, and the docs pages load
+    # scripts from a public CDN.
+    api = FastAPI(title="rollwise alerts", version="1",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    api.add_exception_handler(RequestValidationError, _invalid)
     lock = threading.Lock()
-    app = Context.open(root).config.app
-
-    def auth(authorization: str | None) -> None:
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong token (Authorization: Bearer ...)")
+    with _opened(root) as ctx:
+        app = ctx.config.app
 
     def act(trigger: Trigger) -> dict[str, Any]:
-        with lock:
-            ctx = Context.open(root)
+        with lock, _opened(root) as ctx:
             try:
                 ctx.env(trigger.env)
             except ConfigError as e:
@@ -133,43 +141,64 @@ def make_app(root: Path, token: str) -> FastAPI:
         return {"env": trigger.env, "action": "rolling back"}
 
     @api.post("/hooks/alertmanager", status_code=202)
-    def alertmanager(payload: AlertmanagerPayload,
-                     authorization: str | None = Header(None)) -> dict[str, Any]:
-        auth(authorization)
+    def alertmanager(payload: AlertmanagerPayload) -> dict[str, Any]:
         return {"results": [act(t) for t in triggers(payload, app)]}
 
     @api.post("/hooks/generic", status_code=202)
-    def generic(payload: GenericAlert,
-                authorization: str | None = Header(None)) -> dict[str, Any]:
-        auth(authorization)
+    def generic(payload: GenericAlert) -> dict[str, Any]:
         if payload.app not in (None, app):
-            raise HTTPException(404, f"this rollwise serves app {app!r}, not {payload.app!r}")
+            raise HTTPException(404, f"this rollwise serves app {app!r}, not the alert's")
         return {"results": [act(Trigger(payload.env, payload.reason))]}
 
     @api.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    return api
+    return Guard(api, token, limits, public=frozenset({"/health"}))
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming what is wrong and where, without the values sent (FastAPI's default
+    echoes them)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 def _rollback(root: Path, trigger: Trigger) -> None:
+    with _opened(root) as ctx:
+        ctx.actor = f"alert ({ctx.actor})"
+        try:
+            ops.rollback(ctx, trigger.env, None, lock_wait=60.0, reason=trigger.reason)
+        except RollwiseError as e:
+            ctx.emit("rollback", "error", env=trigger.env,
+                     reason=f"{trigger.reason}: {e.message}")
+
+
+@contextmanager
+def _opened(root: Path) -> Iterator[Context]:
+    """A Context whose store connections are closed on leaving, not whenever the garbage
+    collector gets to it (its event bus refers to itself). In this long-running process an
+    open SQLite connection loses its file locks when a later Context.open opens and closes
+    the database file, and another process may then remove the WAL index under it."""
     ctx = Context.open(root)
-    ctx.actor = f"alert ({ctx.actor})"
     try:
-        ops.rollback(ctx, trigger.env, None, lock_wait=60.0, reason=trigger.reason)
-    except RollwiseError as e:
-        ctx.emit("rollback", "error", env=trigger.env, reason=f"{trigger.reason}: {e.message}")
+        yield ctx
+    finally:
+        ctx.engine.dispose()
 
 
-def serve(root: Path, listen: str) -> None:
+def serve(root: Path, listen: str, limits: Limits | None = None) -> None:
     import uvicorn
 
     token = os.environ.get(TOKEN_ENV, "")
     if len(token) < 16:
-        raise ConfigError(f"{TOKEN_ENV} is not set or shorter than 16 characters",
+        raise ConfigError("not set or shorter than 16 characters",
                           where=TOKEN_ENV, hint="set it to a long random value, e.g. "
                           "`export ROLLWISE_WEBHOOK_TOKEN=$(openssl rand -hex 24)`")
-    api = make_app(root, token)  # a bad rollwise.yaml fails here, not at the first alert
-    host, _, port = listen.rpartition(":")
-    uvicorn.run(api, host=host or "127.0.0.1", port=int(port), log_level="warning")
+    limits = limits or Limits()
+    api = make_app(root, token, limits)  # a bad rollwise.yaml fails here, not at the first alert
+    host, port = parse_address(listen)
+    uvicorn.run(api, host=host, port=port, log_level="warning",
+                http=HeaderDeadline, ws="none", server_header=False,
+                timeout_keep_alive=limits.timeout_s, limit_concurrency=limits.max_connections)

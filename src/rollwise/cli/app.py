@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +16,7 @@ from rich.text import Text
 
 from rollwise import audit, reasons
 from rollwise.audit import Event
-from rollwise.errors import ExitCode, RollwiseError, UsageError
+from rollwise.errors import ConfigError, ExitCode, RollwiseError, UsageError
 from rollwise.events import EventBus
 
 T = TypeVar("T")
@@ -36,12 +38,14 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# No console markup: names, reasons and messages print as written (a `[a-z]` in a pattern
+# stays); colour comes from Text styles.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-LockWait = Annotated[float, typer.Option("--lock-wait", help="Seconds to wait for the "
+LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for the "
                                          "environment's deploy lock (default: refuse at once).")]
 DirOpt = Annotated[Path, typer.Option("--dir", "-C", help="Project directory.")]
 
@@ -50,21 +54,22 @@ def _progress(ev: Event) -> None:
     if ev.action == "step":
         step = ev.data.get("step")
         if ev.outcome == "started":
-            err.print(f"  [dim]…[/dim] {step}")
+            err.print(Text.assemble("  ", ("…", "dim"), f" {step}"))
         elif ev.outcome == reasons.OK:
             extra = {k: v for k, v in ev.data.items() if k not in ("deployment", "step")}
-            err.print(f"  [green]✓[/green] {step} [dim]{_fmt(extra)}[/dim]")
+            err.print(Text.assemble("  ", ("✓", "green"), f" {step} ", (_fmt(extra), "dim")))
         else:  # the reason is printed once, with the command's error
-            err.print(f"  [red]✗[/red] {step}")
+            err.print(Text.assemble("  ", ("✗", "red"), f" {step}"))
     elif ev.action == "analysis":
-        mark = {"advance": "[green]✓[/green]", "rollback": "[red]✗[/red]"}.get(
-            ev.outcome, "[yellow]![/yellow]")
-        err.print(f"    {mark} analysis {ev.data.get('step')}: {ev.outcome}: {ev.reason}")
-    elif ev.action in ("promote", "preflight"):
-        err.print(f"    [yellow]![/yellow] {ev.action}: {ev.reason}")
+        mark = {"advance": ("✓", "green"), "rollback": ("✗", "red")}.get(
+            ev.outcome, ("!", "yellow"))
+        err.print(Text.assemble("    ", mark,
+                                f" analysis {ev.data.get('step')}: {ev.outcome}: {ev.reason}"))
+    elif ev.action in ("promote", "preflight") and ev.outcome != reasons.REFUSED:
+        err.print(Text.assemble("    ", ("!", "yellow"), f" {ev.action}: {ev.reason}"))
     elif ev.action in ("deploy", "rollback", "recover") and ev.outcome not in (
             "started", reasons.SUCCEEDED, reasons.NOOP, reasons.REFUSED):
-        err.print(f"  [yellow]![/yellow] {ev.action} {ev.outcome}")
+        err.print(Text.assemble("  ", ("!", "yellow"), f" {ev.action} {ev.outcome}"))
 
 
 def _fmt(d: dict[str, Any]) -> str:
@@ -98,23 +103,60 @@ class LookPrinter:
         self.last[step] = ev.ts
         parts = [f"{m['name']}: {m['verdict']} ({m['reason']})"
                  for m in ev.data.get("measurements", [])]
-        err.print(f"    [dim]… {step}: {'; '.join(parts) or 'no measurement'}[/dim]")
+        err.print(Text(f"    … {step}: {'; '.join(parts) or 'no measurement'}", style="dim"))
 
 
 def _run(fn: Callable[[], T], as_json: bool = False) -> T:
     """Run a command's work; a RollwiseError is printed once (and, for --json, as one
     result object on stdout) and becomes the exit code."""
     try:
-        return fn()
+        try:
+            return fn()
+        except ModuleNotFoundError as e:
+            if (missing := _missing_driver(e)) is None:
+                raise
+            raise missing from e
     except RollwiseError as e:
-        err.print("[red]error:[/red]", Text(str(e)), soft_wrap=True)
+        err.print(Text.assemble(("error:", "red"), " ", str(e)))
         if as_json:
             _emit_json({"ok": False, "error": e.message, "where": e.where or None,
                         "hint": e.hint or None, "exit_code": int(e.code)})
         raise typer.Exit(int(e.code)) from None
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/yellow]: run `rollwise status` to see the state")
+        err.print(Text.assemble(("interrupted", "yellow"),
+                                ": run `rollwise status` to see the state"))
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+DRIVERS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql",
+           "MySQLdb": "mysql"}
+
+
+def _missing_driver(e: ModuleNotFoundError) -> ConfigError | None:
+    """A database driver rollwise installs as an extra, as a ConfigError saying which."""
+    extra = DRIVERS.get((e.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return ConfigError(f"the database driver {e.name!r} is not installed",
+                       hint=f"pip install 'rollwise[{extra}]' (in rollwise's environment), "
+                       "or use a database URL whose driver is installed")
+
+
+def _public_key(path: Path) -> None:
+    """A --public-key that is no readable key is the caller's mistake, not tampering."""
+    from rollwise import checkpoints
+
+    hint = "pass the path of the .pub file you keep (PEM, Ed25519)"
+    if not path.is_file():
+        raise UsageError("no such public key file", where=str(path), hint=hint)
+    try:
+        checkpoints.load_public_key(path)
+    except RollwiseError as e:
+        raise UsageError(e.message, where=str(path), hint=hint) from None
+
+
+def _fail(e: RollwiseError) -> None:
+    raise e
 
 
 def _emit_json(data: Any) -> None:
@@ -128,13 +170,21 @@ def init(directory: DirOpt = Path("."),
                                           "{port} is its port.")] = "python3 app.py --port {port}",
          ) -> None:
     """Create a commented rollwise.yaml in the project directory."""
+    from rollwise.config.schema import NAME_RE
     from rollwise.config.template import render
 
     path = directory / "rollwise.yaml"
     if path.exists():
-        err.print(f"[red]error:[/red] {path} exists; not overwritten")
+        err.print(Text.assemble(("error:", "red"), f" {path} exists; not overwritten"))
         raise typer.Exit(int(ExitCode.USAGE))
-    path.write_text(render(app_name or directory.resolve().name.lower(), run))
+    suggested = re.sub(r"[^a-z0-9]+", "-", (app_name or directory.resolve().name).lower())
+    suggested = re.sub(r"^[^a-z]+", "", suggested).strip("-")[:40] or "app"
+    name = app_name or suggested
+    if not NAME_RE.match(name):
+        _run(lambda: _fail(UsageError(
+            f"--app {name!r}: an app name is lowercase letters, digits and dashes, starting "
+            "with a letter, at most 40 characters", hint=f"for example --app {suggested}")))
+    path.write_text(render(name, run))
     gi = directory / ".gitignore"
     if ".rollwise/" not in (gi.read_text() if gi.exists() else ""):
         with gi.open("a") as f:
@@ -176,16 +226,17 @@ def release_list(directory: DirOpt = Path("."), as_json: JsonOpt = False,
         _emit_json(rels)
         return
     for r in rels:
-        live = f" [green]live in {extra['lives'][r['version']]}[/green]" \
-            if r["version"] in extra["lives"] else ""
-        pruned = " [dim](pruned)[/dim]" if r["pruned"] else ""
+        live = (f" live in {extra['lives'][r['version']]}", "green") \
+            if r["version"] in extra["lives"] else ("", "")
+        pruned = (" (pruned)", "dim") if r["pruned"] else ("", "")
         commit = (r["git_commit"] or "-")[:12]
         schema = r.get("schema") or {}
         needs = f" schema {schema['version']}" if schema else ""
         floor = f" (code of schema {schema['floor']} and later runs on it)" \
             if schema.get("floor") not in (None, schema.get("version")) else ""
-        out.print(f"{r['version']:<12} {r['sha256'][:12]} commit {commit:<12}{needs}{floor} "
-                  f"{' '.join(extra['marks'].get(r['version'], []))}{live}{pruned}")
+        out.print(Text.assemble(
+            f"{r['version']:<12} {r['sha256'][:12]} commit {commit:<12}{needs}{floor} "
+            f"{' '.join(extra['marks'].get(r['version'], []))}", live, pruned))
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Override a refusal that protects "
@@ -283,14 +334,29 @@ def promote(env: EnvOpt = "dev", directory: DirOpt = Path("."),
 @app.command()
 def serve(
     listen: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:9747",
+    max_body_kib: Annotated[int, typer.Option(
+        min=1, help="Largest request body accepted, in KiB (413 beyond).")] = 256,
+    timeout: Annotated[int, typer.Option(
+        min=1, help="Seconds a client has to send a request's headers, and as long for its "
+        "body (408 or closed after).")] = 10,
     directory: DirOpt = Path("."),
 ) -> None:
     """Accept alerts (Alertmanager webhook, generic JSON) that roll back an environment.
 
     Needs ROLLWISE_WEBHOOK_TOKEN; callers send it as `Authorization: Bearer <token>`."""
     from rollwise.api.alerts import serve as run_server
+    from rollwise.api.limits import Limits
+    from rollwise.ports import parse_address
 
-    _run(lambda: run_server(directory, listen))
+    def go() -> None:
+        try:
+            parse_address(listen)
+        except ValueError:
+            raise UsageError(f"--listen {listen!r} is not host:port with a port from 1 to 65535",
+                             hint="for example --listen 127.0.0.1:9747") from None
+        run_server(directory, listen, Limits(max_body_kib * 1024, timeout))
+
+    _run(go)
 
 
 @app.command()
@@ -326,15 +392,15 @@ def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
         return
     for name, s in data["environments"].items():
         health = s["health"]
-        verdict = "" if health is None else " [green]healthy[/green]" if s["healthy"] \
-            else " [red]NOT HEALTHY[/red]"
-        out.print(f"[bold]{name}[/bold]: {s['live_version'] or 'nothing deployed'} "
-                  f"on {s['router']} (agent {s['agent']}){verdict}")
+        verdict = ("", "") if health is None else (" healthy", "green") if s["healthy"] \
+            else (" NOT HEALTHY", "red")
+        out.print(Text.assemble((name, "bold"), f": {s['live_version'] or 'nothing deployed'} "
+                                f"on {s['router']} (agent {s['agent']})", verdict))
         if health and not health["ok"]:
             answers = ", ".join(f"{k}: {v}" for k, v in health["instances"].items())
             out.print(f"  health {health['path']}: {answers or 'no instance takes traffic'}")
         if s["interrupted"]:
-            out.print(f"  [yellow]interrupted:[/yellow] {s['interrupted']}")
+            out.print(Text.assemble("  ", ("interrupted:", "yellow"), f" {s['interrupted']}"))
         for i in s["instances"]:
             w = s["weights"].get(i["name"], 0)
             out.print(f"  {i['name']} port {i['port']} weight {w} "
@@ -356,7 +422,8 @@ def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
 
 @app.command()
 def history(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
-            limit: Annotated[int, typer.Option(help="How many.")] = 20,
+            limit: Annotated[int, typer.Option(min=1, max=100_000,
+                                               help="How many, newest first.")] = 20,
             directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Deployments and rollbacks, newest first."""
     from rollwise.controller import ops
@@ -455,6 +522,8 @@ def audit_verify(
     from rollwise import checkpoints
 
     def check() -> audit.VerifyResult:
+        if public_key is not None:
+            _public_key(public_key)
         ctx = _ctx(directory, quiet=True)
         settings = checkpoints.settings(ctx.config, ctx.state_dir, ctx.engine)
         return audit.verify_with_checkpoints(ctx.engine, settings, public_key)
@@ -463,7 +532,7 @@ def audit_verify(
     if not res.ok:
         where = "" if res.first_bad_seq is None else (
             f" (first bad event: {res.first_bad_seq}; {res.count} events before it ok)")
-        err.print("[red]audit log tampered:[/red]", Text(res.problem + where))
+        err.print(Text.assemble(("audit log tampered:", "red"), " ", res.problem + where))
         raise typer.Exit(int(ExitCode.INTEGRITY))
     out.print(f"audit log ok: {res.count} events, chain intact")
     out.print(Text(res.note))
@@ -507,9 +576,16 @@ def audit_export(
     if output is None:
         audit.export(engine, sys.stdout)
         return
-    with output.open("w") as f:
-        n = audit.export(engine, f)
-    err.print(f"wrote {n} events to {output}")
+
+    def write() -> int:
+        try:
+            with output.open("w") as f:
+                return audit.export(engine, f)
+        except OSError as e:
+            raise UsageError(f"cannot write the export: {e.strerror}", where=str(output),
+                             hint="name a file in a folder that exists") from None
+
+    err.print(f"wrote {_run(write)} events to {output}")
 
 
 @secrets_app.command("keygen")
@@ -526,6 +602,7 @@ def secrets_set(name: str, env: EnvOpt = "dev", directory: DirOpt = Path(".")) -
     from rollwise import secrets
 
     def go() -> Path:
+        secrets.check_name(name)
         ctx = _ctx(directory, quiet=True)
         ctx.env(env)
         value = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else \
@@ -545,6 +622,7 @@ def secrets_list(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 
     def go() -> list[str]:
         ctx = _ctx(directory, quiet=True)
+        ctx.env(env)
         return sorted(secrets.read_file(secrets.secrets_file(ctx.state_dir, env)))
 
     for n in _run(go):
@@ -571,8 +649,11 @@ def config_docs() -> None:
 def config_check(directory: DirOpt = Path(".")) -> None:
     """Validate rollwise.yaml."""
     from rollwise.config import find_config, load_config
+    from rollwise.config.lint import lint
 
     cfg = _run(lambda: load_config(find_config(directory)))
+    for w in lint(cfg):
+        err.print(Text.assemble(("warning:", "yellow"), f" {w}"))
     out.print(f"ok: app {cfg.app}, environments {', '.join(cfg.environments)}")
 
 
@@ -605,7 +686,8 @@ def agent_stop(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 def demo(as_json: JsonOpt = False,
          example: Annotated[Path, typer.Option(help="Example app to deploy.")] = Path(
              "examples/order-sync"),
-         rate: Annotated[float, typer.Option(help="Load, requests per second.")] = 250.0,
+         rate: Annotated[float, typer.Option(min=1, max=5000,
+                                             help="Load, requests per second.")] = 250.0,
          ) -> None:
     """Under load: deploy order-sync 1.0.0, send 1.1.0 (fails 8% of orders) out as a canary
     that analysis rolls back, then promote 1.1.1; print a report. Exits 1 if a request
@@ -625,4 +707,5 @@ def demo(as_json: JsonOpt = False,
 
 
 def main() -> None:
+    os.umask(0o077)  # every file rollwise (and the agent it starts) creates: owner only
     app()

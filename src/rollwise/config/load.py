@@ -1,7 +1,11 @@
-"""Load `rollwise.yaml`; every error names the file, the line, the key and what is expected."""
+"""Load `rollwise.yaml`; every error names the file, the line, the key and what is expected.
+
+The file is read as plain data: no tags, and aliases capped before anything is expanded."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,47 +17,195 @@ from rollwise.errors import ConfigError
 
 CONFIG_FILE = "rollwise.yaml"
 Lines = dict[tuple[str | int, ...], int]
+MAX_ALIASED = 10_000  # values aliases may add; a whole configuration is a few hundred
+MAX_DEPTH = 64  # levels of nesting, aliases expanded; a configuration has fewer than ten
+PLAIN_TAGS = {None, "!", "tag:yaml.org,2002:str"}  # none, or `!!str` to keep text as text
+HINT_TEXT = f"{CONFIG_FILE} is UTF-8 text: is this the right file? save it as UTF-8"
+HINT_TAG = ("remove the tag; write a value as plain text, quoted when it starts with `!` "
+            "(for example '!secret')")
+HINT_ALIAS = ("write the values out, or use each anchor (&name) a few times only and never "
+              "inside itself")
+HINT_CONSTRUCT = ("quote a value that YAML reads as something other than text (such as `=`), "
+                  "and merge (`<<:`) only mappings")
 
 
 def find_config(start: Path) -> Path:
     """The nearest `rollwise.yaml` at or above `start`."""
     for d in (start.resolve(), *start.resolve().parents):
-        if (d / CONFIG_FILE).is_file():
-            return d / CONFIG_FILE
+        candidate = d / CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+        if os.path.lexists(candidate):
+            raise ConfigError(f"{CONFIG_FILE} is {_kind(candidate)}, not a file",
+                              where=str(candidate),
+                              hint=f"move it away and write the settings to a file named "
+                              f"{CONFIG_FILE} (`rollwise init` writes a template)")
     raise ConfigError(
         f"no {CONFIG_FILE} in {start.resolve()} or any parent directory",
         hint="run `rollwise init` to create one",
     )
 
 
+def _kind(path: Path) -> str:
+    if path.is_dir():
+        return "a directory"
+    return "a link to nothing" if not path.exists() else "not a regular file"
+
+
 def load_config(path: Path) -> ProjectConfig:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror}", where=str(path)) from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"not UTF-8 text: byte 0x{data[e.start]:02x} cannot be read",
+                          where=f"{path}:{line}", hint=HINT_TEXT) from None
     return load_config_text(text, str(path))
 
 
 def load_config_text(text: str, name: str) -> ProjectConfig:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{name}:{mark.line + 1}" if mark else name
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"malformed YAML: {problem}", where=where,
-                          hint="check indentation and quoting on that line") from e
+    node = _compose(text, name)
     if node is None:
-        raise ConfigError("file is empty", where=name, hint="run `rollwise init` for a template")
+        raise _empty(name)
     lines: Lines = {}
-    _index(node, (), lines, name)
-    data = yaml.safe_load(text)
+    _index(node, (), lines, name)  # before construction, which rewrites merge keys in place
+    data = _construct(node, text, name)
+    if data is None:  # a document marker and nothing else
+        raise _empty(name)
     if not isinstance(data, dict):
-        raise ConfigError("top level must be a mapping of keys", where=f"{name}:1")
+        raise ConfigError("top level must be a mapping of keys",
+                          where=f"{name}:{node.start_mark.line + 1}",
+                          hint="start with `app: <name>`; `rollwise init` writes a template")
     try:
         return ProjectConfig.model_validate(data)
     except ValidationError as e:
         raise _explain(e, lines, name) from None
+
+
+def _empty(name: str) -> ConfigError:
+    return ConfigError("file is empty", where=name, hint="run `rollwise init` for a template")
+
+
+def _compose(text: str, name: str) -> yaml.Node | None:
+    """The document's node tree, once its events show it is plain data of a sane size."""
+    try:
+        measure = _Measure(name)
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            measure.event(event)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise _malformed(e, text, name) from e
+
+
+def _construct(node: yaml.Node, text: str, name: str) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise _malformed(e, text, name, HINT_CONSTRUCT) from e
+    finally:
+        loader.dispose()
+
+
+def _malformed(e: yaml.YAMLError, text: str, name: str,
+               hint: str = "check indentation and quoting on that line") -> ConfigError:
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, e.position) + 1
+        return ConfigError(f"not text: character #x{e.character:04x} is not allowed in YAML",
+                           where=f"{name}:{line}", hint=HINT_TEXT)
+    mark = getattr(e, "problem_mark", None)
+    where = f"{name}:{mark.line + 1}" if mark else name
+    return ConfigError(f"malformed YAML: {_problem(e)}", where=where, hint=hint)
+
+
+def _problem(e: yaml.YAMLError) -> str:
+    problem = str(getattr(e, "problem", None) or e)
+    context = str(getattr(e, "context", None) or "")
+    if problem.startswith("but "):  # "expected a single document in the stream but found..."
+        return f"{context} {problem}"
+    if problem == "second occurrence":  # "found duplicate anchor 'a'; first occurrence"
+        return context.split(";")[0]
+    return problem
+
+
+@dataclass
+class _Open:
+    """A mapping or list being read."""
+
+    anchor: str | None
+    level: int  # 1 at the top
+    start: int  # values read before it
+    deepest: int  # the deepest level reached inside it, aliases expanded
+
+
+class _Measure:
+    """Reads the document's events before anything is built, and refuses what is not plain
+    data: tags, aliases that expand the document by more than MAX_ALIASED values (an alias
+    bomb is refused at its first few aliases), an alias inside its own anchor, and nesting
+    deeper than MAX_DEPTH levels, aliases expanded."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.values = 0  # values read, aliases expanded
+        self.aliased = 0  # values added by aliases
+        self.open: list[_Open] = []
+        self.anchors: dict[str, tuple[int, int]] = {}  # anchor: values, levels
+
+    def event(self, event: yaml.Event) -> None:
+        if isinstance(event, yaml.AliasEvent):
+            self._alias(event)
+        elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            self._node(event)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            self._end()
+
+    def _node(self, event: yaml.ScalarEvent | yaml.CollectionStartEvent) -> None:
+        if event.tag not in PLAIN_TAGS:
+            tag = str(event.tag).replace("tag:yaml.org,2002:", "!!", 1)
+            raise self._refused(event, f"the tag {tag} is not allowed: {CONFIG_FILE} holds "
+                                "plain data", HINT_TAG)
+        self.values += 1
+        if isinstance(event, yaml.ScalarEvent):
+            if event.anchor:
+                self.anchors[event.anchor] = (1, 0)
+            return
+        level = len(self.open) + 1
+        self._reach(level, event)
+        self.open.append(_Open(event.anchor, level, self.values - 1, level))
+
+    def _end(self) -> None:
+        done = self.open.pop()
+        if done.anchor:
+            self.anchors[done.anchor] = (self.values - done.start,
+                                         done.deepest - done.level + 1)
+        if self.open:
+            self.open[-1].deepest = max(self.open[-1].deepest, done.deepest)
+
+    def _alias(self, event: yaml.AliasEvent) -> None:
+        if any(o.anchor == event.anchor for o in self.open):
+            raise self._refused(event, f"the alias *{event.anchor} is inside its own anchor",
+                                HINT_ALIAS)
+        values, levels = self.anchors.get(str(event.anchor), (1, 0))  # unknown: compose says
+        self.values += values
+        self.aliased += values
+        if self.aliased > MAX_ALIASED:
+            raise self._refused(event, f"aliases add more than {MAX_ALIASED} values to the "
+                                "document (an alias bomb?)", HINT_ALIAS)
+        self._reach(len(self.open) + levels, event)
+
+    def _reach(self, level: int, event: yaml.Event) -> None:
+        if level > MAX_DEPTH:
+            raise self._refused(event, f"nested more than {MAX_DEPTH} levels deep",
+                                "a configuration is a few levels deep; flatten it")
+        if self.open:
+            self.open[-1].deepest = max(self.open[-1].deepest, level)
+
+    def _refused(self, event: yaml.Event, what: str, hint: str) -> ConfigError:
+        line = event.start_mark.line + 1 if event.start_mark else 1
+        return ConfigError(what, where=f"{self.name}:{line}", hint=hint)
 
 
 def _index(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: str) -> None:

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rollwise.ports import parse_address
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-LISTEN_RE = re.compile(r"^(?P<host>[0-9a-zA-Z.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
 class Strict(BaseModel):
@@ -94,9 +95,7 @@ class RouterConfig(Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        m = LISTEN_RE.match(v)
-        if not m or not 0 < int(m["port"]) < 65536:
-            raise ValueError("must be host:port with a port from 1 to 65535, e.g. 127.0.0.1:8080")
+        parse_address(v)  # ValueError says what is expected
         return v
 
     @model_validator(mode="after")
@@ -107,11 +106,11 @@ class RouterConfig(Strict):
 
     @property
     def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0].strip("[]")
+        return parse_address(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
+        return parse_address(self.listen)[1]
 
 
 class TargetConfig(Strict):
@@ -291,6 +290,13 @@ class RouterAnalysisConfig(Strict):
         5.0, ge=0,
         description="A request is never counted slow below this: differences under it (a new "
         "process's first requests, a busy host's scheduling) are not judged.",
+    )
+
+    latency_warmup_requests: int = Field(
+        50, ge=0,
+        description="The new release's first requests are not judged for latency: a new "
+        "process warms its imports, caches and connections. Errors are judged from the first "
+        "request.",
     )
 
     @field_validator("latency_quantiles")

@@ -5,40 +5,41 @@ from __future__ import annotations
 from typing import Any
 
 from rollwise import reasons
-from rollwise.controller.context import Context
+from rollwise.controller.context import Context, Environment
 from rollwise.data import caches
 from rollwise.errors import RollwiseError
 
 
-def configured(ctx: Context, env: str) -> bool:
-    c = ctx.env(env).caches
+def configured(env: Environment) -> bool:
+    c = env.config.caches
     return bool(c.redis or c.cdn)
 
 
-def purge(ctx: Context, env: str, version: str, previous: str | None) -> dict[str, Any]:
+def purge(ctx: Context, env: Environment, version: str, previous: str | None
+          ) -> dict[str, Any]:
     """Delete the Redis patterns and call the CDN webhooks; raises on the first failure."""
-    cfg = ctx.env(env).caches
+    cfg = env.config.caches
     out: dict[str, Any] = {"redis": {}, "cdn": []}
     for r in cfg.redis:
-        out["redis"] |= caches.purge_redis(ctx.url(env, r), r.patterns)
-    payload = {"app": ctx.config.app, "env": env, "version": version, "previous": previous}
+        out["redis"] |= caches.purge_redis(ctx.url(env.name, r), r.patterns)
+    payload = {"app": ctx.config.app, "env": env.name, "version": version, "previous": previous}
     for c in cfg.cdn:
-        token = ctx.secret(env, c.token_secret) if c.token_secret else None
+        token = ctx.secret(env.name, c.token_secret) if c.token_secret else None
         out["cdn"].append({"url": c.url,
                            "status": caches.call_cdn(c.url, payload, token, c.timeout_s)})
-    ctx.emit("purge", reasons.OK, env=env, version=version, data=out)
+    ctx.emit("purge", reasons.OK, env=env.name, version=version, data=out)
     return out
 
 
-def purge_quietly(ctx: Context, env: str, version: str, previous: str | None
+def purge_quietly(ctx: Context, env: Environment, version: str, previous: str | None
                   ) -> dict[str, Any] | None:
     """For rollbacks: a failed purge is recorded, never a reason to undo the rollback."""
-    if not configured(ctx, env):
+    if not configured(env):
         return None
     try:
         return purge(ctx, env, version, previous)
     except RollwiseError as e:
-        ctx.emit("purge", reasons.ERROR, env=env, version=version, reason=str(e))
+        ctx.emit("purge", reasons.ERROR, env=env.name, version=version, reason=str(e))
         return {"error": str(e)}
 
 

@@ -1,4 +1,5 @@
-"""The explicit context every operation receives: config, paths, store, event bus, actor."""
+"""The explicit context every operation receives: config, paths, store, event bus, actor; and
+the handle of the environment an operation acts on, resolved once."""
 
 from __future__ import annotations
 
@@ -10,17 +11,35 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from rollwise import audit, secrets
+from rollwise import audit, checkpoints, secrets
 from rollwise.audit import Event
 from rollwise.config import ProjectConfig, find_config, load_config
 from rollwise.config.schema import EnvironmentConfig, UrlOrSecret
+from rollwise.controller.registry import make_router, make_target
 from rollwise.errors import ConfigError
 from rollwise.events import EventBus
+from rollwise.private import private_dir
 from rollwise.store.db import default_url, open_engine
-from rollwise.targets import Target, make_target
-from rollwise.traffic import TrafficRouter, make_router
+from rollwise.targets import Target
+from rollwise.traffic import TrafficRouter
 
 STATE_DIR = ".rollwise"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One environment as an operation sees it: its settings, its folder under
+    `.rollwise/envs/`, and the target and router built for it from them."""
+
+    name: str
+    config: EnvironmentConfig
+    dir: Path
+    target: Target
+    router: TrafficRouter
+
+    def release_dir(self, version: str) -> Path:
+        """Where a release is unpacked."""
+        return self.dir / "releases" / version
 
 
 @dataclass
@@ -38,11 +57,12 @@ class Context:
         config_path = find_config(start)
         config = load_config(config_path)
         root = config_path.parent
-        state_dir = root / STATE_DIR
-        state_dir.mkdir(exist_ok=True)
+        state_dir = private_dir(root / STATE_DIR)  # an older, wider one is closed here
         engine = open_engine(default_url(state_dir))
         bus = bus or EventBus()
         bus.subscribe(audit.recorder(engine))
+        bus.subscribe(audit.checkpointer(engine, checkpoints.settings(config, state_dir, engine),
+                                         bus.emit))
         return cls(root, config_path, config, state_dir, engine, bus, actor())
 
     def env(self, name: str) -> EnvironmentConfig:
@@ -59,11 +79,13 @@ class Context:
     def artifacts_dir(self) -> Path:
         return self.state_dir / "artifacts"
 
-    def target(self, name: str) -> Target:
-        return make_target(self.env(name), self.env_dir(name), name)
-
-    def router(self, name: str) -> TrafficRouter:
-        return make_router(self.env(name).router, self.env_dir(name), name)
+    def environment(self, name: str) -> Environment:
+        """Resolve `name` once per operation (an unknown one is a ConfigError)."""
+        cfg, folder = self.env(name), self.env_dir(name)
+        return Environment(name, cfg, folder,
+                           make_target(cfg, folder, name,
+                                       lambda version: self.instance_env(name, version)),
+                           make_router(cfg.router, folder, name))
 
     def url(self, env: str, cfg: UrlOrSecret) -> str:
         """`cfg.url`, or the value of its `url_secret` for `env`."""
@@ -71,10 +93,6 @@ class Context:
 
     def secret(self, env: str, name: str) -> str:
         return secrets.resolve([name], self.state_dir, env)[name].reveal()
-
-    def release_dir(self, env: str, version: str) -> Path:
-        """Where a release is unpacked for an environment."""
-        return self.env_dir(env) / "releases" / version
 
     def database_url(self, env: str) -> str | None:
         """The environment's `database` URL, `{shared}` filled in; None without one."""
@@ -91,7 +109,7 @@ class Context:
         values: dict[str, str | secrets.Secret] = {**self.config.run.env, **env_cfg.env}
         values |= secrets.resolve(env_cfg.secrets, self.state_dir, env)
         shared = self.env_dir(env) / "shared"
-        shared.mkdir(parents=True, exist_ok=True)
+        shared.mkdir(mode=0o700, parents=True, exist_ok=True)
         url = self.database_url(env)
         if url is not None and "DATABASE_URL" not in values:
             scheme = env_cfg.database.app_scheme  # type: ignore[union-attr]

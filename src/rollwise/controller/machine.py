@@ -10,48 +10,52 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rollwise import artifacts, reasons
 from rollwise import domain as d
 from rollwise.controller import caches, schema
 from rollwise.controller import progressive as pg
-from rollwise.controller.context import Context
+from rollwise.controller.context import Context, Environment
+from rollwise.controller.instances import start, start_ready, stop, switch, wait_ready
 from rollwise.controller.lock import Lease
 from rollwise.errors import ConfigError, RollwiseError
 from rollwise.failpoint import failpoint
+from rollwise.secrets import without_secrets
 from rollwise.store import repo
-from rollwise.traffic import Backend
 
 
-def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
+def run_plan(ctx: Context, env: Environment, dep_id: int, plan: d.Plan, lease: Lease) -> str:
     """Run the steps not yet done; on failure undo what must be undone. Returns the status."""
     done = repo.done_steps(ctx.engine, dep_id)
-    watch = pg.Watch.open(ctx, plan, dep_id)
+    run = Run(ctx, env, plan, pg.Watch.open(ctx, env, plan, dep_id))
     for step in plan.steps:
-        if step in done:
+        name = step.name
+        if name in done:
             continue
         try:
             if repo.pending_request(ctx.engine, dep_id) in (pg.ABORT, pg.ROLLBACK):
-                watch.taken()
-            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "started")
+                run.watch.taken()
+            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, name, "started")
             ctx.emit("step", "started", env=plan.env, version=plan.to_version,
-                     data={"deployment": dep_id, "step": step})
-            failpoint(step, "before")
-            data = run_step(ctx, plan, step, watch)
-            failpoint(step, "after")
-            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "done", data)
+                     data={"deployment": dep_id, "step": name})
+            failpoint(name, "before")
+            data = run_step(run, step)
+            failpoint(name, "after")
+            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, name, "done", data)
             ctx.emit("step", reasons.OK, env=plan.env, version=plan.to_version,
-                     data={"deployment": dep_id, "step": step, **data})
-            done.add(step)
+                     data={"deployment": dep_id, "step": name, **data})
+            done.add(name)
         except Exception as e:
-            switched = plan.traffic_moving(done | {step})
-            reason = f"step {step}: {e}"
-            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, step, "failed",
+            switched = plan.traffic_moving(done | {name})
+            reason = f"step {name}: {e}"
+            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, name, "failed",
                                {"error": str(e)})
             ctx.emit("step", reasons.ERROR, env=plan.env, version=plan.to_version,
-                     reason=reason, data={"deployment": dep_id, "step": step})
-            status = undo(ctx, dep_id, plan, lease, switched=switched, reason=reason,
+                     reason=reason, data={"deployment": dep_id, "step": name})
+            status = undo(ctx, env, dep_id, plan, lease, switched=switched, reason=reason,
                           blame_new=not isinstance(e, pg.Aborted | ConfigError))
             if isinstance(e, RollwiseError):
                 e.message = f"{e.message}\n(deployment {dep_id} {status})"
@@ -60,25 +64,91 @@ def run_plan(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease) -> str:
     return reasons.SUCCEEDED
 
 
-def start_ready(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...]) -> float:
-    """Start instances (idempotent by name) and wait until each is ready; returns ms."""
-    target, cfg = ctx.target(env), ctx.config
-    target.ensure()
-    for i in instances:
-        target.start(i.name, i.version, ctx.release_dir(env, i.version), i.port,
-                     cfg.run.command, ctx.instance_env(env, i.version))
-    t0 = time.monotonic()
-    for i in instances:
-        target.wait_ready(i.name, i.port, cfg.health)
-    return round((time.monotonic() - t0) * 1000, 1)
+@dataclass(frozen=True)
+class Run:
+    """One deployment as this process runs it: what every step's handler works with."""
+
+    ctx: Context
+    env: Environment
+    plan: d.Plan
+    watch: pg.Watch
 
 
-def _hooks(ctx: Context, plan: d.Plan, commands: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "ROLLWISE_ENV": plan.env, "ROLLWISE_VERSION": plan.to_version,
-           "ROLLWISE_PREVIOUS_VERSION": plan.from_version or ""}
+def run_step(run: Run, step: d.AnyStep) -> dict[str, Any]:
+    if isinstance(step, d.Stage):
+        return pg.run_stage(run.watch, step)
+    if isinstance(step, d.Batch):
+        return pg.run_batch(run.watch, step)
+    if (handler := STEPS.get(step.kind)) is None:
+        raise RollwiseError(f"unknown step {step.name!r}")
+    return handler(run)
+
+
+def _verify(run: Run) -> dict[str, Any]:
+    artifacts.verify(run.ctx.artifacts_dir(), run.plan.sha256, run.plan.to_version)
+    return {"sha256": run.plan.sha256}
+
+
+def _unpack(run: Run) -> dict[str, Any]:
+    p = run.plan
+    path = artifacts.artifact_path(run.ctx.artifacts_dir(), p.sha256)
+    return {"dir": str(run.env.target.prepare(path, p.sha256, p.to_version))}
+
+
+def _backup(run: Run) -> dict[str, Any]:
+    return schema.take_backup(run.ctx, run.env, f"before deploying {run.plan.to_version}")
+
+
+def _migrate(run: Run) -> dict[str, Any]:
+    """Up, with the backup this deployment took first (restored if a non-transactional
+    migration fails halfway)."""
+    backup = next((j["data"].get("backup") for j in repo.journal_rows(run.ctx.engine,
+                                                                      run.watch.dep_id)
+                   if j["step"] == d.BACKUP and j["phase"] == "done"), None)
+    return schema.migrate_up(run.ctx, run.env, run.plan, backup)
+
+
+def _migrate_down(run: Run) -> dict[str, Any]:
+    assert run.plan.from_version is not None
+    target_rel = repo.get_release(run.ctx.engine, run.plan.to_version) or {}
+    return schema.migrate_down(run.ctx, run.env, run.plan.from_version, target_rel)
+
+
+def _start(run: Run) -> dict[str, Any]:
+    start(run.ctx, run.env, run.plan.new)
+    return {"instances": [i.name for i in run.plan.new]}
+
+
+def _purge(run: Run) -> dict[str, Any]:
+    p = run.plan
+    if p.kind == d.ROLLBACK:
+        return caches.purge_quietly(run.ctx, run.env, p.to_version, p.from_version) or {}
+    return caches.purge(run.ctx, run.env, p.to_version, p.from_version)
+
+
+def _drain(run: Run) -> dict[str, Any]:
+    router, timeout = run.env.router, run.ctx.config.stop.drain_timeout_s
+    return {"inflight_left": {i.name: router.drain(i.name, timeout) for i in run.plan.old}}
+
+
+def _stop_old(run: Run) -> dict[str, Any]:
+    stop(run.ctx, run.env, run.plan.old)
+    return {"stopped": [i.name for i in run.plan.old]}
+
+
+def _finalize(run: Run) -> dict[str, Any]:
+    finalize(run.ctx, run.plan)
+    return {"live": run.plan.to_version}
+
+
+def _hooks(run: Run, commands: list[str]) -> dict[str, Any]:
+    plan = run.plan
+    variables = {**without_secrets(os.environ), "ROLLWISE_ENV": plan.env,
+                 "ROLLWISE_VERSION": plan.to_version,
+                 "ROLLWISE_PREVIOUS_VERSION": plan.from_version or ""}
     for cmd in commands:
-        proc = subprocess.run(cmd, shell=True, cwd=ctx.release_dir(plan.env, plan.to_version),
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, shell=True, cwd=run.env.release_dir(plan.to_version),
+                              env=variables, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise RollwiseError(f"hook exited with {proc.returncode}: {cmd}",
@@ -86,100 +156,25 @@ def _hooks(ctx: Context, plan: d.Plan, commands: list[str]) -> dict[str, Any]:
     return {"hooks": len(commands)}
 
 
-def run_step(ctx: Context, plan: d.Plan, step: str, watch: pg.Watch) -> dict[str, Any]:
-    target, cfg = ctx.target(plan.env), ctx.config
-    if stage := plan.stage(step):
-        return pg.run_stage(watch, stage)
-    if step == d.BACKUP:
-        return schema.take_backup(ctx, plan.env, f"before deploying {plan.to_version}")
-    if step == d.MIGRATE:
-        backup = next((j["data"].get("backup") for j in repo.journal_rows(ctx.engine,
-                                                                          watch.dep_id)
-                       if j["step"] == d.BACKUP and j["phase"] == "done"), None)
-        return schema.migrate_up(ctx, plan, backup)
-    if step == d.MIGRATE_DOWN:
-        assert plan.from_version is not None
-        target_rel = repo.get_release(ctx.engine, plan.to_version) or {}
-        return schema.migrate_down(ctx, plan.env, plan.from_version, target_rel)
-    if step == d.PURGE:
-        if plan.kind == d.ROLLBACK:
-            return caches.purge_quietly(ctx, plan.env, plan.to_version, plan.from_version) or {}
-        return caches.purge(ctx, plan.env, plan.to_version, plan.from_version)
-    if step == d.PREVIEW:
-        return pg.run_preview(watch, f"http://127.0.0.1:{plan.new[0].port}")
-    if step == d.CHECKS:
-        return pg.run_checks(watch)
-    if step == d.BAKE:
-        return pg.run_bake(watch)
-    if step == d.VERIFY:
-        artifacts.verify(ctx.artifacts_dir(), plan.sha256, plan.to_version)
-        return {"sha256": plan.sha256}
-    if step == d.UNPACK:
-        path = artifacts.artifact_path(ctx.artifacts_dir(), plan.sha256)
-        return {"dir": str(target.prepare(path, plan.sha256, plan.to_version))}
-    if step == d.PRE_HOOKS:
-        return _hooks(ctx, plan, cfg.hooks.pre_deploy)
-    if step == d.POST_HOOKS:
-        return _hooks(ctx, plan, cfg.hooks.post_deploy)
-    if step == d.START:
-        target.ensure()
-        env = ctx.instance_env(plan.env, plan.to_version)
-        for i in plan.new:
-            target.start(i.name, i.version, ctx.release_dir(plan.env, plan.to_version), i.port,
-                         cfg.run.command, env)
-        return {"instances": [i.name for i in plan.new]}
-    if step == d.HEALTH:
-        t0 = time.monotonic()
-        for i in plan.new:
-            target.wait_ready(i.name, i.port, cfg.health)
-        return {"ready_ms": round((time.monotonic() - t0) * 1000, 1)}
-    if (k := plan.batch(step)) is not None:
-        return pg.run_batch(watch, k)
-    if step == d.SWITCH:
-        return switch(ctx, plan.env, plan.new)
-    if step == d.DRAIN:
-        router = ctx.router(plan.env)
-        left = {i.name: router.drain(i.name, cfg.stop.drain_timeout_s) for i in plan.old}
-        return {"inflight_left": left}
-    if step == d.STOP_OLD:
-        stop(ctx, plan.env, plan.old)
-        return {"stopped": [i.name for i in plan.old]}
-    if step == d.FINALIZE:
-        finalize(ctx, plan)
-        return {"live": plan.to_version}
-    raise RollwiseError(f"unknown step {step!r}")
-
-
-def switch(ctx: Context, env: str, to: tuple[d.InstancePlan, ...]) -> dict[str, Any]:
-    """Send all new requests to `to`."""
-    return shift(ctx, env, to, {i.name: 1 for i in to})
-
-
-def shift(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...],
-          weights: dict[str, int]) -> dict[str, Any]:
-    """Apply `weights` (others get 0), then read them back to verify."""
-    router = ctx.router(env)
-    router.register([Backend(i.name, i.version, "127.0.0.1", i.port) for i in instances])
-    want = {k: v for k, v in weights.items() if v > 0}
-    t0 = time.perf_counter()
-    router.set_weights(want)
-    ms = (time.perf_counter() - t0) * 1000
-    got = {k: v for k, v in router.weights().items() if v > 0}
-    if got != want:
-        raise RollwiseError(f"router did not apply the weights: want {want}, has {got}",
-                            where=f"router of {env}")
-    versions = {i.name: i.version for i in instances}
-    ctx.emit("switch", reasons.OK, env=env,
-             version=next((versions[n] for n in want if n in versions), None),
-             data={"switch_ms": round(ms, 3), "to": list(want), "weights": want})
-    return {"switch_ms": round(ms, 3), "weights": want}
-
-
-def stop(ctx: Context, env: str, instances: tuple[d.InstancePlan, ...]) -> None:
-    target, router = ctx.target(env), ctx.router(env)
-    for i in instances:
-        router.remove(i.name)
-        target.stop(i.name, ctx.config.stop.grace_s)
+STEPS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    d.VERIFY: _verify,
+    d.UNPACK: _unpack,
+    d.PRE_HOOKS: lambda run: _hooks(run, run.ctx.config.hooks.pre_deploy),
+    d.BACKUP: _backup,
+    d.MIGRATE: _migrate,
+    d.START: _start,
+    d.HEALTH: lambda run: {"ready_ms": wait_ready(run.ctx, run.env, run.plan.new)},
+    d.PREVIEW: lambda run: pg.run_preview(run.watch, run.plan.new[0].endpoint.url()),
+    d.SWITCH: lambda run: switch(run.ctx, run.env, run.plan.new),
+    d.MIGRATE_DOWN: _migrate_down,
+    d.PURGE: _purge,
+    d.POST_HOOKS: lambda run: _hooks(run, run.ctx.config.hooks.post_deploy),
+    d.CHECKS: lambda run: pg.run_checks(run.watch),
+    d.BAKE: lambda run: pg.run_bake(run.watch),
+    d.DRAIN: _drain,
+    d.STOP_OLD: _stop_old,
+    d.FINALIZE: _finalize,
+}
 
 
 def finalize(ctx: Context, plan: d.Plan) -> None:
@@ -192,16 +187,16 @@ def finalize(ctx: Context, plan: d.Plan) -> None:
                           reasons.ROLLED_BACK_BY_USER)
 
 
-def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: bool,
-         reason: str, blame_new: bool) -> str:
+def undo(ctx: Context, env: Environment, dep_id: int, plan: d.Plan, lease: Lease, *,
+         switched: bool, reason: str, blame_new: bool) -> str:
     """Traffic back on the old instances first, then stop the new ones."""
     repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "started")
     if plan.old or not switched:
         if plan.old:
-            restore(ctx, plan)
-            switch(ctx, plan.env, plan.old)
+            restore(ctx, env, plan)
+            switch(ctx, env, plan.old)
         try:
-            stop(ctx, plan.env, plan.new)
+            stop(ctx, env, plan.new)
         except RollwiseError as e:  # nothing to stop where the target never came up
             ctx.emit("stop", reasons.ERROR, env=plan.env, reason=str(e))
         status = reasons.ABORTED if not blame_new else (
@@ -214,10 +209,10 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
         repo.set_status(conn, dep_id, status, reason)
         if blame_new and (plan.old or not switched):
             repo.set_mark(conn, plan.env, plan.to_version, reasons.BAD, reason)
-    schema_back = _schema_back(ctx, dep_id, plan) if plan.old else None
-    purged = caches.purge_quietly(ctx, plan.env, plan.from_version or "", plan.to_version) \
+    schema_back = _schema_back(ctx, env, dep_id, plan) if plan.old else None
+    purged = caches.purge_quietly(ctx, env, plan.from_version or "", plan.to_version) \
         if plan.old and switched else None
-    checks = pg.verify_after_undo(ctx, plan, dep_id) if plan.old else None
+    checks = pg.verify_after_undo(ctx, env, plan, dep_id) if plan.old else None
     repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "done",
                        {"status": status, "checks": checks, "schema": schema_back,
                         "purged": purged})
@@ -226,7 +221,8 @@ def undo(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, *, switched: boo
     return status
 
 
-def _schema_back(ctx: Context, dep_id: int, plan: d.Plan) -> dict[str, Any] | None:
+def _schema_back(ctx: Context, env: Environment, dep_id: int, plan: d.Plan
+                 ) -> dict[str, Any] | None:
     """With traffic back on the old release, undo exactly what this deployment's schema
     step did: a deploy's migrations down (the ones it applied, nothing else); a rollback's
     down migrations, run before the older release started, up again."""
@@ -235,13 +231,12 @@ def _schema_back(ctx: Context, dep_id: int, plan: d.Plan) -> dict[str, Any] | No
     started = {j["step"] for j in rows if j["phase"] == "started"}
     try:
         if plan.kind == d.ROLLBACK and d.MIGRATE_DOWN in ran and \
-                plan.steps.index(d.MIGRATE_DOWN) < plan.steps.index(d.SWITCH):
+                plan.names().index(d.MIGRATE_DOWN) < plan.names().index(d.SWITCH):
             assert plan.from_version is not None  # the older release never took traffic
-            return schema.upgrade(ctx, plan.env, plan.from_version, plan.from_version)
+            return schema.upgrade(ctx, env, plan.from_version, plan.from_version)
         if plan.kind == d.DEPLOY and d.MIGRATE in started:
             applied = ran[d.MIGRATE].get("versions") if d.MIGRATE in ran else None
-            return schema.undo_upgrade(ctx, plan.env, plan.to_version, applied,
-                                       plan.from_version)
+            return schema.undo_upgrade(ctx, env, plan.to_version, applied, plan.from_version)
     except RollwiseError as e:
         ctx.emit("migrate", reasons.ERROR, env=plan.env, version=plan.from_version,
                  reason=f"schema not taken back: {e}")
@@ -249,25 +244,25 @@ def _schema_back(ctx: Context, dep_id: int, plan: d.Plan) -> dict[str, Any] | No
     return None
 
 
-def restore(ctx: Context, plan: d.Plan) -> None:
+def restore(ctx: Context, env: Environment, plan: d.Plan) -> None:
     """Before traffic goes back: old instances a rolling deploy already stopped (or that
     died) start again from their release and must be ready, so traffic never goes to cold
     or too few instances."""
-    alive = {i.name for i in ctx.target(plan.env).instances() if i.alive}
+    alive = {i.name for i in env.target.instances() if i.alive}
     gone = tuple(i for i in plan.old if i.name not in alive)
     if gone:
-        ms = start_ready(ctx, plan.env, gone)
+        ms = start_ready(ctx, env, gone)
         ctx.emit("restore", reasons.OK, env=plan.env, version=plan.from_version,
                  data={"instances": [i.name for i in gone], "ready_ms": ms})
 
 
-def recover(ctx: Context, env: str, lease: Lease) -> str | None:
+def recover(ctx: Context, env: Environment, lease: Lease) -> str | None:
     """Under the lock: finish or undo a deployment whose process died, and note on it what
     was done. Says what it did (None: nothing was left to do)."""
-    dep = repo.active_deployment(ctx.engine, env)
-    if dep is None and not repo.env_state(ctx.engine, env)["live_version"]:
+    dep = repo.active_deployment(ctx.engine, env.name)
+    if dep is None and not repo.env_state(ctx.engine, env.name)["live_version"]:
         return None
-    agent_back = ctx.target(env).ensure()  # a dead agent comes back with its instances
+    agent_back = env.target.ensure()  # a dead agent comes back with its instances
     if dep is None:
         return "the agent was not running; started it with its instances" if agent_back \
             else None
@@ -275,16 +270,16 @@ def recover(ctx: Context, env: str, lease: Lease) -> str | None:
     at, switched = interrupted_at(ctx, dep["id"])
     who = f"recovered by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z"
     if switched:
-        ctx.emit("recover", "resume", env=env, version=plan.to_version,
+        ctx.emit("recover", "resume", env=env.name, version=plan.to_version,
                  reason=reasons.INTERRUPTED_AFTER_SWITCH, data={"deployment": dep["id"]})
-        run_plan(ctx, dep["id"], plan, lease)
+        run_plan(ctx, env, dep["id"], plan, lease)
         complete(ctx, dep["id"], plan, lease,
                  note=f"interrupted at step {at}, after the switch; resumed and completed, "
                  f"{who}")
         return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
                 f"at step {at}, after the switch; resumed and completed it")
     serving = plan.from_version or "nothing"
-    undo(ctx, dep["id"], plan, lease, switched=False,
+    undo(ctx, env, dep["id"], plan, lease, switched=False,
          reason=f"interrupted at step {at}, before the switch; undone, {serving} keeps "
          f"serving; {who}", blame_new=False)
     return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
@@ -304,5 +299,5 @@ def complete(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease,
     with ctx.engine.begin() as conn:
         repo.fence(conn, plan.env, lease.token)
         repo.set_status(conn, dep_id, reasons.SUCCEEDED, note)
-    ctx.emit(plan.kind, reasons.SUCCEEDED, env=plan.env, version=plan.to_version,
+    ctx.emit(plan.kind, reasons.SUCCEEDED, env=plan.env, version=plan.to_version, reason=note,
              data={"deployment": dep_id, "from": plan.from_version})

@@ -12,10 +12,9 @@ from rollwise import domain as d
 from rollwise.agent.client import AgentClient
 from rollwise.controller import caches, machine, schema
 from rollwise.controller import progressive as pg
-from rollwise.controller.context import Context
+from rollwise.controller.context import Context, Environment
 from rollwise.controller.lock import Lease, current, holder_dead, holder_id
 from rollwise.errors import ConfigError, HealthCheckFailed, LockHeld, NotFound, RollwiseError
-from rollwise.ports import free_ports
 from rollwise.store import repo
 
 
@@ -93,14 +92,15 @@ def _release(ctx: Context, version: str, flag: str = "version") -> dict[str, Any
 
 
 def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
-           lock_wait: float = 0.0, force_reason: str | None = None) -> Outcome:
+           lock_wait: float = 0.0, force_reason: str | None = None,
+           reason: str | None = None) -> Outcome:
     """Deploy `version` (or, with kind rollback, go back to it). `force_reason` overrides a
     refusal that protects the user (a release marked bad, a closed rollback window) and is
-    recorded."""
-    ctx.env(env)
+    recorded; `reason` (an alert's, say) is recorded on the deployment and its events."""
+    environment = ctx.environment(env)
     rel = _release(ctx, version, "--to" if kind == d.ROLLBACK else "version")
     with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
-        recovered = machine.recover(ctx, env, lease)
+        recovered = machine.recover(ctx, environment, lease)
         state = repo.env_state(ctx.engine, env)
         if kind == d.ROLLBACK and state["live_version"] == rel["version"]:
             ctx.emit(kind, reasons.NOOP, env=env, version=rel["version"],
@@ -109,7 +109,7 @@ def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
                            {"recovered": recovered}, changed=False)
         if kind == d.DEPLOY:
             _check_not_bad(ctx, env, rel["version"], force_reason)
-        return _run(ctx, env, kind, rel, state, lease, recovered, force_reason)
+        return _run(ctx, environment, kind, rel, state, lease, recovered, force_reason, reason)
 
 
 def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | None) -> None:
@@ -129,24 +129,24 @@ def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | Non
              reason=f"deploying a release marked bad ({mark['reason']}): {force_reason}")
 
 
-def _schema_steps(ctx: Context, env: str, kind: str, rel: dict[str, Any],
+def _schema_steps(ctx: Context, environment: Environment, kind: str, rel: dict[str, Any],
                   state: dict[str, Any], force_reason: str | None) -> tuple[bool, bool, bool]:
     """(migrate up, migrate down, down before the older release starts). A deploy never
     runs down migrations: to an older release whose schema must go back, it is refused and
     points to `rollback --to`, which previews the down path and the data it drops."""
-    live, version = state["live_version"], rel["version"]
+    live, version, env = state["live_version"], rel["version"], environment.name
     if kind == d.ROLLBACK:
-        change, _ = schema.rollback_change_for(ctx, env, live, rel)
+        change, _ = schema.rollback_change_for(ctx, environment, live, rel)
         if change.action == "restore":
             raise RollwiseError(f"rollback to {version}: {change.reason}",
                                 where=f"environment {env}", hint="restore the database from "
                                 "its backup first; nothing was changed")
         if change.action != "down":
             return False, False, False
-        _check_window(ctx, env, state, version, force_reason)
+        _check_window(ctx, environment, state, version, force_reason)
         return False, True, ctx.config.migrations.rollback == "before_start"  # type: ignore[union-attr]
     if live and live != version and d.is_newer(live, version, release_order(ctx, env)):
-        change, _ = schema.rollback_change_for(ctx, env, live, rel)
+        change, _ = schema.rollback_change_for(ctx, environment, live, rel)
         if change.action in ("down", "restore"):
             ctx.emit(kind, reasons.REFUSED, env=env, version=version,
                      reason=f"older release needs the schema taken back: {change.reason}")
@@ -157,45 +157,51 @@ def _schema_steps(ctx: Context, env: str, kind: str, rel: dict[str, Any],
                 f"{env}` previews the down migrations and the data they drop, then runs them; "
                 "nothing was changed")
         return False, False, False
-    return bool(schema.pending(ctx, env, version, live)), False, False
+    return bool(schema.pending(ctx, environment, version, live)), False, False
 
 
-def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str, Any],
-         lease: Lease, recovered: str | None, force_reason: str | None = None) -> Outcome:
-    hooks, env_cfg = ctx.config.hooks, ctx.env(env)
-    target = ctx.target(env)
+def _run(ctx: Context, environment: Environment, kind: str, rel: dict[str, Any],
+         state: dict[str, Any], lease: Lease, recovered: str | None,
+         force_reason: str | None = None, reason: str | None = None) -> Outcome:
+    env, env_cfg, target = environment.name, environment.config, environment.target
+    hooks = ctx.config.hooks
+    ctx.instance_env(env, rel["version"])  # pre-flight: a secret without a value fails here
     target.ensure()  # pre-flight: a busy router port fails here, before any record
     # the release's migrations are read before planning: its checked artifact is unpacked
     target.prepare(artifacts.verify(ctx.artifacts_dir(), rel["sha256"], rel["version"]),
                    rel["sha256"], rel["version"])
     restart = kind == d.DEPLOY and state["live_version"] == rel["version"]
-    warnings = preflight_checks(ctx, env, rel["version"], state["live_version"], restart)
+    warnings = preflight_checks(ctx, environment, rel["version"], state["live_version"],
+                                restart)
     strategy = env_cfg.strategy
-    migrate, migrate_down, down_first = _schema_steps(ctx, env, kind, rel, state, force_reason)
-    backup = schema.wants_backup(ctx, env, migrate)
+    migrate, migrate_down, down_first = _schema_steps(ctx, environment, kind, rel, state,
+                                                      force_reason)
+    backup = schema.wants_backup(ctx, environment, migrate)
     plan = d.plan_deployment(
         env=env, kind=kind, to_version=rel["version"], sha256=rel["sha256"],
         from_version=state["live_version"],
-        old=[d.InstancePlan(**i) for i in state["instances"]],
-        ports=free_ports(ctx.env(env).instances), suffix=pysecrets.token_hex(3),
+        old=[d.InstancePlan.from_dict(i) for i in state["instances"]],
+        endpoints=target.endpoints(env_cfg.instances), suffix=pysecrets.token_hex(3),
         pre_hooks=bool(hooks.pre_deploy), post_hooks=bool(hooks.post_deploy),
         strategy="all-at-once" if restart else strategy.type,
         bake_s=0.0 if restart else strategy.bake, checks=bool(env_cfg.verify),
         batch_size=strategy.batch_size, pause_s=strategy.pause_s,
         migrate=migrate, migrate_down=migrate_down, down_first=down_first,
-        backup=backup, purge=caches.configured(ctx, env),
+        backup=backup, purge=caches.configured(environment),
         stages=tuple(d.Stage(s.weight, strategy.pause_s if s.pause_s is None else s.pause_s,
                              s.until_promote) for s in strategy.steps))
     dep_id = repo.create_deployment(ctx.engine, plan.as_dict(), ctx.actor)
     ctx.emit(kind, "started", env=env, version=plan.to_version, git_commit=rel["git_commit"],
-             data={"deployment": dep_id, "from": plan.from_version, "steps": list(plan.steps),
-                   "warnings": warnings, "restart": restart})
-    machine.run_plan(ctx, dep_id, plan, lease)
-    machine.complete(ctx, dep_id, plan, lease)
+             reason=reason, data={"deployment": dep_id, "from": plan.from_version,
+                                  "steps": list(plan.names()), "warnings": warnings,
+                                  "restart": restart})
+    machine.run_plan(ctx, environment, dep_id, plan, lease)
+    machine.complete(ctx, dep_id, plan, lease, note=reason)
     done = {j["step"]: j["data"] for j in repo.journal_rows(ctx.engine, dep_id)
             if j["phase"] == "done"}
     switch_ms = done.get(d.SWITCH, {}).get("switch_ms")
-    backup_note = _backup_note(ctx, env, kind, migrate, done.get(d.BACKUP) if backup else None)
+    backup_note = _backup_note(ctx, environment, kind, migrate,
+                               done.get(d.BACKUP) if backup else None)
     verb = "rolled back" if kind == d.ROLLBACK else "restarted" if restart else "deployed"
     what = f"{plan.to_version} (already live; new instances replace the old ones)" if restart \
         else f"{plan.to_version} (from {plan.from_version or 'nothing'})"
@@ -207,13 +213,13 @@ def _run(ctx: Context, env: str, kind: str, rel: dict[str, Any], state: dict[str
                     "warnings": warnings})
 
 
-def _backup_note(ctx: Context, env: str, kind: str, migrate: bool,
+def _backup_note(ctx: Context, environment: Environment, kind: str, migrate: bool,
                  backup: dict[str, Any] | None) -> str | None:
     """Why a deploy took a backup or not, in words, from its `backup` step's journal (None:
     the environment has none)."""
-    db = ctx.env(env).database
+    db = environment.config.database
     if kind != d.DEPLOY or db is None or db.backup == "never" or \
-            schema.database_url(ctx, env) is None:
+            schema.database_url(ctx, environment) is None:
         return None
     if backup is not None and backup.get("backup") is None:
         return f"no backup: {backup.get('skipped')}"
@@ -224,17 +230,18 @@ def _backup_note(ctx: Context, env: str, kind: str, migrate: bool,
         "every time)"
 
 
-def preflight_checks(ctx: Context, env: str, version: str, live: str | None,
+def preflight_checks(ctx: Context, environment: Environment, version: str, live: str | None,
                      restart: bool = False) -> list[str]:
     """Refuse a malformed Prometheus query before anything moves; an unreachable Prometheus
     is only a warning (its checks will be inconclusive, which pauses the rollout), and so is
     a canary that nothing watches."""
     from rollwise.analysis import Look
     from rollwise.analysis.prometheus import PrometheusProvider
+    from rollwise.config.lint import lint
     from rollwise.config.schema import PrometheusCheck
 
+    env, cfg = environment.name, environment.config
     look = Look(env, version, live)
-    cfg = ctx.env(env)
     warnings = [w for c in [*cfg.analysis.checks, *cfg.verify] if isinstance(c, PrometheusCheck)
                 if (w := PrometheusProvider(c).validate(look))]
     if cfg.strategy.type == "canary" and live and not restart and \
@@ -242,6 +249,7 @@ def preflight_checks(ctx: Context, env: str, version: str, live: str | None,
         warnings.append("canary with no analysis (analysis.router.enabled is false and "
                         "analysis.checks is empty): each step only waits its pause; nothing "
                         "rolls back a bad release automatically")
+    warnings += lint(ctx.config, env)
     for w in warnings:
         ctx.emit("preflight", "warning", env=env, version=version, reason=w)
     return warnings
@@ -291,11 +299,11 @@ def describe_change(live: dict[str, Any] | None, target: dict[str, Any]) -> list
     return rows
 
 
-def _check_window(ctx: Context, env: str, state: dict[str, Any], target: str,
+def _check_window(ctx: Context, environment: Environment, state: dict[str, Any], target: str,
                   force_reason: str | None) -> None:
     """R21: past the environment's rollback window a rollback that runs down migrations
     needs an explicit, recorded override."""
-    window_h = ctx.env(env).rollback_window_h
+    env, window_h = environment.name, environment.config.rollback_window_h
     live_for_h = (time.time() - float(state.get("updated_at") or time.time())) / 3600
     if live_for_h <= window_h:
         return
@@ -318,13 +326,14 @@ def describe_schema(ctx: Context, env: str, live: dict[str, Any] | None,
                     target: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
     """What a rollback to `target` does to the database schema, with the SQL it runs, and
     the values it drops (by table or column; kept in parked files first)."""
-    change, path = schema.rollback_change_for(ctx, env, live["version"] if live else None,
+    environment = ctx.environment(env)
+    change, path = schema.rollback_change_for(ctx, environment, live["version"] if live else None,
                                               target)
     if change.action != "down" or live is None:
         return schema.describe(change, []), {}
-    sql = schema.preview_down(ctx, env, live["version"], target, path)
-    dropped = schema.data_dropped(ctx, env, path)
-    return schema.describe(change, sql, dropped, schema.parked_dir(ctx, env)), \
+    sql = schema.preview_down(ctx, environment, live["version"], target, path)
+    dropped = schema.data_dropped(ctx, environment, path)
+    return schema.describe(change, sql, dropped, schema.parked_dir(environment)), \
         {k: v for k, v in dropped.items() if v}
 
 
@@ -336,7 +345,7 @@ def rollback(ctx: Context, env: str, to: str | None, lock_wait: float = 0.0,
         return asked
     _, target = rollback_plan(ctx, env, to)
     return deploy(ctx, env, target["version"], kind=d.ROLLBACK, lock_wait=lock_wait,
-                  force_reason=force_reason)
+                  force_reason=force_reason, reason=reason)
 
 
 def running(ctx: Context, env: str) -> dict[str, Any] | None:
@@ -372,14 +381,13 @@ def promote(ctx: Context, env: str, full: bool = False) -> Outcome:
     if asked is None:
         ctx.emit("promote", reasons.REFUSED, env=env, reason=reasons.NOTHING_IN_PROGRESS)
         raise NotFound(f"{env}: no deployment in progress; nothing to promote",
-                       where=f"environment {env}",
                        hint="`rollwise status` shows what is running; `rollwise deploy` "
                        "starts a rollout")
     return asked
 
 
 def abort(ctx: Context, env: str) -> Outcome:
-    ctx.env(env)
+    environment = ctx.environment(env)
     dep = repo.active_deployment(ctx.engine, env)
     if dep is None:
         ctx.emit("abort", reasons.NOOP, env=env, reason=reasons.NOTHING_IN_PROGRESS)
@@ -388,7 +396,7 @@ def abort(ctx: Context, env: str) -> Outcome:
         return asked
     with Lease(ctx.engine, env, holder_id(ctx.actor)) as lease:
         repo.request(ctx.engine, dep["id"], pg.ABORT, ctx.actor)
-        msg = machine.recover(ctx, env, lease)
+        msg = machine.recover(ctx, environment, lease)
     return Outcome(f"{env}: {msg}")
 
 
@@ -397,21 +405,20 @@ def status(ctx: Context, env: str | None) -> dict[str, Any]:
     reported with what `rollwise recover` will do, never acted on here."""
     out: dict[str, Any] = {"app": ctx.config.app, "environments": {}}
     for name in [env] if env else list(ctx.config.environments):
-        ctx.env(name)
-        out["environments"][name] = _env_status(ctx, name)
+        out["environments"][name] = _env_status(ctx, ctx.environment(name))
     return out
 
 
 def recover(ctx: Context, env: str, lock_wait: float = 0.0) -> Outcome:
     """Finish or undo a deployment whose process died (traffic split by a canary goes back
     to the stable release), and bring a dead agent back."""
-    ctx.env(env)
+    environment = ctx.environment(env)
     if (dep := running(ctx, env)) is not None:
         raise LockHeld(f"{env}: deployment {dep['id']} is running in a live "
                        "process; nothing to recover", where=f"environment {env}",
                        hint="`rollwise abort` or `rollwise rollback` asks it to stop")
     with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
-        msg = machine.recover(ctx, env, lease)
+        msg = machine.recover(ctx, environment, lease)
     if msg is None:
         ctx.emit("recover", reasons.NOOP, env=env, reason=reasons.NOTHING_IN_PROGRESS)
         return Outcome(f"{env}: nothing to recover", changed=False)
@@ -433,8 +440,7 @@ def _interrupted(ctx: Context, env: str, dep: dict[str, Any] | None, agent_up: b
     return None
 
 
-def _health(ctx: Context, env: str, instances: list[Any], weights: dict[str, int]
-            ) -> dict[str, Any]:
+def _health(ctx: Context, instances: list[Any], weights: dict[str, int]) -> dict[str, Any]:
     """Each serving instance's health endpoint, asked once now: healthy only if all answer
     2xx."""
     import httpx
@@ -444,7 +450,7 @@ def _health(ctx: Context, env: str, instances: list[Any], weights: dict[str, int
     result: dict[str, str] = {}
     for i in serving:
         try:
-            r = httpx.get(f"http://127.0.0.1:{i.port}{cfg.path}", timeout=cfg.timeout_s)
+            r = httpx.get(d.Endpoint(i.host, i.port).url(cfg.path), timeout=cfg.timeout_s)
             result[i.name] = str(r.status_code)
         except httpx.HTTPError as e:
             result[i.name] = f"no answer ({type(e).__name__})"
@@ -452,24 +458,25 @@ def _health(ctx: Context, env: str, instances: list[Any], weights: dict[str, int
     return {"ok": ok, "path": cfg.path, "instances": result}
 
 
-def _env_status(ctx: Context, env: str) -> dict[str, Any]:
+def _env_status(ctx: Context, environment: Environment) -> dict[str, Any]:
+    env = environment.name
     state = repo.env_state(ctx.engine, env)
     lock = current(ctx.engine, env)
     dep = repo.active_deployment(ctx.engine, env)
     done = sorted(repo.done_steps(ctx.engine, dep["id"])) if dep else []
     last = repo.list_deployments(ctx.engine, env, 1)
-    agent_up = AgentClient(ctx.env_dir(env), env).alive() is not None
-    instances = ctx.target(env).instances() if agent_up else []
-    weights = ctx.router(env).weights() if agent_up else {}
+    agent_up = AgentClient(environment.dir, env).alive() is not None
+    instances = environment.target.instances() if agent_up else []
+    weights = environment.router.weights() if agent_up else {}
     interrupted = _interrupted(ctx, env, dep, agent_up, state["live_version"])
-    health = _health(ctx, env, instances, weights) if state["live_version"] else None
+    health = _health(ctx, instances, weights) if state["live_version"] else None
     return {
         "live_version": state["live_version"],
         "healthy": bool(health and health["ok"]) and interrupted is None,
         "health": health,
         "instances": [vars(i) for i in instances],
         "agent": "running" if agent_up else "not running",
-        "router": ctx.env(env).router.listen,
+        "router": environment.config.router.listen,
         "weights": weights,
         "lock": None if lock is None or lock.expired else
         {"holder": lock.holder, "token": lock.token, "expires_at": lock.expires_at},
@@ -480,7 +487,7 @@ def _env_status(ctx: Context, env: str) -> dict[str, Any]:
         "interrupted": interrupted,
         "last_deployment": _dep_summary(last[0]) if last else None,
         "marks": {m["version"]: m["mark"] for m in repo.get_marks(ctx.engine, env)},
-        "strategy": ctx.env(env).strategy.type,
+        "strategy": environment.config.strategy.type,
         "analysis": _decisions(ctx, env, dep["id"] if dep else last[0]["id"] if last else None),
     }
 
@@ -507,8 +514,9 @@ def history(ctx: Context, env: str | None, limit: int) -> list[dict[str, Any]]:
 
 
 def backup_create(ctx: Context, env: str, reason: str) -> Outcome:
-    _database(ctx, env)
-    info = schema.take_backup(ctx, env, reason)
+    environment = ctx.environment(env)
+    _database(ctx, environment)
+    info = schema.take_backup(ctx, environment, reason)
     if info["backup"] is None:
         return Outcome(f"{env}: nothing to back up: {info['skipped']}", info, changed=False)
     return Outcome(f"{env}: backup {info['backup']} taken ({info['size']} bytes, "
@@ -518,17 +526,16 @@ def backup_create(ctx: Context, env: str, reason: str) -> Outcome:
 def backup_list(ctx: Context, env: str) -> list[dict[str, Any]]:
     from rollwise.data import backups
 
-    ctx.env(env)
-    return [m.as_dict() for m in backups.manifests(schema.backups_dir(ctx, env))]
+    return [m.as_dict() for m in backups.manifests(schema.backups_dir(ctx.environment(env)))]
 
 
 def backup_verify(ctx: Context, env: str, backup_id: str | None) -> Outcome:
     """Restore into a scratch database and compare with the source at backup time."""
     from rollwise.data import backups
 
-    url = _database(ctx, env)
-    folder = schema.backups_dir(ctx, env)
-    m = backups.get(folder, backup_id) if backup_id else _newest(ctx, env)
+    environment = ctx.environment(env)
+    url, folder = _database(ctx, environment), schema.backups_dir(environment)
+    m = backups.get(folder, backup_id) if backup_id else _newest(environment)
     try:
         info = backups.verify(m, folder, url)
     except RollwiseError as e:
@@ -543,8 +550,9 @@ def backup_verify(ctx: Context, env: str, backup_id: str | None) -> Outcome:
 def backup_loss(ctx: Context, env: str, backup_id: str) -> dict[str, int]:
     from rollwise.data import backups
 
-    m = backups.get(schema.backups_dir(ctx, env), backup_id)
-    return backups.loss(m, _database(ctx, env))
+    environment = ctx.environment(env)
+    m = backups.get(schema.backups_dir(environment), backup_id)
+    return backups.loss(m, _database(ctx, environment))
 
 
 RESTORE_THEN = ("migrate", "release")
@@ -552,15 +560,20 @@ RESTORE_THEN = ("migrate", "release")
 
 def restore_plan(ctx: Context, env: str, backup_id: str, then: str = "migrate"
                  ) -> dict[str, Any]:
+    return _restore_plan(ctx, ctx.environment(env), backup_id, then)
+
+
+def _restore_plan(ctx: Context, environment: Environment, backup_id: str, then: str
+                  ) -> dict[str, Any]:
     """What a restore does besides the data: the backup's release and schema, the live
     ones, and what follows (`migrate`: the restored data goes up to the live release's
     schema; `release`: the backup's release is deployed on it). Refuses a plan that would
     leave code and schema apart."""
     from rollwise.data import backups
 
-    _database(ctx, env)
-    m = backups.get(schema.backups_dir(ctx, env), backup_id)
-    live = repo.env_state(ctx.engine, env)["live_version"]
+    _database(ctx, environment)
+    m = backups.get(schema.backups_dir(environment), backup_id)
+    live = repo.env_state(ctx.engine, environment.name)["live_version"]
     live_rel = repo.get_release(ctx.engine, live) if live else None
     plan = {"backup": m.id, "backup_release": m.release,
             "backup_schema": m.schema[-1] if m.schema else None, "live": live,
@@ -591,18 +604,18 @@ def backup_restore(ctx: Context, env: str, backup_id: str, lock_wait: float = 0.
     live release answers its health check."""
     from rollwise.data import backups
 
-    url = _database(ctx, env)
-    folder = schema.backups_dir(ctx, env)
+    environment = ctx.environment(env)
+    url, folder = _database(ctx, environment), schema.backups_dir(environment)
     m = backups.get(folder, backup_id)
     with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
-        machine.recover(ctx, env, lease)
-        plan = restore_plan(ctx, env, backup_id, then)
+        machine.recover(ctx, environment, lease)
+        plan = _restore_plan(ctx, environment, backup_id, then)
         lost = backups.loss(m, url)
         backups.restore(m, folder, url)
         ctx.emit("backup_restore", reasons.OK, env=env, data={"id": m.id, "lost": lost,
                                                               "plan": plan})
-        after = _after_restore(ctx, env, m.release, plan, lease)
-    health = _serving_health(ctx, env) if plan["live"] else None
+        after = _after_restore(ctx, environment, m.release, plan, lease)
+    health = _serving_health(ctx, environment) if plan["live"] else None
     data = {"id": m.id, "lost": lost, "plan": plan, "after": after, "health": health}
     if health is not None and not health["ok"]:
         raise HealthCheckFailed(
@@ -613,39 +626,38 @@ def backup_restore(ctx: Context, env: str, backup_id: str, lock_wait: float = 0.
     return Outcome(f"{env}: database restored from backup {m.id}; {after['summary']}", data)
 
 
-def _after_restore(ctx: Context, env: str, release: str | None, plan: dict[str, Any],
-                   lease: Lease) -> dict[str, Any]:
+def _after_restore(ctx: Context, environment: Environment, release: str | None,
+                   plan: dict[str, Any], lease: Lease) -> dict[str, Any]:
     live = plan["live"]
     if live is None:
         return {"summary": "nothing is deployed"}
     if plan["then"] == "migrate":
-        up = schema.upgrade(ctx, env, live, live)
+        up = schema.upgrade(ctx, environment, live, live)
         return up | {"summary": f"schema brought up to {live}'s: applied "
                      f"{len(up['applied'])} migration(s)"}
     rel = _release(ctx, str(release))
-    state = repo.env_state(ctx.engine, env)
-    _run(ctx, env, d.DEPLOY, rel, state, lease, None, f"restore of backup {plan['backup']}")
+    state = repo.env_state(ctx.engine, environment.name)
+    _run(ctx, environment, d.DEPLOY, rel, state, lease, None, f"restore of backup {plan['backup']}")
     return {"summary": f"{rel['version']} (the release the backup was taken under) serves"}
 
 
-def _serving_health(ctx: Context, env: str) -> dict[str, Any]:
-    instances = ctx.target(env).instances()
-    return _health(ctx, env, instances, ctx.router(env).weights())
+def _serving_health(ctx: Context, environment: Environment) -> dict[str, Any]:
+    return _health(ctx, environment.target.instances(), environment.router.weights())
 
 
-def _database(ctx: Context, env: str) -> str:
-    url = schema.database_url(ctx, env)
+def _database(ctx: Context, environment: Environment) -> str:
+    url = schema.database_url(ctx, environment)
     if url is None:
-        raise ConfigError(f"environment {env!r} has no database (and `migrations`)",
+        raise ConfigError(f"environment {environment.name!r} has no database (and `migrations`)",
                           where=str(ctx.config_path),
                           hint="add `database: {url: ...}` to the environment")
     return url
 
 
-def _newest(ctx: Context, env: str) -> Any:
+def _newest(environment: Environment) -> Any:
     from rollwise.data import backups
 
-    ms = backups.manifests(schema.backups_dir(ctx, env))
+    ms = backups.manifests(schema.backups_dir(environment))
     if not ms:
-        raise NotFound(f"{env}: no backup yet", hint="`rollwise backup create`")
+        raise NotFound(f"{environment.name}: no backup yet", hint="`rollwise backup create`")
     return ms[-1]

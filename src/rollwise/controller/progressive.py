@@ -17,7 +17,8 @@ from rollwise import domain as d
 from rollwise import reasons
 from rollwise.analysis.router_metrics import RouterProvider
 from rollwise.config.schema import AnalysisConfig, StrategyConfig
-from rollwise.controller.context import Context
+from rollwise.controller.context import Context, Environment
+from rollwise.controller.instances import shift, start_ready, stop
 from rollwise.errors import RollwiseError
 from rollwise.store import repo
 
@@ -41,6 +42,7 @@ class Watch:
     """The analysis state of one deployment while this process runs it."""
 
     ctx: Context
+    env: Environment
     plan: d.Plan
     dep_id: int
     router: RouterProvider | None = None
@@ -51,25 +53,25 @@ class Watch:
     last_checks: list[a.Measurement] = field(default_factory=list)
 
     @classmethod
-    def open(cls, ctx: Context, plan: d.Plan, dep_id: int) -> Watch:
-        cfg = ctx.env(plan.env)
+    def open(cls, ctx: Context, env: Environment, plan: d.Plan, dep_id: int) -> Watch:
+        cfg = env.config
         router = None
         if cfg.analysis.router.enabled:
-            router = RouterProvider(cfg.analysis.router, ctx.router(plan.env).metrics)
-        return cls(ctx, plan, dep_id, router,
+            router = RouterProvider(cfg.analysis.router, env.router.metrics)
+        return cls(ctx, env, plan, dep_id, router,
                    [a.make_provider(c, ctx.root) for c in cfg.analysis.checks],
                    [a.make_provider(c, ctx.root) for c in cfg.verify])
 
     @property
     def analysis(self) -> AnalysisConfig:
-        return self.ctx.env(self.plan.env).analysis
+        return self.env.config.analysis
 
     @property
     def strategy(self) -> StrategyConfig:
-        return self.ctx.env(self.plan.env).strategy
+        return self.env.config.strategy
 
     def look_at(self, *, final: bool, solo: bool = False, preview: str = "") -> a.Look:
-        router = self.ctx.env(self.plan.env).router
+        router = self.env.config.router
         return a.Look(self.plan.env, self.plan.to_version,
                       None if solo else self.plan.from_version, final,
                       router_url=preview or f"http://{router.listen}", preview_url=preview)
@@ -107,32 +109,27 @@ class Watch:
 def run_stage(w: Watch, stage: d.Stage) -> dict[str, Any]:
     """Send `stage.weight` percent to the new release and watch it."""
     weights = d.canary_weights(w.plan.new, w.plan.old, stage.weight)
-    from rollwise.controller.machine import shift
-
-    shift(w.ctx, w.plan.env, w.plan.new + w.plan.old, weights)
+    shift(w.ctx, w.env, w.plan.new + w.plan.old, weights)
     pause = 0.0 if w.full else stage.pause_s
-    return _watch(w, stage.step, pause, until_promote=stage.until_promote and not w.full)
+    return _watch(w, stage.name, pause, until_promote=stage.until_promote and not w.full)
 
 
-def run_batch(w: Watch, k: int) -> dict[str, Any]:
-    """Rolling: start batch k of the new instances, send them their share beside the old
+def run_batch(w: Watch, batch: d.Batch) -> dict[str, Any]:
+    """Rolling: start the batch's new instances, send them their share beside the old
     instances still serving, watch, then drain and stop the old ones they replace."""
-    from rollwise.controller.machine import shift, start_ready, stop
-
-    batches = w.plan.batches()
+    batches, k = w.plan.batches(), batch.number - 1
     new, retire = batches[k]
-    ready_ms = start_ready(w.ctx, w.plan.env, new)
+    ready_ms = start_ready(w.ctx, w.env, new)
     serving_new = tuple(i for b in batches[:k + 1] for i in b[0])
     retired = {i.name for b in batches[:k + 1] for i in b[1]}
     serving_old = tuple(i for i in w.plan.old if i.name not in retired)
     running_old = tuple(i for i in w.plan.old if i in serving_old or i in retire)
-    shift(w.ctx, w.plan.env, serving_new + running_old,
+    shift(w.ctx, w.env, serving_new + running_old,
           {i.name: 1 for i in serving_new + serving_old})
-    data = _watch(w, f"{d.BATCH}:{k + 1}", w.plan.pause_s, solo=not serving_old)
-    router = w.ctx.router(w.plan.env)
+    data = _watch(w, batch.name, w.plan.pause_s, solo=not serving_old)
     for i in retire:
-        router.drain(i.name, w.ctx.config.stop.drain_timeout_s)
-    stop(w.ctx, w.plan.env, retire)
+        w.env.router.drain(i.name, w.ctx.config.stop.drain_timeout_s)
+    stop(w.ctx, w.env, retire)
     return {"started": [i.name for i in new], "ready_ms": ready_ms,
             "stopped": [i.name for i in retire], **data}
 
@@ -153,12 +150,13 @@ def run_checks(w: Watch) -> dict[str, Any]:
     return _checklist(w, d.CHECKS, "", blame=w.plan.kind == d.DEPLOY)
 
 
-def verify_after_undo(ctx: Context, plan: d.Plan, dep_id: int) -> dict[str, Any] | None:
+def verify_after_undo(ctx: Context, env: Environment, plan: d.Plan, dep_id: int
+                      ) -> dict[str, Any] | None:
     """After traffic went back to the old release: run the checklist against it, record."""
-    if not ctx.env(plan.env).verify or not plan.from_version:
+    if not env.config.verify or not plan.from_version:
         return None
     back = replace(plan, kind=d.ROLLBACK, to_version=plan.from_version, from_version=None)
-    return _checklist(Watch.open(ctx, back, dep_id), d.CHECKS, "", blame=False)
+    return _checklist(Watch.open(ctx, env, back, dep_id), d.CHECKS, "", blame=False)
 
 
 def _watch(w: Watch, step: str, pause_s: float, *, until_promote: bool = False,
@@ -186,7 +184,8 @@ def _watch(w: Watch, step: str, pause_s: float, *, until_promote: bool = False,
             return _passed(w, step, decision, ms, elapsed)
         if over and paused_at is None:
             paused_at = time.monotonic()
-            w.record(step, decision, ms)
+            w.record(step, a.Decision(decision.action, _pausing(decision.reason,
+                                                                w.strategy.max_pause_s)), ms)
         if paused_at is not None and time.monotonic() - paused_at > w.strategy.max_pause_s:
             raise Aborted(f"no conclusion after {w.strategy.max_pause_s:g} s paused: "
                           f"{decision.reason}", where=f"step {step}")
@@ -194,6 +193,13 @@ def _watch(w: Watch, step: str, pause_s: float, *, until_promote: bool = False,
             raise Aborted(f"nobody promoted within {w.strategy.max_pause_s:g} s",
                           where=f"step {step}", hint="`rollwise promote` continues a rollout")
         time.sleep(interval)
+
+
+def _pausing(reason: str, max_pause_s: float) -> str:
+    """Why a step waits past its pause, how long it may and what ends it sooner."""
+    return (f"{reason}; paused: waiting up to {max_pause_s:g} s (strategy.max_pause_s) for a "
+            "conclusion, then aborting; `rollwise promote` goes on now, `rollwise abort` "
+            "goes back")
 
 
 def _passed(w: Watch, step: str, decision: a.Decision, ms: list[a.Measurement],

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from rollwise import domain as d
 from rollwise import reasons
 from rollwise.config.schema import MigrationsConfig
-from rollwise.controller.context import Context
+from rollwise.controller.context import Context, Environment
 from rollwise.data import parking
 from rollwise.data.alembic import AlembicRunner, scan_revisions, versions_dir
 from rollwise.data.command import CommandRunner, release_version
@@ -51,10 +51,22 @@ def scan_release(cfg: MigrationsConfig, release_dir: Path,
                  env: dict[str, str] | None = None) -> list[Migration]:
     """A release's migrations, oldest first, read without a database."""
     if cfg.type == "sql":
-        return scan(release_dir / cfg.dir)
+        return scan(_folder(release_dir / cfg.dir, "migrations.dir"))
     if cfg.type == "alembic":
-        return scan_revisions(versions_dir(release_dir, cfg.layout, _alembic_path(cfg)))
+        return scan_revisions(_folder(versions_dir(release_dir, cfg.layout, _alembic_path(cfg)),
+                                      "migrations.dir" if cfg.layout == "flask" else
+                                      "script_location in migrations.config"))
     return release_version(release_dir, str(cfg.version), env or {}, cfg.timeout_s)
+
+
+def _folder(path: Path, key: str) -> Path:
+    """`path`, which must be a folder: a mistyped `migrations.dir` would otherwise deploy
+    every release as one without migrations."""
+    if not path.is_dir():
+        raise ConfigError(f"the migrations folder {path} does not exist", where=key,
+                          hint="fix the path (relative to `source`), or create the folder: an "
+                          "empty one means no migrations yet")
+    return path
 
 
 def _alembic_path(cfg: MigrationsConfig) -> str:
@@ -85,24 +97,24 @@ def compatibility_floor(ms: list[Migration]) -> str | None:
     return None
 
 
-def database_url(ctx: Context, env: str) -> str | None:
+def database_url(ctx: Context, env: Environment) -> str | None:
     """The database the environment migrates (None without `migrations` or `database`)."""
-    return ctx.database_url(env) if ctx.config.migrations is not None else None
+    return ctx.database_url(env.name) if ctx.config.migrations is not None else None
 
 
-def _command_env(ctx: Context, env: str, version: str) -> dict[str, str]:
+def _command_env(ctx: Context, env: Environment, version: str) -> dict[str, str]:
     assert ctx.config.migrations is not None
-    return reveal_all(ctx.instance_env(env, version)) | ctx.config.migrations.env
+    return reveal_all(ctx.instance_env(env.name, version)) | ctx.config.migrations.env
 
 
-def runner(ctx: Context, env: str, version: str) -> SchemaRunner:
+def runner(ctx: Context, env: Environment, version: str) -> SchemaRunner:
     """The runner of `migrations.type` for the database of `env`, in `version`'s release."""
     url, cfg = database_url(ctx, env), ctx.config.migrations
     if url is None or cfg is None:
-        raise ConfigError(f"environment {env!r} has no database", where=str(ctx.config_path))
-    (ctx.env_dir(env) / "shared").mkdir(parents=True, exist_ok=True)
-    lock_s = ctx.env(env).database.lock_timeout_s  # type: ignore[union-attr]
-    folder = ctx.release_dir(env, version)
+        raise ConfigError(f"environment {env.name!r} has no database", where=str(ctx.config_path))
+    (env.dir / "shared").mkdir(parents=True, exist_ok=True)
+    lock_s = env.config.database.lock_timeout_s  # type: ignore[union-attr]
+    folder = env.release_dir(version)
     if cfg.type == "sql":
         return SqlRunner(url, lock_s)
     env_vars = _command_env(ctx, env, version)
@@ -114,12 +126,12 @@ def runner(ctx: Context, env: str, version: str) -> SchemaRunner:
                          cfg.timeout_s)
 
 
-def release_migrations(ctx: Context, env: str, version: str) -> list[Migration]:
+def release_migrations(ctx: Context, env: Environment, version: str) -> list[Migration]:
     """The migrations in a release's unpacked directory."""
     assert ctx.config.migrations is not None
     cfg = ctx.config.migrations
     env_vars = _command_env(ctx, env, version) if cfg.type == "command" else None
-    return scan_release(cfg, ctx.release_dir(env, version), env_vars)
+    return scan_release(cfg, env.release_dir(version), env_vars)
 
 
 def _recorded(ctx: Context, version: str | None) -> dict[str, str]:
@@ -129,14 +141,15 @@ def _recorded(ctx: Context, version: str | None) -> dict[str, str]:
     return {m["version"]: m["checksum"] for m in schema.get("migrations", [])}
 
 
-def migrate_up(ctx: Context, plan: d.Plan, backup: str | None = None) -> dict[str, Any]:
+def migrate_up(ctx: Context, env: Environment, plan: d.Plan, backup: str | None = None
+               ) -> dict[str, Any]:
     """Before the new code starts: apply the release's pending migrations (edited applied
     ones refused first), under the database lock, in one transaction where the database
     allows. Where it does not (MySQL), a failure restores the pre-deploy backup."""
-    return upgrade(ctx, plan.env, plan.to_version, plan.from_version, backup)
+    return upgrade(ctx, env, plan.to_version, plan.from_version, backup)
 
 
-def upgrade(ctx: Context, env: str, version: str, live: str | None,
+def upgrade(ctx: Context, env: Environment, version: str, live: str | None,
             backup: str | None = None) -> dict[str, Any]:
     """Bring the schema up to what `version` needs, checking applied migrations against the
     copies `live` recorded. `versions` (journaled) is exactly what this run applied."""
@@ -152,12 +165,12 @@ def upgrade(ctx: Context, env: str, version: str, live: str | None,
         raise
     finally:
         run.close()
-    ctx.emit("migrate", reasons.OK, env=env, version=version, data={"applied": done})
+    ctx.emit("migrate", reasons.OK, env=env.name, version=version, data={"applied": done})
     return {"applied": done, "versions": [m.version for m in path],
             "schema": ms[-1].version if ms else None}
 
 
-def undo_upgrade(ctx: Context, env: str, version: str, applied: list[str] | None,
+def undo_upgrade(ctx: Context, env: Environment, version: str, applied: list[str] | None,
                  before: str | None) -> dict[str, Any]:
     """Undo a deploy's migrate step: take down exactly the migrations it applied (`applied`,
     from its journal), or, if it was interrupted before recording them, those of `version`
@@ -180,10 +193,11 @@ def undo_upgrade(ctx: Context, env: str, version: str, applied: list[str] | None
                     f"undo of {version}")
 
 
-def migrate_down(ctx: Context, env: str, live: str, target: dict[str, Any]) -> dict[str, Any]:
+def migrate_down(ctx: Context, env: Environment, live: str, target: dict[str, Any]
+                 ) -> dict[str, Any]:
     change, path = rollback_change_for(ctx, env, live, target)
     if change.action == "restore":
-        raise RollwiseError(f"schema: {change.reason}", where=f"environment {env}",
+        raise RollwiseError(f"schema: {change.reason}", where=f"environment {env.name}",
                             hint="restore the database from the backup taken before that "
                             "migration, then roll back")
     if change.action != "down":
@@ -192,42 +206,43 @@ def migrate_down(ctx: Context, env: str, live: str, target: dict[str, Any]) -> d
                     f"{live} to {target['version']}")
 
 
-def run_down(ctx: Context, env: str, version: str, path: list[Migration], to: str | None,
-             label: str) -> dict[str, Any]:
+def run_down(ctx: Context, env: Environment, version: str, path: list[Migration],
+             to: str | None, label: str) -> dict[str, Any]:
     """Park what `path` drops, then run it down to `to` with `version`'s runner."""
     if any(m.irreversible for m in path):
         bad = next(m.file for m in path if m.irreversible)
-        raise RollwiseError(f"schema: {bad} is irreversible", where=f"environment {env}",
+        raise RollwiseError(f"schema: {bad} is irreversible", where=f"environment {env.name}",
                             hint="restore the database from the backup taken before it")
     url = database_url(ctx, env)
     assert url is not None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + label.replace(" ", "-")
-    parked = parking.park(url, _dropped(path), parked_dir(ctx, env), stamp)
+    parked = parking.park(url, _dropped(path), parked_dir(env), stamp)
     run = runner(ctx, env, version)
     try:
         done = run.downgrade(path, to)
     finally:
         run.close()
-    ctx.emit("migrate", "down", env=env, version=version, reason=label,
+    ctx.emit("migrate", "down", env=env.name, version=version, reason=label,
              data={"ran": done, "parked": parked})
     return {"schema": "down", "ran": done, "versions": [m.version for m in path],
             "parked": parked}
 
 
-def _restore_after_failure(ctx: Context, env: str, backup_id: str, e: RollwiseError) -> None:
+def _restore_after_failure(ctx: Context, env: Environment, backup_id: str,
+                           e: RollwiseError) -> None:
     from rollwise.data import backups
 
     url = database_url(ctx, env)
     assert url is not None
-    folder = backups_dir(ctx, env)
+    folder = backups_dir(env)
     backups.restore(backups.get(folder, backup_id), folder, url)
-    ctx.emit("backup_restore", reasons.OK, env=env, reason="migration failed halfway",
+    ctx.emit("backup_restore", reasons.OK, env=env.name, reason="migration failed halfway",
              data={"id": backup_id})
     e.hint = f"the database was restored from the pre-deploy backup {backup_id}"
 
 
-def rollback_change_for(ctx: Context, env: str, live: str | None, target: dict[str, Any]
-                        ) -> tuple[SchemaChange, list[Migration]]:
+def rollback_change_for(ctx: Context, env: Environment, live: str | None,
+                        target: dict[str, Any]) -> tuple[SchemaChange, list[Migration]]:
     """What a rollback to `target` does to the schema, with the down path (its steps come
     from the live release, the one that applied those migrations). A path through a
     revision the live release does not hold is refused (UnknownRevision), never guessed."""
@@ -257,7 +272,7 @@ def rollback_change_for(ctx: Context, env: str, live: str | None, target: dict[s
     return rollback_change(path), path
 
 
-def applied_now(ctx: Context, env: str, live: str | None) -> list[str]:
+def applied_now(ctx: Context, env: Environment, live: str | None) -> list[str]:
     """The migrations applied to the database, oldest first, as the live release knows
     them (none when nothing is live)."""
     if live is None or ctx.config.migrations is None:
@@ -272,7 +287,7 @@ def applied_now(ctx: Context, env: str, live: str | None) -> list[str]:
     return sorted(applied, key=lambda v: (order.get(version_key(v), len(order)), v))
 
 
-def pending(ctx: Context, env: str, version: str, live: str | None) -> list[str]:
+def pending(ctx: Context, env: Environment, version: str, live: str | None) -> list[str]:
     """The migrations of `version` (unpacked) not applied to the database yet, once none
     of the applied ones was edited since `live` recorded it."""
     if ctx.config.migrations is None or database_url(ctx, env) is None:
@@ -287,7 +302,7 @@ def pending(ctx: Context, env: str, version: str, live: str | None) -> list[str]
         run.close()
 
 
-def preview_down(ctx: Context, env: str, live: str, target: dict[str, Any],
+def preview_down(ctx: Context, env: Environment, live: str, target: dict[str, Any],
                  path: list[Migration]) -> list[str]:
     """The SQL the down path runs (Alembic: offline `--sql`)."""
     run = runner(ctx, env, live)
@@ -297,35 +312,36 @@ def preview_down(ctx: Context, env: str, live: str, target: dict[str, Any],
         run.close()
 
 
-def backups_dir(ctx: Context, env: str) -> Path:
-    return ctx.env_dir(env) / "backups"
+def backups_dir(env: Environment) -> Path:
+    return env.dir / "backups"
 
 
-def wants_backup(ctx: Context, env: str, migrating: bool) -> bool:
-    db = ctx.env(env).database
+def wants_backup(ctx: Context, env: Environment, migrating: bool) -> bool:
+    db = env.config.database
     if db is None or database_url(ctx, env) is None:
         return False
     return db.backup == "always" or (db.backup == "migrations" and migrating)
 
 
-def take_backup(ctx: Context, env: str, reason: str) -> dict[str, Any]:
+def take_backup(ctx: Context, env: Environment, reason: str) -> dict[str, Any]:
     """A backup with its manifest, then retention (newest `keep_backups` kept)."""
     from rollwise.data import backups
 
     url = database_url(ctx, env)
     assert url is not None
     if not backups.has_data(url):
-        ctx.emit("backup", "skipped", env=env, reason=f"{reason}: the database has no table yet")
+        ctx.emit("backup", "skipped", env=env.name,
+                 reason=f"{reason}: the database has no table yet")
         return {"backup": None, "skipped": "the database has no table yet"}
-    folder = backups_dir(ctx, env)
-    live = repo.env_state(ctx.engine, env)["live_version"]
-    m = backups.create(url, folder, env, reason, release=live,
+    folder = backups_dir(env)
+    live = repo.env_state(ctx.engine, env.name)["live_version"]
+    m = backups.create(url, folder, env.name, reason, release=live,
                        schema=applied_now(ctx, env, live))
-    keep = ctx.env(env).database.keep_backups  # type: ignore[union-attr]
+    keep = env.config.database.keep_backups  # type: ignore[union-attr]
     for old in backups.manifests(folder)[:-keep]:
         (folder / old.file).unlink(missing_ok=True)
         (folder / f"{old.id}.json").unlink(missing_ok=True)
-    ctx.emit("backup", reasons.OK, env=env, reason=reason,
+    ctx.emit("backup", reasons.OK, env=env.name, reason=reason,
              data={"id": m.id, "size": m.size, "sha256": m.sha256,
                    "tables": {t: v["rows"] for t, v in m.tables.items()}})
     return {"backup": m.id, "size": m.size, "tables": len(m.tables)}
@@ -335,7 +351,7 @@ def _dropped(path: list[Migration]) -> list[tuple[str, str | None]]:
     return list(dict.fromkeys(t for m in path for t in dropped(m.down or "")))
 
 
-def data_dropped(ctx: Context, env: str, path: list[Migration]) -> dict[str, int]:
+def data_dropped(ctx: Context, env: Environment, path: list[Migration]) -> dict[str, int]:
     """What the down path drops that only the newer schema holds: non-empty values per
     dropped column, rows per dropped table."""
     url = database_url(ctx, env)
@@ -343,8 +359,8 @@ def data_dropped(ctx: Context, env: str, path: list[Migration]) -> dict[str, int
     return parking.count(url, _dropped(path))
 
 
-def parked_dir(ctx: Context, env: str) -> Path:
-    return ctx.env_dir(env) / "parked"
+def parked_dir(env: Environment) -> Path:
+    return env.dir / "parked"
 
 
 def describe(change: SchemaChange, sql: list[str], dropped_now: dict[str, int] | None = None,

@@ -29,13 +29,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, NoReturn, Protocol, TypedDict, TypeVar
+from typing import IO, Any, NamedTuple, NoReturn, Protocol, TypedDict, TypeVar
 
 from sqlalchemy import Connection, TextClause, create_engine, inspect, text
-from sqlalchemy.engine import URL, Inspector, make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import (
     ReflectedForeignKeyConstraint,
     ReflectedIndex,
+    ReflectedPrimaryKeyConstraint,
     ReflectedUniqueConstraint,
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -45,6 +46,7 @@ from rollwise.data.sqlrunner import TABLE as SCHEMA_TABLE
 from rollwise.data.sqlrunner import redact
 from rollwise.errors import IntegrityError, RollwiseError
 from rollwise.failpoint import failpoint
+from rollwise.private import open_private, private_dir, replace_private
 
 Snapshot = dict[str, dict[str, Any]]  # table -> {"rows": n, "checksum": "..."}
 
@@ -83,6 +85,7 @@ NOT_CHANGED = "the live database was not changed"
 SWAP_WAIT_S = 60.0  # how long the swap waits for the live database's running transactions
 SIDE = "_rollwise_"  # scratch names: <db>_rollwise_restore_<token>, <db>_rollwise_old_<token>
 FILE_SIDE = ".rollwise_restore_"  # SQLite: <backups>/.rollwise_restore_<token>.db and .lock
+TOOL_TIMEOUT_S = 6 * 3600
 _FAILURES = (RollwiseError, SQLAlchemyError, sqlite3.Error, OSError, subprocess.SubprocessError)
 
 
@@ -101,6 +104,7 @@ class Manifest:
     release: str | None = None  # the release live when it was taken
     schema: list[str] | None = None  # the migrations applied then, oldest first
     structure: Structure | None = None  # keys and indexes per table (None: an older manifest)
+    checksum_kind: str | None = None  # how `tables` was checksummed (None: FIRST_CHECKSUM's)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,32 +128,112 @@ def _connected(url: str, **options: Any) -> Iterator[Connection]:
         engine.dispose()
 
 
-def snapshot(url: str) -> Snapshot:
-    """Row count and a content checksum of every table (rollwise's own table left out)."""
+def _tables(conn: Connection) -> list[str]:
+    return [t for t in sorted(inspect(conn).get_table_names()) if t != SCHEMA_TABLE]
+
+
+# How a manifest's table checksums are computed. A manifest records its kind, and verify and
+# restore compute the same kind on the restored copy; one without it predates the record and
+# has its engine's first kind. A kind, once released, never changes its computation.
+PG_ROW_HASH = "pg-row-hash-sum-1"  # sum of a 64-bit hash per row (PostgreSQL 11+)
+PG_MD5 = "pg-md5-sorted"  # md5 of the sorted row md5s (before, and below PostgreSQL 11)
+MYSQL_CHECKSUM = "mysql-checksum-table"
+SQLITE_SHA256 = "sqlite-sha256-sorted"
+FIRST_CHECKSUM = {"postgresql": PG_MD5, "mysql": MYSQL_CHECKSUM, "sqlite": SQLITE_SHA256}
+
+
+def checksum_kind(conn: Connection) -> str:
+    """The kind a new backup of this database records."""
+    if conn.dialect.name == "postgresql" and (conn.dialect.server_version_info or (0,)) >= (11,):
+        return PG_ROW_HASH
+    return FIRST_CHECKSUM.get(conn.dialect.name, SQLITE_SHA256)
+
+
+def snapshot(url: str, kind: str | None = None) -> Snapshot:
+    """Row count and a content checksum of every table (rollwise's own table left out), of
+    `kind` (default: the one a new backup records)."""
     with _connected(url) as conn:
-        return _snapshot(conn)
+        return _snapshot(conn, kind or checksum_kind(conn))
 
 
-def _snapshot(conn: Connection) -> Snapshot:
-    return {t: _table_sum(conn, t) for t in sorted(inspect(conn).get_table_names())
-            if t != SCHEMA_TABLE}
+def _snapshot(conn: Connection, kind: str) -> Snapshot:
+    table_sum = _CHECKSUMS[kind]
+    return {t: table_sum(conn, t) for t in _tables(conn)}
 
 
-def _table_sum(conn: Any, table: str) -> dict[str, Any]:
-    """Rows and an order-independent content checksum, computed in the database where it
-    can (PostgreSQL: md5 of the sorted row md5s; MySQL: CHECKSUM TABLE)."""
-    q = conn.dialect.identifier_preparer.quote(table)
-    if conn.dialect.name == "postgresql":
-        n, digest = conn.execute(text(
-            f"SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY "
-            f"md5(t::text))), '') FROM {q} t")).one()
-        return {"rows": int(n), "checksum": str(digest)}
-    if conn.dialect.name == "mysql":
-        n = conn.execute(text(f"SELECT count(*) FROM {q}")).scalar()
-        digest = conn.execute(text(f"CHECKSUM TABLE {q}")).one()[1]
-        return {"rows": int(n), "checksum": str(digest)}
-    rows = sorted(repr(tuple(str(v) for v in r)) for r in conn.execute(text(f"SELECT * FROM {q}")))
+def _pg_row_hash(conn: Connection, table: str) -> dict[str, Any]:
+    """Rows and the sum of a hash of each row: free of row order, so the table is read once,
+    in parallel where the server can, and nothing is sorted."""
+    columns = [(str(c), t) for c, t in conn.execute(text(_PG_COLUMNS), {"t": _ident(table)})]
+    n, total = conn.execute(_sql(pg_row_hash_sql(table, columns))).one()
+    return {"rows": int(n), "checksum": str(total)}
+
+
+# A column's hash, by its type's name in pg_catalog: the type's own hash where that tells any
+# two different values apart (not a numeric's 1.0 and 1.00, a float's 0 and -0, an interval's
+# '1 day' and '24 hours'), else the hash of its text, byte for byte (COLLATE "C"; also for a
+# column of a case-insensitive collation). `seed` is the column's place, so equal values in
+# two columns hash apart; reading a timestamptz in UTC keeps its exact value.
+PG_COLUMN_HASH = {
+    "bool": "hashint4extended(CAST({c} AS integer), {seed})",
+    "int2": "hashint2extended({c}, {seed})",
+    "int4": "hashint4extended({c}, {seed})",
+    "int8": "hashint8extended({c}, {seed})",
+    "oid": "hashoidextended({c}, {seed})",
+    "uuid": "uuid_hash_extended({c}, {seed})",
+    "time": "time_hash_extended({c}, {seed})",
+    "timestamp": "timestamp_hash_extended({c}, {seed})",
+    "timestamptz": "timestamp_hash_extended({c} AT TIME ZONE 'UTC', {seed})",
+}
+PG_TEXT_HASH = 'hashtextextended(CAST({c} AS text) COLLATE "C", {seed})'
+_PG_COLUMNS = (
+    "SELECT a.attname, CASE WHEN t.typnamespace = CAST('pg_catalog' AS regnamespace) THEN "
+    "t.typname END FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum")
+
+
+def pg_row_hash_sql(table: str, columns: Sequence[tuple[str, str | None]]) -> str:
+    """The query of `PG_ROW_HASH` for `table`; `columns`: (name, type name if the type is
+    in pg_catalog), in table order. A row's hash is its columns' hashes (NULL: 0) combined
+    and hashed again, so that the sum over rows depends on which row holds which values."""
+    hashes = [PG_COLUMN_HASH.get(t or "", PG_TEXT_HASH).format(c=f"t.{_ident(c)}", seed=i)
+              for i, (c, t) in enumerate(columns, 1)]
+    row = " # ".join(f"coalesce({h}, 0)" for h in hashes) or "0"
+    return (f"SELECT count(*), coalesce(sum(hashint8extended({row}, 0)), 0) "
+            f"FROM {_ident(table)} t")
+
+
+def _pg_md5(conn: Connection, table: str) -> dict[str, Any]:
+    n, digest = conn.execute(_sql(
+        f"SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY "
+        f"md5(t::text))), '') FROM {_ident(table)} t")).one()
+    return {"rows": int(n), "checksum": str(digest)}
+
+
+def _mysql_checksum(conn: Connection, table: str) -> dict[str, Any]:
+    q = _ident(table, "`")
+    n = conn.execute(_sql(f"SELECT count(*) FROM {q}")).scalar_one()
+    digest = conn.execute(_sql(f"CHECKSUM TABLE {q}")).one()[1]
+    return {"rows": int(n), "checksum": str(digest)}
+
+
+def _sqlite_sha256(conn: Connection, table: str) -> dict[str, Any]:
+    rows = sorted(repr(tuple(str(v) for v in r))
+                  for r in conn.execute(_sql(f"SELECT * FROM {_ident(table)}")))
     return {"rows": len(rows), "checksum": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
+
+
+_CHECKSUMS: dict[str, Callable[[Connection, str], dict[str, Any]]] = {
+    PG_ROW_HASH: _pg_row_hash, PG_MD5: _pg_md5, MYSQL_CHECKSUM: _mysql_checksum,
+    SQLITE_SHA256: _sqlite_sha256}
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    with _connected(url) as conn:
+        q = conn.dialect.identifier_preparer.quote
+        return {t: int(conn.execute(_sql(f"SELECT count(*) FROM {q(t)}")).scalar_one())
+                for t in _tables(conn)}
 
 
 def structure(url: str) -> Structure:
@@ -160,17 +244,22 @@ def structure(url: str) -> Structure:
 
 
 def _structure(conn: Connection) -> Structure:
+    """Read for all tables at once (four catalog queries where the dialect can)."""
     insp = inspect(conn)
-    return {t: _shape(insp, t) for t in sorted(insp.get_table_names()) if t != SCHEMA_TABLE}
+    pks, fks = insp.get_multi_pk_constraint(), insp.get_multi_foreign_keys()
+    uniques, indexes = insp.get_multi_unique_constraints(), insp.get_multi_indexes()
+    return {t: _shape(pks[None, t], fks[None, t], uniques[None, t], indexes[None, t])
+            for t in _tables(conn)}
 
 
-def _shape(insp: Inspector, table: str) -> TableShape:
-    pk = insp.get_pk_constraint(table)
+def _shape(pk: ReflectedPrimaryKeyConstraint, fks: list[ReflectedForeignKeyConstraint],
+           uniques: list[ReflectedUniqueConstraint], indexes: list[ReflectedIndex]
+           ) -> TableShape:
     return {"primary_key": {"name": pk.get("name"), "columns": list(pk["constrained_columns"])}
             if pk["constrained_columns"] else None,
-            "foreign_keys": _sorted([_fk(fk) for fk in insp.get_foreign_keys(table)]),
-            "unique": _sorted([_unique(u) for u in insp.get_unique_constraints(table)]),
-            "indexes": _sorted([_index(ix) for ix in insp.get_indexes(table)])}
+            "foreign_keys": _sorted([_fk(fk) for fk in fks]),
+            "unique": _sorted([_unique(u) for u in uniques]),
+            "indexes": _sorted([_index(ix) for ix in indexes])}
 
 
 def _fk(fk: ReflectedForeignKeyConstraint) -> ForeignKey:
@@ -202,7 +291,8 @@ def has_data(url: str) -> bool:
     u = make_url(url)
     if u.get_backend_name() == "sqlite" and not Path(str(u.database)).is_file():
         return False
-    return bool(snapshot(url))
+    with _connected(url) as conn:
+        return bool(_tables(conn))
 
 
 def diff(expected: Snapshot, got: Snapshot) -> list[str]:
@@ -245,52 +335,54 @@ def _described(shape: TableShape) -> set[str]:
 
 
 def check(m: Manifest, url: str) -> list[str]:
-    """How the database at `url` differs from the backup's manifest: tables, rows, content,
-    and (manifests that record them) keys and indexes. Empty: the same."""
-    problems = diff(m.tables, snapshot(url))
-    if m.structure is not None:
-        problems += diff_structure(m.structure, structure(url))
+    """How the database at `url` differs from the backup's manifest: tables, rows, content
+    (checksummed as the manifest's were), and (manifests that record them) keys and indexes.
+    Empty: the same."""
+    kind = m.checksum_kind or FIRST_CHECKSUM.get(m.engine, "")
+    if kind not in _CHECKSUMS:
+        raise IntegrityError(f"backup {m.id}: its checksums are of a kind this rollwise does "
+                             f"not know ({kind or 'none'})", where=f"backup {m.id}",
+                             hint="verify it with the rollwise version that took it")
+    with _connected(url) as conn:
+        problems = diff(m.tables, _snapshot(conn, kind))
+        if m.structure is not None:
+            problems += diff_structure(m.structure, _structure(conn))
     return problems
 
 
 def loss(m: Manifest, url: str) -> dict[str, int]:
     """Rows a restore would lose, by table: rows now minus rows at backup time (> 0 only)."""
-    now = snapshot(url)
-    return {t: now[t]["rows"] - m.tables.get(t, {"rows": 0})["rows"] for t in now
-            if now[t]["rows"] > m.tables.get(t, {"rows": 0})["rows"]}
+    now = _row_counts(url)
+    return {t: now[t] - m.tables.get(t, {"rows": 0})["rows"] for t in now
+            if now[t] > m.tables.get(t, {"rows": 0})["rows"]}
 
 
 # -- files and tools ---------------------------------------------------------------------------
 
-def _private_dir(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder.chmod(0o700)
-
-
-@contextmanager
-def _private_file(path: Path) -> Iterator[IO[bytes]]:
-    """A new or truncated file only its owner can read (mode 0600 whatever the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        yield f
-
-
-def _write_private(path: Path, data: str) -> None:
-    """Written beside, then renamed: a crash leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with _private_file(tmp) as f:
-        f.write(data.encode())
-    os.replace(tmp, path)
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None,
          stdout: Any = None) -> None:
-    p = subprocess.run(cmd, env=env, stdin=stdin, stdout=stdout or subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=False, timeout=6 * 3600)
+    with _running(cmd, env, stdin, stdout):
+        pass
+
+
+@contextmanager
+def _running(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None,
+             stdout: Any = None) -> Iterator[None]:
+    """`cmd` runs while the body does; then it is waited for, and its failure raised with
+    its error output. A body that fails kills it."""
+    p = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=stdout or subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        yield
+        err = p.communicate(timeout=TOOL_TIMEOUT_S)[1]
+    except BaseException:
+        p.kill()
+        p.communicate()
+        raise
     if p.returncode != 0:
-        raise RollwiseError(f"{cmd[0]} exited {p.returncode}:\n{_output(p.stderr)}",
-                            where=cmd[0])
+        raise RollwiseError(f"{cmd[0]} exited {p.returncode}:\n{_output(err)}", where=cmd[0])
 
 
 def _output(raw: bytes, limit: int = 60) -> str:
@@ -348,51 +440,77 @@ def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool,
 def dump(url: str, dest: Path, *, pg_snapshot: str | None = None) -> None:
     """Dump the database at `url` into `dest` (mode 0600, its folder 0700); nothing is left
     behind on failure. `pg_snapshot`: an exported PostgreSQL snapshot to dump."""
+    with _dumping(url, dest, pg_snapshot):
+        pass
+
+
+@contextmanager
+def _dumping(url: str, dest: Path, pg_snapshot: str | None = None) -> Iterator[None]:
+    """`dump` around the body: PostgreSQL's pg_dump runs while the body does, the other
+    engines dump before it. Done when the body is; a failure of either removes the file."""
     u = make_url(url)
-    _private_dir(dest.parent)
+    private_dir(dest.parent)
     try:
-        with _private_file(dest) as f:
-            _dump_into(u, dest, f, pg_snapshot)
+        with open_private(dest) as f, _dump_into(u, dest, f, pg_snapshot):
+            yield
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
 
 
-def _dump_into(u: URL, dest: Path, f: IO[bytes], pg_snapshot: str | None) -> None:
-    if u.get_backend_name() == "sqlite":
-        with closing(_sqlite_open(Path(str(u.database)))) as src:
-            _sqlite_copy(src, dest, standalone=True)
-    elif u.get_backend_name() == "postgresql":
+@contextmanager
+def _dump_into(u: URL, dest: Path, f: IO[bytes], pg_snapshot: str | None) -> Iterator[None]:
+    if u.get_backend_name() == "postgresql":
         uri, env = _pg_conn(u)
         at = [f"--snapshot={pg_snapshot}"] if pg_snapshot else []
-        _run(["pg_dump", "--format=custom", "--no-owner", *at, uri], env=env, stdout=f)
+        with _running(["pg_dump", "--format=custom", "--no-owner", *at, uri], env=env,
+                      stdout=f):
+            yield
+    elif u.get_backend_name() == "sqlite":
+        with closing(_sqlite_open(Path(str(u.database)))) as src:
+            _sqlite_copy(src, dest, standalone=True)
+        yield
     elif u.get_backend_name() == "mysql":
         args, env = _mysql_args(u)
         _run(["mysqldump", *args, "--single-transaction", "--routines", "--triggers",
               str(u.database)], env=env, stdout=f)
+        yield
     else:
         raise RollwiseError(f"no backup provider for {u.get_backend_name()}",
                             where=redact(u.render_as_string()))
 
 
+class Described(NamedTuple):
+    """What a dump holds, as its manifest records it."""
+
+    checksum_kind: str
+    tables: Snapshot
+    structure: Structure
+
+
+def _describe(conn: Connection) -> Described:
+    kind = checksum_kind(conn)
+    return Described(kind, _snapshot(conn, kind), _structure(conn))
+
+
 def create(url: str, folder: Path, env: str, reason: str, *, release: str | None = None,
            schema: list[str] | None = None) -> Manifest:
-    """Dump, then record the file's sha256, the tables as they were and their keys and
-    indexes; `release` and `schema` (applied migrations) when the caller knows them."""
+    """Dump, and record the file's sha256, the tables as the dump holds them and their keys
+    and indexes; `release` and `schema` (applied migrations) when the caller knows them."""
     u = make_url(url)
     backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     ext = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}.get(
         u.get_backend_name(), "dump")
     dest = folder / f"{backup_id}.{ext}"
-    tables, shapes = _dump_described(url, dest)
+    d = _dump_described(url, dest)
     m = Manifest(backup_id, env, u.get_backend_name(), redact(url), dest.name,
-                 dest.stat().st_size, sha256_file(dest), time.time(), tables, reason,
-                 release, schema, shapes)
-    _write_private(folder / f"{backup_id}.json", json.dumps(m.as_dict(), indent=2))
+                 dest.stat().st_size, sha256_file(dest), time.time(), d.tables, reason,
+                 release, schema, d.structure, d.checksum_kind)
+    replace_private(folder / f"{backup_id}.json", json.dumps(m.as_dict(), indent=2).encode())
     return m
 
 
-def _dump_described(url: str, dest: Path) -> tuple[Snapshot, Structure]:
+def _dump_described(url: str, dest: Path) -> Described:
     """Dump, and describe exactly what the dump holds while the app writes on."""
     backend = make_url(url).get_backend_name()
     if backend == "postgresql":
@@ -401,31 +519,39 @@ def _dump_described(url: str, dest: Path) -> tuple[Snapshot, Structure]:
         return _mysql_dump_described(url, dest)
     dump(url, dest)
     with _connected(f"sqlite:///file:{dest.resolve()}?immutable=1&uri=true") as conn:
-        return _snapshot(conn), _structure(conn)
+        return _describe(conn)
 
 
-def _pg_dump_described(url: str, dest: Path) -> tuple[Snapshot, Structure]:
-    """pg_dump reads the snapshot this transaction exports: described and dumped alike."""
+def _pg_dump_described(url: str, dest: Path) -> Described:
+    """pg_dump dumps the snapshot this transaction exports while the transaction describes
+    it: the manifest and the dump hold the same instant, and the description, read beside
+    the dump rather than after it, adds little to its time where a core is free."""
     with _connected(url, isolation_level="REPEATABLE READ") as conn:
         exported = str(conn.execute(text("SELECT pg_export_snapshot()")).scalar_one())
-        dump(url, dest, pg_snapshot=exported)
-        return _snapshot(conn), _structure(conn)
+        with _dumping(url, dest, pg_snapshot=exported):
+            described = _describe(conn)
+    return described
 
 
-def _mysql_dump_described(url: str, dest: Path) -> tuple[Snapshot, Structure]:
+def _mysql_dump_described(url: str, dest: Path) -> Described:
     """mysqldump's snapshot cannot be shared: the tables are described before and after it;
     if the app wrote in between, the dump itself is loaded beside and described there."""
-    before = snapshot(url), structure(url)
+    before = _describe_at(url)
     dump(url, dest)
-    if (snapshot(url), structure(url)) == before:
+    if _describe_at(url) == before:
         return before
     with _opened(url, dest.parent) as st:
         try:
             st.create()
             st.load(dest)
-            return snapshot(st.scratch), structure(st.scratch)
+            return _describe_at(st.scratch)
         finally:
             _quietly(st.drop)
+
+
+def _describe_at(url: str) -> Described:
+    with _connected(url) as conn:
+        return _describe(conn)
 
 
 def manifests(folder: Path) -> list[Manifest]:
@@ -788,7 +914,7 @@ class _SqliteStage:
         self.wait_s = wait_s
         self.path = folder / f"{FILE_SIDE}{token}.db"
         self.name, self.scratch = f"file {self.path}", f"sqlite:///{self.path}"
-        _private_dir(folder)
+        private_dir(folder)
         self.fd = _locked_file(folder / f"{FILE_SIDE}{token}.lock")
 
     def sweep(self) -> None:

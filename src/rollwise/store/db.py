@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from rollwise.errors import RollwiseError
+from rollwise.errors import ConfigError, RollwiseError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 URL_ENV = "ROLLWISE_DATABASE_URL"
@@ -25,7 +26,15 @@ def default_url(state_dir: Path) -> str:
 
 def open_engine(url: str) -> Engine:
     """An engine on `url` with rollwise's schema at head."""
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError) as e:
+        raise ConfigError(f"not a state store URL rollwise can open: {e}", where=URL_ENV,
+                          hint="use sqlite:///path/state.db, postgresql+psycopg://user@host/db "
+                          f"or mysql+pymysql://user@host/db (or unset {URL_ENV} to use "
+                          ".rollwise/state.db)") from None
     if url.startswith("sqlite"):
+        _private_sqlite(make_url(url).database)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
@@ -39,6 +48,23 @@ def open_engine(url: str) -> Engine:
             hint=f"check {URL_ENV} (or unset it to use .rollwise/state.db)",
         ) from e
     return engine
+
+
+def _private_sqlite(database: str | None) -> None:
+    """The database file, created 0600 before SQLite opens it; it, its -wal and -shm (which
+    SQLite creates with the database's mode) made 0600 when an older version left them
+    wider."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    # only a missing file is created: closing any descriptor of an open database drops this
+    # process's SQLite locks on it (POSIX), which long-running processes (webhook) still hold
+    if not os.path.exists(database):
+        with contextlib.suppress(OSError):  # SQLite says what is wrong, with the hint below
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for path in (database, f"{database}-wal", f"{database}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

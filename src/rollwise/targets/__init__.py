@@ -1,5 +1,5 @@
-"""Targets: where code runs. One small interface, built-ins from a factory."""
+"""Targets: where code runs. One small interface; the controller's registry builds them."""
 
-from rollwise.targets.base import InstanceInfo, Target, make_target
+from rollwise.targets.base import InstanceInfo, Target
 
-__all__ = ["InstanceInfo", "Target", "make_target"]
+__all__ = ["InstanceInfo", "Target"]

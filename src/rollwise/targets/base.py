@@ -1,19 +1,25 @@
-"""The Target interface and its factory."""
+"""The Target interface (the controller's registry builds targets)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from rollwise.config.schema import EnvironmentConfig, HealthConfig
+from rollwise.config.schema import HealthConfig
+from rollwise.domain import Endpoint
 from rollwise.secrets import Secret
+
+# a version's instance environment, secrets resolved now (for instances an agent restarted)
+EnvFor = Callable[[str], Mapping[str, str | Secret]]
 
 
 @dataclass(frozen=True)
 class InstanceInfo:
     name: str
     version: str
+    host: str
     port: int
     alive: bool
     restarts: int
@@ -24,17 +30,22 @@ class Target(Protocol):
     type: str
 
     def ensure(self) -> bool:
-        """Make the target reachable (start the local agent, connect to hosts); True when
-        it was not and had to be started."""
+        """Make the target reachable and as configured (start the local agent, move its
+        router to a changed `router.listen`, connect to hosts, give instances that were
+        restarted without their secrets the values again); True when it was not reachable
+        and had to be started, or instances waited for their secrets."""
 
     def prepare(self, artifact: Path, sha256: str, version: str) -> Path:
         """Put the release's files in place; returns its directory. Idempotent."""
 
-    def start(self, name: str, version: str, release_dir: Path, port: int,
-              command: str, env: dict[str, str | Secret]) -> None:
-        """Start one instance. Idempotent by `name`."""
+    def endpoints(self, n: int) -> list[Endpoint]:
+        """Where `n` new instances will listen: free now, on the hosts the target runs."""
 
-    def wait_ready(self, name: str, port: int, health: HealthConfig) -> None:
+    def start(self, name: str, version: str, release_dir: Path, endpoint: Endpoint,
+              command: str, env: dict[str, str | Secret]) -> None:
+        """Start one instance at an endpoint this target handed out. Idempotent by `name`."""
+
+    def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
         """Return when the instance answers its health check; raise HealthCheckFailed."""
 
     def stop(self, name: str, grace: float) -> None:
@@ -43,9 +54,3 @@ class Target(Protocol):
     def instances(self) -> list[InstanceInfo]:
         """Instances the target runs now."""
 
-
-def make_target(cfg: EnvironmentConfig, env_dir: Path, env: str) -> Target:
-    from rollwise.targets.local import LocalTarget
-
-    listen = cfg.router.listen if cfg.router.type == "builtin" else None
-    return LocalTarget(env_dir, env, listen)

@@ -1,5 +1,6 @@
-"""Traffic routers: who gets requests. One small interface, built-ins from a factory."""
+"""Traffic routers: who gets requests. One small interface; the controller's registry builds
+them."""
 
-from rollwise.traffic.base import Backend, TrafficRouter, make_router
+from rollwise.traffic.base import Backend, TrafficRouter
 
-__all__ = ["Backend", "TrafficRouter", "make_router"]
+__all__ = ["Backend", "TrafficRouter"]

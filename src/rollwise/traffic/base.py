@@ -1,12 +1,9 @@
-"""The TrafficRouter interface and its factory."""
+"""The TrafficRouter interface (the controller's registry builds routers)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
-
-from rollwise.config.schema import RouterConfig
 
 
 @dataclass(frozen=True)
@@ -44,16 +41,3 @@ class TrafficRouter(Protocol):
     def metrics(self) -> dict[str, Any]:
         """Per-version counts: requests, 5xx, connection errors, latency buckets."""
 
-
-def make_router(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
-    if cfg.type == "builtin":
-        from rollwise.traffic.builtin import BuiltinRouter
-
-        return BuiltinRouter(env_dir, env, cfg.listen)
-    if cfg.type == "haproxy":
-        from rollwise.traffic.haproxy import HAProxyRouter
-
-        return HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots, env_dir)
-    from rollwise.traffic.caddy import CaddyRouter
-
-    return CaddyRouter(str(cfg.admin), cfg.backend, env_dir)

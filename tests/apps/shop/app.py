@@ -8,10 +8,12 @@ which release this is; migrations/versions/ holds the Alembic revisions):
                          + users.tier, filled on every write of a user
     1.2.x  r1..r5        + order_items (order_id -> orders ON DELETE CASCADE, sku, qty)
                          + payments (order_id -> orders, amount)
+    1.3.x  r1..r6        + shipments (order_id -> orders, carrier), one per new order;
+                         r6 is marked `# rollwise: expand`: 1.2.x runs on it unchanged
 
 GET  /health   200 when every table and column this release reads can be queried, else 500
 POST /users    {"email": ...}                        201 created, 200 when it exists
-POST /orders   {"id", "user_id" | "email", "total", "items": [{"sku", "qty"}]}
+POST /orders   {"id", "user_id" | "email", "total", "items": [{"sku", "qty"}], "carrier"}
                idempotent by id: 201 created, 200 when it exists; 404 before 1.1
 GET  /counts   {"rows": {table: count}} for the tables of this release
 
@@ -53,6 +55,7 @@ VERSION = Path(__file__).with_name("VERSION").read_text().strip()
 RELEASE = tuple(int(x) for x in VERSION.split(".")[:2])
 ORDERS = RELEASE >= (1, 1)  # orders, users.tier
 ITEMS = RELEASE >= (1, 2)  # order_items, payments
+SHIPMENTS = RELEASE >= (1, 3)  # shipments
 
 
 def schema() -> dict[str, Table]:
@@ -72,6 +75,10 @@ def schema() -> dict[str, Table]:
         tables.append(Table("payments", md, Column("id", Integer, primary_key=True),
                             Column("order_id", String(64), ForeignKey("orders.id")),
                             Column("amount", Numeric(10, 2))))
+    if SHIPMENTS:
+        tables.append(Table("shipments", md, Column("id", Integer, primary_key=True),
+                            Column("order_id", String(64), ForeignKey("orders.id")),
+                            Column("carrier", String(32))))
     return {t.name: t for t in tables}
 
 
@@ -153,6 +160,9 @@ def add_order(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
                     {"order_id": order_id, "sku": str(i["sku"]), "qty": int(i["qty"])}
                     for i in items])
                 conn.execute(insert(T["payments"]).values(order_id=order_id, amount=total))
+            if SHIPMENTS:
+                conn.execute(insert(T["shipments"]).values(
+                    order_id=order_id, carrier=str(body.get("carrier", "post"))))
     except IntegrityError:
         if not _exists(order_id):  # not a duplicate: a foreign key or a constraint
             raise

@@ -1,0 +1,55 @@
+"""Which class serves each `target.type` and `router.type`. The registry lives in the
+controller that uses the backends, so an interface module (targets/base.py, traffic/base.py)
+imports no implementation and no implementation imports its factory back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from rollwise.config.schema import EnvironmentConfig, RouterConfig
+from rollwise.errors import ConfigError
+from rollwise.targets import Target
+from rollwise.targets.base import EnvFor
+from rollwise.targets.local import LocalTarget
+from rollwise.traffic import TrafficRouter
+from rollwise.traffic.builtin import BuiltinRouter
+from rollwise.traffic.caddy import CaddyRouter
+from rollwise.traffic.haproxy import HAProxyRouter
+
+T = TypeVar("T")
+
+
+def _local(cfg: EnvironmentConfig, env_dir: Path, env: str, env_for: EnvFor) -> Target:
+    listen = cfg.router.listen if cfg.router.type == "builtin" else None  # the agent's router
+    return LocalTarget(env_dir, env, listen, env_for)
+
+
+TARGETS: dict[str, Callable[[EnvironmentConfig, Path, str, EnvFor], Target]] = {
+    "local": _local}
+
+ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
+    "builtin": lambda cfg, env_dir, env: BuiltinRouter(env_dir, env, cfg.listen),
+    "haproxy": lambda cfg, env_dir, env: HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots,
+                                                       env_dir),
+    "caddy": lambda cfg, env_dir, env: CaddyRouter(str(cfg.admin), cfg.backend, env_dir),
+}
+
+
+def make_target(cfg: EnvironmentConfig, env_dir: Path, env: str, env_for: EnvFor) -> Target:
+    """`env_for(version)`: a version's instance environment, secrets resolved now."""
+    build = _pick(TARGETS, cfg.target.type, f"environments.{env}.target.type")
+    return build(cfg, env_dir, env, env_for)
+
+
+def make_router(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
+    return _pick(ROUTERS, cfg.type, f"environments.{env}.router.type")(cfg, env_dir, env)
+
+
+def _pick(registry: Mapping[str, T], name: str, key: str) -> T:
+    try:
+        return registry[name]
+    except KeyError:
+        raise ConfigError(f"unknown type {name!r}", where=key,
+                          hint=f"types rollwise knows: {', '.join(registry)}") from None
