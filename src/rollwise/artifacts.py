@@ -238,11 +238,34 @@ def unpack(artifact: Path, sha256: str, dest: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     with tarfile.open(artifact, "r:gz") as tar:
-        tar.extractall(tmp, filter="data")
+        _extract(tar, tmp)
     (tmp / MARKER).write_text(sha256)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
     return dest
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract with the `data` filter (nothing outside `dest`, no devices, no set-id bits).
+    A Python without it (3.11 before 3.11.4, as some fleet hosts have) gets the same checks
+    here, member by member."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for m in tar.getmembers():
+        target = (root / m.name).resolve()
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()) \
+                or not target.is_relative_to(root):
+            raise IntegrityError(f"{m.name}: not a plain file, folder or link inside the "
+                                 "release", where=str(tar.name), hint="re-create the release")
+        if m.issym() or m.islnk():
+            base = target.parent if m.issym() else root
+            if not (base / m.linkname).resolve().is_relative_to(root):
+                raise IntegrityError(f"{m.name} links outside the release ({m.linkname})",
+                                     where=str(tar.name), hint="re-create the release")
+        m.mode &= 0o755
+    tar.extractall(dest)  # every member was checked above
 
 
 def prune_plan(versions_oldest_first: Iterable[str], keep: int, protected: set[str]

@@ -1,4 +1,4 @@
-"""Free loopback ports for instances, the demo and benchmarks.
+"""Free ports for instances, the demo and benchmarks.
 
 They are drawn at random below the kernel's ephemeral range: a port that bind(0) hands out
 comes from that range, where the next outgoing connection (to a database, to Prometheus) may
@@ -26,8 +26,8 @@ def parse_address(text: str) -> tuple[str, int]:
     return m["host"].strip("[]"), int(m["port"])
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free on 127.0.0.1 just now, below the ephemeral range when it
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports free on `host` just now, below the ephemeral range when it
     leaves room (else from the OS)."""
     top = _ephemeral_low()
     socks: list[socket.socket] = []
@@ -37,14 +37,14 @@ def free_ports(n: int) -> list[int]:
                 break
             s = socket.socket()
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             except OSError:
                 s.close()
                 continue
             socks.append(s)
         while len(socks) < n:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             socks.append(s)
         return [int(s.getsockname()[1]) for s in socks]
     finally:

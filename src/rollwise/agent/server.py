@@ -19,11 +19,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from rollwise import __version__, artifacts
 from rollwise.agent import socket_path
 from rollwise.agent.router import Router, serve
 from rollwise.agent.supervisor import InstanceSpec, Supervisor
-from rollwise.ports import parse_address
-from rollwise.private import replace_private
+from rollwise.ports import free_ports, parse_address
+from rollwise.private import close_tree, replace_private
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -38,19 +39,59 @@ class Agent:
         self.state_file = env_dir / "agent.json"
         # instances restored from agent.json whose secrets were not given again yet
         self.waiting: dict[str, dict[str, Any]] = {}
+        # backends the router sends to that this agent does not run (a fleet's hosts)
+        self.routes: dict[str, dict[str, Any]] = {}
         self.stopped = asyncio.Event()
         self.ops: dict[str, Handler] = {
             "ping": self.op_ping, "start": self.op_start, "stop": self.op_stop,
             "instances": self.op_instances, "set_weights": self.op_set_weights,
             "weights": self.op_weights, "drain": self.op_drain, "metrics": self.op_metrics,
             "shutdown": self.op_shutdown, "listen": self.op_listen, "resume": self.op_resume,
+            "prepare": self.op_prepare, "ports": self.op_ports, "route": self.op_route,
+            "unroute": self.op_unroute,
         }
 
     # -- operations ----------------------------------------------------------------
     async def op_ping(self, _: dict[str, Any]) -> Any:
         waiting = [{"name": r["name"], "version": r["version"], "secrets": r["secret_names"]}
                    for r in self.waiting.values()]
-        return {"pid": os.getpid(), "listen": self.listen, "waiting": waiting}
+        return {"pid": os.getpid(), "listen": self.listen, "waiting": waiting,
+                "version": __version__}
+
+    async def op_prepare(self, msg: dict[str, Any]) -> Any:
+        """Unpack an uploaded artifact into `releases/<version>` once its sha256 matches
+        (a host's copy of the release, on a fleet)."""
+        artifact, sha256 = Path(msg["artifact"]), str(msg["sha256"])
+        release = self.env_dir / "releases" / str(msg["version"])
+
+        def unpack() -> str:
+            if artifacts.sha256_file(artifact) != sha256:
+                raise ValueError(f"{artifact} does not have sha256 {sha256}: the upload was "
+                                 "cut or altered")
+            close_tree(artifacts.unpack(artifact, sha256, release))
+            return str(release)
+
+        return await asyncio.to_thread(unpack)
+
+    async def op_route(self, msg: dict[str, Any]) -> Any:
+        """Route to instances another agent runs (on a fleet host): each backend is
+        `{name, version, host, port}`; this agent's own instances are routed already."""
+        for b in msg["backends"]:
+            if b["name"] in self.supervisor.instances or b["name"] in self.waiting:
+                continue
+            self.routes[b["name"]] = {k: b[k] for k in ("name", "version", "host", "port")}
+            self.router.add(b["name"], b["version"], b["host"], int(b["port"]))
+        self.save()
+        return sorted(self.routes)
+
+    async def op_unroute(self, msg: dict[str, Any]) -> Any:
+        if self.routes.pop(msg["name"], None) is not None:
+            self.router.remove(msg["name"])
+            self.save()
+        return sorted(self.routes)
+
+    async def op_ports(self, msg: dict[str, Any]) -> Any:
+        return free_ports(int(msg["n"]), str(msg.get("bind", "127.0.0.1")))
 
     async def op_start(self, msg: dict[str, Any]) -> Any:
         return await self._start(InstanceSpec(**msg["spec"]))
@@ -67,7 +108,7 @@ class Agent:
     async def _start(self, spec: InstanceSpec) -> dict[str, Any]:
         inst = await self.supervisor.start(spec)
         self.waiting.pop(spec.name, None)
-        self.router.add(spec.name, spec.version, "127.0.0.1", spec.port)
+        self.router.add(spec.name, spec.version, spec.host, spec.port)
         self.save()
         return inst.status()
 
@@ -123,7 +164,7 @@ class Agent:
     def save(self) -> None:
         records = [i.spec.record() for i in self.supervisor.instances.values()]
         state = {"instances": [*records, *self.waiting.values()],
-                 "weights": self.router.weights()}
+                 "routes": list(self.routes.values()), "weights": self.router.weights()}
         # commands and environments, secrets by name only: readable by the owner only
         replace_private(self.state_file, json.dumps(state).encode())
 
@@ -134,7 +175,11 @@ class Agent:
         for record in state["instances"]:  # all waiting first, so that each save keeps all
             record.setdefault("secret_names", [])  # a file an older version wrote
             self.waiting[record["name"]] = record
-            self.router.add(record["name"], record["version"], "127.0.0.1", record["port"])
+            self.router.add(record["name"], record["version"], record.get("host", "127.0.0.1"),
+                            record["port"])
+        for r in state.get("routes", []):
+            self.routes[r["name"]] = r
+            self.router.add(r["name"], r["version"], r["host"], int(r["port"]))
         for record in list(self.waiting.values()):
             if not record["secret_names"]:
                 await self._start(InstanceSpec.from_record(record, {}))

@@ -25,11 +25,12 @@ class InstanceSpec:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)  # in memory only, never written
+    host: str = "127.0.0.1"  # the address the instance listens on
 
     def record(self) -> dict[str, Any]:
         """What may be written to disk: the secrets by name, never their values."""
         return {"name": self.name, "version": self.version, "command": self.command,
-                "cwd": self.cwd, "port": self.port, "env": dict(self.env),
+                "cwd": self.cwd, "port": self.port, "host": self.host, "env": dict(self.env),
                 "secret_names": sorted(self.secrets)}
 
     @classmethod
@@ -85,8 +86,9 @@ class Supervisor:
 
     async def _spawn(self, inst: Instance) -> None:
         spec = inst.spec
-        env = {**os.environ, **spec.env, **spec.secrets, "PORT": str(spec.port)}
-        command = spec.command.replace("{port}", str(spec.port))
+        env = {**os.environ, **spec.env, **spec.secrets, "PORT": str(spec.port),
+               "HOST": spec.host}
+        command = spec.command.replace("{port}", str(spec.port)).replace("{host}", spec.host)
         fd = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "ab") as log:
             inst.proc = await asyncio.create_subprocess_exec(

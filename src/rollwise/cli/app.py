@@ -31,12 +31,15 @@ backup_app = typer.Typer(help="Back up, verify and restore the app's database.",
 config_app = typer.Typer(help="Configuration schema and reference.", no_args_is_help=True)
 agent_app = typer.Typer(help="The per-environment agent (router and supervisor).",
                         no_args_is_help=True)
+hosts_app = typer.Typer(help="The hosts of a fleet environment (`target: {type: ssh}`).",
+                        no_args_is_help=True)
 app.add_typer(release_app, name="release")
 app.add_typer(audit_app, name="audit")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(backup_app, name="backup")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
+app.add_typer(hosts_app, name="hosts")
 
 # No console markup: names, reasons and messages print as written (a `[a-z]` in a pattern
 # stays); colour comes from Text styles.
@@ -680,6 +683,92 @@ def agent_stop(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
         return f"{env}: agent stopping"
 
     out.print(_run(go))
+
+
+@hosts_app.command("list")
+def hosts_list(env: EnvOpt = "dev", directory: DirOpt = Path("."),
+               as_json: JsonOpt = False) -> None:
+    """The environment's hosts as configured (no connection)."""
+    from rollwise.controller import hosts
+
+    rows = _run(lambda: hosts.hosts_list(_ctx(directory, quiet=True), env), as_json)
+    if as_json:
+        _emit_json(rows)
+        return
+    for h in rows:
+        labels = " ".join(f"{k}={v}" for k, v in h["labels"].items())
+        out.print(f"{h['name']:<16} {h['user']}@{h['address']}:{h['port']}  instances on "
+                  f"{h['bind']}  {labels}".rstrip())
+
+
+@hosts_app.command("check")
+def hosts_check(env: EnvOpt = "dev", directory: DirOpt = Path("."),
+                as_json: JsonOpt = False) -> None:
+    """Connect to every host (keys verified) and report its Python, whether the agent is
+    installed and running, and free disk under `ssh.root`; exit 1 when a host is not
+    ready. Changes nothing."""
+    from rollwise.controller import hosts
+
+    rows = _run(lambda: hosts.hosts_check(_ctx(directory, quiet=True), env), as_json)
+    bad = [r for r in rows if not r["reachable"] or not r["agent_installed"]]
+    if as_json:
+        _emit_json(rows)
+    else:
+        for r in rows:
+            if not r["reachable"]:
+                out.print(Text.assemble((f"{r['name']:<16} ", "bold"), ("NOT READY", "red"),
+                                        f"  {r['error']}"))
+                continue
+            out.print(Text.assemble(
+                (f"{r['name']:<16} ", "bold"), f"python {r['python']}  agent ",
+                ("installed", "green") if r["agent_installed"] else ("NOT installed", "red"),
+                ", running" if r["agent_running"] else ", not running",
+                f"  free {r['free_mb']} MB" if r["free_mb"] is not None else ""))
+        if bad:
+            err.print(f"{len(bad)} host(s) not ready: run `rollwise hosts setup -e {env}` "
+                      "for missing agents; see the errors above for unreachable ones")
+    if bad:
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
+@hosts_app.command("trust")
+def hosts_trust(host: Annotated[str, typer.Argument(help="Host name or address.")],
+                env: EnvOpt = "dev",
+                fingerprint: Annotated[str | None, typer.Option(
+                    "--fingerprint", help="The key's SHA256 fingerprint as its owner gave it; "
+                    "without it, asks on a terminal.")] = None,
+                directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Record the host's SSH key in `ssh.known_hosts`, on purpose: only when it matches
+    --fingerprint, or you confirm it at a terminal. A host whose key is already there with
+    another key is refused."""
+    from rollwise.controller import hosts
+
+    ask = (lambda q: typer.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
+    res = _run(lambda: hosts.hosts_trust(_ctx(directory, quiet=True), env, host, fingerprint,
+                                         ask), as_json)
+    if as_json:
+        _emit_json(res)
+    elif res["trusted"]:
+        out.print(f"{res['host']}: trusted {res['fingerprint']} (added to {res['known_hosts']})")
+    else:
+        out.print(f"{res['host']}: not trusted; nothing recorded")
+
+
+@hosts_app.command("setup")
+def hosts_setup(env: EnvOpt = "dev", directory: DirOpt = Path("."),
+                as_json: JsonOpt = False) -> None:
+    """Install rollwise's agent on every host of the environment (its modules, under
+    `ssh.root`; the host needs Python 3.11+). Idempotent: a host that has this version's
+    agent is left as it is."""
+    from rollwise.controller import hosts
+
+    res = _run(lambda: hosts.hosts_setup(_ctx(directory, quiet=True), env), as_json)
+    if as_json:
+        _emit_json(res)
+        return
+    for name, what in res["hosts"].items():
+        out.print(f"{name:<16} {what}")
+    out.print(f"agent {res['agent']} under {res['root']} on {len(res['hosts'])} host(s)")
 
 
 @app.command()

@@ -33,7 +33,9 @@ class BuildConfig(Strict):
 class RunConfig(Strict):
     command: str = Field(
         description="Command that starts one instance, run in the unpacked release directory. "
-        "`{port}` is replaced by the instance's port, which is also in `$PORT`.",
+        "`{port}` is replaced by the instance's port, which is also in `$PORT`; `{host}` by "
+        "the address it should listen on (`127.0.0.1` locally, the host's `bind` on a "
+        "fleet), also in `$HOST`.",
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables for every instance."
@@ -113,10 +115,117 @@ class RouterConfig(Strict):
         return parse_address(self.listen)[1]
 
 
-class TargetConfig(Strict):
-    type: Literal["local"] = Field(
-        "local", description="`local`: instances run as processes on this machine."
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class HostConfig(Strict):
+    address: str = Field(description="Host name or IP address the controller connects to.")
+    name: str | None = Field(
+        None, description="Short name shown in progress and status (default: `address`).",
     )
+    port: int = Field(22, ge=1, le=65535, description="SSH port.")
+    user: str | None = Field(None, description="SSH user (default: `ssh.user`).")
+    key_file: str | None = Field(
+        None, description="Private key for this host (default: `ssh.key_file`).",
+    )
+    bind: str | None = Field(
+        None,
+        description="Address the host's instances listen on, which the router and health "
+        "checks reach (default: `address`). `{host}` in `run.command` is replaced by it.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form labels (zone, rack), shown in status.",
+    )
+
+    @field_validator("address", "name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not HOST_NAME_RE.match(v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '-' and '_' (a DNS name or "
+                             "an IPv4 address)")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.address
+
+    @property
+    def listen_host(self) -> str:
+        return self.bind or self.address
+
+
+class SSHConfig(Strict):
+    user: str = Field("root", description="SSH user for hosts that name none.")
+    key_file: str | None = Field(
+        None,
+        description="Private key for hosts that name none (default: the SSH agent and "
+        "`~/.ssh/id_*`).",
+    )
+    known_hosts: str = Field(
+        "~/.ssh/known_hosts",
+        description="Host keys the controller trusts. An unknown or changed key is refused; "
+        "`rollwise hosts trust HOST` adds one on purpose.",
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Timeout of one SSH connect.")
+    command_timeout_s: float = Field(
+        120.0, gt=0, description="Timeout of one command or agent call on a host.",
+    )
+    connect_attempts: int = Field(
+        3, ge=1, le=10,
+        description="Attempts to connect to a host, with backoff (connecting is idempotent; "
+        "commands are not retried).",
+    )
+    concurrency: int = Field(
+        50, ge=1, le=1000, description="Hosts worked on at once (connects, uploads).",
+    )
+    jump_host: str | None = Field(
+        None, description="`[user@]host[:port]` every connection goes through (a bastion).",
+    )
+    root: str = Field(
+        "/srv/rollwise",
+        description="Folder on each host that holds rollwise's agent, releases and logs.",
+    )
+    python: str = Field("python3", description="Python 3.11+ on each host, runs the agent.")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not v.startswith("/") or len(v) > 60:
+            raise ValueError(f"{v!r}: must be an absolute path of at most 60 characters "
+                             "(the agent's socket lives under it)")
+        return v.rstrip("/") or "/"
+
+
+class TargetConfig(Strict):
+    type: Literal["local", "ssh"] = Field(
+        "local",
+        description="`local`: instances run as processes on this machine. `ssh`: instances "
+        "run on `hosts`, each driven by its own rollwise agent over SSH; the router is the "
+        "front that balances across them.",
+    )
+    hosts: list[HostConfig] = Field(
+        default_factory=list,
+        description="ssh: the hosts of this environment; `instances` run on each.",
+    )
+    ssh: SSHConfig = Field(default_factory=SSHConfig, description="ssh: connection settings.")
+
+    @model_validator(mode="after")
+    def _hosts(self) -> TargetConfig:
+        if self.type == "ssh" and not self.hosts:
+            raise ValueError("target type 'ssh' needs `hosts`, e.g. "
+                             "[{address: 10.0.0.2}, {address: 10.0.0.3}]")
+        if self.type == "local" and self.hosts:
+            raise ValueError("`hosts` needs `type: ssh`")
+        labels = [h.label for h in self.hosts]
+        if dup := sorted({x for x in labels if labels.count(x) > 1}):
+            raise ValueError(f"host {dup[0]!r} is listed twice")
+        return self
+
+    def host(self, label: str) -> HostConfig:
+        for h in self.hosts:
+            if label in (h.label, h.address):
+                return h
+        raise KeyError(label)
 
 
 COMPARISONS = ("<=", ">=", "==", "!=", "<", ">")

@@ -83,7 +83,7 @@ class Context:
         """Resolve `name` once per operation (an unknown one is a ConfigError)."""
         cfg, folder = self.env(name), self.env_dir(name)
         return Environment(name, cfg, folder,
-                           make_target(cfg, folder, name,
+                           make_target(cfg, self.config.app, folder, name,
                                        lambda version: self.instance_env(name, version)),
                            make_router(cfg.router, folder, name))
 

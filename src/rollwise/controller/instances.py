@@ -18,8 +18,8 @@ def start(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...])
     """Start instances at their endpoints (idempotent by name)."""
     env.target.ensure()
     for i in instances:
-        env.target.start(i.name, i.version, env.release_dir(i.version), i.endpoint,
-                         ctx.config.run.command, ctx.instance_env(env.name, i.version))
+        env.target.start(i.name, i.version, i.endpoint, ctx.config.run.command,
+                         ctx.instance_env(env.name, i.version))
 
 
 def wait_ready(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...]) -> float:

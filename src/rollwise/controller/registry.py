@@ -13,6 +13,7 @@ from rollwise.errors import ConfigError
 from rollwise.targets import Target
 from rollwise.targets.base import EnvFor
 from rollwise.targets.local import LocalTarget
+from rollwise.targets.ssh import SSHTarget
 from rollwise.traffic import TrafficRouter
 from rollwise.traffic.builtin import BuiltinRouter
 from rollwise.traffic.caddy import CaddyRouter
@@ -21,13 +22,23 @@ from rollwise.traffic.haproxy import HAProxyRouter
 T = TypeVar("T")
 
 
-def _local(cfg: EnvironmentConfig, env_dir: Path, env: str, env_for: EnvFor) -> Target:
-    listen = cfg.router.listen if cfg.router.type == "builtin" else None  # the agent's router
-    return LocalTarget(env_dir, env, listen, env_for)
+def _listen(cfg: EnvironmentConfig) -> str | None:
+    """Where the local agent's embedded router listens, when it is the router."""
+    return cfg.router.listen if cfg.router.type == "builtin" else None
 
 
-TARGETS: dict[str, Callable[[EnvironmentConfig, Path, str, EnvFor], Target]] = {
-    "local": _local}
+def _local(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor
+           ) -> Target:
+    return LocalTarget(env_dir, env, _listen(cfg), env_for)
+
+
+def _ssh(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor
+         ) -> Target:
+    return SSHTarget(cfg.target, app, env_dir, env, _listen(cfg), env_for)
+
+
+TARGETS: dict[str, Callable[[EnvironmentConfig, str, Path, str, EnvFor], Target]] = {
+    "local": _local, "ssh": _ssh}
 
 ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
     "builtin": lambda cfg, env_dir, env: BuiltinRouter(env_dir, env, cfg.listen),
@@ -37,10 +48,11 @@ ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
 }
 
 
-def make_target(cfg: EnvironmentConfig, env_dir: Path, env: str, env_for: EnvFor) -> Target:
+def make_target(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor
+                ) -> Target:
     """`env_for(version)`: a version's instance environment, secrets resolved now."""
     build = _pick(TARGETS, cfg.target.type, f"environments.{env}.target.type")
-    return build(cfg, env_dir, env, env_for)
+    return build(cfg, app, env_dir, env, env_for)
 
 
 def make_router(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:

@@ -36,14 +36,16 @@ class Target(Protocol):
         and had to be started, or instances waited for their secrets."""
 
     def prepare(self, artifact: Path, sha256: str, version: str) -> Path:
-        """Put the release's files in place; returns its directory. Idempotent."""
+        """Put the release's files in place where its instances will run (and, for
+        migrations and hooks, on this machine); returns the local directory. Idempotent."""
 
     def endpoints(self, n: int) -> list[Endpoint]:
         """Where `n` new instances will listen: free now, on the hosts the target runs."""
 
-    def start(self, name: str, version: str, release_dir: Path, endpoint: Endpoint,
-              command: str, env: dict[str, str | Secret]) -> None:
-        """Start one instance at an endpoint this target handed out. Idempotent by `name`."""
+    def start(self, name: str, version: str, endpoint: Endpoint, command: str,
+              env: dict[str, str | Secret]) -> None:
+        """Start one instance of a prepared version at an endpoint this target handed out.
+        Idempotent by `name`."""
 
     def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
         """Return when the instance answers its health check; raise HealthCheckFailed."""

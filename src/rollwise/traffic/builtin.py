@@ -17,11 +17,11 @@ class BuiltinRouter:
         self.listen = listen
 
     def register(self, backends: list[Backend]) -> None:
-        """Instances started by the local target are registered by the agent itself."""
-        known = self.weights()
-        missing = [b.name for b in backends if b.name not in known]
-        if missing:
-            raise KeyError(f"the builtin router only routes to local instances: {missing}")
+        """Instances the local agent runs are registered by it; others (on a fleet's hosts)
+        are added here."""
+        self.agent.call("route", backends=[
+            {"name": b.name, "version": b.version, "host": b.host, "port": b.port}
+            for b in backends])
 
     def set_weights(self, weights: dict[str, int]) -> None:
         self.agent.call("set_weights", weights=weights)
@@ -34,7 +34,8 @@ class BuiltinRouter:
         return int(self.agent.call("drain", name=name, timeout=timeout)["inflight"])
 
     def remove(self, name: str) -> None:
-        """Removed when the local target stops the instance."""
+        """A fleet host's instance; the local agent's own are removed when it stops them."""
+        self.agent.call("unroute", name=name)
 
     def metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = self.agent.call("metrics")

@@ -1,0 +1,215 @@
+"""A fleet: the example app on real OpenSSH hosts (sshd in network namespaces), driven over
+SSH by each host's rollwise agent, behind the embedded router as the front. Rolling deploys
+and rollbacks under load, a bad release halted on its first host, host keys, credentials,
+an unreachable host, a full disk, and a controller killed mid-rollout."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollwise import loadgen
+from rollwise.demo import prepare_example
+from rollwise.errors import ExitCode
+from tests.conftest import EXAMPLE, Project
+from tests.fleethosts import Fleet, fleet
+
+HOSTS = 5
+ROLLING = {"type": "rolling", "batch_size": 1, "pause_s": 1}
+ANALYSIS = {"interval_s": 0.5, "checks_every_s": 1, "router": {"min_requests": 10}}
+
+
+@dataclass
+class FleetProject:
+    p: Project
+    f: Fleet
+
+    def cli(self, *args: str, **kw: Any) -> Any:
+        return self.p.cli(*args, **kw)
+
+    def status(self) -> dict[str, Any]:
+        out = self.cli("status", "--env", "dev", "--json", check=True).stdout
+        return dict(json.loads(out)["environments"]["dev"])
+
+    def versions_by_host(self) -> dict[str, list[str]]:
+        """What each host runs now, read on the host from its agent's state file."""
+        out: dict[str, list[str]] = {}
+        for h in self.f.hosts:
+            state = h.root / "rollwise" / "order-sync" / "dev" / "agent.json"
+            records = json.loads(state.read_text())["instances"] if state.exists() else []
+            out[h.name] = sorted(r["version"] for r in records)
+        return out
+
+    def load(self, rate: float) -> loadgen.Load:
+        host, port = self.status()["router"].rsplit(":", 1)
+        return loadgen.Load(host, int(port), rate=rate, max_duration_s=120).start()
+
+
+def configure(p: Project, f: Fleet, hosts: list[Any] | None = None, **ssh: Any) -> None:
+    p.configure(
+        target={"type": "ssh",
+                "hosts": [{"address": h.address, "name": h.name} for h in hosts or f.hosts],
+                "ssh": {"known_hosts": str(f.known_hosts), "key_file": str(f.client_key),
+                        "connect_attempts": 1, "connect_timeout_s": 3, **ssh}},
+        strategy=ROLLING, analysis=ANALYSIS)
+
+
+@pytest.fixture
+def fp(tmp_path: Path) -> Iterator[FleetProject]:
+    (tmp_path / "hosts").mkdir()
+    with fleet(HOSTS, tmp_path / "hosts") as f:
+        p = Project(prepare_example(EXAMPLE, tmp_path / "project"))
+        configure(p, f)
+        try:
+            yield FleetProject(p, f)
+        finally:
+            p.stop_agents()  # the front router here; the hosts' agents die with the fleet
+
+
+def setup_and_deploy(fp: FleetProject, *versions: str) -> None:
+    fp.cli("hosts", "setup", "--env", "dev", check=True)
+    fp.p.release(*versions)
+    fp.cli("deploy", versions[0], "--env", "dev", check=True)
+
+
+def failed(results: list[loadgen.Result], but: str | None = None) -> list[loadgen.Result]:
+    return [r for r in results if not 200 <= r.status < 300 and r.version != but]
+
+
+def test_rolling_deploy_and_rollback_across_five_hosts_fail_no_request(fp: FleetProject):
+    setup_and_deploy(fp, "1.0.0", "1.1.0")
+    assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in fp.f.hosts}
+    load = fp.load(150)
+    deploy = fp.cli("deploy", "1.1.0", "--env", "dev")
+    assert deploy.returncode == 0, deploy.stderr
+    assert [ln.strip().split()[1] for ln in deploy.stderr.splitlines()
+            if ln.strip().startswith("✓ rolling")] == [f"rolling:{k}" for k in range(1, 6)]
+    assert fp.versions_by_host() == {h.name: ["1.1.0"] for h in fp.f.hosts}
+    back = fp.cli("rollback", "--env", "dev", "--yes")
+    results = load.stop()
+    assert back.returncode == 0, back.stderr
+    assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in fp.f.hosts}
+    assert len(results) >= 300 and failed(results) == []
+    served = {r.version for r in results}
+    assert served == {"1.0.0", "1.1.0"}
+    s = fp.status()
+    assert s["live_version"] == "1.0.0" and s["healthy"] is True
+    assert sorted(i["host"] for i in s["instances"]) == sorted(h.address for h in fp.f.hosts)
+
+
+def test_a_bad_release_is_halted_on_its_first_host_and_the_fleet_goes_back(fp: FleetProject):
+    setup_and_deploy(fp, "1.0.0")
+    fp.p.release("1.1.0", faults={"order_error_rate": 0.5})
+    load = fp.load(150)
+    res = fp.cli("deploy", "1.1.0", "--env", "dev")
+    results = load.stop()
+    assert res.returncode == ExitCode.ERROR, res.stderr
+    assert "rolling:1" in res.stderr and "router metrics" in res.stderr
+    assert "✓ rolling:2" not in res.stderr  # halted before the second host
+    assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in fp.f.hosts}
+    assert failed(results, but="1.1.0") == []
+    s = fp.status()
+    assert s["live_version"] == "1.0.0" and s["marks"]["1.1.0"] == "bad"
+
+
+def test_an_unknown_host_key_is_refused_and_trusted_only_on_purpose(fp: FleetProject):
+    lines = fp.f.known_hosts.read_text().splitlines()
+    stranger = fp.f.hosts[2]
+    fp.f.known_hosts.write_text("".join(ln + "\n" for ln in lines
+                                        if not ln.startswith(stranger.address + " ")))
+    res = fp.cli("hosts", "setup", "--env", "dev")
+    assert res.returncode == ExitCode.INTEGRITY, res.stderr
+    assert f"host {stranger.name} ({stranger.address}:22)" in res.stderr
+    fingerprint = res.stderr.split("its host key ")[1].split()[0]
+    assert fingerprint.startswith("SHA256:")
+    assert "rollwise hosts trust" in res.stderr
+    no_tty = fp.cli("hosts", "trust", stranger.name, "--env", "dev")
+    assert no_tty.returncode == ExitCode.USAGE and fingerprint in no_tty.stderr
+    wrong = fp.cli("hosts", "trust", stranger.name, "--env", "dev",
+                   "--fingerprint", "SHA256:" + "A" * 43)
+    assert wrong.returncode == ExitCode.INTEGRITY and "nothing was recorded" in wrong.stderr
+    assert stranger.address not in fp.f.known_hosts.read_text()
+    ok = fp.cli("hosts", "trust", stranger.name, "--env", "dev", "--fingerprint", fingerprint)
+    assert ok.returncode == 0, ok.stderr
+    fp.cli("hosts", "setup", "--env", "dev", check=True)
+    # a changed key (the host "reinstalled"): refused as CHANGED, never replaced silently
+    lines = fp.f.known_hosts.read_text().splitlines()
+    other_key = next(ln for ln in lines if ln.startswith(fp.f.hosts[0].address + " "))
+    fp.f.known_hosts.write_text("".join(
+        (f"{stranger.address} {other_key.split(' ', 1)[1]}"
+         if ln.startswith(stranger.address + " ") else ln) + "\n" for ln in lines))
+    changed = fp.cli("hosts", "check", "--env", "dev")
+    assert changed.returncode == 1
+    assert "CHANGED" in changed.stdout and stranger.name in changed.stdout
+
+
+def test_wrong_credentials_are_refused_naming_user_and_key(fp: FleetProject, tmp_path: Path):
+    import asyncssh
+
+    other = tmp_path / "other_key"
+    other.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    os.chmod(other, 0o600)
+    configure(fp.p, fp.f, key_file=str(other))
+    res = fp.cli("hosts", "setup", "--env", "dev")
+    assert res.returncode == ExitCode.CONFIG, res.stderr
+    assert f"refused user 'root' with key {other}" in res.stderr
+    assert "authorized_keys" in res.stderr
+
+
+def test_an_unreachable_host_stops_the_deploy_before_anything_moves(fp: FleetProject):
+    setup_and_deploy(fp, "1.0.0", "1.1.0")
+    down = fp.f.hosts[3]
+    fp.f.stop_sshd(down)
+    res = fp.cli("deploy", "1.1.0", "--env", "dev")
+    assert res.returncode == ExitCode.ERROR, res.stderr
+    assert f"host {down.name} ({down.address}:22): unreachable" in res.stderr
+    assert "nothing was changed on it" in res.stderr
+    assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in fp.f.hosts}
+    fp.f.start_sshd(down)
+    s = fp.status()
+    assert s["live_version"] == "1.0.0" and s["healthy"] is True
+    assert fp.cli("hosts", "check", "--env", "dev").returncode == 0
+
+
+def test_a_full_disk_on_one_host_fails_the_upload_before_traffic_moves(tmp_path: Path):
+    (tmp_path / "hosts").mkdir()
+    with fleet(3, tmp_path / "hosts", small_disk={1: 6}) as f:
+        p = Project(prepare_example(EXAMPLE, tmp_path / "project"))
+        configure(p, f)
+        fp = FleetProject(p, f)
+        try:
+            setup_and_deploy(fp, "1.0.0")
+            (p.root / "big.bin").write_bytes(os.urandom(8 * 1024 * 1024))  # incompressible
+            p.release("1.1.0")
+            res = p.cli("deploy", "1.1.0", "--env", "dev")
+            assert res.returncode == ExitCode.ERROR, res.stderr
+            full = f.hosts[1]
+            assert f"host {full.name}" in res.stderr and "free space" in res.stderr
+            assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in f.hosts}
+            assert [d["to_version"] for d in json.loads(
+                p.cli("history", "--env", "dev", "--json", check=True).stdout)] == ["1.0.0"]
+        finally:
+            p.stop_agents()
+
+
+def test_a_controller_killed_mid_rollout_is_finished_or_undone_by_recover(fp: FleetProject):
+    setup_and_deploy(fp, "1.0.0", "1.1.0")
+    load = fp.load(100)
+    killed = fp.cli("deploy", "1.1.0", "--env", "dev",
+                    env={"ROLLWISE_FAILPOINT": "rolling:2:after"})
+    assert killed.returncode == -9
+    mixed = fp.versions_by_host()
+    assert sorted(v for vs in mixed.values() for v in vs).count("1.1.0") == 2
+    assert all(len(vs) == 1 for vs in mixed.values())  # never two versions on one host
+    rec = fp.cli("recover", "--env", "dev")
+    results = load.stop()
+    assert rec.returncode == 0, rec.stderr
+    after = fp.versions_by_host()
+    assert len({v for vs in after.values() for v in vs}) == 1, after
+    assert failed(results) == []
