@@ -80,6 +80,7 @@ def add_bill(c: httpx.Client, what: str) -> None:
     assert r.status_code == 201, r.text
 
 
+@pytest.mark.timeout(600)  # eleven commands on a real Flask app; slow on a loaded machine
 def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_back_then_no_row_lost(
         app, pg_url):  # noqa: F811
     app.cli("deploy", "6.1.5", check=True)

@@ -731,6 +731,35 @@ def hosts_check(env: EnvOpt = "dev", directory: DirOpt = Path("."),
         raise typer.Exit(int(ExitCode.ERROR))
 
 
+@hosts_app.command("run")
+def hosts_run(command: Annotated[str, typer.Argument(help="Shell command, quoted.")],
+              env: EnvOpt = "dev",
+              host: Annotated[list[str] | None, typer.Option(
+                  "--host", help="Only this host (repeat for more). Default: every host.")]
+              = None,
+              directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Run a command on every host of the environment at once and print each host's
+    output; exit 1 when it failed on any host. The command is recorded in the audit log."""
+    from rollwise.controller import hosts
+
+    rows = _run(lambda: hosts.hosts_run(_ctx(directory, quiet=True), env, command, host),
+                as_json)
+    if as_json:
+        _emit_json(rows)
+    else:
+        for r in rows:
+            if r["error"]:
+                out.print(Text.assemble((f"{r['name']}: ", "bold"), ("failed", "red"),
+                                        f" {r['error']}"))
+                continue
+            status = ("", "") if r["exit"] == 0 else (f" (exit {r['exit']})", "red")
+            text = (r["stdout"] + r["stderr"]).rstrip("\n")
+            out.print(Text.assemble((f"{r['name']}", "bold"), status, ":",
+                                    "\n" if "\n" in text else " ", text))
+    if any(r["exit"] != 0 for r in rows):
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
 @hosts_app.command("trust")
 def hosts_trust(host: Annotated[str, typer.Argument(help="Host name or address.")],
                 env: EnvOpt = "dev",

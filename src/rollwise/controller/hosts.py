@@ -125,6 +125,27 @@ async def _python(hosts: Hosts, host: HostConfig, python: str) -> None:
             hint="install python3 (3.11+) on the host, or point `ssh.python` at one")
 
 
+def hosts_run(ctx: Context, env: str, command: str, only: list[str] | None = None
+              ) -> list[dict[str, Any]]:
+    """Run a shell command on every host (or those named in `only`) at once; per host its
+    exit status and output. Recorded in the audit log (the command, not its output)."""
+    cfg = fleet(ctx, env)
+    chosen = [pick(cfg, env, label) for label in only] if only else cfg.target.hosts
+    with Hosts(chosen, cfg.target.ssh, env) as hosts:
+        got = hosts.each(lambda h: hosts.arun(h, command, check=False))
+    rows: list[dict[str, Any]] = []
+    for h in chosen:
+        r = got[h.label]
+        rows.append({"name": h.label, "exit": None, "stdout": "", "stderr": "", "error": str(r)}
+                    if isinstance(r, Exception) else
+                    {"name": h.label, "exit": r.exit, "stdout": r.stdout, "stderr": r.stderr,
+                     "error": None})
+    failed = [r["name"] for r in rows if r["exit"] != 0]
+    ctx.emit("hosts_run", reasons.OK if not failed else "error", env=env,
+             data={"command": command, "hosts": [h.label for h in chosen], "failed": failed})
+    return rows
+
+
 def hosts_check(ctx: Context, env: str) -> list[dict[str, Any]]:
     """Per host: reachable (key verified), Python, agent modules, agent running, free disk
     under `ssh.root`. Never changes a host."""

@@ -466,9 +466,12 @@ def _env_status(ctx: Context, environment: Environment) -> dict[str, Any]:
     done = sorted(repo.done_steps(ctx.engine, dep["id"])) if dep else []
     last = repo.list_deployments(ctx.engine, env, 1)
     agent_up = AgentClient(environment.dir, env).alive() is not None
-    instances = environment.target.instances() if agent_up else []
+    try:
+        instances, unreachable = environment.target.instances() if agent_up else [], None
+    except RollwiseError as e:  # a fleet host that does not answer: reported, not skipped
+        instances, unreachable = [], str(e)
     weights = environment.router.weights() if agent_up else {}
-    interrupted = _interrupted(ctx, env, dep, agent_up, state["live_version"])
+    interrupted = _interrupted(ctx, env, dep, agent_up, state["live_version"]) or unreachable
     health = _health(ctx, instances, weights) if state["live_version"] else None
     return {
         "live_version": state["live_version"],
