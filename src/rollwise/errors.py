@@ -49,6 +49,11 @@ class LockHeld(RollwiseError):
     code = ExitCode.LOCKED
 
 
+class Unreachable(RollwiseError):
+    """A host (of a fleet) did not answer: not connected, or a call timed out. What it runs
+    is unknown, not changed by us."""
+
+
 class HealthCheckFailed(RollwiseError):
     code = ExitCode.HEALTH
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from rollwise.config.schema import HostConfig, SSHConfig
-from rollwise.errors import ConfigError, IntegrityError, RollwiseError
+from rollwise.errors import ConfigError, IntegrityError, RollwiseError, Unreachable
 
 T = TypeVar("T")
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
@@ -60,6 +60,8 @@ class Hosts:
         self.env = env
         self.conns: dict[str, asyncssh.SSHClientConnection] = {}
         self.locks: dict[str, asyncio.Lock] = {}
+        # hosts that stopped answering during this operation: later calls fail at once
+        self.down: dict[str, Unreachable] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="rollwise-ssh",
                                        daemon=True)
@@ -137,9 +139,10 @@ class Hosts:
             r = await asyncio.wait_for(conn.run(command, check=False),
                                        timeout or self.cfg.command_timeout_s)
         except TimeoutError:
-            raise HostError(f"`{_short(command)}` did not finish within "
-                            f"{timeout or self.cfg.command_timeout_s:g} s", where=where(host),
-                            hint="raise ssh.command_timeout_s, or look at the host") from None
+            raise self._lost(host, f"`{_short(command)}` did not finish within "
+                             f"{timeout or self.cfg.command_timeout_s:g} s") from None
+        except (OSError, asyncssh.Error) as e:
+            raise self._lost(host, f"the connection broke: {_reason(e)}") from None
         res = Result(host.label, int(r.exit_status if r.exit_status is not None else 255),
                      _text(r.stdout), _text(r.stderr))
         if check and res.exit != 0:
@@ -159,12 +162,19 @@ class Hosts:
             raise HostError(f"its agent does not answer at {sock}: {e.reason}",
                             where=where(host), hint="`rollwise hosts check` shows each "
                             "host's agent; a deploy starts it again") from None
+        except TimeoutError:
+            raise self._lost(host, f"no channel to its agent within "
+                             f"{self.cfg.connect_timeout_s:g} s") from None
+        except (OSError, asyncssh.Error) as e:
+            raise self._lost(host, f"the connection broke: {_reason(e)}") from None
         try:
             writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
             line = await asyncio.wait_for(reader.readline(), timeout)
         except TimeoutError:
-            raise HostError(f"its agent did not answer {op!r} within {timeout:g} s",
-                            where=where(host)) from None
+            raise self._lost(host, f"its agent did not answer {op!r} within {timeout:g} s"
+                             ) from None
+        except (OSError, asyncssh.Error) as e:
+            raise self._lost(host, f"the connection broke: {_reason(e)}") from None
         finally:
             writer.close()
         if not line:
@@ -188,7 +198,19 @@ class Hosts:
                             hint="free space on the host (`df -h`) or fix the folder's "
                             "permissions; nothing was switched") from None
 
+    def _lost(self, host: HostConfig, what: str) -> Unreachable:
+        """The host stopped answering: remembered, so that later calls fail at once."""
+        e = Unreachable(f"unreachable: {what}", where=where(host),
+                        hint="check the host and its network; what it runs was not changed "
+                        "by this step, and `rollwise recover` finishes the job once it answers")
+        self.down[host.label] = e
+        if (conn := self.conns.pop(host.label, None)) is not None:
+            conn.abort()
+        return e
+
     async def connect(self, host: HostConfig) -> asyncssh.SSHClientConnection:
+        if (e := self.down.get(host.label)) is not None:
+            raise Unreachable(e.message, where=e.where, hint=e.hint)
         lock = self.locks.setdefault(host.label, asyncio.Lock())
         async with lock:
             if (conn := self.conns.get(host.label)) is not None:
@@ -225,10 +247,12 @@ class Hosts:
                     "`ssh.key_file`), and the host's authorized_keys") from None
             except (TimeoutError, OSError, asyncssh.Error) as e:
                 last = e
-        raise HostError(f"unreachable after {self.cfg.connect_attempts} attempt(s): "
-                        f"{_reason(last)}", where=where(host),
-                        hint="check that the host is up and sshd listens on "
-                        f"{host.address}:{host.port}; nothing was changed on it")
+        down = Unreachable(f"unreachable after {self.cfg.connect_attempts} attempt(s): "
+                           f"{_reason(last)}", where=where(host),
+                           hint="check that the host is up and sshd listens on "
+                           f"{host.address}:{host.port}; nothing was changed on it")
+        self.down[host.label] = down
+        raise down
 
     async def _key_refused(self, host: HostConfig) -> RollwiseError:
         path = known_hosts_path(self.cfg)

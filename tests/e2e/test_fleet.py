@@ -213,3 +213,41 @@ def test_a_controller_killed_mid_rollout_is_finished_or_undone_by_recover(fp: Fl
     after = fp.versions_by_host()
     assert len({v for vs in after.values() for v in vs}) == 1, after
     assert failed(results) == []
+
+
+def test_a_host_lost_mid_rollout_is_named_and_the_others_go_back(fp: FleetProject):
+    import subprocess
+    import sys
+    import time
+
+    configure(fp.p, fp.f, command_timeout_s=5)
+    setup_and_deploy(fp, "1.0.0", "1.1.0")
+    load = fp.load(100)
+    lost = fp.f.hosts[3]
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "rollwise", "deploy", "1.1.0", "--env", "dev",
+         "-C", str(fp.p.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while fp.versions_by_host()[fp.f.hosts[1].name] != ["1.1.0"]:  # batch 2 is done
+            assert deploy.poll() is None and time.monotonic() < deadline, deploy.stderr
+            time.sleep(0.2)
+        fp.f.cut(lost)  # the host's network goes: SSH and its instance with it
+        _, stderr = deploy.communicate(timeout=180)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+    results = load.stop()
+    assert deploy.returncode == ExitCode.ERROR, stderr
+    assert f"host {lost.name} ({lost.address}:22): unreachable" in stderr, stderr
+    fp.f.restore(lost)
+    others = {h: v for h, v in fp.versions_by_host().items() if h != lost.name}
+    assert others == {h: ["1.0.0"] for h in others}, stderr  # hosts 1 and 2 went back
+    s = fp.status()
+    assert s["live_version"] == "1.0.0"
+    # the lost host never started 1.1.0 (or it was stopped since): one version everywhere
+    rec = fp.cli("recover", "--env", "dev")
+    assert rec.returncode == 0, rec.stderr
+    assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in fp.f.hosts}
+    served = [r for r in results if 200 <= r.status < 300]
+    assert len(served) >= 100

@@ -63,6 +63,12 @@ def _progress(ev: Event) -> None:
             err.print(Text.assemble("  ", ("✓", "green"), f" {step} ", (_fmt(extra), "dim")))
         else:  # the reason is printed once, with the command's error
             err.print(Text.assemble("  ", ("✗", "red"), f" {step}"))
+    elif ev.action == "host":
+        d = dict(ev.data)
+        host, what = d.pop("host", "?"), d.pop("step", "?")
+        mark = ("✓", "green") if ev.outcome in (reasons.OK, "started") else ("✗", "red")
+        err.print(Text.assemble("    ", mark, (f" {host:<14}", "bold"), f" {what} ",
+                                (_fmt(d), "dim")))
     elif ev.action == "analysis":
         mark = {"advance": ("✓", "green"), "rollback": ("✗", "red")}.get(
             ev.outcome, ("!", "yellow"))

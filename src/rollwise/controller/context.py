@@ -84,7 +84,10 @@ class Context:
         cfg, folder = self.env(name), self.env_dir(name)
         return Environment(name, cfg, folder,
                            make_target(cfg, self.config.app, folder, name,
-                                       lambda version: self.instance_env(name, version)),
+                                       lambda version: self.instance_env(name, version),
+                                       lambda host, what, outcome, data: self.emit(
+                                           "host", outcome, env=name, record=False,
+                                           data={"host": host, "step": what, **data})),
                            make_router(cfg.router, folder, name))
 
     def url(self, env: str, cfg: UrlOrSecret) -> str:

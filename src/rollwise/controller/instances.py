@@ -10,7 +10,7 @@ from typing import Any
 from rollwise import domain as d
 from rollwise import reasons
 from rollwise.controller.context import Context, Environment
-from rollwise.errors import RollwiseError
+from rollwise.errors import RollwiseError, Unreachable
 from rollwise.traffic import Backend
 
 
@@ -61,6 +61,14 @@ def shift(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...],
 
 
 def stop(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...]) -> None:
+    """Stop each instance; a host that does not answer does not keep the others running
+    (the first such error is raised once every other instance was stopped)."""
+    lost: list[Unreachable] = []
     for i in instances:
         env.router.remove(i.name)
-        env.target.stop(i.name, ctx.config.stop.grace_s)
+        try:
+            env.target.stop(i.name, i.endpoint, ctx.config.stop.grace_s)
+        except Unreachable as e:
+            lost.append(e)
+    if lost:
+        raise lost[0]

@@ -21,7 +21,7 @@ from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context, Environment
 from rollwise.controller.instances import start, start_ready, stop, switch, wait_ready
 from rollwise.controller.lock import Lease
-from rollwise.errors import ConfigError, RollwiseError
+from rollwise.errors import ConfigError, RollwiseError, Unreachable
 from rollwise.failpoint import failpoint
 from rollwise.secrets import without_secrets
 from rollwise.store import repo
@@ -248,12 +248,23 @@ def restore(ctx: Context, env: Environment, plan: d.Plan) -> None:
     """Before traffic goes back: old instances a rolling deploy already stopped (or that
     died) start again from their release and must be ready, so traffic never goes to cold
     or too few instances."""
-    alive = {i.name for i in env.target.instances() if i.alive}
+    try:
+        alive = {i.name for i in env.target.instances() if i.alive}
+    except Unreachable as e:  # a fleet host is down: start (idempotent) where hosts answer
+        ctx.emit("restore", reasons.ERROR, env=plan.env, reason=str(e))
+        alive = set()
     gone = tuple(i for i in plan.old if i.name not in alive)
-    if gone:
-        ms = start_ready(ctx, env, gone)
+    started: list[str] = []
+    ms = 0.0
+    for i in gone:
+        try:
+            ms += start_ready(ctx, env, (i,))
+            started.append(i.name)
+        except Unreachable as e:  # its host is down: it serves nothing, as before
+            ctx.emit("restore", reasons.ERROR, env=plan.env, reason=f"{i.name}: {e}")
+    if started:
         ctx.emit("restore", reasons.OK, env=plan.env, version=plan.from_version,
-                 data={"instances": [i.name for i in gone], "ready_ms": ms})
+                 data={"instances": started, "ready_ms": round(ms, 1)})
 
 
 def recover(ctx: Context, env: Environment, lease: Lease) -> str | None:

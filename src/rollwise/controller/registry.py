@@ -11,7 +11,7 @@ from typing import TypeVar
 from rollwise.config.schema import EnvironmentConfig, RouterConfig
 from rollwise.errors import ConfigError
 from rollwise.targets import Target
-from rollwise.targets.base import EnvFor
+from rollwise.targets.base import EnvFor, HostReport
 from rollwise.targets.local import LocalTarget
 from rollwise.targets.ssh import SSHTarget
 from rollwise.traffic import TrafficRouter
@@ -27,17 +27,17 @@ def _listen(cfg: EnvironmentConfig) -> str | None:
     return cfg.router.listen if cfg.router.type == "builtin" else None
 
 
-def _local(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor
-           ) -> Target:
+def _local(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
+           report: HostReport) -> Target:
     return LocalTarget(env_dir, env, _listen(cfg), env_for)
 
 
-def _ssh(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor
-         ) -> Target:
-    return SSHTarget(cfg.target, app, env_dir, env, _listen(cfg), env_for)
+def _ssh(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
+         report: HostReport) -> Target:
+    return SSHTarget(cfg.target, app, env_dir, env, _listen(cfg), env_for, report)
 
 
-TARGETS: dict[str, Callable[[EnvironmentConfig, str, Path, str, EnvFor], Target]] = {
+TARGETS: dict[str, Callable[[EnvironmentConfig, str, Path, str, EnvFor, HostReport], Target]] = {
     "local": _local, "ssh": _ssh}
 
 ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
@@ -48,11 +48,12 @@ ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
 }
 
 
-def make_target(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor
-                ) -> Target:
-    """`env_for(version)`: a version's instance environment, secrets resolved now."""
+def make_target(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
+                report: HostReport = lambda *_: None) -> Target:
+    """`env_for(version)`: a version's instance environment, secrets resolved now;
+    `report`: progress on each host of a fleet."""
     build = _pick(TARGETS, cfg.target.type, f"environments.{env}.target.type")
-    return build(cfg, app, env_dir, env, env_for)
+    return build(cfg, app, env_dir, env, env_for, report)
 
 
 def make_router(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:

@@ -13,6 +13,8 @@ from rollwise.secrets import Secret
 
 # a version's instance environment, secrets resolved now (for instances an agent restarted)
 EnvFor = Callable[[str], Mapping[str, str | Secret]]
+# progress on one host of a fleet: (host, what, outcome, numbers); shown, not audited
+HostReport = Callable[[str, str, str, dict[str, object]], None]
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class Target(Protocol):
     def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
         """Return when the instance answers its health check; raise HealthCheckFailed."""
 
-    def stop(self, name: str, grace: float) -> None:
-        """Stop an instance gracefully. Idempotent."""
+    def stop(self, name: str, endpoint: Endpoint, grace: float) -> None:
+        """Stop an instance (started at `endpoint`) gracefully. Idempotent."""
 
     def instances(self) -> list[InstanceInfo]:
         """Instances the target runs now."""

@@ -64,7 +64,7 @@ class LocalTarget:
         wait_ready(name, endpoint, health,
                    lambda: next((i for i in self.instances() if i.name == name), None))
 
-    def stop(self, name: str, grace: float) -> None:
+    def stop(self, name: str, endpoint: Endpoint, grace: float) -> None:
         self.agent.call("stop", name=name, grace=grace, timeout=grace + 30)
 
     def instances(self) -> list[InstanceInfo]:

@@ -33,11 +33,11 @@ from rollwise import artifacts
 from rollwise.agent.client import AgentClient
 from rollwise.config.schema import HealthConfig, HostConfig, TargetConfig
 from rollwise.domain import Endpoint
-from rollwise.errors import ConfigError
+from rollwise.errors import ConfigError, HealthCheckFailed
 from rollwise.private import close_tree
 from rollwise.secrets import Secret, split
 from rollwise.ssh import HostError, Hosts, where
-from rollwise.targets.base import EnvFor, InstanceInfo
+from rollwise.targets.base import EnvFor, HostReport, InstanceInfo
 from rollwise.targets.common import resume, wait_ready
 
 AGENT_START_S = 15.0
@@ -89,8 +89,10 @@ class SSHTarget:
     type = "ssh"
 
     def __init__(self, target: TargetConfig, app: str, env_dir: Path, env: str,
-                 router_listen: str | None, env_for: EnvFor) -> None:
+                 router_listen: str | None, env_for: EnvFor,
+                 report: HostReport = lambda *_: None) -> None:
         self.cfg = target
+        self.report = report
         self.env = env
         self.env_dir = env_dir
         self.env_for = env_for
@@ -98,8 +100,8 @@ class SSHTarget:
         self.front = AgentClient(env_dir, env) if router_listen else None
         self.router_listen = router_listen
         self._hosts: Hosts | None = None
+        self.ensured = False
         self.by_bind = {h.listen_host: h for h in target.hosts}
-        self.placed: dict[str, HostConfig] = {}  # instance name -> host, as last listed
 
     @property
     def hosts(self) -> Hosts:
@@ -120,7 +122,10 @@ class SSHTarget:
         if self.front is not None:
             started = self.front.alive() is None
             self.front.ensure(self.router_listen)
+        if self.ensured:  # once per operation: later steps reach only the hosts they need
+            return started
         waited = self.hosts.all(self._ensure_agent)
+        self.ensured = True
         for label, (host_started, waiting) in waited.items():
             host = self.cfg.host(label)
             started = resume(waiting, self.env_for, self.env, functools.partial(
@@ -143,6 +148,7 @@ class SSHTarget:
                 "rollwise's agent is not installed on it (or is another version)",
                 where=where(host), hint=f"run `rollwise hosts setup -e {self.env}`")
         await self.hosts.arun(host, self.layout.start_agent())
+        self.report(host.label, "agent", "started", {})
         deadline = time.monotonic() + AGENT_START_S
         while time.monotonic() < deadline:
             try:
@@ -164,13 +170,19 @@ class SSHTarget:
         remote = self.layout.artifact(sha256)
 
         async def place(host: HostConfig) -> str:
+            t0 = time.monotonic()
             present = await self.hosts.arun(host, f"test -s {shlex.quote(remote)}", check=False)
+            sent = 0
             if present.exit != 0:
                 await self.hosts.arun(host, f"umask 077 && mkdir -p "
                                       f"{shlex.quote(str(Path(remote).parent))}")
                 await self.hosts.put(host, artifact, remote)
+                sent = artifact.stat().st_size
             got: str = await self.hosts.acall(host, self.layout.sock, "prepare",
                                               artifact=remote, sha256=sha256, version=version)
+            self.report(host.label, "prepare", "ok", {
+                "version": version, "uploaded_bytes": sent,
+                "ms": round((time.monotonic() - t0) * 1000)})
             return got
 
         self.hosts.all(place)
@@ -195,21 +207,30 @@ class SSHTarget:
                 "cwd": self.layout.release(version), "port": endpoint.port,
                 "host": endpoint.host, "env": plain, "secrets": secrets}
         self.hosts.call(host, self.layout.sock, "start", spec=spec)
-        self.placed[name] = host
+        self.report(host.label, "start", "ok", {"instance": name, "port": endpoint.port})
 
     def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
+        """As on one machine; a failure also shows the tail of the instance's log, read on
+        its host."""
         host = self._host_of(endpoint)
-        wait_ready(name, endpoint, health,
-                   lambda: next((i for i in self._on(host) if i.name == name), None))
+        t0 = time.monotonic()
+        try:
+            wait_ready(name, endpoint, health,
+                       lambda: next((i for i in self._on(host) if i.name == name), None))
+        except HealthCheckFailed as e:
+            log = f"{self.layout.env_dir}/logs/{name}.log"
+            tail = self.hosts.run(host, f"tail -n 5 {shlex.quote(log)}", check=False).stdout
+            self.report(host.label, "health", "failed", {"instance": name})
+            e.hint = f"the last lines of {host.label}:{log}:\n{tail.rstrip()}\n{e.hint}"
+            raise
+        self.report(host.label, "health", "ok", {
+            "instance": name, "ms": round((time.monotonic() - t0) * 1000)})
 
-    def stop(self, name: str, grace: float) -> None:
-        if name not in self.placed:
-            self.instances()
-        host = self.placed.get(name)
-        if host is None:
-            return  # no host runs it: already stopped
+    def stop(self, name: str, endpoint: Endpoint, grace: float) -> None:
+        host = self._host_of(endpoint)
         self.hosts.call(host, self.layout.sock, "stop", name=name, grace=grace,
                         timeout=grace + 30)
+        self.report(host.label, "stop", "ok", {"instance": name})
 
     def instances(self) -> list[InstanceInfo]:
         async def listed(host: HostConfig) -> list[dict[str, Any]]:
@@ -221,7 +242,6 @@ class SSHTarget:
         out = []
         for h in self.cfg.hosts:
             for i in got[h.label]:
-                self.placed[i["name"]] = h
                 out.append(_info(i, h))
         return out
 
