@@ -137,6 +137,7 @@ class Plan:
     bake_s: float = 0.0
     batch_size: int = 0  # rolling deploys only
     pause_s: float = 0.0  # rolling: each batch is watched this long
+    ends: tuple[int, ...] = ()  # rolling: new instances serving after each batch
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "steps": [step_as_dict(s) for s in self.steps]}
@@ -152,6 +153,7 @@ class Plan:
                         step_from_dict(s) for s in d["steps"]),
             bake_s=float(d.get("bake_s", 0.0)),
             batch_size=int(d.get("batch_size", 0)), pause_s=float(d.get("pause_s", 0.0)),
+            ends=tuple(int(e) for e in d.get("ends", ())),
         )
 
     def names(self) -> tuple[str, ...]:
@@ -166,10 +168,26 @@ class Plan:
         (the last batch retires every old instance left)."""
         if not self.batch_size:
             return []
-        b, n = self.batch_size, math.ceil(len(self.new) / self.batch_size)
-        return [(self.new[k * b:(k + 1) * b],
-                 self.old[k * b:(k + 1) * b] if k < n - 1 else self.old[k * b:])
-                for k in range(n)]
+        ends = self.ends or batch_ends(len(self.new), self.batch_size, ())
+        starts = (0, *ends[:-1])
+        return [(self.new[a:b], self.old[a:b] if b < ends[-1] else self.old[a:])
+                for a, b in zip(starts, ends, strict=True)]
+
+
+def batch_ends(total: int, batch_size: int, batches: tuple[int | str, ...]
+               ) -> tuple[int, ...]:
+    """How many new instances serve after each rolling batch: every `batch_size`, or as
+    `batches` says (counts, percents of `total` rounded up), repeats dropped."""
+    if batches:
+        want = [min(total, b if isinstance(b, int) else math.ceil(total * int(b[:-1]) / 100))
+                for b in batches]
+    else:
+        want = [min(total, k * batch_size) for k in range(1, math.ceil(total / batch_size) + 1)]
+    ends: list[int] = []
+    for w in want:
+        if w > (ends[-1] if ends else 0):
+            ends.append(w)
+    return tuple(ends)
 
 
 
@@ -178,6 +196,7 @@ def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
                     suffix: str, pre_hooks: bool, post_hooks: bool, strategy: str = "all-at-once",
                     stages: tuple[Stage, ...] = (), bake_s: float = 0.0,
                     checks: bool = False, batch_size: int = 1, pause_s: float = 0.0,
+                    batches: tuple[int | str, ...] = (),
                     migrate: bool = False, migrate_down: bool = False,
                     down_first: bool = False, purge: bool = False,
                     backup: bool = False) -> Plan:
@@ -198,8 +217,9 @@ def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
     stages = tuple(s for s in stages if s.weight < 100) if progressive and \
         strategy == "canary" else ()
     rolling = batch_size if progressive and strategy == "rolling" else 0
+    ends = batch_ends(len(new), batch_size, batches) if rolling else ()
     bake = bake_s if progressive and not rolling else 0.0
-    launch: list[str | Batch] = [Batch(k + 1) for k in range(math.ceil(len(new) / rolling))] \
+    launch: list[str | Batch] = [Batch(k + 1) for k in range(len(ends))] \
         if rolling else [START, HEALTH]
     down = [MIGRATE_DOWN] if migrate_down and kind == ROLLBACK else []
     steps = [VERIFY, UNPACK, *([PRE_HOOKS] if pre_hooks else []),
@@ -214,7 +234,7 @@ def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
              DRAIN, STOP_OLD, FINALIZE]
     return Plan(env, kind, to_version, sha256, from_version, new, tuple(old),
                 tuple(Step(s) if isinstance(s, str) else s for s in steps), bake, rolling,
-                pause_s if rolling else 0.0)
+                pause_s if rolling else 0.0, ends)
 
 
 def canary_weights(new: tuple[InstancePlan, ...], old: tuple[InstancePlan, ...],

@@ -30,6 +30,21 @@ def test_bad_fleet_settings_are_refused_with_what_to_write(target: dict, says: s
     assert says in str(e.value)
 
 
+@pytest.mark.parametrize(("batches", "says"), [
+    ([1, "10%"], "must end with '100%'"),
+    ([2, 1, "100%"], "must increase"),
+    (["50%", "10%", "100%"], "must increase"),
+    ([0, "100%"], "a count of instances"),
+    (["150%"], "a count of instances"),
+])
+def test_bad_rolling_batches_are_refused(batches: list, says: str) -> None:
+    from rollwise.config.schema import StrategyConfig
+
+    with pytest.raises(ValidationError) as e:
+        StrategyConfig(type="rolling", batches=batches)
+    assert says in str(e.value)
+
+
 def test_hosts_default_to_the_ssh_settings_and_bind_to_their_address() -> None:
     t = TargetConfig.model_validate({"type": "ssh", "hosts": [
         {"address": "10.0.0.2", "name": "web1"}, {"address": "10.0.0.3", "bind": "10.1.0.3"}]})

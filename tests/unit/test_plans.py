@@ -206,3 +206,25 @@ def test_given_a_plan_then_it_is_stored_with_each_step_and_its_settings():
                                     {"kind": "canary", "weight": 10, "pause_s": 60.0,
                                      "until_promote": True}]
     assert "stages" not in stored
+
+
+def test_rolling_batches_as_counts_and_percents_become_increasing_ends():
+    assert d.batch_ends(5, 2, ()) == (2, 4, 5)
+    assert d.batch_ends(10, 1, (1, "10%", "100%")) == (1, 10)  # 10% of 10 is the first host
+    assert d.batch_ends(50, 1, (1, "10%", "100%")) == (1, 5, 50)
+    assert d.batch_ends(3, 1, (5, "100%")) == (3,)
+    assert d.batch_ends(7, 1, ("50%", "100%")) == (4, 7)  # rounded up
+
+
+def test_given_rolling_batches_when_planning_then_each_batch_retires_what_it_replaces():
+    old = [d.InstancePlan(f"1.0.0-a-{k}", "1.0.0", f"10.0.0.{k}", 9000) for k in range(5)]
+    plan = d.plan_deployment(
+        env="prod", kind=d.DEPLOY, to_version="1.1.0", sha256="x", from_version="1.0.0",
+        old=old, endpoints=[d.Endpoint(f"10.0.0.{k}", 9100) for k in range(5)], suffix="b",
+        pre_hooks=False, post_hooks=False, strategy="rolling", pause_s=1.0,
+        batches=(1, "40%", "100%"))
+    assert plan.names()[2:5] == ("rolling:1", "rolling:2", "rolling:3")
+    assert [([i.host for i in new], [i.host for i in gone]) for new, gone in plan.batches()] \
+        == [(["10.0.0.0"], ["10.0.0.0"]), (["10.0.0.1"], ["10.0.0.1"]),
+            (["10.0.0.2", "10.0.0.3", "10.0.0.4"], ["10.0.0.2", "10.0.0.3", "10.0.0.4"])]
+    assert d.Plan.from_dict(plan.as_dict()) == plan

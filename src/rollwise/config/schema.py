@@ -323,7 +323,14 @@ class StrategyConfig(Strict):
         "before an old one leaves, so capacity never drops), analysing each batch.",
     )
     batch_size: int = Field(
-        1, ge=1, le=64, description="rolling: instances replaced per batch.",
+        1, ge=1, le=10000, description="rolling: instances replaced per batch.",
+    )
+    batches: list[int | str] = Field(
+        default_factory=list,
+        description="rolling: instead of `batch_size`, how many instances run the new release "
+        "after each batch, as a count or a percent of all, increasing to `100%`: "
+        "`[1, '10%', '100%']` on a fleet with one instance per host is a host canary (one "
+        "host, a tenth of the hosts, then all), each batch analysed before the next.",
     )
     steps: list[CanaryStep] = Field(
         default_factory=lambda: [CanaryStep(weight=w) for w in (1, 10, 50, 100)],
@@ -331,6 +338,24 @@ class StrategyConfig(Strict):
         "An item is a number or `{weight, pause_s, until_promote}`.",
     )
     pause_s: float = Field(60.0, ge=0, description="canary: how long each step is watched.")
+
+    @field_validator("batches")
+    @classmethod
+    def _batches(cls, v: list[int | str]) -> list[int | str]:
+        if not v:
+            return v
+        for b in v:
+            if (isinstance(b, int) and b < 1) or (isinstance(b, str) and not (
+                    re.fullmatch(r"\d{1,3}%", b) and 0 < int(b[:-1]) <= 100)):
+                raise ValueError(f"{b!r}: each batch is a count of instances (1 or more) or a "
+                                 "percent such as '10%'")
+        if v[-1] != "100%":
+            raise ValueError(f"{v} must end with '100%' (every instance replaced)")
+        pct = [int(b[:-1]) for b in v if isinstance(b, str)]
+        if pct != sorted(set(pct)) or [b for b in v if isinstance(b, int)] != sorted(
+                {b for b in v if isinstance(b, int)}):
+            raise ValueError(f"{v}: batches must increase, e.g. [1, '10%', '100%']")
+        return v
     bake_s: float | None = Field(
         None, ge=0,
         description="After the switch, the old release stays running this long, ready to take "
