@@ -63,7 +63,7 @@ def _progress(ev: Event) -> None:
             err.print(Text.assemble("  ", ("✓", "green"), f" {step} ", (_fmt(extra), "dim")))
         else:  # the reason is printed once, with the command's error
             err.print(Text.assemble("  ", ("✗", "red"), f" {step}"))
-    elif ev.action == "host":
+    elif ev.action == "host" and not err.is_terminal:  # on a terminal: HostsView
         d = dict(ev.data)
         host, what = d.pop("host", "?"), d.pop("step", "?")
         mark = ("✓", "green") if ev.outcome in (reasons.OK, "started") else ("✗", "red")
@@ -92,6 +92,10 @@ def _ctx(directory: Path, quiet: bool = False) -> Any:
     if not quiet:
         bus.subscribe(_progress)
         bus.subscribe(LookPrinter())
+        if err.is_terminal:
+            from rollwise.cli.hostsview import HostsView
+
+            bus.subscribe(HostsView(err))
     return Context.open(directory, bus)
 
 
