@@ -416,7 +416,9 @@ def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
             out.print(Text.assemble("  ", ("interrupted:", "yellow"), f" {s['interrupted']}"))
         for i in s["instances"]:
             w = s["weights"].get(i["name"], 0)
-            out.print(f"  {i['name']} port {i['port']} weight {w} "
+            where = f"port {i['port']}" if i["host"] == "127.0.0.1" else \
+                f"on {i['host']}:{i['port']}"
+            out.print(f"  {i['name']} {where} weight {w} "
                       f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}")
         if s["lock"]:
             out.print(f"  locked by {s['lock']['holder']} (token {s['lock']['token']})")

@@ -18,6 +18,7 @@ Each release is also unpacked on this machine, where migrations and hooks run.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import gzip
 import hashlib
@@ -107,6 +108,7 @@ class SSHTarget:
     def hosts(self) -> Hosts:
         if self._hosts is None:
             self._hosts = Hosts(self.cfg.hosts, self.cfg.ssh, self.env)
+            atexit.register(self.close)  # says goodbye to each host instead of cutting off
         return self._hosts
 
     def close(self) -> None:
