@@ -301,3 +301,49 @@ def rollback_target(live: str | None, order: list[str], good: set[str], bad: set
         return RollbackChoice(None, NOTHING_OLDER,
                               f"no known-good release deployed before {live or 'nothing'}")
     return RollbackChoice(target)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One service of a bundle going from one release to another (`from_version` None: its
+    first deploy)."""
+
+    service: str
+    from_version: str | None
+    to_version: str
+
+
+def bundle_order(depends_on: dict[str, tuple[str, ...]]) -> list[str]:
+    """Services in deploy order: each after every service it depends on, otherwise in the
+    order given. A rollback goes through it backwards. Raises ValueError naming an unknown
+    service or a cycle."""
+    for name, deps in depends_on.items():
+        if unknown := [x for x in deps if x not in depends_on]:
+            raise ValueError(f"{name} depends on {', '.join(unknown)}, which is not a "
+                             "service of the bundle")
+    order: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            cycle = [*visiting[visiting.index(name):], name]
+            raise ValueError(f"depends_on goes round in a circle: {' -> '.join(cycle)}")
+        visiting.append(name)
+        for dep in depends_on[name]:
+            visit(dep)
+        visiting.pop()
+        order.append(name)
+
+    for name in depends_on:
+        visit(name)
+    return order
+
+
+def bundle_moves(order: list[str], live: dict[str, str | None], wanted: dict[str, str]
+                 ) -> list[Move]:
+    """The services a bundle deploy moves, in dependency order: those named in `wanted`
+    whose live release differs from it."""
+    return [Move(s, live.get(s), wanted[s]) for s in order
+            if s in wanted and live.get(s) != wanted[s]]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rollwise import loadgen
 from rollwise.demo import prepare_example
@@ -252,3 +253,67 @@ def test_a_host_lost_mid_rollout_is_named_and_the_others_go_back(fp: FleetProjec
     assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in fp.f.hosts}
     served = [r for r in results if 200 <= r.status < 300]
     assert len(served) >= 100
+
+
+def test_two_services_on_three_hosts_go_back_in_order_when_the_dependent_fails(
+        tmp_path: Path):
+    """inventory on h1 and h2, orders (needs inventory) on h2 and h3: a bundle deploy whose
+    orders release crashes on its host puts inventory back, and `bundle status` shows each
+    service on each of its hosts."""
+    (tmp_path / "hosts").mkdir()
+    with fleet(3, tmp_path / "hosts") as f:
+        placement = {"inventory": f.hosts[:2], "orders": f.hosts[1:]}
+        services: dict[str, Project] = {}
+        for name, hosts in placement.items():
+            p = Project(prepare_example(EXAMPLE, tmp_path / name))
+            cfg = yaml.safe_load((p.root / "rollwise.yaml").read_text())
+            cfg["app"] = name
+            (p.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            configure(p, f, hosts)
+            services[name] = p
+        (tmp_path / "rollwise-bundle.yaml").write_text(yaml.safe_dump({
+            "bundle": "shop", "services": {
+                "orders": {"dir": "orders/order-sync", "depends_on": ["inventory"]},
+                "inventory": {"dir": "inventory/order-sync"}}}))
+        shop = Project(tmp_path)
+        try:
+            for p in services.values():
+                p.cli("hosts", "setup", "--env", "dev", check=True)
+            services["inventory"].release("1.0.0", "1.1.0")
+            services["orders"].release("1.0.0")
+            app = services["orders"].root / "app.py"
+            good = app.read_text()
+            app.write_text("raise SystemExit('cannot reach the marketplace')\n")
+            services["orders"].release("1.1.0")
+            app.write_text(good)
+            shop.cli("bundle", "deploy", "orders=1.0.0", "inventory=1.0.0", check=True)
+
+            loads = [FleetProject(p, f).load(60) for p in services.values()]
+            res = shop.cli("bundle", "deploy", "orders=1.1.0", "inventory=1.1.0")
+            results = [r for load in loads for r in load.stop()]
+            assert res.returncode == ExitCode.ERROR, res.stderr
+            assert len(results) >= 100 and failed(results) == []
+            assert "cannot reach the marketplace" in res.stderr  # the host's log tail
+            assert "put back, dependents first: inventory 1.1.0 -> 1.0.0" in res.stderr
+            on_hosts = {(name, h.name): versions_on(h, name)
+                        for name, hosts in placement.items() for h in hosts}
+            assert on_hosts == {("inventory", "h1"): ["1.0.0"], ("inventory", "h2"): ["1.0.0"],
+                                ("orders", "h2"): ["1.0.0"], ("orders", "h3"): ["1.0.0"]}
+            status = json.loads(shop.cli("bundle", "status", "--env", "dev", "--json",
+                                         check=True).stdout)
+            where = {s["service"]: sorted(i["host"] for i in s["instances"])
+                     for s in status["services"]}
+            assert where == {n: sorted(h.address for h in hs) for n, hs in placement.items()}
+            assert [s["service"] for s in status["services"]] == ["inventory", "orders"]
+            text = shop.cli("bundle", "status", "--env", "dev", check=True).stdout
+            assert f"on {f.hosts[2].address}:" in text and "service orders (needs inventory)" \
+                in text
+        finally:
+            for p in services.values():
+                p.stop_agents()
+
+
+def versions_on(h: Any, app: str) -> list[str]:
+    state = h.root / "rollwise" / app / "dev" / "agent.json"
+    records = json.loads(state.read_text())["instances"] if state.exists() else []
+    return sorted(r["version"] for r in records)

@@ -40,6 +40,9 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 app.add_typer(hosts_app, name="hosts")
+bundle_app = typer.Typer(help="Several services deployed and rolled back together in "
+                         "dependency order (rollwise-bundle.yaml).", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
 
 # No console markup: names, reasons and messages print as written (a `[a-z]` in a pattern
 # stays); colour comes from Text styles.
@@ -76,6 +79,15 @@ def _progress(ev: Event) -> None:
                                 f" analysis {ev.data.get('step')}: {ev.outcome}: {ev.reason}"))
     elif ev.action in ("promote", "preflight") and ev.outcome != reasons.REFUSED:
         err.print(Text.assemble("    ", ("!", "yellow"), f" {ev.action}: {ev.reason}"))
+    elif ev.action == "bundle":
+        d = ev.data
+        mark = {"started": ("▶", "bold"), reasons.OK: ("✓", "green")}.get(
+            ev.outcome, ("✗", "red"))
+        what = {"started": f"{d.get('previous') or '-'} -> {ev.version}",
+                reasons.OK: f"at {ev.version}", "rolled_back": f"back to {ev.version}"}.get(
+            ev.outcome, f"{ev.outcome}: {ev.reason}")
+        err.print(Text.assemble(mark, (f" {d.get('service')}", "bold"),
+                                f" (bundle {d.get('bundle')}) {what}"))
     elif ev.action in ("deploy", "rollback", "recover") and ev.outcome not in (
             "started", reasons.SUCCEEDED, reasons.NOOP, reasons.REFUSED):
         err.print(Text.assemble("  ", ("!", "yellow"), f" {ev.action} {ev.outcome}"))
@@ -85,18 +97,45 @@ def _fmt(d: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in d.items() if v not in (None, [], {}))
 
 
-def _ctx(directory: Path, quiet: bool = False) -> Any:
-    from rollwise.controller.context import Context
+PROGRESS = {"mode": "auto"}  # set by the --progress option
 
+
+def _bus(quiet: bool = False) -> EventBus:
+    """An event stream with the progress printers: lines (and, on a terminal, the hosts
+    table), or with `--progress json` every event as one JSON line on stderr."""
     bus = EventBus()
-    if not quiet:
+    if PROGRESS["mode"] == "json":
+        bus.subscribe(_json_line)
+    elif not quiet:
         bus.subscribe(_progress)
         bus.subscribe(LookPrinter())
-        if err.is_terminal:
+        if err.is_terminal and PROGRESS["mode"] == "auto":
             from rollwise.cli.hostsview import HostsView
 
             bus.subscribe(HostsView(err))
-    return Context.open(directory, bus)
+    return bus
+
+
+def _json_line(ev: Event) -> None:
+    d = {k: v for k, v in vars(ev).items() if v not in (None, {}) and k != "record"}
+    sys.stderr.write(json.dumps({**d, "recorded": ev.record}, default=str) + "\n")
+    sys.stderr.flush()
+
+
+def _ctx(directory: Path, quiet: bool = False) -> Any:
+    from rollwise.controller.context import Context
+
+    return Context.open(directory, _bus(quiet))
+
+
+@app.callback()
+def _options(progress: Annotated[str, typer.Option(
+        "--progress", help="How progress is shown on stderr: auto (a live hosts table on a "
+        "terminal, lines elsewhere), lines, or json (every event as one JSON object per "
+        "line, for CI and scripts).", case_sensitive=False)] = "auto") -> None:
+    if progress.lower() not in ("auto", "lines", "json"):
+        raise typer.BadParameter("auto, lines or json", param_hint="--progress")
+    PROGRESS["mode"] = progress.lower()
 
 
 class LookPrinter:
@@ -404,35 +443,40 @@ def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
         _emit_json(data)
         return
     for name, s in data["environments"].items():
-        health = s["health"]
-        verdict = ("", "") if health is None else (" healthy", "green") if s["healthy"] \
-            else (" NOT HEALTHY", "red")
-        out.print(Text.assemble((name, "bold"), f": {s['live_version'] or 'nothing deployed'} "
-                                f"on {s['router']} (agent {s['agent']})", verdict))
-        if health and not health["ok"]:
-            answers = ", ".join(f"{k}: {v}" for k, v in health["instances"].items())
-            out.print(f"  health {health['path']}: {answers or 'no instance takes traffic'}")
-        if s["interrupted"]:
-            out.print(Text.assemble("  ", ("interrupted:", "yellow"), f" {s['interrupted']}"))
-        for i in s["instances"]:
-            w = s["weights"].get(i["name"], 0)
-            where = f"port {i['port']}" if i["host"] == "127.0.0.1" else \
-                f"on {i['host']}:{i['port']}"
-            out.print(f"  {i['name']} {where} weight {w} "
-                      f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}")
-        if s["lock"]:
-            out.print(f"  locked by {s['lock']['holder']} (token {s['lock']['token']})")
-        if s["in_progress"]:
-            p = s["in_progress"]
-            out.print(f"  in progress: {p['kind']} {p['id']} to {p['to']}, done "
-                      f"{', '.join(p['steps_done']) or 'nothing'}; if interrupted: "
-                      f"{p['on_recovery']}")
-        for a in s.get("analysis", [])[-5:]:
-            out.print(f"  analysis {a['step']}: {a['decision']}: {a['reason']}")
-        if last := s["last_deployment"]:
-            out.print(f"  last: {last['kind']} {last['id']} {last['from_version'] or '-'} -> "
-                      f"{last['to_version']} {last['status']}"
-                      + (f" ({last['reason']})" if last["reason"] else ""))
+        _print_env(name, s)
+
+
+def _print_env(name: str, s: dict[str, Any]) -> None:
+    """One environment's status (`rollwise status`, and each service of `bundle status`)."""
+    health = s["health"]
+    verdict = ("", "") if health is None else (" healthy", "green") if s["healthy"] \
+        else (" NOT HEALTHY", "red")
+    out.print(Text.assemble((name, "bold"), f": {s['live_version'] or 'nothing deployed'} "
+                            f"on {s['router']} (agent {s['agent']})", verdict))
+    if health and not health["ok"]:
+        answers = ", ".join(f"{k}: {v}" for k, v in health["instances"].items())
+        out.print(f"  health {health['path']}: {answers or 'no instance takes traffic'}")
+    if s["interrupted"]:
+        out.print(Text.assemble("  ", ("interrupted:", "yellow"), f" {s['interrupted']}"))
+    for i in s["instances"]:
+        w = s["weights"].get(i["name"], 0)
+        where = f"port {i['port']}" if i["host"] == "127.0.0.1" else \
+            f"on {i['host']}:{i['port']}"
+        out.print(f"  {i['name']} {where} weight {w} "
+                  f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}")
+    if s["lock"]:
+        out.print(f"  locked by {s['lock']['holder']} (token {s['lock']['token']})")
+    if s["in_progress"]:
+        p = s["in_progress"]
+        out.print(f"  in progress: {p['kind']} {p['id']} to {p['to']}, done "
+                  f"{', '.join(p['steps_done']) or 'nothing'}; if interrupted: "
+                  f"{p['on_recovery']}")
+    for a in s.get("analysis", [])[-5:]:
+        out.print(f"  analysis {a['step']}: {a['decision']}: {a['reason']}")
+    if last := s["last_deployment"]:
+        out.print(f"  last: {last['kind']} {last['id']} {last['from_version'] or '-'} -> "
+                  f"{last['to_version']} {last['status']}"
+                  + (f" ({last['reason']})" if last["reason"] else ""))
 
 
 @app.command()
@@ -645,16 +689,18 @@ def secrets_list(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 
 
 @config_app.command("schema")
-def config_schema() -> None:
+def config_schema(bundle: Annotated[bool, typer.Option(
+        "--bundle", help="The schema of rollwise-bundle.yaml instead.")] = False) -> None:
     """Print the JSON Schema of rollwise.yaml (for editors)."""
-    from rollwise.config.schema import ProjectConfig
+    from rollwise.config.schema import BundleConfig, ProjectConfig
 
-    _emit_json(ProjectConfig.model_json_schema())
+    _emit_json((BundleConfig if bundle else ProjectConfig).model_json_schema())
 
 
 @config_app.command("docs")
 def config_docs() -> None:
-    """Print the Markdown reference of rollwise.yaml (docs/config.md)."""
+    """Print the Markdown reference of rollwise.yaml and rollwise-bundle.yaml
+    (docs/config.md)."""
     from rollwise.config.reference import markdown
 
     sys.stdout.write(markdown())
@@ -834,6 +880,107 @@ def demo(as_json: JsonOpt = False,
     if report["requests_failed_by_switch"] or report["orders_lost"] or \
             not report["rolled_back"] or report["live_version"] != "1.1.1":
         raise typer.Exit(int(ExitCode.ERROR))
+
+
+def _bundle(directory: Path) -> Any:
+    from rollwise.controller.bundle import Bundle
+
+    return Bundle.open(directory, _bus)
+
+
+@bundle_app.command("deploy")
+def bundle_deploy(
+    versions: Annotated[list[str], typer.Argument(help="SERVICE=VERSION, one per service "
+                                                  "to move (others stay as they are).")],
+    env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy the named services, each after the services it depends on, each with its own
+    strategy and checks. When one fails, the services already moved go back, dependents
+    first."""
+    from rollwise.controller import bundle
+
+    def go() -> Any:
+        b = _bundle(directory)
+        return bundle.deploy(b, env, bundle.parse_versions(b, versions), lock_wait)
+
+    res = _run(go, as_json)
+    _emit_json({"ok": True, **res.data, "message": res.message}) if as_json \
+        else out.print(res.message)
+
+
+@bundle_app.command("rollback")
+def bundle_rollback(
+    env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what changes.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before dropping data "
+                                      "(needed without a terminal, e.g. in CI).")] = False,
+    directory: DirOpt = Path("."), as_json: JsonOpt = False,
+) -> None:
+    """Put back what the last bundle deploy moved, dependents first; each release left is
+    marked bad. Refused when a service has been deployed by itself since."""
+    from rollwise.controller import bundle, ops
+
+    def go() -> Any:
+        b = _bundle(directory)
+        _, undo = bundle.rollback_plan(b, env)
+        dropped_total = 0
+        for m in undo:
+            ctx = b.context(m["service"], env)
+            live, target = ops.rollback_plan(ctx, env, m["from_version"])
+            rows, dropped = ops.describe_schema(ctx, env, live, target)
+            dropped_total += sum(dropped.values())
+            if not as_json:
+                err.print(f"{m['service']} ({b.config.services[m['service']].dir}), {env}:")
+                for row in [*ops.describe_change(live, target), *rows]:
+                    err.print(f"  {row}")
+        if dry_run:
+            return ops.Outcome("dry run: nothing changed", {"dropped": dropped_total},
+                               changed=False)
+        if dropped_total and not yes and not _confirm(
+                f"the down migrations drop {dropped_total} values (kept in parked files "
+                "first); roll the bundle back?"):
+            return ops.Outcome("nothing changed", {"dropped": dropped_total}, changed=False)
+        return bundle.rollback(b, env, lock_wait)
+
+    res = _run(go, as_json)
+    _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed}) \
+        if as_json else out.print(res.message)
+
+
+@bundle_app.command("recover")
+def bundle_recover(env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
+                   directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """After a bundle command was killed: finish or undo each service's own deployment,
+    then put back what the interrupted deploy moved (an interrupted rollback is finished)."""
+    from rollwise.controller import bundle
+
+    res = _run(lambda: bundle.recover(_bundle(directory), env, lock_wait), as_json)
+    _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed}) \
+        if as_json else out.print(res.message)
+
+
+@bundle_app.command("status")
+def bundle_status(env: EnvOpt = "dev", directory: DirOpt = Path("."),
+                  as_json: JsonOpt = False) -> None:
+    """Each service of the bundle on each host, in dependency order, and the last bundle
+    operation. Only reads."""
+    from rollwise.controller import bundle
+
+    data = _run(lambda: bundle.status(_bundle(directory), env), as_json)
+    if as_json:
+        _emit_json(data)
+        return
+    out.print(Text(f"bundle {data['bundle']}, {env}", style="bold"))
+    for s in data["services"]:
+        deps = f" (needs {', '.join(s['depends_on'])})" if s["depends_on"] else ""
+        out.print(Text.assemble(("service ", "dim"), (s["service"], "bold"), deps))
+        _print_env(f"  {env}", s)
+    if last := data["last"]:
+        moves = ", ".join(f"{m['service']} {m['from_version'] or '-'} -> {m['to_version']} "
+                          f"({m['state']})" for m in last["moves"])
+        out.print(f"last: {last['kind']} {last['id']} {last['state']} by {last['actor']}: "
+                  f"{moves}" + (f"; {last['error']}" if last["error"] else ""))
 
 
 def main() -> None:

@@ -7,16 +7,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from rollwise.config.schema import ProjectConfig
+from rollwise.config.schema import BundleConfig, ProjectConfig
 from rollwise.errors import ConfigError
 
 CONFIG_FILE = "rollwise.yaml"
 Lines = dict[tuple[str | int, ...], int]
+M = TypeVar("M", bound=BaseModel)
 MAX_ALIASED = 10_000  # values aliases may add; a whole configuration is a few hundred
 MAX_DEPTH = 64  # levels of nesting, aliases expanded; a configuration has fewer than ten
 PLAIN_TAGS = {None, "!", "tag:yaml.org,2002:str"}  # none, or `!!str` to keep text as text
@@ -53,6 +54,15 @@ def _kind(path: Path) -> str:
 
 
 def load_config(path: Path) -> ProjectConfig:
+    return load_config_text(_read(path), str(path))
+
+
+def load_bundle(path: Path) -> BundleConfig:
+    """`rollwise-bundle.yaml`, with the same checks and messages as `rollwise.yaml`."""
+    return _load(_read(path), str(path), BundleConfig)
+
+
+def _read(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -63,10 +73,14 @@ def load_config(path: Path) -> ProjectConfig:
         line = data.count(b"\n", 0, e.start) + 1
         raise ConfigError(f"not UTF-8 text: byte 0x{data[e.start]:02x} cannot be read",
                           where=f"{path}:{line}", hint=HINT_TEXT) from None
-    return load_config_text(text, str(path))
+    return text
 
 
 def load_config_text(text: str, name: str) -> ProjectConfig:
+    return _load(text, name, ProjectConfig)
+
+
+def _load(text: str, name: str, model: type[M]) -> M:
     node = _compose(text, name)
     if node is None:
         raise _empty(name)
@@ -78,9 +92,11 @@ def load_config_text(text: str, name: str) -> ProjectConfig:
     if not isinstance(data, dict):
         raise ConfigError("top level must be a mapping of keys",
                           where=f"{name}:{node.start_mark.line + 1}",
-                          hint="start with `app: <name>`; `rollwise init` writes a template")
+                          hint="start with `app: <name>`; `rollwise init` writes a template"
+                          if model is ProjectConfig else
+                          "start with `bundle: <name>` and `services:` (docs/bundles.md)")
     try:
-        return ProjectConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise _explain(e, lines, name) from None
 

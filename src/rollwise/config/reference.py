@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from rollwise.config.schema import ProjectConfig
+from rollwise.config.schema import BundleConfig, ProjectConfig
 
 
 def markdown() -> str:
@@ -15,6 +15,9 @@ def markdown() -> str:
              "Generated from the schema by `rollwise config docs`; "
              "`rollwise config schema` prints the JSON Schema for editors.", ""]
     _model(ProjectConfig, "", lines)
+    lines += ["# rollwise-bundle.yaml reference", "",
+              "Services deployed and rolled back together (docs/bundles.md).", ""]
+    _model(BundleConfig, "", lines)
     return "\n".join(lines) + "\n"
 
 

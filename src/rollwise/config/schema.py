@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rollwise.domain import bundle_order
 from rollwise.ports import parse_address
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -759,3 +760,37 @@ class ProjectConfig(Strict):
                     "environments are isolated and need their own router address"
                 )
         return self
+
+
+class ServiceConfig(Strict):
+    dir: str = Field(description="The service's project directory (its rollwise.yaml), "
+                     "relative to the bundle file.")
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="Services of the bundle this one needs: deployed before it, rolled "
+        "back after it.",
+    )
+
+
+def _service_order(v: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+    for name in v:
+        if not NAME_RE.match(name):
+            raise ValueError(f"service name {name!r} must match {NAME_RE.pattern}")
+    if not v:
+        raise ValueError("needs at least one service, e.g. `api: {dir: api}`")
+    bundle_order({name: tuple(s.depends_on) for name, s in v.items()})  # ValueError: a cycle
+    return v
+
+
+class BundleConfig(Strict):
+    """`rollwise-bundle.yaml`: services that are deployed and rolled back together, in the
+    order their dependencies give (docs/bundles.md)."""
+
+    bundle: Annotated[str, Field(pattern=NAME_RE.pattern)] = Field(
+        description="Bundle name: lower case letters, digits and '-'."
+    )
+    services: dict[str, ServiceConfig] = Field(
+        description="Services by name, each a rollwise project with the same environments."
+    )
+
+    _check_services = field_validator("services")(_service_order)

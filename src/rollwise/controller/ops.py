@@ -112,6 +112,12 @@ def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
         return _run(ctx, environment, kind, rel, state, lease, recovered, force_reason, reason)
 
 
+def check_deployable(ctx: Context, env: str, version: str) -> None:
+    """Refuse, before anything moves, a release that does not exist or is marked bad."""
+    ctx.env(env)
+    _check_not_bad(ctx, env, _release(ctx, version)["version"], None)
+
+
 def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | None) -> None:
     """A release marked bad in `env` deploys again only with a recorded reason."""
     mark = next((m for m in repo.get_marks(ctx.engine, env) if m["version"] == version), None)
