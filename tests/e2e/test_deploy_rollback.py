@@ -289,3 +289,19 @@ def test_given_sigkill_at_a_step_boundary_then_the_next_command_makes_it_consist
     assert "chain intact" in project.cli("audit", "verify", check=True).stdout
     again = project.cli("deploy", "1.1.0" if not switched else "1.0.0", check=True)
     assert again.returncode == 0
+
+
+def test_progress_json_writes_every_event_as_one_json_line(project):
+    project.release("1.0.0")
+    res = project.cli("--progress", "json", "deploy", "1.0.0", "--env", "dev", check=True)
+    events = [json.loads(line) for line in res.stderr.splitlines()]  # every line is JSON
+    steps = [e["data"]["step"] for e in events
+             if e["action"] == "step" and e["outcome"] == "ok"]
+    assert steps[0] == "verify" and steps[-1] == "finalize" and "switch" in steps
+    assert events[-1]["action"] == "deploy" and events[-1]["outcome"] == "succeeded"
+    assert all(e["env"] == "dev" and e["actor"] for e in events if e["action"] == "step")
+    bad = project.cli("--progress", "json", "deploy", "9.9.9", "--env", "dev")
+    assert json.loads(bad.stderr.splitlines()[-1]) == {
+        "error": "release 9.9.9 does not exist", "where": "version",
+        "hint": "releases you can use: 1.0.0 (`rollwise release list`)", "exit_code": 7}
+    assert project.cli("--progress", "loud", "status").returncode == 2

@@ -51,3 +51,20 @@ def test_a_bundle_file_error_names_the_file_and_line(tmp_path):
     path.write_text("bundle: shop\nservices:\n  api: {dir: api}\n  db: {dir: db}\n")
     cfg = load_bundle(path)
     assert (cfg.bundle, list(cfg.services)) == ("shop", ["api", "db"])
+
+
+def test_every_example_loads_and_the_shop_bundle_deploys_inventory_first():
+    from pathlib import Path
+
+    from rollwise.config.load import load_config
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    configs = sorted(examples.glob("*/rollwise.yaml")) + sorted(examples.glob("*/*/rollwise.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        assert load_config(path).environments, path
+    shop = load_bundle(examples / "shop" / "rollwise-bundle.yaml")
+    assert bundle_order({n: tuple(s.depends_on) for n, s in shop.services.items()}) == \
+        ["inventory", "order-sync"]
+    for s in shop.services.values():
+        assert "prod" in load_config(examples / "shop" / s.dir / "rollwise.yaml").environments

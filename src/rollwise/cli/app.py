@@ -169,7 +169,12 @@ def _run(fn: Callable[[], T], as_json: bool = False) -> T:
                 raise
             raise missing from e
     except RollwiseError as e:
-        err.print(Text.assemble(("error:", "red"), " ", str(e)))
+        if PROGRESS["mode"] == "json":
+            sys.stderr.write(json.dumps({"error": e.message, "where": e.where or None,
+                                         "hint": e.hint or None,
+                                         "exit_code": int(e.code)}) + "\n")
+        else:
+            err.print(Text.assemble(("error:", "red"), " ", str(e)))
         if as_json:
             _emit_json({"ok": False, "error": e.message, "where": e.where or None,
                         "hint": e.hint or None, "exit_code": int(e.code)})

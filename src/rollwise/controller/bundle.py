@@ -93,8 +93,9 @@ class Bundle:
         ctx = self.context(service, env)
         return repo.env_state(ctx.engine, env)["live_version"]  # type: ignore[no-any-return]
 
-    def journal_path(self, env: str) -> Path:
-        return private_dir(self.path.parent / STATE_DIR) / f"{env}.json"
+    def journal_path(self, env: str, create: bool = False) -> Path:
+        folder = self.path.parent / STATE_DIR
+        return (private_dir(folder) if create else folder) / f"{env}.json"
 
     def read(self, env: str) -> Journal | None:
         p = self.journal_path(env)
@@ -102,7 +103,7 @@ class Bundle:
 
     def write(self, j: Journal) -> None:
         """Atomically: a journal is never half written."""
-        p = self.journal_path(j.env)
+        p = self.journal_path(j.env, create=True)
         tmp = p.with_suffix(".tmp")
         with tmp.open("w") as f:
             json.dump(asdict(j), f, indent=1)
@@ -117,7 +118,7 @@ class Bundle:
     def lock(self, env: str) -> Iterator[None]:
         """One bundle command per environment at a time; the lock goes with the process,
         so a killed one leaves a journal that says `running` and no lock."""
-        p = self.journal_path(env).with_suffix(".lock")
+        p = self.journal_path(env, create=True).with_suffix(".lock")
         with p.open("a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
