@@ -12,12 +12,7 @@ from rollwise.config.schema import EnvironmentConfig, RouterConfig
 from rollwise.errors import ConfigError
 from rollwise.targets import Target
 from rollwise.targets.base import EnvFor, HostReport
-from rollwise.targets.local import LocalTarget
-from rollwise.targets.ssh import SSHTarget
 from rollwise.traffic import TrafficRouter
-from rollwise.traffic.builtin import BuiltinRouter
-from rollwise.traffic.caddy import CaddyRouter
-from rollwise.traffic.haproxy import HAProxyRouter
 
 T = TypeVar("T")
 
@@ -27,25 +22,46 @@ def _listen(cfg: EnvironmentConfig) -> str | None:
     return cfg.router.listen if cfg.router.type == "builtin" else None
 
 
+# Each builder imports its implementation when it is used: a command on a local environment
+# never loads asyncssh, nor httpx for a router it does not have.
+
 def _local(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
            report: HostReport) -> Target:
+    from rollwise.targets.local import LocalTarget
+
     return LocalTarget(env_dir, env, _listen(cfg), env_for)
 
 
 def _ssh(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
          report: HostReport) -> Target:
+    from rollwise.targets.ssh import SSHTarget
+
     return SSHTarget(cfg.target, app, env_dir, env, _listen(cfg), env_for, report)
+
+
+def _builtin(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
+    from rollwise.traffic.builtin import BuiltinRouter
+
+    return BuiltinRouter(env_dir, env, cfg.listen)
+
+
+def _haproxy(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
+    from rollwise.traffic.haproxy import HAProxyRouter
+
+    return HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots, env_dir)
+
+
+def _caddy(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
+    from rollwise.traffic.caddy import CaddyRouter
+
+    return CaddyRouter(str(cfg.admin), cfg.backend, env_dir)
 
 
 TARGETS: dict[str, Callable[[EnvironmentConfig, str, Path, str, EnvFor, HostReport], Target]] = {
     "local": _local, "ssh": _ssh}
 
 ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
-    "builtin": lambda cfg, env_dir, env: BuiltinRouter(env_dir, env, cfg.listen),
-    "haproxy": lambda cfg, env_dir, env: HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots,
-                                                       env_dir),
-    "caddy": lambda cfg, env_dir, env: CaddyRouter(str(cfg.admin), cfg.backend, env_dir),
-}
+    "builtin": _builtin, "haproxy": _haproxy, "caddy": _caddy}
 
 
 def make_target(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
