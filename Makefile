@@ -33,6 +33,7 @@ bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
 	$(BIN)/python bench/detection.py --out bench/results/detection.json
 	$(BIN)/python bench/data.py --out bench/results/data.json
 	$(BIN)/python bench/audit.py --out bench/results/audit.json
+	$(BIN)/python bench/fleet.py --out bench/results/fleet.json
 
 docs: $(STAMP) ## Regenerate docs/config.md from the schema
 	$(BIN)/rollwise config docs > docs/config.md

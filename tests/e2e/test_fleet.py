@@ -96,6 +96,7 @@ def test_a_host_canary_and_a_rollback_across_five_hosts_fail_no_request(fp: Flee
     back = fp.cli("rollback", "--env", "dev", "--yes")
     results = load.stop()
     assert back.returncode == 0, back.stderr
+    assert f"hosts:   5: h1 ({fp.f.hosts[0].address}), h2 (" in back.stderr  # what it touches
     assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in fp.f.hosts}
     assert len(results) >= 300 and failed(results) == []
     served = {r.version for r in results}

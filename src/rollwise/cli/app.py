@@ -352,7 +352,8 @@ def rollback(
         rows, dropped = ops.describe_schema(ctx, env, live, target)
         if not as_json:
             err.print(f"rollback of {env}:")
-            for row in [*ops.describe_change(live, target), *rows]:
+            for row in [*ops.describe_change(live, target), *ops.describe_hosts(ctx, env),
+                        *rows]:
                 err.print(f"  {row}")
         if dry_run:
             return ops.Outcome("dry run: nothing changed", {"dropped": dropped},
@@ -937,7 +938,8 @@ def bundle_rollback(
             dropped_total += sum(dropped.values())
             if not as_json:
                 err.print(f"{m['service']} ({b.config.services[m['service']].dir}), {env}:")
-                for row in [*ops.describe_change(live, target), *rows]:
+                for row in [*ops.describe_change(live, target),
+                            *ops.describe_hosts(ctx, env), *rows]:
                     err.print(f"  {row}")
         if dry_run:
             return ops.Outcome("dry run: nothing changed", {"dropped": dropped_total},

@@ -306,6 +306,15 @@ def describe_change(live: dict[str, Any] | None, target: dict[str, Any]) -> list
     return rows
 
 
+def describe_hosts(ctx: Context, env: str) -> list[str]:
+    """On a fleet, the hosts a deploy or rollback of `env` touches."""
+    target = ctx.env(env).target
+    if target.type != "ssh":
+        return []
+    return [f"hosts:   {len(target.hosts)}: "
+            + ", ".join(f"{h.label} ({h.address})" for h in target.hosts)]
+
+
 def _check_window(ctx: Context, environment: Environment, state: dict[str, Any], target: str,
                   force_reason: str | None) -> None:
     """R21: past the environment's rollback window a rollback that runs down migrations
