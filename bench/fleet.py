@@ -29,7 +29,9 @@ incompressible 5 MB file, releases 1.0.0 and 1.1.0, `rollwise hosts setup` (`set
 in the deploy figure) and a first deploy of 1.0.0; then, each under `--rate` req/s of POST
 /orders through the front router (rollwise.loadgen: keep-alive, non-retrying, bounded),
 `rollwise deploy 1.1.0` (`rolling_N`: strategy rolling, batch max(1, N // 5), pause 1 s)
-and `rollwise rollback --yes` (`rollback_N`), each as a subprocess. `bytes_sent`: what the
+and `rollwise rollback --yes` (`rollback_N`), each as a subprocess with `--progress json`;
+`first_traffic_moved_s`: from the command's start to its first traffic move (the rollback's
+switch, the deploy's first batch). `bytes_sent`: what the
 hosts received during the command, the sum of the tx bytes of the hosts' veths on the
 bridge (this side of each veth; the same bytes are the rx of each host's eth0), load
 traffic included (`background_bytes_per_s`, measured under the same load before, says how
@@ -557,7 +559,7 @@ def under_load(f: Fleet, n: int, router: tuple[str, int], rate: float, timeout: 
                ) -> dict[str, Any]:
     b0 = veth_tx_bytes(f)
     lg = loadgen.Load(router[0], router[1], rate=rate, max_duration_s=timeout).start()
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     try:
         proc: subprocess.CompletedProcess[str] | None = command()
         error = None if proc.returncode == 0 else \
@@ -568,10 +570,16 @@ def under_load(f: Fleet, n: int, router: tuple[str, int], rate: float, timeout: 
     results = lg.stop()
     b1 = veth_tx_bytes(f)
     s = loadgen.summarize(results)
-    uploaded = sum(int(x) for x in re.findall(r"uploaded_bytes=(\d+)", proc.stderr)) \
-        if proc else None
+    events = [json.loads(line) for line in proc.stderr.splitlines()
+              if line.startswith("{")] if proc else []
+    uploaded = sum(int(e["data"].get("uploaded_bytes", 0)) for e in events
+                   if e["action"] == "host") if proc else None
+    switched = [e["ts"] for e in events if e["action"] == "step" and e["outcome"] == "ok"
+                and e["data"].get("step") in ("switch", "rolling:1")]
     on_hosts = versions_on_hosts(f, n)
-    out = {"total_s": round(total, 2), "requests_sent": s["requests_sent"],
+    out = {"total_s": round(total, 2),
+           "first_traffic_moved_s": round(switched[0] - wall0, 2) if switched else None,
+           "requests_sent": s["requests_sent"],
            "requests_failed": s["requests_failed"], "bytes_sent": b1[0] - b0[0],
            "bridge_tx_bytes": b1[1] - b0[1], "bridge_rx_bytes": b1[2] - b0[2],
            "uploaded_bytes_reported": uploaded, "by_version": s["by_version"],
@@ -632,11 +640,11 @@ def deploy_and_rollback(f: Fleet, n: int, project: Path, work: Path, args: argpa
     res["background_bytes_per_s"] = round((veth_tx_bytes(f)[0] - b0[0]) / 3)
     res[f"rolling_{n}"] = under_load(
         f, n, router, args.rate, args.deploy_timeout,
-        lambda: rollwise(project, work, "deploy", "1.1.0", "-e", ENV,
+        lambda: rollwise(project, work, "--progress", "json", "deploy", "1.1.0", "-e", ENV,
                          timeout=args.deploy_timeout), "1.1.0")
     res[f"rollback_{n}"] = under_load(
         f, n, router, args.rate, args.deploy_timeout,
-        lambda: rollwise(project, work, "rollback", "-e", ENV, "--yes",
+        lambda: rollwise(project, work, "--progress", "json", "rollback", "-e", ENV, "--yes",
                          timeout=args.deploy_timeout), "1.0.0")
 
 
