@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
+from bench.switch import process
 
 from rollwise import loadgen
 from rollwise.demo import prepare_example
 from rollwise.errors import ExitCode
-from tests.conftest import EXAMPLE, Project
+from rollwise.ports import free_port
+from tests.conftest import EXAMPLE, Project, require_binary
 from tests.fleethosts import Fleet, fleet
 
 HOSTS = 5
@@ -318,3 +320,45 @@ def versions_on(h: Any, app: str) -> list[str]:
     state = h.root / "rollwise" / app / "dev" / "agent.json"
     records = json.loads(state.read_text())["instances"] if state.exists() else []
     return sorted(r["version"] for r in records)
+
+
+def test_blue_green_behind_haproxy_switches_the_whole_fleet_at_once(tmp_path: Path):
+    """HAProxy (its runtime API) as the front across three hosts: every host starts the new
+    release, the front switches at once, and a rollback switches back, under load."""
+    exe = require_binary("haproxy", "apt-get install -y haproxy")
+    (tmp_path / "hosts").mkdir()
+    with fleet(3, tmp_path / "hosts") as f:
+        p = Project(prepare_example(EXAMPLE, tmp_path / "project"))
+        d, port = tmp_path / "haproxy", free_port()
+        d.mkdir()
+        slots = [f"s{i}" for i in range(6)]  # old and new on three hosts
+        servers = "".join(f"  server {s} 127.0.0.1:{free_port()} weight 0\n" for s in slots)
+        (d / "haproxy.cfg").write_text(
+            f"global\n  stats socket {d}/admin.sock level admin\n  maxconn 4096\n"
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n"
+            "  timeout server 30s\n"
+            f"frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n"
+            f"backend be\n  balance roundrobin\n{servers}")
+        configure(p, f)
+        p.configure(router={"type": "haproxy", "admin": str(d / "admin.sock"),
+                            "backend": "be", "slots": slots},
+                    strategy={"type": "blue-green"})
+        with process([exe, "-f", str(d / "haproxy.cfg")], port, d / "log"):
+            try:
+                setup_and_deploy(FleetProject(p, f), "1.0.0", "1.1.0")
+                load = loadgen.Load("127.0.0.1", port, rate=150, max_duration_s=120).start()
+                res = p.cli("deploy", "1.1.0", "--env", "dev")
+                mid = load.stop()
+                assert res.returncode == 0, res.stderr
+                assert {h.name: versions_on(h, "order-sync") for h in f.hosts} == \
+                    {h.name: ["1.1.0"] for h in f.hosts}
+                load = loadgen.Load("127.0.0.1", port, rate=150, max_duration_s=120).start()
+                back = p.cli("rollback", "--env", "dev", "--yes")
+                results = mid + load.stop()
+                assert back.returncode == 0, back.stderr
+                assert {h.name: versions_on(h, "order-sync") for h in f.hosts} == \
+                    {h.name: ["1.0.0"] for h in f.hosts}
+                assert len(results) >= 200 and failed(results) == []
+                assert {r.version for r in results} == {"1.0.0", "1.1.0"}
+            finally:
+                p.stop_agents()
