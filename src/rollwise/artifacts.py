@@ -94,8 +94,10 @@ def _excluded(name: str, exclude: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, pat) for pat in exclude)
 
 
-def pack(source: Path, exclude: list[str], dest_dir: Path) -> tuple[str, int, Path]:
-    """A deterministic tar.gz of `source`: same files, same bytes, same sha256."""
+def pack(source: Path, exclude: list[str], dest_dir: Path,
+         extra: dict[str, bytes] | None = None) -> tuple[str, int, Path]:
+    """A deterministic tar.gz of `source`: same files, same bytes, same sha256. `extra`:
+    files rollwise adds at the top (the release's image ID), in place of any of that name."""
     if not source.is_dir():
         raise ConfigError(f"source directory {source} does not exist", where="source",
                           hint="`source` in rollwise.yaml is the folder the release is packed "
@@ -104,7 +106,13 @@ def pack(source: Path, exclude: list[str], dest_dir: Path) -> tuple[str, int, Pa
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in sorted((extra or {}).items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
         for path in _files(source, exclude):
+            if path.relative_to(source).as_posix() in (extra or {}):
+                continue
             info = _member(source, path)
             if info.issym():
                 tar.addfile(info)

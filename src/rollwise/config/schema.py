@@ -198,11 +198,12 @@ class SSHConfig(Strict):
 
 
 class TargetConfig(Strict):
-    type: Literal["local", "ssh"] = Field(
+    type: Literal["local", "ssh", "container"] = Field(
         "local",
         description="`local`: instances run as processes on this machine. `ssh`: instances "
         "run on `hosts`, each driven by its own rollwise agent over SSH; the router is the "
-        "front that balances across them.",
+        "front that balances across them. `container`: instances run as containers of the "
+        "release's image (`image`) through podman or docker on this machine.",
     )
     hosts: list[HostConfig] = Field(
         default_factory=list,
@@ -215,7 +216,7 @@ class TargetConfig(Strict):
         if self.type == "ssh" and not self.hosts:
             raise ValueError("target type 'ssh' needs `hosts`, e.g. "
                              "[{address: 10.0.0.2}, {address: 10.0.0.3}]")
-        if self.type == "local" and self.hosts:
+        if self.type != "ssh" and self.hosts:
             raise ValueError("`hosts` needs `type: ssh`")
         labels = [h.label for h in self.hosts]
         if dup := sorted({x for x in labels if labels.count(x) > 1}):
@@ -718,6 +719,32 @@ def _env_names(v: dict[str, EnvironmentConfig]) -> dict[str, EnvironmentConfig]:
     return v
 
 
+class ImageConfig(Strict):
+    """Releases as container images (docs/containers.md)."""
+
+    build: str | None = Field(
+        None, description="Containerfile or Dockerfile (relative to `source`) that "
+        "`release create` builds; the release records the image's ID.")
+    ref: str | None = Field(
+        None, description="Instead of building: an existing image (`name:tag` or "
+        "`name@sha256:...`), pulled when absent; the release records the ID it has then, so "
+        "a tag that moves later changes nothing.")
+    cli: Literal["auto", "podman", "docker"] = Field(
+        "auto", description="Container CLI; `auto`: podman if installed, else docker.")
+    memory: str | None = Field(
+        None, pattern=r"^\d+[bkmg]?$", description="Memory limit per container, e.g. 256m.")
+    cpus: float | None = Field(None, gt=0, description="CPU limit per container, e.g. 0.5.")
+    stop_timeout_s: float = Field(
+        10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a container stops.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageConfig:
+        if (self.build is None) == (self.ref is None):
+            raise ValueError("name exactly one of `build` (a Containerfile) and `ref` (an "
+                             "existing image)")
+        return self
+
+
 class ProjectConfig(Strict):
     app: Annotated[str, Field(pattern=NAME_RE.pattern)] = Field(
         description="Application name: lower case letters, digits and '-'."
@@ -737,6 +764,10 @@ class ProjectConfig(Strict):
     migrations: MigrationsConfig | None = Field(
         None, description="Database migrations shipped in each release.",
     )
+    image: ImageConfig | None = Field(
+        None, description="Build (or take) a container image with each release; "
+        "environments with `target: {type: container}` run it.",
+    )
     audit: AuditConfig = Field(
         default_factory=AuditConfig,
         description="Where the audit log's signed checkpoints and their key live, and "
@@ -748,6 +779,14 @@ class ProjectConfig(Strict):
     )
 
     _check_envs = field_validator("environments")(_env_names)
+
+    @model_validator(mode="after")
+    def _image_for_containers(self) -> ProjectConfig:
+        if self.image is None and (names := [n for n, e in self.environments.items()
+                                             if e.target.type == "container"]):
+            raise ValueError(f"environment {names[0]!r} runs containers: add `image: {{build: "
+                             "Containerfile}}` (or `ref:`) so releases carry an image")
+        return self
 
     @model_validator(mode="after")
     def _distinct_listen(self) -> ProjectConfig:

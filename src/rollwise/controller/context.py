@@ -87,7 +87,8 @@ class Context:
                                        lambda version: self.instance_env(name, version),
                                        lambda host, what, outcome, data: self.emit(
                                            "host", outcome, env=name, record=False,
-                                           data={"host": host, "step": what, **data})),
+                                           data={"host": host, "step": what, **data}),
+                                       self.config.image),
                            make_router(cfg.router, folder, name))
 
     def url(self, env: str, cfg: UrlOrSecret) -> str:

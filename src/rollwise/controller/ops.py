@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollwise import artifacts, audit, reasons
+from rollwise import artifacts, audit, containers, reasons
 from rollwise import domain as d
 from rollwise.agent.client import AgentClient
 from rollwise.controller import caches, machine, schema
@@ -37,7 +37,11 @@ def create_release(ctx: Context, version: str, changelog: str | None) -> Outcome
         artifacts.run_build(ctx.config.build.command, source)
     db_schema, warnings = schema.release_schema(ctx, source)  # refuses a missing down step
     warnings += caches.static_warnings(ctx, source)
-    sha, size, _ = artifacts.pack(source, ctx.config.build.exclude, ctx.artifacts_dir())
+    image = containers.release_image(ctx.config.image, source, ctx.config.app, version) \
+        if ctx.config.image else None
+    sha, size, _ = artifacts.pack(
+        source, ctx.config.build.exclude, ctx.artifacts_dir(),
+        {containers.IMAGE_FILE: containers.encode(image)} if image else None)
     meta = artifacts.ReleaseMeta(
         app=ctx.config.app, version=version, sha256=sha, size=size,
         git_commit=artifacts.git_commit(source), built_at=artifacts.now(),
@@ -46,12 +50,15 @@ def create_release(ctx: Context, version: str, changelog: str | None) -> Outcome
     repo.add_release(ctx.engine, meta)
     ctx.emit("release", reasons.OK, version=version, git_commit=meta.git_commit,
              data={"sha256": sha, "size": size, "schema": (db_schema or {}).get("version"),
-                   "warnings": warnings})
+                   "image": image, "warnings": warnings})
     pruned = gc(ctx)
     note = f"; pruned {', '.join(pruned)}" if pruned else ""
     warn = "".join(f"\nwarning: {w}" for w in warnings)
-    return Outcome(f"release {version} created: sha256 {sha[:12]}, {size} bytes{note}{warn}",
+    shown = f", image {image['id'][:19]} ({image['ref']})" if image else ""
+    return Outcome(f"release {version} created: sha256 {sha[:12]}, {size} bytes{shown}{note}"
+                   f"{warn}",
                    {"version": version, "sha256": sha, "size": size, "pruned": pruned,
+                    "image": image,
                     "schema": (db_schema or {}).get("version"), "warnings": warnings})
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from rollwise.config.schema import EnvironmentConfig, RouterConfig
+from rollwise.config.schema import EnvironmentConfig, ImageConfig, RouterConfig
 from rollwise.errors import ConfigError
 from rollwise.targets import Target
 from rollwise.targets.base import EnvFor, HostReport
@@ -25,18 +25,31 @@ def _listen(cfg: EnvironmentConfig) -> str | None:
 # Each builder imports its implementation when it is used: a command on a local environment
 # never loads asyncssh, nor httpx for a router it does not have.
 
-def _local(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
+def _local(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
+           env_for: EnvFor,
            report: HostReport) -> Target:
     from rollwise.targets.local import LocalTarget
 
     return LocalTarget(env_dir, env, _listen(cfg), env_for)
 
 
-def _ssh(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
+def _ssh(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
+         env_for: EnvFor,
          report: HostReport) -> Target:
     from rollwise.targets.ssh import SSHTarget
 
     return SSHTarget(cfg.target, app, env_dir, env, _listen(cfg), env_for, report)
+
+
+def _container(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
+               env_for: EnvFor,
+               report: HostReport) -> Target:
+    from rollwise.targets.container import ContainerTarget
+
+    if image is None:  # the schema refuses a container environment without `image`
+        raise ConfigError(f"environment {env!r} runs containers but the project has no "
+                          "`image`", where="image", hint="add `image: {build: Containerfile}`")
+    return ContainerTarget(image, app, env_dir, env, _listen(cfg), env_for)
 
 
 def _builtin(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
@@ -57,19 +70,21 @@ def _caddy(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
     return CaddyRouter(str(cfg.admin), cfg.backend, env_dir)
 
 
-TARGETS: dict[str, Callable[[EnvironmentConfig, str, Path, str, EnvFor, HostReport], Target]] = {
-    "local": _local, "ssh": _ssh}
+TARGETS: dict[str, Callable[[EnvironmentConfig, str, ImageConfig | None, Path, str, EnvFor,
+                              HostReport], Target]] = {
+    "local": _local, "ssh": _ssh, "container": _container}
 
 ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
     "builtin": _builtin, "haproxy": _haproxy, "caddy": _caddy}
 
 
 def make_target(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
-                report: HostReport = lambda *_: None) -> Target:
+                report: HostReport = lambda *_: None, image: ImageConfig | None = None
+                ) -> Target:
     """`env_for(version)`: a version's instance environment, secrets resolved now;
     `report`: progress on each host of a fleet."""
     build = _pick(TARGETS, cfg.target.type, f"environments.{env}.target.type")
-    return build(cfg, app, env_dir, env, env_for, report)
+    return build(cfg, app, image, env_dir, env, env_for, report)
 
 
 def make_router(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:

@@ -1,0 +1,98 @@
+"""Container images through a Docker-compatible CLI (podman or docker): build or take an
+image for a release and record its immutable ID, and check one is present before it runs.
+
+A release's image is named by its ID (`sha256:...`), never by a tag: a tag that moves after
+the release was made changes nothing that rollwise runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from rollwise.config.schema import ImageConfig
+from rollwise.errors import ConfigError, NotFound, RollwiseError
+
+IMAGE_FILE = "rollwise-image.json"  # in the release archive: the image it runs
+TIMEOUT_S = 900.0
+
+
+def cli(cfg: ImageConfig) -> str:
+    """The container CLI's path."""
+    names = ["podman", "docker"] if cfg.cli == "auto" else [cfg.cli]
+    for name in names:
+        if path := shutil.which(name):
+            return path
+    raise ConfigError(f"no container CLI: {' or '.join(names)} is not installed",
+                      where="image.cli",
+                      hint="install podman (apt-get install -y podman) or docker, or run this "
+                      "environment as processes (`target: {type: local}`)")
+
+
+def run(exe: str, *args: str, timeout: float = TIMEOUT_S, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
+                              env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise RollwiseError(f"`{Path(exe).name} {' '.join(args[:3])}` did not finish within "
+                            f"{timeout:g} s", hint="is the container engine stuck? "
+                            f"`{Path(exe).name} info` says") from None
+    if check and proc.returncode != 0:
+        raise RollwiseError(f"`{Path(exe).name} {' '.join(args[:3])}` failed: "
+                            f"{(proc.stderr or proc.stdout).strip()[-600:]}",
+                            where=Path(exe).name)
+    return proc
+
+
+def image_id(exe: str, ref: str) -> str | None:
+    """The ID of a local image, or None when it is not on this machine."""
+    proc = run(exe, "image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=60)
+    if proc.returncode != 0:
+        return None
+    got = proc.stdout.strip().splitlines()[0]
+    return got if got.startswith("sha256:") else f"sha256:{got}"
+
+
+def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dict[str, Any]:
+    """Build the release's image (or find the one named), and return what the release
+    records: its ID, the reference it came from and how it was made."""
+    exe = cli(cfg)
+    if cfg.build is not None:
+        file = (source / cfg.build).resolve()
+        if not file.is_file():
+            raise ConfigError(f"no {cfg.build} in {source}", where="image.build",
+                              hint="write a Containerfile there or point `image.build` at it")
+        tag = f"localhost/rollwise/{app}:{version}"
+        run(exe, "build", "-f", str(file), "-t", tag, str(source))
+        ref = tag
+    else:
+        ref = str(cfg.ref)
+        if image_id(exe, ref) is None:
+            proc = run(exe, "pull", ref, check=False)
+            if proc.returncode != 0:
+                raise NotFound(f"image {ref} is not on this machine and cannot be pulled: "
+                               f"{proc.stderr.strip()[-400:]}", where="image.ref",
+                               hint="check the name and the registry, or build it first")
+    found = image_id(exe, ref)
+    if found is None:
+        raise RollwiseError(f"image {ref} has no ID after it was made", where="image")
+    return {"id": found, "ref": ref, "cli": Path(exe).name,
+            "built": cfg.build is not None}
+
+
+def encode(meta: dict[str, Any]) -> bytes:
+    return (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode()
+
+
+def read(release_dir: Path, version: str) -> dict[str, Any]:
+    path = release_dir / IMAGE_FILE
+    if not path.is_file():
+        raise ConfigError(f"release {version} carries no image: it was made without `image` "
+                          "in rollwise.yaml", where=f"release {version}",
+                          hint="create a new release with `image` set; a container target "
+                          "runs only releases made as images")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data

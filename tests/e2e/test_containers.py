@@ -1,0 +1,214 @@
+"""Releases as container images on Podman: a small service in shell (busybox httpd and CGI
+scripts) built from a Containerfile on a base imported from a rootfs tarball (no registry
+here). A bad image's canary rolled back automatically under load with no failed request
+caused by switching, a rollback to the image a release recorded after its tag moved, a
+container that exits at start, an image that is gone and cannot be pulled."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rollwise import loadgen
+from rollwise.errors import ExitCode
+from rollwise.ports import free_port
+from tests.conftest import Project, require
+
+BASE = "localhost/rollwise-test/busybox:base"
+HEALTH = """#!/bin/sh
+printf 'Content-Type: application/json\\r\\nContent-Length: 13\\r\\nX-Version: %s\\r\\n\\r\\n{"ok": true}\\n' \
+  "$ROLLWISE_VERSION"
+"""
+ORDERS = """#!/bin/sh
+cat > /dev/null
+printf 'Status: %s\\r\\nContent-Length: 3\\r\\nContent-Type: application/json\\r\\nX-Version: %s\\r\\n\\r\\n{}\\n' \
+  "{status}" "$ROLLWISE_VERSION"
+"""
+START = """#!/bin/sh
+exec /bin/busybox httpd -f -p "$1" -h /www
+"""
+CRASH = """#!/bin/sh
+echo "cannot reach the marketplace" >&2
+exit 3
+"""
+
+
+def podman_env(tmp: Path) -> dict[str, str]:
+    """Podman as this machine runs it: runc, and ulimits the sandbox allows."""
+    conf = tmp / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+                    '[engine]\nruntime = "runc"\n')
+    return {"CONTAINERS_CONF": str(conf)}
+
+
+@pytest.fixture(scope="module")
+def base_image(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    podman, busybox = shutil.which("podman"), shutil.which("busybox")
+    require(podman is not None and busybox is not None and shutil.which("runc") is not None,
+            "podman, runc and busybox", "apt-get install -y podman runc busybox-static")
+    tmp = tmp_path_factory.mktemp("base")
+    env = {**os.environ, **podman_env(tmp)}
+    root = tmp / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(str(busybox), root / "bin" / "busybox")
+    (root / "bin" / "sh").symlink_to("busybox")
+    with tarfile.open(tmp / "base.tar", "w") as tar:
+        tar.add(root, arcname=".")
+    subprocess.run([str(podman), "import", str(tmp / "base.tar"), BASE], env=env, check=True,
+                   capture_output=True, timeout=120)
+    return env
+
+
+@pytest.fixture
+def shop(tmp_path: Path, base_image: dict[str, str],
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    root = tmp_path / "shop"
+    (root / "www" / "cgi-bin").mkdir(parents=True)
+    (root / "Containerfile").write_text(f"FROM {BASE}\nCOPY www /www\nCOPY VERSION /www/\n")
+    (root / "VERSION").write_text("0.0.0\n")
+    write_app(root, status="200 OK")
+    (root / "rollwise.yaml").write_text(yaml.safe_dump({
+        "app": "shop-health", "image": {"build": "Containerfile", "stop_timeout_s": 2},
+        "run": {"command": "/bin/sh /www/start.sh {port}"},
+        "health": {"path": "/cgi-bin/health", "ready_timeout_s": 10},
+        "stop": {"drain_timeout_s": 2, "grace_s": 2},
+        "environments": {"dev": {
+            "target": {"type": "container"},
+            "router": {"listen": f"127.0.0.1:{free_port()}"},
+            "analysis": {"interval_s": 0.5, "router": {"min_requests": 10}}}}},
+        sort_keys=False))
+    p = Project(root)
+    monkeypatch.setenv("CONTAINERS_CONF", base_image["CONTAINERS_CONF"])
+    try:
+        yield p
+    finally:
+        p.stop_agents()
+        ids = subprocess.run(["podman", "ps", "-aq", "--filter",
+                              "label=io.rollwise.app=shop-health"],
+                             capture_output=True, text=True, timeout=60).stdout.split()
+        if ids:
+            subprocess.run(["podman", "rm", "-f", *ids], capture_output=True, timeout=120)
+
+
+def write_app(root: Path, status: str, crash: bool = False) -> None:
+    bin_ = root / "www" / "cgi-bin"
+    for name, text in (("health", HEALTH), ("orders", ORDERS.replace("{status}", status))):
+        (bin_ / name).write_text(text)
+        (bin_ / name).chmod(0o755)
+    (root / "www" / "start.sh").write_text(CRASH if crash else START)
+
+
+def release(p: Project, version: str, status: str = "200 OK", crash: bool = False) -> str:
+    write_app(p.root, status, crash)
+    p.write_version(version)
+    out = p.cli("release", "create", "--version", version, check=True).stdout
+    write_app(p.root, "200 OK")
+    return out
+
+
+def containers() -> dict[str, str]:
+    out = subprocess.run(["podman", "ps", "--filter", "label=io.rollwise.app=shop-health",
+                          "--format", "json"], capture_output=True, text=True, timeout=60)
+    return {c["Labels"]["io.rollwise.instance"]: c["Labels"]["io.rollwise.version"]
+            for c in json.loads(out.stdout or "[]")}
+
+
+def image_id(version: str) -> str:
+    return subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}",
+                           f"localhost/rollwise/shop-health:{version}"], capture_output=True,
+                          text=True, check=True, timeout=60).stdout.strip()
+
+
+def status(p: Project) -> dict:
+    out = p.cli("status", "--env", "dev", "--json", check=True).stdout
+    return json.loads(out)["environments"]["dev"]
+
+
+def orders(p: Project, rate: float) -> loadgen.Load:
+    host, port = status(p)["router"].rsplit(":", 1)
+    return loadgen.Load(host, int(port), rate=rate, max_duration_s=120,
+                        path="/cgi-bin/orders").start()
+
+
+def test_a_bad_image_canary_is_rolled_back_and_no_request_fails_by_switching(shop):
+    made = release(shop, "1.0.0")
+    assert ", image sha256:" in made and "(localhost/rollwise/shop-health:1.0.0)" in made
+    release(shop, "1.1.0", status="500 Internal Server Error")
+    shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
+    assert set(containers().values()) == {"1.0.0"}
+    shop.configure(strategy={"type": "canary", "steps": [20, 100], "pause_s": 20})
+    load = orders(shop, 60)
+    res = shop.cli("deploy", "1.1.0", "--env", "dev")
+    results = load.stop()
+    assert res.returncode == ExitCode.ERROR, res.stderr
+    assert "router metrics" in res.stderr and "canary:20" in res.stderr
+    assert set(containers().values()) == {"1.0.0"}
+    s = status(shop)
+    assert s["live_version"] == "1.0.0" and s["marks"]["1.1.0"] == "bad" and s["healthy"]
+    assert len(results) >= 50
+    assert [r for r in results if not 200 <= r.status < 300 and r.version != "1.1.0"] == []
+
+
+def test_rollback_runs_the_image_a_release_recorded_after_its_tag_moved(shop):
+    release(shop, "1.0.0")
+    release(shop, "1.1.0")
+    shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
+    shop.cli("deploy", "1.1.0", "--env", "dev", check=True)
+    first = image_id("1.0.0")
+    assert first != image_id("1.1.0")
+    # the 1.0.0 tag now names 1.1.0's image: the release still runs its own
+    subprocess.run(["podman", "tag", "localhost/rollwise/shop-health:1.1.0",
+                    "localhost/rollwise/shop-health:1.0.0"], check=True, timeout=60)
+    load = orders(shop, 60)
+    back = shop.cli("rollback", "--env", "dev", "--yes")
+    results = load.stop()
+    assert back.returncode == 0, back.stderr
+    assert set(containers().values()) == {"1.0.0"}
+    assert [r for r in results if not 200 <= r.status < 300] == []
+    assert {r.version for r in results} >= {"1.0.0"}
+    assert {r.version for r in results[-10:]} == {"1.0.0"}
+    running = subprocess.run(["podman", "ps", "--filter", "label=io.rollwise.app=shop-health",
+                              "--format", "{{.ImageID}}"], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split()
+    assert [first.removeprefix("sha256:")[:12]] == [i[:12] for i in running]
+
+
+def test_a_container_that_exits_at_start_is_named_with_its_log(shop):
+    release(shop, "1.0.0")
+    release(shop, "1.1.0", crash=True)
+    shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
+    res = shop.cli("deploy", "1.1.0", "--env", "dev")
+    assert res.returncode == ExitCode.HEALTH, res.stderr
+    assert "exited before it was ready" in res.stderr
+    assert "cannot reach the marketplace" in res.stderr  # its log tail
+    assert "container rollwise-shop-health-dev-1.1.0" in res.stderr
+    assert set(containers().values()) == {"1.0.0"} and status(shop)["healthy"]
+
+
+def test_an_image_that_is_gone_and_cannot_be_pulled_stops_the_deploy_before_anything(shop):
+    release(shop, "1.0.0")
+    release(shop, "1.1.0")
+    shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
+    subprocess.run(["podman", "rmi", "-f", "localhost/rollwise/shop-health:1.1.0"],
+                   check=True, capture_output=True, timeout=60)
+    res = shop.cli("deploy", "1.1.0", "--env", "dev")
+    assert res.returncode == ExitCode.NOT_FOUND, res.stderr
+    assert "of release 1.1.0 is not on this machine" in res.stderr
+    assert set(containers().values()) == {"1.0.0"} and status(shop)["live_version"] == "1.0.0"
+
+
+def test_a_project_with_container_environments_needs_an_image(shop):
+    cfg = yaml.safe_load((shop.root / "rollwise.yaml").read_text())
+    del cfg["image"]
+    (shop.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg))
+    res = shop.cli("config", "check")
+    assert res.returncode == ExitCode.CONFIG
+    assert "environment 'dev' runs containers: add `image:" in res.stderr
