@@ -24,13 +24,13 @@ from tests.conftest import Project, require
 
 BASE = "localhost/rollwise-test/busybox:base"
 HEALTH = """#!/bin/sh
-printf 'Content-Type: application/json\\r\\nContent-Length: 13\\r\\nX-Version: %s\\r\\n\\r\\n{"ok": true}\\n' \
-  "$ROLLWISE_VERSION"
+printf 'Content-Type: application/json\\r\\nContent-Length: 13\\r\\n'
+printf 'X-Version: %s\\r\\n\\r\\n{"ok": true}\\n' "$ROLLWISE_VERSION"
 """
 ORDERS = """#!/bin/sh
 cat > /dev/null
-printf 'Status: %s\\r\\nContent-Length: 3\\r\\nContent-Type: application/json\\r\\nX-Version: %s\\r\\n\\r\\n{}\\n' \
-  "{status}" "$ROLLWISE_VERSION"
+printf 'Status: %s\\r\\nContent-Length: 3\\r\\nContent-Type: application/json\\r\\n' "{status}"
+printf 'X-Version: %s\\r\\n\\r\\n{}\\n' "$ROLLWISE_VERSION"
 """
 START = """#!/bin/sh
 exec /bin/busybox httpd -f -p "$1" -h /www
