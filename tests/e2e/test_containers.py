@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -23,17 +24,11 @@ from rollwise.ports import free_port
 from tests.conftest import Project, require
 
 BASE = "localhost/rollwise-test/busybox:base"
-HEALTH = """#!/bin/sh
-printf 'Content-Type: application/json\\r\\nContent-Length: 13\\r\\n'
-printf 'X-Version: %s\\r\\n\\r\\n{"ok": true}\\n' "$ROLLWISE_VERSION"
-"""
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "containers"
 ORDERS = """#!/bin/sh
 cat > /dev/null
 printf 'Status: %s\\r\\nContent-Length: 3\\r\\nContent-Type: application/json\\r\\n' "{status}"
 printf 'X-Version: %s\\r\\n\\r\\n{}\\n' "$ROLLWISE_VERSION"
-"""
-START = """#!/bin/sh
-exec /bin/busybox httpd -f -p "$1" -h /www
 """
 CRASH = """#!/bin/sh
 echo "cannot reach the marketplace" >&2
@@ -71,20 +66,18 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def shop(tmp_path: Path, base_image: dict[str, str],
          monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
     root = tmp_path / "shop"
-    (root / "www" / "cgi-bin").mkdir(parents=True)
-    (root / "Containerfile").write_text(f"FROM {BASE}\nCOPY www /www\nCOPY VERSION /www/\n")
-    (root / "VERSION").write_text("0.0.0\n")
-    write_app(root, status="200 OK")
-    (root / "rollwise.yaml").write_text(yaml.safe_dump({
-        "app": "shop-health", "image": {"build": "Containerfile", "stop_timeout_s": 2},
-        "run": {"command": "/bin/sh /www/start.sh {port}"},
-        "health": {"path": "/cgi-bin/health", "ready_timeout_s": 10},
-        "stop": {"drain_timeout_s": 2, "grace_s": 2},
-        "environments": {"dev": {
-            "target": {"type": "container"},
-            "router": {"listen": f"127.0.0.1:{free_port()}"},
-            "analysis": {"interval_s": 0.5, "router": {"min_requests": 10}}}}},
-        sort_keys=False))
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".rollwise"))
+    containerfile = root / "Containerfile"  # no registry here: the base is a local import
+    containerfile.write_text(re.sub(r"(?m)^FROM .*$", f"FROM {BASE}",
+                                    containerfile.read_text()))
+    cfg = yaml.safe_load((root / "rollwise.yaml").read_text())
+    cfg["app"] = "shop-health"
+    cfg["image"]["stop_timeout_s"] = 2
+    cfg["stop"] = {"drain_timeout_s": 2, "grace_s": 2}
+    cfg["environments"]["dev"] = {
+        "target": {"type": "container"}, "router": {"listen": f"127.0.0.1:{free_port()}"},
+        "analysis": {"interval_s": 0.5, "router": {"min_requests": 10}}}
+    (root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     p = Project(root)
     monkeypatch.setenv("CONTAINERS_CONF", base_image["CONTAINERS_CONF"])
     try:
@@ -99,11 +92,10 @@ def shop(tmp_path: Path, base_image: dict[str, str],
 
 
 def write_app(root: Path, status: str, crash: bool = False) -> None:
-    bin_ = root / "www" / "cgi-bin"
-    for name, text in (("health", HEALTH), ("orders", ORDERS.replace("{status}", status))):
-        (bin_ / name).write_text(text)
-        (bin_ / name).chmod(0o755)
-    (root / "www" / "start.sh").write_text(CRASH if crash else START)
+    """The example's app, answering orders with `status` (or, `crash`, exiting at start)."""
+    (root / "www" / "cgi-bin" / "orders").write_text(ORDERS.replace("{status}", status))
+    (root / "www" / "start.sh").write_text(
+        CRASH if crash else (EXAMPLE / "www" / "start.sh").read_text())
 
 
 def release(p: Project, version: str, status: str = "200 OK", crash: bool = False) -> str:
@@ -179,6 +171,11 @@ def test_rollback_runs_the_image_a_release_recorded_after_its_tag_moved(shop):
                               "--format", "{{.ImageID}}"], capture_output=True, text=True,
                              check=True, timeout=60).stdout.split()
     assert [first.removeprefix("sha256:")[:12]] == [i[:12] for i in running]
+    limits = subprocess.run(["podman", "inspect", "--format",
+                             "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+                             "rollwise-shop-health-dev-" + status(shop)["instances"][0]["name"]],
+                            capture_output=True, text=True, check=True, timeout=60).stdout
+    assert limits.split() == [str(128 * 1024 * 1024), "500000000"]  # the example's limits
 
 
 def test_a_container_that_exits_at_start_is_named_with_its_log(shop):
