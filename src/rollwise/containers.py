@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,29 @@ def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dic
     found = image_id(exe, ref)
     if found is None:
         raise RollwiseError(f"image {ref} has no ID after it was made", where="image")
-    return {"id": found, "ref": ref, "cli": Path(exe).name,
-            "built": cfg.build is not None}
+    digests = run(exe, "image", "inspect", "--format", "{{json .RepoDigests}}", ref,
+                  timeout=60).stdout.strip()
+    return {"id": found, "ref": ref, "cli": Path(exe).name, "built": cfg.build is not None,
+            "repo_digests": json.loads(digests or "[]") or []}
 
 
 def encode(meta: dict[str, Any]) -> bytes:
     return (json.dumps(meta, sort_keys=True, indent=1) + "\n").encode()
+
+
+def read_archive(artifact: Path, version: str) -> dict[str, Any]:
+    """The image record inside a release archive, without unpacking it."""
+    with tarfile.open(artifact) as tar:
+        try:
+            member = tar.extractfile(IMAGE_FILE)
+        except KeyError:
+            member = None
+        if member is None:
+            raise ConfigError(f"release {version} carries no image: it was made without "
+                              "`image` in rollwise.yaml", where=f"release {version}",
+                              hint="create a new release with `image` set")
+        data: dict[str, Any] = json.loads(member.read())
+        return data
 
 
 def read(release_dir: Path, version: str) -> dict[str, Any]:

@@ -209,3 +209,32 @@ def test_a_project_with_container_environments_needs_an_image(shop):
     res = shop.cli("config", "check")
     assert res.returncode == ExitCode.CONFIG
     assert "environment 'dev' runs containers: add `image:" in res.stderr
+
+
+def test_kube_manifests_need_settings_and_an_image_nodes_can_pull(shop):
+    release(shop, "1.0.0")
+    none = shop.cli("kube", "manifests", "1.0.0", "--env", "dev")
+    assert none.returncode == ExitCode.CONFIG and "has no `kubernetes` settings" in none.stderr
+    shop.configure(kubernetes={"namespace": "shop", "gateway": "public"})
+    local = shop.cli("kube", "manifests", "1.0.0", "--env", "dev")
+    assert local.returncode == ExitCode.CONFIG, local.stderr
+    assert "has no registry digest: nodes cannot pull it" in local.stderr
+
+    # an image named for a registry (as a pull from it names it): its digest goes in
+    subprocess.run(["podman", "tag", "localhost/rollwise/shop-health:1.0.0",
+                    "registry.example.com/shop/health:1.1.0"], check=True, timeout=60)
+    cfg = yaml.safe_load((shop.root / "rollwise.yaml").read_text())
+    cfg["image"] = {"ref": "registry.example.com/shop/health:1.1.0"}
+    (shop.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    shop.write_version("1.1.0")
+    shop.cli("release", "create", "--version", "1.1.0", check=True)
+    out = shop.cli("kube", "manifests", "1.1.0", "--env", "dev", "--percent", "10",
+                   "--live", "1.0.0", "--json", check=True).stdout
+    objects = json.loads(out)
+    image = objects[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("registry.example.com/shop/health@sha256:")
+    assert objects[2]["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "shop-health-dev-1-0-0", "port": 80, "weight": 90},
+        {"name": "shop-health-dev-1-1-0", "port": 80, "weight": 10}]
+    subprocess.run(["podman", "rmi", "registry.example.com/shop/health:1.1.0"],
+                   capture_output=True, timeout=60)

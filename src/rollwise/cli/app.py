@@ -43,6 +43,11 @@ app.add_typer(hosts_app, name="hosts")
 bundle_app = typer.Typer(help="Several services deployed and rolled back together in "
                          "dependency order (rollwise-bundle.yaml).", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
+kube_app = typer.Typer(help="Kubernetes objects of a release (docs/kubernetes.md).",
+                       no_args_is_help=True)
+app.add_typer(kube_app, name="kube")
+PercentOpt = Annotated[int, typer.Option("--percent", min=0, max=100,
+                                         help="Share of traffic for this version.")]
 
 # No console markup: names, reasons and messages print as written (a `[a-z]` in a pattern
 # stays); colour comes from Text styles.
@@ -191,7 +196,12 @@ DRIVERS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql",
 
 def _missing_driver(e: ModuleNotFoundError) -> ConfigError | None:
     """A database driver rollwise installs as an extra, as a ConfigError saying which."""
-    extra = DRIVERS.get((e.name or "").partition(".")[0])
+    top = (e.name or "").partition(".")[0]
+    if top in ("kubernetes", "kubernetes_validate"):
+        return ConfigError(f"the Python package {top!r} is not installed",
+                           hint="pip install 'rollwise[kubernetes]' kubernetes-validate "
+                           "(in rollwise's environment)")
+    extra = DRIVERS.get(top)
     if extra is None:
         return None
     return ConfigError(f"the database driver {e.name!r} is not installed",
@@ -988,6 +998,40 @@ def bundle_status(env: EnvOpt = "dev", directory: DirOpt = Path("."),
                           f"({m['state']})" for m in last["moves"])
         out.print(f"last: {last['kind']} {last['id']} {last['state']} by {last['actor']}: "
                   f"{moves}" + (f"; {last['error']}" if last["error"] else ""))
+
+
+@kube_app.command("manifests")
+def kube_manifests(version: Annotated[str, typer.Argument(help="Release version.")],
+                   env: EnvOpt = "dev", percent: PercentOpt = 100,
+                   live: Annotated[str | None, typer.Option(
+                       "--live", help="The version serving now (default: the environment's "
+                       "live release).")] = None,
+                   directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Print the Deployment, Service and traffic objects that put VERSION in front of
+    --percent of the traffic, checked against the published Kubernetes schemas."""
+    import yaml
+
+    from rollwise.controller import kubernetes
+
+    objects = _run(lambda: kubernetes.manifests(_ctx(directory, quiet=True), env, version,
+                                                percent, live), as_json)
+    if as_json:
+        _emit_json(objects)
+    else:
+        sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+
+
+@kube_app.command("apply")
+def kube_apply(version: Annotated[str, typer.Argument(help="Release version.")],
+               env: EnvOpt = "dev", percent: PercentOpt = 100,
+               directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Apply those objects to the cluster KUBECONFIG names (server-side apply, field
+    manager `rollwise`); needs `pip install 'rollwise[kubernetes]'`."""
+    from rollwise.controller import kubernetes
+
+    done = _run(lambda: kubernetes.apply(_ctx(directory), env, version, percent), as_json)
+    _emit_json({"ok": True, "applied": done}) if as_json else \
+        out.print("applied: " + ", ".join(done))
 
 
 def main() -> None:

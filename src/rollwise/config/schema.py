@@ -621,6 +621,23 @@ class CachesConfig(Strict):
     )
 
 
+class KubernetesConfig(Strict):
+    """`rollwise kube manifests|apply` (docs/kubernetes.md)."""
+
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                           description="Namespace of the objects.")
+    traffic: Literal["gateway-api", "ingress-nginx"] = Field(
+        "gateway-api", description="How traffic is split between versions: an HTTPRoute's "
+        "backendRefs weights (Gateway API), or ingress-nginx canary annotations.")
+    gateway: str = Field("", description="gateway-api: the Gateway the HTTPRoute attaches to.")
+    hostnames: list[str] = Field(default_factory=list,
+                                 description="Host names the route or Ingress serves.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the app listens on in its pod.")
+    context: str | None = Field(None, description="kubeconfig context (default: current).")
+    schema_version: str = Field("1.37.0", description="Kubernetes version whose published "
+                                "schemas the manifests are checked against.")
+
+
 class EnvironmentConfig(Strict):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Where code runs.")
     router: RouterConfig = Field(
@@ -655,6 +672,10 @@ class EnvironmentConfig(Strict):
         "migrations (which drop what was written to the new schema since). After it, such "
         "a rollback needs `--force --reason TEXT`, recorded in the audit log; fix forward "
         "is the default.",
+    )
+    kubernetes: KubernetesConfig | None = Field(
+        None, description="Kubernetes objects for this environment's releases "
+        "(`rollwise kube`).",
     )
     verify: list[Check] = Field(
         default_factory=list,

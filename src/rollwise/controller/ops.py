@@ -86,6 +86,11 @@ def gc(ctx: Context) -> list[str]:
     return doomed
 
 
+def release_record(ctx: Context, version: str) -> dict[str, Any]:
+    """A release that exists and is not pruned (else NotFound naming the ones there are)."""
+    return _release(ctx, version)
+
+
 def _release(ctx: Context, version: str, flag: str = "version") -> dict[str, Any]:
     version = version.removeprefix("v")
     rel = repo.get_release(ctx.engine, version)
