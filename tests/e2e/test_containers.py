@@ -25,6 +25,7 @@ from tests.conftest import Project, require
 
 BASE = "localhost/rollwise-test/busybox:base"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "containers"
+APP = f"shop-{os.getpid()}"  # one per test process: parallel workers never share a name
 ORDERS = """#!/bin/sh
 cat > /dev/null
 printf 'Status: %s\\r\\nContent-Length: 3\\r\\nContent-Type: application/json\\r\\n' "{status}"
@@ -71,7 +72,7 @@ def shop(tmp_path: Path, base_image: dict[str, str],
     containerfile.write_text(re.sub(r"(?m)^FROM .*$", f"FROM {BASE}",
                                     containerfile.read_text()))
     cfg = yaml.safe_load((root / "rollwise.yaml").read_text())
-    cfg["app"] = "shop-health"
+    cfg["app"] = APP
     cfg["image"]["stop_timeout_s"] = 2
     cfg["stop"] = {"drain_timeout_s": 2, "grace_s": 2}
     cfg["environments"]["dev"] = {
@@ -85,7 +86,7 @@ def shop(tmp_path: Path, base_image: dict[str, str],
     finally:
         p.stop_agents()
         ids = subprocess.run(["podman", "ps", "-aq", "--filter",
-                              "label=io.rollwise.app=shop-health"],
+                              f"label=io.rollwise.app={APP}"],
                              capture_output=True, text=True, timeout=60).stdout.split()
         if ids:
             subprocess.run(["podman", "rm", "-f", *ids], capture_output=True, timeout=120)
@@ -107,7 +108,7 @@ def release(p: Project, version: str, status: str = "200 OK", crash: bool = Fals
 
 
 def containers() -> dict[str, str]:
-    out = subprocess.run(["podman", "ps", "--filter", "label=io.rollwise.app=shop-health",
+    out = subprocess.run(["podman", "ps", "--filter", f"label=io.rollwise.app={APP}",
                           "--format", "json"], capture_output=True, text=True, timeout=60)
     return {c["Labels"]["io.rollwise.instance"]: c["Labels"]["io.rollwise.version"]
             for c in json.loads(out.stdout or "[]")}
@@ -115,7 +116,7 @@ def containers() -> dict[str, str]:
 
 def image_id(version: str) -> str:
     return subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}",
-                           f"localhost/rollwise/shop-health:{version}"], capture_output=True,
+                           f"localhost/rollwise/{APP}:{version}"], capture_output=True,
                           text=True, check=True, timeout=60).stdout.strip()
 
 
@@ -132,7 +133,7 @@ def orders(p: Project, rate: float) -> loadgen.Load:
 
 def test_a_bad_image_canary_is_rolled_back_and_no_request_fails_by_switching(shop):
     made = release(shop, "1.0.0")
-    assert ", image sha256:" in made and "(localhost/rollwise/shop-health:1.0.0)" in made
+    assert ", image sha256:" in made and f"(localhost/rollwise/{APP}:1.0.0)" in made
     release(shop, "1.1.0", status="500 Internal Server Error")
     shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
     assert set(containers().values()) == {"1.0.0"}
@@ -157,8 +158,8 @@ def test_rollback_runs_the_image_a_release_recorded_after_its_tag_moved(shop):
     first = image_id("1.0.0")
     assert first != image_id("1.1.0")
     # the 1.0.0 tag now names 1.1.0's image: the release still runs its own
-    subprocess.run(["podman", "tag", "localhost/rollwise/shop-health:1.1.0",
-                    "localhost/rollwise/shop-health:1.0.0"], check=True, timeout=60)
+    subprocess.run(["podman", "tag", f"localhost/rollwise/{APP}:1.1.0",
+                    f"localhost/rollwise/{APP}:1.0.0"], check=True, timeout=60)
     load = orders(shop, 60)
     back = shop.cli("rollback", "--env", "dev", "--yes")
     results = load.stop()
@@ -167,13 +168,13 @@ def test_rollback_runs_the_image_a_release_recorded_after_its_tag_moved(shop):
     assert [r for r in results if not 200 <= r.status < 300] == []
     assert {r.version for r in results} >= {"1.0.0"}
     assert {r.version for r in results[-10:]} == {"1.0.0"}
-    running = subprocess.run(["podman", "ps", "--filter", "label=io.rollwise.app=shop-health",
+    running = subprocess.run(["podman", "ps", "--filter", f"label=io.rollwise.app={APP}",
                               "--format", "{{.ImageID}}"], capture_output=True, text=True,
                              check=True, timeout=60).stdout.split()
     assert [first.removeprefix("sha256:")[:12]] == [i[:12] for i in running]
     limits = subprocess.run(["podman", "inspect", "--format",
                              "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
-                             "rollwise-shop-health-dev-" + status(shop)["instances"][0]["name"]],
+                             f"rollwise-{APP}-dev-" + status(shop)["instances"][0]["name"]],
                             capture_output=True, text=True, check=True, timeout=60).stdout
     assert limits.split() == [str(128 * 1024 * 1024), "500000000"]  # the example's limits
 
@@ -186,7 +187,7 @@ def test_a_container_that_exits_at_start_is_named_with_its_log(shop):
     assert res.returncode == ExitCode.HEALTH, res.stderr
     assert "exited before it was ready" in res.stderr
     assert "cannot reach the marketplace" in res.stderr  # its log tail
-    assert "container rollwise-shop-health-dev-1.1.0" in res.stderr
+    assert f"container rollwise-{APP}-dev-1.1.0" in res.stderr
     assert set(containers().values()) == {"1.0.0"} and status(shop)["healthy"]
 
 
@@ -194,7 +195,7 @@ def test_an_image_that_is_gone_and_cannot_be_pulled_stops_the_deploy_before_anyt
     release(shop, "1.0.0")
     release(shop, "1.1.0")
     shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
-    subprocess.run(["podman", "rmi", "-f", "localhost/rollwise/shop-health:1.1.0"],
+    subprocess.run(["podman", "rmi", "-f", f"localhost/rollwise/{APP}:1.1.0"],
                    check=True, capture_output=True, timeout=60)
     res = shop.cli("deploy", "1.1.0", "--env", "dev")
     assert res.returncode == ExitCode.NOT_FOUND, res.stderr
@@ -221,10 +222,10 @@ def test_kube_manifests_need_settings_and_an_image_nodes_can_pull(shop):
     assert "has no registry digest: nodes cannot pull it" in local.stderr
 
     # an image named for a registry (as a pull from it names it): its digest goes in
-    subprocess.run(["podman", "tag", "localhost/rollwise/shop-health:1.0.0",
-                    "registry.example.com/shop/health:1.1.0"], check=True, timeout=60)
+    subprocess.run(["podman", "tag", f"localhost/rollwise/{APP}:1.0.0",
+                    f"registry.example.com/shop/{APP}:1.1.0"], check=True, timeout=60)
     cfg = yaml.safe_load((shop.root / "rollwise.yaml").read_text())
-    cfg["image"] = {"ref": "registry.example.com/shop/health:1.1.0"}
+    cfg["image"] = {"ref": f"registry.example.com/shop/{APP}:1.1.0"}
     (shop.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     shop.write_version("1.1.0")
     shop.cli("release", "create", "--version", "1.1.0", check=True)
@@ -232,9 +233,9 @@ def test_kube_manifests_need_settings_and_an_image_nodes_can_pull(shop):
                    "--live", "1.0.0", "--json", check=True).stdout
     objects = json.loads(out)
     image = objects[0]["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image.startswith("registry.example.com/shop/health@sha256:")
+    assert image.startswith(f"registry.example.com/shop/{APP}@sha256:")
     assert objects[2]["spec"]["rules"][0]["backendRefs"] == [
-        {"name": "shop-health-dev-1-0-0", "port": 80, "weight": 90},
-        {"name": "shop-health-dev-1-1-0", "port": 80, "weight": 10}]
-    subprocess.run(["podman", "rmi", "registry.example.com/shop/health:1.1.0"],
+        {"name": f"{APP}-dev-1-0-0", "port": 80, "weight": 90},
+        {"name": f"{APP}-dev-1-1-0", "port": 80, "weight": 10}]
+    subprocess.run(["podman", "rmi", f"registry.example.com/shop/{APP}:1.1.0"],
                    capture_output=True, timeout=60)
