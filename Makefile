@@ -34,6 +34,7 @@ bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
 	$(BIN)/python bench/data.py --out bench/results/data.json
 	$(BIN)/python bench/audit.py --out bench/results/audit.json
 	$(BIN)/python bench/fleet.py --out bench/results/fleet.json
+	$(BIN)/python bench/containers.py --out bench/results/containers.json
 
 docs: $(STAMP) ## Regenerate docs/config.md from the schema
 	$(BIN)/rollwise config docs > docs/config.md
