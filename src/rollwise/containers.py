@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dic
     else:
         ref = str(cfg.ref)
         if image_id(exe, ref) is None:
-            proc = run(exe, "pull", ref, check=False)
+            proc = run(exe, "pull", *tls(cfg), ref, check=False)
             if proc.returncode != 0:
                 raise NotFound(f"image {ref} is not on this machine and cannot be pulled: "
                                f"{proc.stderr.strip()[-400:]}", where="image.ref",
@@ -82,8 +83,42 @@ def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dic
         raise RollwiseError(f"image {ref} has no ID after it was made", where="image")
     digests = run(exe, "image", "inspect", "--format", "{{json .RepoDigests}}", ref,
                   timeout=60).stdout.strip()
+    pushed = push(exe, cfg, found, version) if cfg.push else []
     return {"id": found, "ref": ref, "cli": Path(exe).name, "built": cfg.build is not None,
-            "repo_digests": json.loads(digests or "[]") or []}
+            "repo_digests": pushed + (json.loads(digests or "[]") or [])}
+
+
+def push(exe: str, cfg: ImageConfig, image: str, version: str) -> list[str]:
+    """Push the image as `<push>:<version>`; the digest the registry holds it under."""
+    target = f"{cfg.push}:{version}"
+    run(exe, "tag", image, target, timeout=60)
+    with tempfile.TemporaryDirectory() as tmp:
+        digest_file = Path(tmp) / "digest"
+        proc = run(exe, "push", *tls(cfg), "--digestfile", str(digest_file), target,
+                   check=False)
+        if proc.returncode != 0:
+            raise RollwiseError(f"pushing {target} failed: {proc.stderr.strip()[-400:]}",
+                                where="image.push", hint="is the registry up and are you "
+                                "logged in (`podman login`)? nothing was recorded")
+        return [f"{cfg.push}@{digest_file.read_text().strip()}"]
+
+
+def tls(cfg: ImageConfig) -> list[str]:
+    return [] if cfg.tls_verify else ["--tls-verify=false"]
+
+
+def pull(exe: str, cfg: ImageConfig, meta: dict[str, Any]) -> str | None:
+    """Bring a release's image back: by a registry digest first (immutable), then by its
+    reference; returns why it failed, or None when the image with the recorded ID is here."""
+    refs = [d for d in meta.get("repo_digests", []) if not d.startswith("localhost/")]
+    tried = []
+    for ref in [*refs, str(meta["ref"])]:
+        proc = run(exe, "pull", *tls(cfg), ref, check=False)
+        if proc.returncode == 0 and image_id(exe, str(meta["id"])) is not None:
+            return None
+        last = (proc.stderr.strip().splitlines() or ["another image came"])[-1]
+        tried.append(f"{ref}: {last[-160:]}")
+    return "; ".join(tried)
 
 
 def encode(meta: dict[str, Any]) -> bytes:

@@ -12,6 +12,8 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import yaml
 from rollwise import loadgen
 from rollwise.errors import ExitCode
 from rollwise.ports import free_port
-from tests.conftest import Project, require
+from tests.conftest import Project, require, require_binary
 
 BASE = "localhost/rollwise-test/busybox:base"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "containers"
@@ -239,3 +241,66 @@ def test_kube_manifests_need_settings_and_an_image_nodes_can_pull(shop):
         {"name": f"{APP}-dev-1-1-0", "port": 80, "weight": 10}]
     subprocess.run(["podman", "rmi", f"registry.example.com/shop/{APP}:1.1.0"],
                    capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real registry (Debian's docker-registry) on loopback, without TLS."""
+    exe = require_binary("docker-registry", "apt-get install -y docker-registry")
+    d, port = tmp_path / "registry", free_port()
+    d.mkdir()
+    (d / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
+                                  f"{d / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    with (d / "log").open("wb") as log:
+        proc = subprocess.Popen([exe, "serve", str(d / "config.yml")], stdout=log, stderr=log)
+    proc.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_pushed_image_comes_back_by_digest_and_a_rollback_needs_no_registry(shop, registry):
+    cfg = yaml.safe_load((shop.root / "rollwise.yaml").read_text())
+    repo = f"{registry.address}/shop/{APP}"
+    cfg["image"].update(push=repo, tls_verify=False)
+    (shop.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    made = {}
+    for v in ("1.0.0", "1.1.0"):
+        shop.write_version(v)
+        out = shop.cli("release", "create", "--version", v, "--json", check=True).stdout
+        made[v] = json.loads(out)["image"]
+        assert made[v]["repo_digests"][0].startswith(f"{repo}@sha256:")
+    shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
+    # 1.1.0's image leaves this machine: the deploy pulls it back by its digest
+    subprocess.run(["podman", "rmi", "-f", made["1.1.0"]["id"]], check=True,
+                   capture_output=True, timeout=60)
+    shop.cli("deploy", "1.1.0", "--env", "dev", check=True)
+    running = subprocess.run(["podman", "ps", "--filter", f"label=io.rollwise.app={APP}",
+                              "--format", "{{.ImageID}}"], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split()
+    assert [i[:12] for i in running] == [made["1.1.0"]["id"].removeprefix("sha256:")[:12]]
+
+    registry.kill()  # the registry is down: 1.0.0's image is here, the rollback needs nothing
+    registry.wait(10)
+    load = orders(shop, 50)
+    back = shop.cli("rollback", "--env", "dev", "--yes")
+    results = load.stop()
+    assert back.returncode == 0, back.stderr
+    assert set(containers().values()) == {"1.0.0"}
+    assert len(results) >= 30 and [r for r in results if not 200 <= r.status < 300] == []
+
+    subprocess.run(["podman", "rmi", "-f", made["1.1.0"]["id"]], check=True,
+                   capture_output=True, timeout=60)
+    gone = shop.cli("deploy", "1.1.0", "--env", "dev", "--force", "--reason", "retry")
+    assert gone.returncode == ExitCode.NOT_FOUND, gone.stderr
+    assert "could not be pulled" in gone.stderr and repo in gone.stderr
+    assert set(containers().values()) == {"1.0.0"}

@@ -752,6 +752,12 @@ class ImageConfig(Strict):
         "a tag that moves later changes nothing.")
     cli: Literal["auto", "podman", "docker"] = Field(
         "auto", description="Container CLI; `auto`: podman if installed, else docker.")
+    push: str | None = Field(
+        None, description="Registry repository (`registry.example.com/shop/stock`) that "
+        "`release create` pushes the image to, as `<push>:<version>`; the release records "
+        "the pushed digest, and a machine without the image pulls it by that digest.")
+    tls_verify: bool = Field(True, description="Verify the registry's TLS certificate "
+                             "(false only for a registry on loopback).")
     memory: str | None = Field(
         None, pattern=r"^\d+[bkmg]?$", description="Memory limit per container, e.g. 256m.")
     cpus: float | None = Field(None, gt=0, description="CPU limit per container, e.g. 0.5.")

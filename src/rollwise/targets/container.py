@@ -58,15 +58,13 @@ class ContainerTarget:
         release = artifacts.unpack(artifact, sha256, self.env_dir / "releases" / version)
         close_tree(release)
         meta = containers.read(release, version)
-        if containers.image_id(self.exe, meta["id"]) is None:
-            ref = str(meta["ref"])
-            pulled = containers.run(self.exe, "pull", ref, check=False)
-            if pulled.returncode != 0 or containers.image_id(self.exe, meta["id"]) is None:
-                raise NotFound(
-                    f"image {meta['id'][:19]} of release {version} is not on this machine "
-                    f"and pulling {ref} did not bring it back", where=f"release {version}",
-                    hint="load or pull that image (its ID must match: a tag that moved "
-                    "names another image); nothing was switched")
+        if containers.image_id(self.exe, meta["id"]) is None and \
+                (why := containers.pull(self.exe, self.image, meta)) is not None:
+            raise NotFound(
+                f"image {meta['id'][:19]} of release {version} is not on this machine "
+                f"and could not be pulled ({why})", where=f"release {version}",
+                hint="load or pull that image (its ID must match: a tag that moved names "
+                "another image); nothing was switched")
         return release
 
     def endpoints(self, n: int) -> list[Endpoint]:
