@@ -10,7 +10,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.request
@@ -304,3 +306,36 @@ def test_a_pushed_image_comes_back_by_digest_and_a_rollback_needs_no_registry(sh
     assert gone.returncode == ExitCode.NOT_FOUND, gone.stderr
     assert "could not be pulled" in gone.stderr and repo in gone.stderr
     assert set(containers().values()) == {"1.0.0"}
+
+
+def test_a_controller_killed_mid_canary_is_put_back_by_recover(shop):
+    release(shop, "1.0.0")
+    release(shop, "1.1.0")
+    shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
+    shop.configure(strategy={"type": "canary", "steps": [50, 100], "pause_s": 120})
+    proc = subprocess.Popen([sys.executable, "-m", "rollwise", "deploy", "1.1.0", "--env",
+                             "dev", "-C", str(shop.root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        s = status(shop)
+        if s["in_progress"] and any(w > 0 for n, w in s["weights"].items()
+                                    if n.startswith("1.1.0")):
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # traffic is split between the two images
+    proc.communicate(timeout=30)
+    split = status(shop)
+    assert split["interrupted"] and set(containers().values()) == {"1.0.0", "1.1.0"}
+    again = status(shop)  # status only reads
+    keys = ("live_version", "weights", "interrupted", "in_progress", "instances")
+    assert {k: again[k] for k in keys} == {k: split[k] for k in keys}
+
+    load = orders(shop, 50)
+    rec = shop.cli("recover", "--env", "dev")
+    results = load.stop()
+    assert rec.returncode == 0, rec.stderr
+    s = status(shop)
+    assert s["live_version"] == "1.0.0" and s["healthy"] and not s["interrupted"]
+    assert set(containers().values()) == {"1.0.0"}
+    assert [r for r in results if not 200 <= r.status < 300] == []
