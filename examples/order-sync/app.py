@@ -149,8 +149,10 @@ def main() -> None:
     migrate()
     server = Server((args.host, args.port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"order-sync {VERSION} listening on {args.host}:{args.port}", flush=True)
     server.serve_forever()
     server.server_close()
+    print(f"order-sync {VERSION} stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -305,3 +305,15 @@ def test_progress_json_writes_every_event_as_one_json_line(project):
         "error": "release 9.9.9 does not exist", "where": "version",
         "hint": "releases you can use: 1.0.0 (`rollwise release list`)", "exit_code": 7}
     assert project.cli("--progress", "loud", "status").returncode == 2
+
+
+def test_logs_show_what_each_instance_wrote_and_name_an_unknown_one(project):
+    project.release("1.0.0")
+    project.cli("deploy", "1.0.0", "--env", "dev", check=True)
+    rows = json.loads(project.cli("logs", "--env", "dev", "--json", check=True).stdout)
+    assert len(rows) == 1 and rows[0]["version"] == "1.0.0" and rows[0]["alive"]
+    assert f"order-sync 1.0.0 listening on 127.0.0.1:{rows[0]['port']}" in rows[0]["log"]
+    text = project.cli("logs", "--env", "dev", "-n", "1", check=True).stdout
+    assert text.splitlines()[0].startswith(f"== {rows[0]['instance']} (1.0.0) on 127.0.0.1:")
+    missing = project.cli("logs", "--env", "dev", "--instance", "nope")
+    assert missing.returncode == 7 and "no instance 'nope'" in missing.stderr

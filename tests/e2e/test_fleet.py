@@ -106,6 +106,10 @@ def test_a_host_canary_and_a_rollback_across_five_hosts_fail_no_request(fp: Flee
     s = fp.status()
     assert s["live_version"] == "1.0.0" and s["healthy"] is True
     assert sorted(i["host"] for i in s["instances"]) == sorted(h.address for h in fp.f.hosts)
+    logs = json.loads(fp.cli("logs", "--env", "dev", "--json", check=True).stdout)
+    assert sorted(r["host"] for r in logs) == sorted(h.address for h in fp.f.hosts)
+    assert all(f"order-sync 1.0.0 listening on {r['host']}:{r['port']}" in r["log"]
+               for r in logs)  # read on each host
 
 
 def test_a_bad_release_is_halted_on_its_first_host_and_the_fleet_goes_back(fp: FleetProject):

@@ -496,6 +496,27 @@ def _print_env(name: str, s: dict[str, Any]) -> None:
 
 
 @app.command()
+def logs(env: EnvOpt = "dev",
+         instance: Annotated[str | None, typer.Option(
+             "--instance", help="Only this instance (`rollwise status` names them).")] = None,
+         lines: Annotated[int, typer.Option("--lines", "-n", min=1, max=100_000,
+                                            help="Lines per instance.")] = 50,
+         directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """The last lines each instance wrote, read where it runs (this machine, its SSH host,
+    or its container). Only reads."""
+    from rollwise.controller import ops
+
+    rows = _run(lambda: ops.logs(_ctx(directory, quiet=True), env, instance, lines), as_json)
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        out.print(Text(f"== {r['instance']} ({r['version']}) on {r['host']}:{r['port']}"
+                       f"{'' if r['alive'] else ' (not running)'}", style="bold"))
+        out.print(r["log"].rstrip() or "(nothing written)")
+
+
+@app.command()
 def history(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
             limit: Annotated[int, typer.Option(min=1, max=100_000,
                                                help="How many, newest first.")] = 20,

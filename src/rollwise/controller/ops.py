@@ -437,6 +437,22 @@ def status(ctx: Context, env: str | None) -> dict[str, Any]:
     return out
 
 
+def logs(ctx: Context, env: str, instance: str | None, lines: int) -> list[dict[str, Any]]:
+    """The last lines of each instance's log (or the named one's), from where it runs.
+    Reads only."""
+    environment = ctx.environment(env)
+    found = environment.target.instances()
+    if instance is not None:
+        found = [i for i in found if i.name == instance]
+        if not found:
+            raise NotFound(f"{env}: no instance {instance!r}", where="--instance",
+                           hint="`rollwise status` lists the instances")
+    return [{"instance": i.name, "version": i.version, "host": i.host, "port": i.port,
+             "alive": i.alive, "log": environment.target.logs(i.name, d.Endpoint(i.host, i.port),
+                                                               lines)}
+            for i in found]
+
+
 def recover(ctx: Context, env: str, lock_wait: float = 0.0) -> Outcome:
     """Finish or undo a deployment whose process died (traffic split by a canary goes back
     to the stable release), and bring a dead agent back."""

@@ -58,3 +58,6 @@ class Target(Protocol):
     def instances(self) -> list[InstanceInfo]:
         """Instances the target runs now."""
 
+    def logs(self, name: str, endpoint: Endpoint, lines: int) -> str:
+        """The last `lines` lines an instance wrote (stdout and stderr), from where it runs."""
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rollwise import reasons
@@ -73,3 +74,16 @@ def resume(waiting: list[dict[str, Any]], env_for: EnvFor, env: str,
                 hint="add them back, or deploy to replace the instance")
         call(w["name"], {n: values[n] for n in w["secrets"]})
     return bool(waiting)
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a log file on this machine ("" when there is none)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))  # enough for any sane number of lines
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

@@ -102,12 +102,12 @@ class ContainerTarget:
             wait_ready(name, endpoint, health,
                        lambda: next((i for i in self.instances() if i.name == name), None))
         except HealthCheckFailed as e:
-            tail = self.logs(name, 12)
+            tail = self.logs(name, lines=12)
             raise HealthCheckFailed(e.message + (f"\n{tail}" if tail else ""),
                                     where=f"container {self.container(name)}",
                                     hint=e.hint) from None
 
-    def logs(self, name: str, lines: int = 50) -> str:
+    def logs(self, name: str, endpoint: Endpoint | None = None, lines: int = 50) -> str:
         proc = containers.run(self.exe, "logs", "--tail", str(lines), self.container(name),
                               check=False, timeout=30)
         return (proc.stdout + proc.stderr).strip()

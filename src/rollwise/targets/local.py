@@ -18,7 +18,7 @@ from rollwise.ports import free_ports
 from rollwise.private import close_tree
 from rollwise.secrets import Secret, split
 from rollwise.targets.base import EnvFor, InstanceInfo
-from rollwise.targets.common import resume, wait_ready
+from rollwise.targets.common import resume, tail, wait_ready
 
 HOST = "127.0.0.1"  # the agent starts instances on this machine's loopback
 
@@ -63,6 +63,10 @@ class LocalTarget:
     def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
         wait_ready(name, endpoint, health,
                    lambda: next((i for i in self.instances() if i.name == name), None))
+
+    def logs(self, name: str, endpoint: Endpoint, lines: int) -> str:
+        info = next((i for i in self.instances() if i.name == name), None)
+        return tail(Path(info.log), lines) if info else ""
 
     def stop(self, name: str, endpoint: Endpoint, grace: float) -> None:
         self.agent.call("stop", name=name, grace=grace, timeout=grace + 30)

@@ -228,6 +228,11 @@ class SSHTarget:
         self.report(host.label, "health", "ok", {
             "instance": name, "ms": round((time.monotonic() - t0) * 1000)})
 
+    def logs(self, name: str, endpoint: Endpoint, lines: int) -> str:
+        log = f"{self.layout.env_dir}/logs/{name}.log"
+        return str(self.hosts.run(self._host_of(endpoint), f"tail -n {int(lines)} "
+                                  f"{shlex.quote(log)}", check=False).stdout)
+
     def stop(self, name: str, endpoint: Endpoint, grace: float) -> None:
         host = self._host_of(endpoint)
         self.hosts.call(host, self.layout.sock, "stop", name=name, grace=grace,
