@@ -11,11 +11,13 @@ import pytest
 from bench.switch import HERE, builtin, caddy, haproxy, measure_switches, process
 
 from rollwise import loadgen
+from rollwise.agent.client import AgentClient
 from rollwise.analysis import FAIL, Look, Measurement
 from rollwise.analysis.router_metrics import RouterProvider
 from rollwise.config.schema import RouterAnalysisConfig
 from rollwise.ports import free_port
 from rollwise.traffic.base import Backend
+from rollwise.traffic.builtin import BuiltinRouter
 from tests.conftest import require
 
 
@@ -123,3 +125,52 @@ def test_given_a_failing_canary_behind_the_embedded_router_then_analysis_fails(t
         got = judge_canary(router, port, bs)
     assert got.verdict == FAIL, got
     assert got.numbers["canary_errors"] > 0 and got.numbers["stable_errors"] == 0
+
+
+def test_a_response_that_ends_with_its_connection_reaches_keep_alive_clients(tmp_path):
+    """An upstream that sends no length and closes (HTTP/1.0 style, busybox httpd's CGI):
+    the embedded router tells the client the connection closes, and no request fails."""
+    import socket
+    import threading
+
+    port = free_port()
+    srv = socket.create_server(("127.0.0.1", port))
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096) or b"\r\n\r\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nx-version: v1\r\nconnection: keep-alive\r\n"
+                             b"\r\n{\"ok\": true}")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        rport, env_dir = free_port(), tmp_path / "builtin"
+        agent = AgentClient(env_dir, "close")
+        agent.ensure(f"127.0.0.1:{rport}")
+        try:
+            router = BuiltinRouter(env_dir, "close", f"127.0.0.1:{rport}")
+            router.register([Backend("v1-close", "v1", "127.0.0.1", port)])
+            router.set_weights({"v1-close": 1})
+            lg = loadgen.Load("127.0.0.1", rport, rate=100, connections=4, path="/",
+                              method="GET", max_duration_s=10).start()
+            time.sleep(2)
+            results = lg.stop()
+        finally:
+            agent.call("shutdown")
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+    assert len(results) >= 100
+    assert [r for r in results if r.status != 200] == []
+    assert {r.version for r in results} == {"v1"}

@@ -255,8 +255,9 @@ class Router:
             uw.close()
             raise UpstreamFailed(str(e)) from e
         resp, status = parse_head(raw, response=True)
-        writer.write(raw)
         no_body = req.method == b"HEAD" or status in (204, 304) or status < 200
+        until_close = not no_body and not resp.chunked and resp.length < 0
+        writer.write(closing(raw) if until_close else raw)
         if no_body:
             pass
         elif resp.chunked:
@@ -274,6 +275,14 @@ class Router:
         else:
             uw.close()
         return status, True
+
+
+def closing(raw: bytes) -> bytes:
+    """A response head whose body ends when the connection does, saying so to the client
+    (`connection: close`), so a keep-alive client does not send its next request into it."""
+    lines = [ln for ln in raw[:-4].split(b"\r\n")
+             if not ln.lower().startswith(b"connection:")]
+    return b"\r\n".join([*lines, b"connection: close"]) + b"\r\n\r\n"
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
