@@ -20,7 +20,7 @@ demo: $(STAMP) ## Deploy the example, switch and roll back under load, print a r
 test: $(STAMP) ## Lint, type-check and run every test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 4 --dist loadgroup
+	$(BIN)/pytest -q -n 4 --dist loadgroup --durations=15
 
 lint: $(STAMP) ## ruff and mypy strict
 	$(BIN)/ruff check src tests bench
