@@ -346,7 +346,7 @@ def test_blue_green_behind_haproxy_switches_the_whole_fleet_at_once(tmp_path: Pa
         configure(p, f)
         p.configure(router={"type": "haproxy", "admin": str(d / "admin.sock"),
                             "backend": "be", "slots": slots},
-                    strategy={"type": "blue-green"})
+                    strategy={"type": "blue-green", "bake_s": 2})
         with process([exe, "-f", str(d / "haproxy.cfg")], port, d / "log"):
             try:
                 setup_and_deploy(FleetProject(p, f), "1.0.0", "1.1.0")

@@ -64,7 +64,8 @@ class HealthConfig(Strict):
 
 class StopConfig(Strict):
     drain_timeout_s: float = Field(
-        15.0, ge=0, description="How long to wait for in-flight requests on an old instance."
+        15.0, ge=0, description="How long to wait for in-flight requests on the old "
+        "instances leaving at once (one wait for all of them, not one each).",
     )
     grace_s: float = Field(
         10.0, ge=0, description="How long an instance may take to exit after SIGTERM."

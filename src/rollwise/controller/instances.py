@@ -35,6 +35,15 @@ def start_ready(ctx: Context, env: Environment, instances: tuple[d.InstancePlan,
     return wait_ready(ctx, env, instances)
 
 
+def drain(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...]
+          ) -> dict[str, int]:
+    """Wait until no request is in flight on the instances (already out of rotation), all
+    within one `stop.drain_timeout_s`; returns what each still had when it ended."""
+    deadline = time.monotonic() + ctx.config.stop.drain_timeout_s
+    return {i.name: env.router.drain(i.name, max(0.0, deadline - time.monotonic()))
+            for i in instances}
+
+
 def switch(ctx: Context, env: Environment, to: tuple[d.InstancePlan, ...]) -> dict[str, Any]:
     """Send all new requests to `to`."""
     return shift(ctx, env, to, {i.name: 1 for i in to})

@@ -19,7 +19,14 @@ from rollwise import domain as d
 from rollwise.controller import caches, schema
 from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context, Environment
-from rollwise.controller.instances import start, start_ready, stop, switch, wait_ready
+from rollwise.controller.instances import (
+    drain,
+    start,
+    start_ready,
+    stop,
+    switch,
+    wait_ready,
+)
 from rollwise.controller.lock import Lease
 from rollwise.errors import ConfigError, RollwiseError, Unreachable
 from rollwise.failpoint import failpoint
@@ -127,8 +134,7 @@ def _purge(run: Run) -> dict[str, Any]:
 
 
 def _drain(run: Run) -> dict[str, Any]:
-    router, timeout = run.env.router, run.ctx.config.stop.drain_timeout_s
-    return {"inflight_left": {i.name: router.drain(i.name, timeout) for i in run.plan.old}}
+    return {"inflight_left": drain(run.ctx, run.env, run.plan.old)}
 
 
 def _stop_old(run: Run) -> dict[str, Any]:

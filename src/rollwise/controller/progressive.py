@@ -18,7 +18,7 @@ from rollwise import reasons
 from rollwise.analysis.router_metrics import RouterProvider
 from rollwise.config.schema import AnalysisConfig, StrategyConfig
 from rollwise.controller.context import Context, Environment
-from rollwise.controller.instances import shift, start_ready, stop
+from rollwise.controller.instances import drain, shift, start_ready, stop
 from rollwise.errors import RollwiseError
 from rollwise.store import repo
 
@@ -127,8 +127,7 @@ def run_batch(w: Watch, batch: d.Batch) -> dict[str, Any]:
     shift(w.ctx, w.env, serving_new + running_old,
           {i.name: 1 for i in serving_new + serving_old})
     data = _watch(w, batch.name, w.plan.pause_s, solo=not serving_old)
-    for i in retire:
-        w.env.router.drain(i.name, w.ctx.config.stop.drain_timeout_s)
+    drain(w.ctx, w.env, retire)
     stop(w.ctx, w.env, retire)
     return {"started": [i.name for i in new], "ready_ms": ready_ms,
             "stopped": [i.name for i in retire], **data}
