@@ -359,12 +359,7 @@ def rollback(
         if to is None and not dry_run and ops.running(ctx, env):
             return ops.rollback(ctx, env, None, lock_wait)  # the running rollout undoes itself
         live, target = ops.rollback_plan(ctx, env, to)
-        rows, dropped = ops.describe_schema(ctx, env, live, target)
-        if not as_json:
-            err.print(f"rollback of {env}:")
-            for row in [*ops.describe_change(live, target), *ops.describe_hosts(ctx, env),
-                        *rows]:
-                err.print(f"  {row}")
+        dropped = _preview(ctx, env, live, target, f"rollback of {env}", as_json)
         if dry_run:
             return ops.Outcome("dry run: nothing changed", {"dropped": dropped},
                                changed=False)
@@ -379,6 +374,20 @@ def rollback(
         _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed})
     else:
         out.print(res.message)
+
+
+def _preview(ctx: Any, env: str, live: Any, target: Any, title: str,
+             as_json: bool) -> dict[str, int]:
+    """What a rollback changes (release, config, hosts, schema with its SQL), printed unless
+    --json; returns the values its down migrations drop."""
+    from rollwise.controller import ops
+
+    rows, dropped = ops.describe_schema(ctx, env, live, target)
+    if not as_json:
+        err.print(f"{title}:")
+        for row in [*ops.describe_change(live, target), *ops.describe_hosts(ctx, env), *rows]:
+            err.print(f"  {row}")
+    return dropped
 
 
 def _confirm(question: str) -> bool:
@@ -965,13 +974,8 @@ def bundle_rollback(
         for m in undo:
             ctx = b.context(m["service"], env)
             live, target = ops.rollback_plan(ctx, env, m["from_version"])
-            rows, dropped = ops.describe_schema(ctx, env, live, target)
-            dropped_total += sum(dropped.values())
-            if not as_json:
-                err.print(f"{m['service']} ({b.config.services[m['service']].dir}), {env}:")
-                for row in [*ops.describe_change(live, target),
-                            *ops.describe_hosts(ctx, env), *rows]:
-                    err.print(f"  {row}")
+            title = f"{m['service']} ({b.config.services[m['service']].dir}), {env}"
+            dropped_total += sum(_preview(ctx, env, live, target, title, as_json).values())
         if dry_run:
             return ops.Outcome("dry run: nothing changed", {"dropped": dropped_total},
                                changed=False)
