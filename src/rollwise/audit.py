@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, Select, func, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
-from rollwise import checkpoints, reasons
+from rollwise import checkpoints, reasons, retry
 from rollwise.checkpoints import GENESIS, Checkpoint
 from rollwise.errors import IntegrityError, RollwiseError
 from rollwise.store.tables import events
@@ -138,13 +138,15 @@ def recorder(engine: Engine) -> Callable[[Event], None]:
 
 def append(engine: Engine, ev: Event) -> int:
     """Append `ev` to the chain; returns its sequence number."""
-    for _ in range(50):
-        try:
-            with engine.begin() as conn:
-                return _append(conn, ev)
-        except SAIntegrityError:
-            time.sleep(0.01)  # another writer took the same seq; chain onto it
-    raise RuntimeError("audit log busy: could not append after 50 attempts")
+    def once() -> int:
+        with engine.begin() as conn:
+            return _append(conn, ev)
+
+    try:  # another writer took the same seq: chain onto it
+        return retry.call(once, attempts=50, on_error=lambda e: isinstance(e, SAIntegrityError),
+                          wait=lambda n, _: 0.01)
+    except SAIntegrityError:
+        raise RuntimeError("audit log busy: could not append after 50 attempts") from None
 
 
 def _append(conn: Connection, ev: Event) -> int:

@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 
 import asyncssh
 
+from rollwise import retry
 from rollwise.config.schema import HostConfig, SSHConfig
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError, Unreachable
 
 T = TypeVar("T")
-BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+MAX_BACKOFF_S = 4.0  # between connects: 0.5 s, 1 s, 2 s, 4 s, 4 s...
+UNREACHABLE = (TimeoutError, OSError, asyncssh.Error)  # a connect that may work later
 
 
 class HostError(RollwiseError):
@@ -125,18 +127,26 @@ class Hosts:
             raise errors[0]
         return {k: v for k, v in got.items() if not isinstance(v, RollwiseError)}
 
-    def run(self, host: HostConfig, command: str, *, check: bool = True) -> Result:
-        return self._sync(self.arun(host, command, check=check))
+    def run(self, host: HostConfig, command: str, *, check: bool = True,
+            timeout: float | None = None, input: str | None = None,
+            stdin: Path | None = None) -> Result:
+        return self._sync(self.arun(host, command, check=check, timeout=timeout, input=input,
+                                    stdin=stdin))
 
     def call(self, host: HostConfig, sock: str, op: str, **args: Any) -> Any:
         return self._sync(self.acall(host, sock, op, **args))
 
     # -- the same, as coroutines for `each` ----------------------------------------------
     async def arun(self, host: HostConfig, command: str, *, check: bool = True,
-                   timeout: float | None = None) -> Result:
+                   timeout: float | None = None, input: str | None = None,
+                   stdin: Path | None = None) -> Result:
+        """`input`: text for the command's stdin (values it reads, never in its arguments);
+        `stdin`: a local file streamed to it as bytes (an image archive)."""
         conn = await self.connect(host)
+        io: dict[str, Any] = {"input": input} if stdin is None else \
+            {"stdin": str(stdin), "encoding": None}
         try:
-            r = await asyncio.wait_for(conn.run(command, check=False),
+            r = await asyncio.wait_for(conn.run(command, check=False, **io),
                                        timeout or self.cfg.command_timeout_s)
         except TimeoutError:
             raise self._lost(host, f"`{_short(command)}` did not finish within "
@@ -230,10 +240,8 @@ class Hosts:
             options["client_keys"] = [os.path.expanduser(key_file)]
         if self.cfg.jump_host:
             options["tunnel"] = self.cfg.jump_host
-        last: Exception | None = None
-        for attempt in range(self.cfg.connect_attempts):
-            if attempt:
-                await asyncio.sleep(BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)])
+
+        async def connect() -> asyncssh.SSHClientConnection:
             try:
                 return await asyncssh.connect(host.address, **options)
             except asyncssh.HostKeyNotVerifiable:
@@ -245,14 +253,18 @@ class Hosts:
                        "~/.ssh keys"), where=where(host),
                     hint="check `user` and `key_file` for this host (or `ssh.user`, "
                     "`ssh.key_file`), and the host's authorized_keys") from None
-            except (TimeoutError, OSError, asyncssh.Error) as e:
-                last = e
-        down = Unreachable(f"unreachable after {self.cfg.connect_attempts} attempt(s): "
-                           f"{_reason(last)}", where=where(host),
-                           hint="check that the host is up and sshd listens on "
-                           f"{host.address}:{host.port}; nothing was changed on it")
-        self.down[host.label] = down
-        raise down
+
+        try:
+            return await retry.acall(connect, attempts=self.cfg.connect_attempts,
+                                     on_error=lambda e: isinstance(e, UNREACHABLE),
+                                     wait=lambda n, _: retry.backoff_s(n, cap=MAX_BACKOFF_S))
+        except UNREACHABLE as e:
+            down = Unreachable(f"unreachable after {self.cfg.connect_attempts} attempt(s): "
+                               f"{_reason(e)}", where=where(host),
+                               hint="check that the host is up and sshd listens on "
+                               f"{host.address}:{host.port}; nothing was changed on it")
+            self.down[host.label] = down
+            raise down from None
 
     async def _key_refused(self, host: HostConfig) -> RollwiseError:
         path = known_hosts_path(self.cfg)

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
+from rollwise import retry
 from rollwise.analysis.base import FAIL, INCONCLUSIVE, PASS, Look, Measurement
 from rollwise.config.schema import CommandCheck, HttpCheck, parse_expectation
-from rollwise.retry import backoff_s
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -77,14 +77,11 @@ class HttpProvider:
 
     def _send(self, url: str) -> httpx.Response:
         """One request; an idempotent check backs off and retries on 429 (Retry-After)."""
-        tries = 1 + (MAX_429_RETRIES if self.check.idempotent else 0)
-        for attempt in range(tries):
-            r = httpx.request(self.check.method, url, content=self.check.body,
-                              timeout=self.check.timeout_s)
-            if r.status_code != 429 or attempt == tries - 1:
-                return r
-            self.sleep(backoff_s(attempt, r))
-        raise AssertionError("unreachable")
+        return retry.call(
+            lambda: httpx.request(self.check.method, url, content=self.check.body,
+                                  timeout=self.check.timeout_s),
+            attempts=1 + (MAX_429_RETRIES if self.check.idempotent else 0),
+            again=lambda r: r.status_code == 429, sleep=self.sleep)
 
     def _fields(self, r: httpx.Response, numbers: dict[str, Any]) -> Measurement:
         if not self.check.json_fields:

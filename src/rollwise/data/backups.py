@@ -41,6 +41,7 @@ from sqlalchemy.engine.interfaces import (
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from rollwise import retry
 from rollwise.artifacts import sha256_file
 from rollwise.data.sqlrunner import TABLE as SCHEMA_TABLE
 from rollwise.data.sqlrunner import redact
@@ -667,13 +668,7 @@ class _PgStage:
         """PostgreSQL renames no database that has clients: they are disconnected, and the
         rename waits up to 5 s for them to go. One that reconnects in between makes the
         transaction fail as a whole; it is tried again."""
-        for attempt in range(3):
-            try:
-                self._rename()
-                return
-            except DBAPIError as e:
-                if getattr(e.orig, "sqlstate", None) != "55006" or attempt == 2:  # in use
-                    raise
+        retry.call(self._rename, attempts=3, on_error=_in_use)
 
     def _rename(self) -> None:
         engine = create_engine(self.admin.url)  # not autocommit: one transaction
@@ -1139,6 +1134,11 @@ def _failed_swap(st: _Stage, m: Manifest, e: BaseException) -> NoReturn:
     raise RollwiseError(f"the swap failed: {_detail(e)}\n{NOT_CHANGED}", where=where,
                         hint="end what holds the live database (or wait for it), then "
                         "restore again") from e
+
+
+def _in_use(e: BaseException) -> bool:
+    """PostgreSQL's "object in use": a client reconnected to a database being renamed."""
+    return isinstance(e, DBAPIError) and getattr(e.orig, "sqlstate", None) == "55006"
 
 
 def _detail(e: BaseException) -> str:

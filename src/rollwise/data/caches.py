@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
+from rollwise import retry
 from rollwise.errors import RollwiseError
-from rollwise.retry import backoff_s
 
 BATCH = 500
 # a hex hash (app.3f2a9c1b.js) or a bundler's base64url one with a digit (main-BfT3xk2q.css)
@@ -53,20 +53,17 @@ def call_cdn(url: str, payload: dict[str, Any], token: str | None, timeout: floa
     """POST the purge; retried (it is idempotent) on 429 and 5xx, after the Retry-After the
     CDN asks for or a doubling back-off."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    last = "no answer"
-    for attempt in range(4):
-        r = None
-        try:
-            r = httpx.post(url, json=payload, headers=headers, timeout=timeout)
-        except httpx.HTTPError as e:
-            last = str(e) or type(e).__name__
-        else:
-            if r.status_code < 400:
-                return r.status_code
-            last = f"HTTP {r.status_code}"
-            if r.status_code != 429 and r.status_code < 500:
-                break
-        sleep(backoff_s(attempt, r))
+    try:
+        r = retry.call(lambda: httpx.post(url, json=payload, headers=headers, timeout=timeout),
+                       attempts=4, on_error=lambda e: isinstance(e, httpx.HTTPError),
+                       again=lambda r: r.status_code == 429 or r.status_code >= 500,
+                       sleep=sleep)
+    except httpx.HTTPError as e:
+        last = str(e) or type(e).__name__
+    else:
+        if r.status_code < 400:
+            return r.status_code
+        last = f"HTTP {r.status_code}"
     raise RollwiseError(f"CDN purge {url} failed: {last}", where="caches.cdn",
                         hint="purge by hand; the deploy itself is done")
 
