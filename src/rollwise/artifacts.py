@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import io
 import os
-import re
 import shutil
 import socket
 import stat
@@ -20,12 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollwise.domain import parse_version
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError
 
-SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
-)
 MARKER = ".rollwise-sha256"
 MAX_LINK_HOPS = 40  # as Linux: more links than this followed for one path is a loop
 _KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
@@ -57,11 +53,8 @@ class ReleaseMeta:
 
 
 def check_version(version: str) -> str:
-    v = version.removeprefix("v")
-    if not SEMVER.match(v):
-        raise RollwiseError(f"{version!r} is not a semantic version",
-                            hint="use MAJOR.MINOR.PATCH, for example 1.2.3 or 1.2.3-rc.1")
-    return v
+    """The version a release is stored under: semantic, without a leading `v`."""
+    return str(parse_version(version))
 
 
 def sha256_file(path: Path) -> str:

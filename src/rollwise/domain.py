@@ -6,6 +6,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from semver import Version
+
+from rollwise.errors import RollwiseError
+
 # kinds of steps, in the order they run
 VERIFY = "verify"
 UNPACK = "unpack"
@@ -257,17 +261,24 @@ def release_order(deployments_oldest_first: list[tuple[str, str, str]]) -> list[
     return order
 
 
-def semver_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) if p.isdigit() else -1
-                 for p in version.split("+")[0].split("-")[0].split("."))
+def parse_version(text: str) -> Version:
+    """A release version as a semantic version (a leading `v` is dropped); a version that is
+    not one (`latest`, `1.2`, `2024-05-01`) is refused, never compared some other way."""
+    try:
+        return Version.parse(text.removeprefix("v"))
+    except ValueError:
+        raise RollwiseError(f"{text!r} is not a semantic version",
+                            hint="use MAJOR.MINOR.PATCH, for example 1.2.3 or 1.2.3-rc.1"
+                            ) from None
 
 
 def is_newer(version: str, than: str, order: list[str]) -> bool:
     """`version` went live after `than` in the environment (or, if either never went live
-    there, has the higher semantic version)."""
+    there, has the higher semantic version: 1.10.0 > 1.9.0 > 1.9.0-rc.2 > 1.9.0-rc.1;
+    build metadata, `+...`, does not count)."""
     if version in order and than in order:
         return order.index(version) > order.index(than)
-    return semver_key(version) > semver_key(than)
+    return parse_version(version) > parse_version(than)
 
 
 @dataclass(frozen=True)
