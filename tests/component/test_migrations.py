@@ -64,7 +64,8 @@ def test_given_a_migration_failing_halfway_then_the_schema_is_as_before_or_named
                                 "0003_bad.down.sql": "DROP TABLE audit_log;\n"})
     runner = SqlRunner(db_url)
     runner.upgrade(up_path(ms, set(), "0001"))
-    with pytest.raises(MigrationFailed, match=r"0003_bad.up.sql, statement 2, failed") as e:
+    with pytest.raises(MigrationFailed,
+                       match=r"0003_bad.up.sql, statement 2 \(line 2\), failed") as e:
         runner.upgrade(up_path(ms, {"0001"}, None))
     applied = [a.version for a in runner.applied()]
     if runner.transactional_ddl:  # PostgreSQL, SQLite: the whole run undone

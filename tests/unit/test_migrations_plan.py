@@ -14,7 +14,6 @@ from rollwise.data.migrations import (
     lint,
     rollback_change,
     scan,
-    statements,
     up_path,
 )
 from rollwise.errors import ConfigError
@@ -79,12 +78,6 @@ def test_rollback_change_keeps_expand_runs_down_or_needs_a_restore():
         "release's code works on the current schema")
     assert rollback_change([m("3"), m("2", expand=True)]).action == "down"
     assert rollback_change([m("3", irreversible=True)]).action == "restore"
-
-
-def test_statements_split_on_line_ending_semicolons_without_comments():
-    assert statements("-- a comment;\nCREATE TABLE a (x TEXT DEFAULT 'a;b');\n"
-                      "INSERT INTO a VALUES ('x');") == [
-        "CREATE TABLE a (x TEXT DEFAULT 'a;b')", "INSERT INTO a VALUES ('x')"]
 
 
 def test_dropped_names_columns_and_tables_a_down_step_drops():

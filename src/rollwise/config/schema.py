@@ -530,6 +530,14 @@ class MigrationsConfig(Strict):
         "until the switch.",
     )
     timeout_s: float = Field(600.0, gt=0, description="Longest run of one migration command.")
+    table_lock_timeout_s: float = Field(
+        5.0, gt=0,
+        description="`sql`: longest wait of one migration statement for a table lock "
+        "(PostgreSQL `lock_timeout`; MySQL/MariaDB `lock_wait_timeout` and "
+        "`innodb_lock_wait_timeout`, in whole seconds). While an `ALTER TABLE` waits, the "
+        "app's writes to that table queue behind it; past this the migration fails, naming "
+        "the file and statement, and the deploy stops.",
+    )
     version_table: str = Field(
         "alembic_version", description="`alembic`: the app's version table.",
     )

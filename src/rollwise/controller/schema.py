@@ -116,7 +116,7 @@ def runner(ctx: Context, env: Environment, version: str) -> SchemaRunner:
     lock_s = env.config.database.lock_timeout_s  # type: ignore[union-attr]
     folder = env.release_dir(version)
     if cfg.type == "sql":
-        return SqlRunner(url, lock_s)
+        return SqlRunner(url, lock_s, cfg.table_lock_timeout_s)
     env_vars = _command_env(ctx, env, version)
     if cfg.type == "alembic":
         return AlembicRunner(url, folder, cfg.layout, _alembic_path(cfg), cfg.command,

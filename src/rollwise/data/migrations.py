@@ -16,24 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rollwise.data import sqlfile
 from rollwise.errors import ConfigError
 
 NAME_RE = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9_\-]+)\.(?P<dir>up|down)\.sql$")
 MARKER_RE = re.compile(r"^\s*--\s*rollwise:\s*(?P<words>[a-z ,\-]+)\s*$", re.MULTILINE)
 
-DESTRUCTIVE: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bDROP\s+TABLE\b", re.I),
-     "drops a table: rename it away in one release, drop it in a later one (expand/contract)"),
-    (re.compile(r"\bDROP\s+COLUMN\b", re.I),
-     "drops a column: stop using it in one release, drop it in a later one"),
-    (re.compile(r"\bRENAME\s+(COLUMN|TO)\b", re.I),
-     "renames: add the new name, write both, move readers, then drop the old one"),
-    (re.compile(r"\bALTER\s+COLUMN\b.*\bTYPE\b|\bMODIFY\s+COLUMN\b", re.I | re.S),
-     "changes a column type: add a column of the new type and backfill it instead"),
-    (re.compile(r"\bNOT\s+NULL\b(?![^;]*\bDEFAULT\b)", re.I),
-     "NOT NULL without a DEFAULT: fails on existing rows and on the old code's inserts; "
-     "add it nullable (or with a default), backfill, then tighten"),
-    # Alembic operations
+ALEMBIC_LINT: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bop\.drop_table\("),
      "drops a table: rename it away in one release, drop it in a later one (expand/contract)"),
     (re.compile(r"\.drop_column\("),
@@ -138,22 +127,16 @@ def scan(folder: Path) -> list[Migration]:
 
 
 def lint(migrations: list[Migration]) -> list[str]:
-    """Destructive operations, each with the expand/contract alternative."""
+    """Changes that break the running release or lock a live table, each with the
+    alternative: SQL files read by a parser (`sqlfile`), Alembic revisions by pattern."""
     out = []
     for m in migrations:
-        for pattern, advice in DESTRUCTIVE:
-            if pattern.search(_strip_comments(m.up)):
-                out.append(f"{m.file}: {advice}")
+        if m.file.endswith(".sql"):
+            out += [f"{m.file}:{f.line}: {f.advice()}" for f in sqlfile.findings(m.up)]
+        else:
+            out += [f"{m.file}: {advice}" for pattern, advice in ALEMBIC_LINT
+                    if pattern.search(m.up)]
     return out
-
-
-def _strip_comments(sql: str) -> str:
-    return re.sub(r"--[^\n]*", "", sql)
-
-
-def statements(sql: str) -> list[str]:
-    """Split on semicolons that end a line (comments removed); enough for migration files."""
-    return [s.strip() for s in re.split(r";\s*(?:\n|$)", _strip_comments(sql)) if s.strip()]
 
 
 def up_path(migrations: list[Migration], applied: set[str], target: str | None = None
@@ -216,9 +199,6 @@ def rollback_change(path: list[Migration]) -> SchemaChange:
     return SchemaChange("down", files, f"run {len(path)} down migration(s)")
 
 
-DROP_COLUMN = re.compile(r"ALTER\s+TABLE\s+[`\"]?(\w+)[`\"]?\s+DROP\s+(?:COLUMN\s+)?"
-                         r"(?:IF\s+EXISTS\s+)?[`\"]?(\w+)", re.I)
-DROP_TABLE = re.compile(r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?[`\"]?(\w+)", re.I)
 OP_DROP_COLUMN = re.compile(r"\bop\.drop_column\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]")
 OP_DROP_TABLE = re.compile(r"\bop\.drop_table\(\s*['\"](\w+)['\"]")
 BATCH = re.compile(r"batch_alter_table\(\s*['\"](\w+)['\"][^\n]*\n(?P<body>(?:[ \t]+[^\n]*\n?)*)")
@@ -226,11 +206,10 @@ BATCH_DROP = re.compile(r"\.drop_column\(\s*['\"](\w+)['\"]")
 
 
 def dropped(source: str) -> list[tuple[str, str | None]]:
-    """(table, column) a down step drops; column None for a whole table. Reads SQL and
-    Alembic's `op.drop_column`, `op.drop_table` and `batch_alter_table(...).drop_column`."""
-    text = _strip_comments(source)
-    out = [(t, c) for t, c in DROP_COLUMN.findall(text)] + \
-        [(t, None) for t in DROP_TABLE.findall(text)]
+    """(table, column) a down step drops; column None for a whole table. Reads SQL (parsed)
+    and Alembic's `op.drop_column`, `op.drop_table` and `batch_alter_table(...).drop_column`
+    (each reader finds nothing in the other's source)."""
+    out = sqlfile.dropped(source)
     out += [(t, c) for t, c in OP_DROP_COLUMN.findall(source)]
     out += [(t, None) for t in OP_DROP_TABLE.findall(source)]
     for b in BATCH.finditer(source):

@@ -5,11 +5,18 @@ holds a database lock for its whole length (PostgreSQL advisory lock, MySQL GET_
 write lock) and, where the database allows DDL in a transaction (PostgreSQL, SQLite), applies
 the whole path in one transaction: a failure leaves the schema as it was. MySQL commits each
 DDL statement; a failure there names the statement, and the pre-deploy backup is the way back.
+A PostgreSQL migration with a statement that cannot run in a transaction (CREATE INDEX
+CONCURRENTLY) runs on its own, each statement committed as it goes.
+
+Every statement waits at most `table_lock_timeout_s` for a table lock: while an ALTER TABLE
+waits for one, the app's writes to that table queue behind it, so a migration that cannot get
+its lock fails fast, naming itself, instead of stalling the live app.
 """
 
 from __future__ import annotations
 
 import fcntl
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +26,21 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError
 
-from rollwise.data.migrations import Migration, statements
+from rollwise.data.migrations import Migration
+from rollwise.data.sqlfile import Statement, statements
 from rollwise.errors import ConfigError, LockHeld, RollwiseError
 
 TABLE = "rollwise_schema"
 LOCK_NAME = "rollwise-migrations"
 LOCK_KEY = 0x726F6C6C  # "roll": the PostgreSQL advisory lock key
+LOCK_TIMEOUT_STATES = ("55P03",)  # PostgreSQL lock_not_available
+LOCK_TIMEOUT_ERRORS = (1205,)  # MySQL/MariaDB ER_LOCK_WAIT_TIMEOUT (row and metadata locks)
+LOCK_HINT = ("a transaction or a long query of the app (or of a person) holds that table: "
+             "find it (PostgreSQL: SELECT pid, xact_start, state, query FROM pg_stat_activity "
+             "WHERE datname = current_database() ORDER BY xact_start; MySQL: SHOW "
+             "PROCESSLIST), let it finish or end it, then deploy again; the app's writes "
+             "waited at most migrations.table_lock_timeout_s, raise it only if they may wait "
+             "longer")
 DRIVERS = {"postgresql": "pip install 'rollwise[postgres]'",
            "mysql": "pip install 'rollwise[mysql]'"}
 
@@ -79,9 +95,14 @@ class Applied:
 class SqlRunner:
     url: str
     lock_timeout_s: float = 10.0
+    table_lock_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         self.engine = open_db(self.url)
+        settings = lock_timeout_settings(self.engine.dialect.name, self.table_lock_timeout_s)
+        if settings:
+            event.listen(self.engine, "connect", lambda dbapi_conn, _: _run_all(dbapi_conn,
+                                                                                 settings))
 
     @property
     def transactional_ddl(self) -> bool:
@@ -147,40 +168,64 @@ class SqlRunner:
     def _run(self, path: list[Migration], *, up: bool) -> list[str]:
         if not path:
             return []
+        steps = [(m, statements(self._sql(m, up))) for m in path]
+        plan = batches([all(s.transaction for s in ss) for _, ss in steps],
+                       together=self.transactional_ddl)
         with self._connect() as conn, self._db_lock(conn):
             self._ensure_table(conn)
-            if self.transactional_ddl:
-                with conn.begin():
-                    for m in path:
-                        self._one(conn, m, up)
-            else:
-                for m in path:
+            for n, (in_transaction, group) in enumerate(plan):
+                kept = kept_after_failure(self.transactional_ddl, in_transaction, n > 0)
+                if in_transaction:
                     with conn.begin():
-                        self._one(conn, m, up)
+                        for i in group:
+                            self._one(conn, *steps[i], up, kept)
+                else:
+                    self._outside_transaction(conn, *steps[group[0]], up, kept)
         return [m.file if up else m.down_file for m in path]
 
-    def _one(self, conn: Connection, m: Migration, up: bool) -> None:
+    @staticmethod
+    def _sql(m: Migration, up: bool) -> str:
         sql = m.up if up else m.down
         if sql is None:
             raise MigrationFailed(f"{m.file} is irreversible: it has no down step",
                                   hint="restore the backup taken before it was applied")
-        for n, stmt in enumerate(statements(sql), 1):
+        return sql
+
+    def _outside_transaction(self, conn: Connection, m: Migration, ss: list[Statement],
+                             up: bool, kept: str) -> None:
+        conn.commit()
+        auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            self._one(auto, m, ss, up, kept)
+            auto.commit()
+        finally:
+            conn.rollback()
+            conn.execution_options(isolation_level=conn.default_isolation_level)
+
+    def _one(self, conn: Connection, m: Migration, ss: list[Statement], up: bool,
+             kept: str) -> None:
+        file = m.file if up else m.down_file
+        for n, s in enumerate(ss, 1):
             try:
-                conn.exec_driver_sql(stmt)
+                conn.exec_driver_sql(s.sql)
             except DBAPIError as e:
-                file = m.file if up else m.down_file
-                state = ("nothing of this run was kept; the schema is as before"
-                         if self.transactional_ddl else
-                         "statements before it are committed (MySQL commits DDL at once); "
-                         "restore the pre-deploy backup or finish by hand")
-                raise MigrationFailed(f"{file}, statement {n}, failed: {_first_line(e)}",
-                                      where=f"{file} statement {n}", hint=state) from None
+                raise self._failed(e, f"{file}, statement {n} (line {s.line})", s, kept,
+                                   where=f"{file}:{s.line}") from None
         if up:
             conn.execute(text(f"INSERT INTO {TABLE} (version, name, checksum, applied_at) "
                               "VALUES (:v, :n, :c, :t)"),
                          {"v": m.version, "n": m.name, "c": m.checksum, "t": time.time()})
         else:
             conn.execute(text(f"DELETE FROM {TABLE} WHERE version = :v"), {"v": m.version})
+
+    def _failed(self, e: DBAPIError, what: str, s: Statement, kept: str, where: str
+                ) -> MigrationFailed:
+        if not lock_timed_out(e):
+            return MigrationFailed(f"{what}, failed: {_first_line(e)}", where=where, hint=kept)
+        return MigrationFailed(
+            f"{what} waited {self.table_lock_timeout_s:g} s for a lock on a table that another "
+            f"session holds, and was stopped so that the app's writes do not queue behind it: "
+            f"{_head(s.sql)}", where=where, hint=f"{kept}. {LOCK_HINT}")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -262,6 +307,68 @@ def check_applied(applied: list[Applied], migrations: list[Migration]) -> None:
                 f"{m.file} was edited after it was applied (checksum {a.checksum[:12]} in the "
                 f"database, {m.checksum[:12]} in the release)", where=m.file,
                 hint="never edit an applied migration: undo the edit and add a new migration")
+
+
+def lock_timeout_settings(dialect: str, seconds: float) -> list[str]:
+    """The session settings that bound each statement's wait for a table lock."""
+    if dialect == "postgresql":
+        return [f"SET lock_timeout = '{max(1, round(seconds * 1000))}ms'"]
+    if dialect in ("mysql", "mariadb"):  # whole seconds; the metadata and the row locks
+        n = max(1, math.ceil(seconds))
+        return [f"SET SESSION lock_wait_timeout = {n}",
+                f"SET SESSION innodb_lock_wait_timeout = {n}"]
+    return []  # SQLite: busy_timeout (open_db)
+
+
+def _run_all(dbapi_conn: Any, sqls: list[str]) -> None:
+    cursor = dbapi_conn.cursor()
+    for sql in sqls:
+        cursor.execute(sql)
+    cursor.close()
+    dbapi_conn.commit()  # PostgreSQL: a SET in a transaction that is rolled back is undone
+
+
+def batches(transactional: list[bool], together: bool) -> list[tuple[bool, list[int]]]:
+    """A run cut into transactions: (in a transaction, indexes of its migrations), given
+    whether each migration may run in one. `together` (PostgreSQL, SQLite): one transaction
+    for the whole run, except that a migration that may not runs alone, outside any; else
+    (MySQL, which commits DDL at once) one per migration."""
+    out: list[tuple[bool, list[int]]] = []
+    for i, ok in enumerate(transactional):
+        if ok and together and out and out[-1][0]:
+            out[-1][1].append(i)
+        else:
+            out.append((ok, [i]))
+    return out
+
+
+def kept_after_failure(transactional_ddl: bool, in_transaction: bool, committed: bool) -> str:
+    """What a failure leaves of the run, for the error's hint."""
+    before = ("the migrations before it in this run are applied (one of them ran outside a "
+              "transaction); " if committed else "")
+    if not in_transaction:
+        return (f"{before}it runs outside a transaction (CONCURRENTLY): its statements before "
+                "this one are committed, and it is not recorded as applied; a failed CREATE "
+                "INDEX CONCURRENTLY leaves an INVALID index: DROP INDEX CONCURRENTLY IF EXISTS "
+                "it, then deploy again")
+    if not transactional_ddl:
+        return ("statements before it are committed (MySQL commits DDL at once); restore the "
+                "pre-deploy backup or finish by hand")
+    return f"{before}this migration was undone" if committed else \
+        "nothing of this run was kept; the schema is as before"
+
+
+def lock_timed_out(e: DBAPIError) -> bool:
+    """The statement gave up waiting for a lock (PostgreSQL lock_timeout, MySQL
+    lock_wait_timeout or innodb_lock_wait_timeout)."""
+    code = (getattr(e.orig, "args", None) or [None])[0]
+    return getattr(e.orig, "sqlstate", None) in LOCK_TIMEOUT_STATES or \
+        code in LOCK_TIMEOUT_ERRORS
+
+
+def _head(sql: str, width: int = 80) -> str:
+    line = " ".join(sql.split())
+    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def _first_line(e: Exception) -> str:
