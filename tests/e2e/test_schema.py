@@ -121,7 +121,7 @@ def test_given_a_failing_migration_then_schema_unchanged_and_old_release_serving
     project.cli("deploy", "1.0.0", check=True)
     res = project.cli("deploy", "1.1.0")
     assert res.returncode == ExitCode.ERROR
-    assert "0002_bad.up.sql, statement 2, failed" in res.stderr
+    assert "0002_bad.up.sql, statement 2 (line 2), failed" in res.stderr
     with db(project) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert "audit" not in tables
@@ -140,7 +140,7 @@ def test_given_bad_migrations_then_release_or_deploy_is_refused_and_nothing_chan
     (project.root / "migrations" / "0003_drop.up.sql").write_text("DROP TABLE orders;\n")
     (project.root / "migrations" / "0003_drop.down.sql").write_text(ORDERS)
     warned = project.cli("release", "create", "--version", "1.0.0", check=True)
-    assert "warning: 0003_drop.up.sql: drops a table" in warned.stdout
+    assert "warning: 0003_drop.up.sql:1: drops table orders" in warned.stdout
     (project.root / "migrations" / "0003_drop.up.sql").unlink()
     (project.root / "migrations" / "0003_drop.down.sql").unlink()
     project.release("1.0.1")
@@ -233,7 +233,7 @@ def test_given_mariadb_when_a_migration_fails_halfway_then_the_backup_is_restore
     project.cli("deploy", "1.0.0", check=True)
     res = project.cli("deploy", "1.1.0")
     assert res.returncode == ExitCode.ERROR
-    assert "0002_bad.up.sql, statement 3, failed" in res.stderr
+    assert "0002_bad.up.sql, statement 3 (line 3), failed" in res.stderr
     assert "restored from the pre-deploy backup" in res.stderr
     engine = create_engine(mysql_url)
     try:
