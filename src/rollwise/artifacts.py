@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
+import contextlib
 import getpass
 import gzip
 import hashlib
@@ -13,16 +13,23 @@ import socket
 import stat
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pathspec import GitIgnoreSpec
 
 from rollwise.domain import parse_version
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError
 
 MARKER = ".rollwise-sha256"
+GITIGNORE = ".gitignore"
+IGNORE_FILES = (GITIGNORE, ".rollwiseignore")  # read in every folder; the later one wins
+Layer = tuple[int, str, GitIgnoreSpec]  # (which ignore file, its folder in the tree, rules)
 MAX_LINK_HOPS = 40  # as Linux: more links than this followed for one path is a loop
 _KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
           stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
@@ -65,6 +72,48 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Tree:
+    """A folder to pack, and the ignore files that apply in it (in each of its folders)."""
+
+    root: Path
+    ignore_files: tuple[str, ...] = IGNORE_FILES
+
+
+@contextmanager
+def built(source: Path, command: str | None, exclude: list[str]) -> Iterator[Tree]:
+    """The tree a release is packed from. Without a build command: `source` itself. With
+    one: a private copy of the files `source` would have packed, where the command runs,
+    so nothing untracked or ignored gets in and the build cannot change the project; what
+    it makes is packed unless `.rollwiseignore` or `exclude` leaves it out (a `.gitignore`
+    chose what the build starts from, and build output is what it usually names)."""
+    tree = Tree(source)
+    if not source.is_dir():
+        raise ConfigError(f"source directory {source} does not exist", where="source",
+                          hint="`source` in rollwise.yaml is the folder the release is packed "
+                          "from, relative to the project: fix the path")
+    if command is None:
+        yield tree
+        return
+    with tempfile.TemporaryDirectory(prefix="rollwise-build-") as tmp:
+        copy = Path(tmp, source.name)
+        _copy(tree, exclude, copy)
+        run_build(command, copy)
+        yield Tree(copy, tuple(f for f in IGNORE_FILES if f != GITIGNORE))
+
+
+def _copy(tree: Tree, exclude: list[str], dest: Path) -> None:
+    """Copy what `tree` packs into `dest`: files with their mode bits, links as links."""
+    dest.mkdir()
+    for path in files(tree, exclude):
+        target = dest / path.relative_to(tree.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if _member(tree.root, path).issym():  # refuses what `pack` would refuse, named here
+            target.symlink_to(os.readlink(path))
+        else:
+            shutil.copy2(path, target)
+
+
 def run_build(command: str, cwd: Path) -> None:
     proc = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -73,29 +122,54 @@ def run_build(command: str, cwd: Path) -> None:
                             where="build.command", hint="\n".join(tail) or "run it by hand")
 
 
-def _files(source: Path, exclude: list[str]) -> Iterator[Path]:
-    """Every path packed, in a stable order; a link to a directory is a path, not a folder."""
-    for root, dirs, files in os.walk(source):
-        kept = [d for d in dirs if not _excluded(d, exclude)]
-        links = [d for d in kept if os.path.islink(os.path.join(root, d))]
-        dirs[:] = sorted(d for d in kept if d not in links)
-        for name in sorted([*(f for f in files if not _excluded(f, exclude)), *links]):
-            yield Path(root, name)
+def files(tree: Tree, exclude: list[str]) -> Iterator[Path]:
+    """Every path packed, in a stable order; a link to a directory is a path, not a folder.
+    Left out: what the ignore files say, with git's rules (a pattern in a folder's file is
+    relative to that folder; a deeper file and a later line win; `!` takes a path back in;
+    nothing inside a folder left out is looked at), `.rollwiseignore` after `.gitignore`,
+    and whatever `exclude` matches, always."""
+    always = GitIgnoreSpec.from_lines(exclude)
+    layers: dict[str, list[Layer]] = {}
+    for root, dirs, names in os.walk(tree.root):
+        rel = Path(root).relative_to(tree.root).as_posix().removeprefix(".").lstrip("/")
+        here = layers[rel] = sorted([*layers.get(rel.rpartition("/")[0], []),
+                                     *_rules(Path(root), rel, tree.ignore_files)],
+                                    key=lambda layer: layer[0])  # by file name, then depth
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        dirs[:] = sorted(d for d in dirs if d not in links
+                         and not _ignored(f"{rel}/{d}/".lstrip("/"), always, here))
+        for name in sorted([*names, *links]):
+            if not _ignored(f"{rel}/{name}".lstrip("/"), always, here):
+                yield Path(root, name)
 
 
-def _excluded(name: str, exclude: list[str]) -> bool:
-    return any(fnmatch.fnmatch(name, pat) for pat in exclude)
+def _rules(folder: Path, rel: str, ignore_files: tuple[str, ...]) -> list[Layer]:
+    """The rules of the ignore files in `folder` (`rel` in the tree)."""
+    out = []
+    for i, name in enumerate(ignore_files):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            lines = (folder / name).read_text().splitlines()
+            out.append((i, rel, GitIgnoreSpec.from_lines(lines)))
+    return out
 
 
-def pack(source: Path, exclude: list[str], dest_dir: Path,
+def _ignored(path: str, always: GitIgnoreSpec, layers: list[Layer]) -> bool:
+    """`path` (relative to the tree; a folder's ends in /) is left out: the last rule that
+    matches it decides."""
+    if always.match_file(path):
+        return True
+    verdict = False
+    for _, base, spec in layers:
+        got = spec.check_file(path.removeprefix(f"{base}/") if base else path).include
+        verdict = verdict if got is None else got
+    return verdict
+
+
+def pack(tree: Tree, exclude: list[str], dest_dir: Path,
          extra: dict[str, bytes] | None = None) -> tuple[str, int, Path]:
-    """A deterministic tar.gz of `source`: same files, same bytes, same sha256. `extra`:
+    """A deterministic tar.gz of `tree`: same files, same bytes, same sha256. `extra`:
     files rollwise adds at the top (the release's image ID), in place of any of that name."""
-    if not source.is_dir():
-        raise ConfigError(f"source directory {source} does not exist", where="source",
-                          hint="`source` in rollwise.yaml is the folder the release is packed "
-                          "from, relative to the project: run the build that makes it first, "
-                          "or fix the path")
+    source = tree.root
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -103,7 +177,7 @@ def pack(source: Path, exclude: list[str], dest_dir: Path,
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(content), 0o644
             tar.addfile(info, io.BytesIO(content))
-        for path in _files(source, exclude):
+        for path in files(tree, exclude):
             if path.relative_to(source).as_posix() in (extra or {}):
                 continue
             info = _member(source, path)

@@ -1,6 +1,7 @@
 """Free ports for instances, the demo and benchmarks.
 
-They are drawn at random below the kernel's ephemeral range: a port that bind(0) hands out
+An environment may name the range its instances listen in (`target.ports`). Otherwise they
+are drawn at random below the kernel's ephemeral range: a port that bind(0) hands out
 comes from that range, where the next outgoing connection (to a database, to Prometheus) may
 take it before the instance binds it; below it, only another listener can.
 """
@@ -12,9 +13,10 @@ import re
 import socket
 from pathlib import Path
 
+from rollwise.errors import RollwiseError
+
 EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST = 10_000  # above the well-known and most registered service ports
-TRIES = 200
 ADDRESS = re.compile(r"^(?P<host>[0-9a-zA-Z.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
@@ -26,25 +28,46 @@ def parse_address(text: str) -> tuple[str, int]:
     return m["host"].strip("[]"), int(m["port"])
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports free on `host` just now, below the ephemeral range when it
-    leaves room (else from the OS)."""
-    top = _ephemeral_low()
+def free_ports(n: int, host: str = "127.0.0.1", span: range | None = None,
+               rng: random.Random | None = None) -> list[int]:
+    """`n` distinct ports free on `host` just now, drawn at random from `span` (an
+    environment's `target.ports`). Without a span: from LOWEST up to the ephemeral range,
+    then from the OS (port 0) when that has no room."""
+    order = candidates(span or default_span(), rng or random.Random())
+    got = claim(order if span else [*order, *[0] * n], n, host)
+    if len(got) < n:
+        raise RollwiseError(
+            f"{n - len(got)} of the {n} ports needed are not free in {span[0]}-{span[-1]} "
+            f"on {host}" if span else f"no {n} free ports on {host}", where="target.ports",
+            hint="widen target.ports, or stop what listens in that range")
+    return got
+
+
+def default_span() -> range:
+    return range(LOWEST, max(LOWEST, _ephemeral_low()))
+
+
+def candidates(span: range, rng: random.Random) -> list[int]:
+    """The order the ports of `span` are tried in: random, so that two deploys choosing at
+    the same time rarely want the same port."""
+    return rng.sample(span, len(span))
+
+
+def claim(order: list[int], n: int, host: str) -> list[int]:
+    """The first `n` ports of `order` that bind on `host` now (fewer when it runs out; port
+    0: one the OS picks). A port that another process took since it was chosen is passed
+    over for the next one."""
     socks: list[socket.socket] = []
     try:
-        for port in random.sample(range(LOWEST, top), min(TRIES, max(top - LOWEST, 0))):
+        for port in order:
             if len(socks) == n:
                 break
             s = socket.socket()
             try:
                 s.bind((host, port))
-            except OSError:
+            except OSError:  # taken
                 s.close()
                 continue
-            socks.append(s)
-        while len(socks) < n:
-            s = socket.socket()
-            s.bind((host, 0))
             socks.append(s)
         return [int(s.getsockname()[1]) for s in socks]
     finally:

@@ -22,12 +22,16 @@ class Strict(BaseModel):
 class BuildConfig(Strict):
     command: str | None = Field(
         None,
-        description="Shell command run in `source` before packaging (for example `npm ci && "
-        "npm run build`). A non-zero exit stops `release create`.",
+        description="Shell command run before packaging (for example `npm ci && npm run "
+        "build`), in a temporary copy of the files `source` would pack: untracked and ignored "
+        "files are not there, and the build cannot change the project. What it makes is "
+        "packed, less `.rollwiseignore` and `exclude` (`.gitignore` only chose what it "
+        "started from). A non-zero exit stops `release create`.",
     )
     exclude: list[str] = Field(
         default_factory=lambda: [".git", ".rollwise", ".venv", "__pycache__", "*.pyc"],
-        description="Glob patterns (matched against each path part) left out of the artifact.",
+        description="Patterns, in `.gitignore` syntax, always left out of the artifact "
+        "(whatever `.gitignore` and `.rollwiseignore` in `source` say).",
     )
 
 
@@ -198,6 +202,21 @@ class SSHConfig(Strict):
         return v.rstrip("/") or "/"
 
 
+class PortsConfig(Strict):
+    first: int = Field(ge=1, le=65535, description="Lowest port an instance may listen on.")
+    last: int = Field(ge=1, le=65535, description="Highest port an instance may listen on.")
+
+    @model_validator(mode="after")
+    def _order(self) -> PortsConfig:
+        if self.first > self.last:
+            raise ValueError(f"first ({self.first}) is above last ({self.last})")
+        return self
+
+    @property
+    def span(self) -> range:
+        return range(self.first, self.last + 1)
+
+
 class TargetConfig(Strict):
     type: Literal["local", "ssh", "container"] = Field(
         "local",
@@ -211,9 +230,19 @@ class TargetConfig(Strict):
         description="ssh: the hosts of this environment; `instances` run on each.",
     )
     ssh: SSHConfig = Field(default_factory=SSHConfig, description="ssh: connection settings.")
+    ports: PortsConfig | None = Field(
+        None,
+        description="local: the range instances listen in, both ends included, "
+        "for example `{first: 20000, last: 29999}` (to fit a firewall, or to keep clear of "
+        "other services). Each new instance gets a random free port of it; one another "
+        "process holds is passed over. Unset: from 10000 up to the kernel's ephemeral range "
+        "(`ip_local_port_range`).",
+    )
 
     @model_validator(mode="after")
     def _hosts(self) -> TargetConfig:
+        if self.type != "local" and self.ports:
+            raise ValueError("`ports` is supported with `type: local` only, so far")
         if self.type == "ssh" and not self.hosts:
             raise ValueError("target type 'ssh' needs `hosts`, e.g. "
                              "[{address: 10.0.0.2}, {address: 10.0.0.3}]")

@@ -32,16 +32,15 @@ def create_release(ctx: Context, version: str, changelog: str | None) -> Outcome
     if (old := repo.get_release(ctx.engine, version)) is not None:
         raise RollwiseError(f"release {version} already exists (sha256 {old['sha256'][:12]})",
                             hint="releases are immutable; create a new version")
-    source = (ctx.root / ctx.config.source).resolve()
-    if ctx.config.build.command:
-        artifacts.run_build(ctx.config.build.command, source)
-    db_schema, warnings = schema.release_schema(ctx, source)  # refuses a missing down step
-    warnings += caches.static_warnings(ctx, source)
-    image = containers.release_image(ctx.config.image, source, ctx.config.app, version) \
-        if ctx.config.image else None
-    sha, size, _ = artifacts.pack(
-        source, ctx.config.build.exclude, ctx.artifacts_dir(),
-        {containers.IMAGE_FILE: containers.encode(image)} if image else None)
+    source, build = (ctx.root / ctx.config.source).resolve(), ctx.config.build
+    with artifacts.built(source, build.command, build.exclude) as tree:  # a copy, if built
+        db_schema, warnings = schema.release_schema(ctx, tree.root)  # refuses a missing down
+        warnings += caches.static_warnings(ctx, tree.root)
+        image = containers.release_image(ctx.config.image, tree.root, ctx.config.app,
+                                         version) if ctx.config.image else None
+        sha, size, _ = artifacts.pack(
+            tree, build.exclude, ctx.artifacts_dir(),
+            {containers.IMAGE_FILE: containers.encode(image)} if image else None)
     meta = artifacts.ReleaseMeta(
         app=ctx.config.app, version=version, sha256=sha, size=size,
         git_commit=artifacts.git_commit(source), built_at=artifacts.now(),

@@ -30,7 +30,8 @@ def _local(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir:
            report: HostReport) -> Target:
     from rollwise.targets.local import LocalTarget
 
-    return LocalTarget(env_dir, env, _listen(cfg), env_for)
+    ports = cfg.target.ports.span if cfg.target.ports else None
+    return LocalTarget(env_dir, env, _listen(cfg), env_for, ports)
 
 
 def _ssh(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,

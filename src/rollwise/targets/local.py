@@ -27,8 +27,9 @@ class LocalTarget:
     type = "local"
 
     def __init__(self, env_dir: Path, env: str, listen: str | None,
-                 env_for: EnvFor) -> None:
+                 env_for: EnvFor, ports: range | None = None) -> None:
         self.env_dir = env_dir
+        self.ports = ports  # target.ports; None: ports.free_ports' default
         self.env = env
         self.agent = AgentClient(env_dir, env)
         self.listen = listen
@@ -50,7 +51,7 @@ class LocalTarget:
         return release
 
     def endpoints(self, n: int) -> list[Endpoint]:
-        return [Endpoint(HOST, port) for port in free_ports(n)]
+        return [Endpoint(HOST, port) for port in free_ports(n, HOST, self.ports)]
 
     def start(self, name: str, version: str, endpoint: Endpoint, command: str,
               env: dict[str, str | Secret]) -> None:
