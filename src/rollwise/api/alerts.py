@@ -4,8 +4,11 @@ POST /hooks/alertmanager   Alertmanager's webhook payload (version 4); each *fir
                            whose labels name this app (`app`, optional) and an environment
                            (`rollwise_env`, `env` or `environment`) rolls that environment back.
 POST /hooks/generic        {"env": "prod", "app": "order-sync", "reason": "..."}
+GET  /metrics[?env=E]      Prometheus exposition of every environment (or one): router
+                           counters per version, deployments, decisions, lock (`metrics`)
+GET  /sd[?env=E]           Prometheus HTTP service discovery: every instance, labelled
 
-Both need `Authorization: Bearer <ROLLWISE_WEBHOOK_TOKEN>`, checked before the body is read;
+The hooks need `Authorization: Bearer <ROLLWISE_WEBHOOK_TOKEN>`, checked before the body is read;
 bodies are bounded in size and time (`limits.Guard`), and no API pages are served. A rollout
 in progress is asked to roll back (traffic goes back at once); otherwise the environment is
 rolled back to its last known-good release, in the background (202 Accepted). An alert is
@@ -17,8 +20,11 @@ environment further back.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,11 +36,12 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rollwise import domain as d
+from rollwise import metrics
 from rollwise.api.limits import Guard, HeaderDeadline, Limits
 from rollwise.controller import ops
 from rollwise.controller.context import Context
@@ -110,8 +117,8 @@ def triggers(payload: AlertmanagerPayload, app: str) -> list[Trigger]:
     return list(out.values())
 
 
-def make_app(root: Path, token: str, limits: Limits) -> ASGIApp:
-    """The routes behind `Guard`: only /health answers without the token."""
+def make_app(root: Path, token: str, limits: Limits, listen: str = "127.0.0.1:9747") -> ASGIApp:
+    """The routes behind `Guard`: /health, /metrics and /sd answer without the token."""
     # No /docs, /redoc or /openapi.json: they answered anyone, and the docs pages load
     # scripts from a public CDN.
     api = FastAPI(title="rollwise alerts", version="1",
@@ -122,6 +129,11 @@ def make_app(root: Path, token: str, limits: Limits) -> ASGIApp:
         app = ctx.config.app
 
     def act(trigger: Trigger) -> dict[str, Any]:
+        result = decide(trigger)
+        log_line("alert", alert=trigger.reason, **result)
+        return result
+
+    def decide(trigger: Trigger) -> dict[str, Any]:
         with lock, _opened(root) as ctx:
             try:
                 ctx.env(trigger.env)
@@ -154,7 +166,89 @@ def make_app(root: Path, token: str, limits: Limits) -> ASGIApp:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    return Guard(api, token, limits, public=frozenset({"/health"}))
+    _metrics_routes(api, root, listen, None)
+    log = _RequestLog(api)
+    return Guard(log, token, limits, public=frozenset({"/health", "/metrics", "/sd"}))
+
+
+def _metrics_routes(api: FastAPI, root: Path, listen: str, only: str | None) -> None:
+    """GET /metrics and /sd: of environment `only`, or of `?env=` / every environment."""
+
+    def envs(ctx: Context, env: str | None) -> list[str]:
+        names = [only] if only else [env] if env else sorted(ctx.config.environments)
+        for name in names:
+            if name not in ctx.config.environments:
+                raise HTTPException(404, f"no environment {name!r} in {ctx.config_path}")
+        return names
+
+    @api.get("/metrics")
+    def exposition(env: str | None = None) -> Response:
+        with _opened(root) as ctx:
+            body = metrics.exposition(metrics.read(ctx, envs(ctx, env)))
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.get("/sd")
+    def sd(env: str | None = None) -> list[dict[str, Any]]:
+        with _opened(root) as ctx:
+            names = envs(ctx, env)
+            return metrics.discovery(metrics.read(ctx, names), metrics_targets(ctx, listen))
+
+
+def metrics_targets(ctx: Context, listen: str) -> dict[str, dict[str, str]]:
+    """Where each environment's rollwise metrics are scraped: its `metrics.listen`, else
+    `serve`'s address with `?env=`."""
+    out = {}
+    for name, env in ctx.config.environments.items():
+        if env.metrics.listen:
+            out[name] = {"target": env.metrics.listen}
+        else:
+            out[name] = {"target": listen, "__param_env": name}
+    return out
+
+
+def metrics_app(root: Path, env: str, listen: str) -> ASGIApp:
+    """An environment's own `metrics.listen`: its /metrics and /sd, and /health."""
+    api = FastAPI(title=f"rollwise metrics {env}", version="1",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    _metrics_routes(api, root, listen, env)
+    return _RequestLog(api)
+
+
+class _RequestLog:
+    """One JSON line on stderr per request: time, method, path, status, milliseconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began, status = time.monotonic(), 0
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            log_line("request", method=scope["method"], path=scope["path"], status=status,
+                     ms=round((time.monotonic() - began) * 1000, 2),
+                     client=(scope.get("client") or ["?"])[0])
+
+
+def log_line(event: str, **fields: Any) -> None:
+    """A structured log line (JSON) on stderr, where a service manager collects it."""
+    print(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}),
+          file=sys.stderr, flush=True)
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -169,8 +263,10 @@ def _rollback(root: Path, trigger: Trigger) -> None:
     with _opened(root) as ctx:
         ctx.actor = f"alert ({ctx.actor})"
         try:
-            ops.rollback(ctx, trigger.env, None, lock_wait=60.0, reason=trigger.reason)
+            res = ops.rollback(ctx, trigger.env, None, lock_wait=60.0, reason=trigger.reason)
+            log_line("rollback", env=trigger.env, alert=trigger.reason, message=res.message)
         except RollwiseError as e:
+            log_line("rollback", env=trigger.env, alert=trigger.reason, error=e.message)
             ctx.emit("rollback", "error", env=trigger.env,
                      reason=f"{trigger.reason}: {e.message}")
 
@@ -197,8 +293,21 @@ def serve(root: Path, listen: str, limits: Limits | None = None) -> None:
                           where=TOKEN_ENV, hint="set it to a long random value, e.g. "
                           "`export ROLLWISE_WEBHOOK_TOKEN=$(openssl rand -hex 24)`")
     limits = limits or Limits()
-    api = make_app(root, token, limits)  # a bad rollwise.yaml fails here, not at the first alert
-    host, port = parse_address(listen)
-    uvicorn.run(api, host=host, port=port, log_level="warning",
-                http=HeaderDeadline, ws="none", server_header=False,
-                timeout_keep_alive=limits.timeout_s, limit_concurrency=limits.max_connections)
+    # a bad rollwise.yaml fails here, not at the first alert
+    apps = [(make_app(root, token, limits, listen), listen)]
+    with _opened(root) as ctx:
+        apps += [(metrics_app(root, name, listen), env.metrics.listen)
+                 for name, env in sorted(ctx.config.environments.items()) if env.metrics.listen]
+    servers = []
+    for api, address in apps:
+        host, port = parse_address(address)
+        servers.append(uvicorn.Server(uvicorn.Config(
+            api, host=host, port=port, log_level="warning", http=HeaderDeadline, ws="none",
+            server_header=False, timeout_keep_alive=limits.timeout_s,
+            limit_concurrency=limits.max_connections)))
+    log_line("serve", listen=[address for _, address in apps], pid=os.getpid())
+
+    async def run_all() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(run_all())

@@ -526,6 +526,51 @@ def logs(env: EnvOpt = "dev",
 
 
 @app.command()
+def metrics(env: Annotated[str | None, typer.Option(
+                "--env", "-e", help="One environment (default: all).")] = None,
+            directory: DirOpt = Path(".")) -> None:
+    """Print the Prometheus metrics `rollwise serve` exposes at /metrics: router counters
+    and latency per version, weights, instances, deployments, analysis decisions, lock.
+    Only reads."""
+    from rollwise import metrics as m
+
+    def read() -> bytes:
+        ctx = _ctx(directory, quiet=True)
+        return m.exposition(m.read(ctx, [env] if env else None))
+
+    sys.stdout.write(_run(read).decode())
+
+
+@app.command()
+def sd(env: Annotated[str | None, typer.Option(
+           "--env", "-e", help="One environment (default: all).")] = None,
+       serve_at: Annotated[str, typer.Option(
+           "--serve", help="Address of `rollwise serve`, listed as where metrics are "
+           "scraped for environments without `metrics.listen`.")] = "127.0.0.1:9747",
+       out_file: Annotated[Path | None, typer.Option(
+           "--out", help="Write the JSON to this file (atomically), for Prometheus' "
+           "file_sd_configs, instead of printing it.")] = None,
+       directory: DirOpt = Path(".")) -> None:
+    """Print the Prometheus HTTP service discovery JSON `rollwise serve` answers at /sd:
+    every instance with its environment, app, version and role (stable or canary). Only
+    reads."""
+    from rollwise import metrics as m
+    from rollwise.api.alerts import metrics_targets
+
+    def read() -> list[dict[str, Any]]:
+        ctx = _ctx(directory, quiet=True)
+        return m.discovery(m.read(ctx, [env] if env else None), metrics_targets(ctx, serve_at))
+
+    text = json.dumps(_run(read), indent=2) + "\n"
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out_file)  # Prometheus never reads half a file
+
+
+@app.command()
 def history(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
             limit: Annotated[int, typer.Option(min=1, max=100_000,
                                                help="How many, newest first.")] = 20,

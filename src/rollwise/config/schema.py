@@ -676,6 +676,22 @@ class KubernetesConfig(Strict):
                                 "schemas the manifests are checked against.")
 
 
+class MetricsConfig(Strict):
+    listen: str | None = Field(
+        None,
+        description="Address (`host:port`) where `rollwise serve` also serves this "
+        "environment's own `/metrics` and `/sd`. Unset: they are served at `serve`'s address "
+        "only (`/metrics?env=NAME`, `/sd?env=NAME`).",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_address(v)  # ValueError says what is expected
+        return v
+
+
 class EnvironmentConfig(Strict):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Where code runs.")
     router: RouterConfig = Field(
@@ -714,6 +730,10 @@ class EnvironmentConfig(Strict):
     kubernetes: KubernetesConfig | None = Field(
         None, description="Kubernetes objects for this environment's releases "
         "(`rollwise kube`).",
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="Prometheus metrics and service discovery (`rollwise metrics`, `sd`).",
     )
     verify: list[Check] = Field(
         default_factory=list,
