@@ -19,17 +19,18 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pathspec import GitIgnoreSpec
-
-from rollwise.domain import parse_version
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError
+
+if TYPE_CHECKING:  # the hosts' agent imports this module for `unpack`: standard library only
+    from pathspec import GitIgnoreSpec
+
+    Layer = tuple[int, str, GitIgnoreSpec]  # (which ignore file, its folder, its rules)
 
 MARKER = ".rollwise-sha256"
 GITIGNORE = ".gitignore"
 IGNORE_FILES = (GITIGNORE, ".rollwiseignore")  # read in every folder; the later one wins
-Layer = tuple[int, str, GitIgnoreSpec]  # (which ignore file, its folder in the tree, rules)
 MAX_LINK_HOPS = 40  # as Linux: more links than this followed for one path is a loop
 _KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
           stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
@@ -57,11 +58,6 @@ class ReleaseMeta:
     changelog: str | None
     config_sha256: str
     schema: dict[str, Any] | None = None
-
-
-def check_version(version: str) -> str:
-    """The version a release is stored under: semantic, without a leading `v`."""
-    return str(parse_version(version))
 
 
 def sha256_file(path: Path) -> str:
@@ -128,6 +124,8 @@ def files(tree: Tree, exclude: list[str]) -> Iterator[Path]:
     relative to that folder; a deeper file and a later line win; `!` takes a path back in;
     nothing inside a folder left out is looked at), `.rollwiseignore` after `.gitignore`,
     and whatever `exclude` matches, always."""
+    from pathspec import GitIgnoreSpec  # not on the hosts (see TYPE_CHECKING above)
+
     always = GitIgnoreSpec.from_lines(exclude)
     layers: dict[str, list[Layer]] = {}
     for root, dirs, names in os.walk(tree.root):
@@ -145,6 +143,8 @@ def files(tree: Tree, exclude: list[str]) -> Iterator[Path]:
 
 def _rules(folder: Path, rel: str, ignore_files: tuple[str, ...]) -> list[Layer]:
     """The rules of the ignore files in `folder` (`rel` in the tree)."""
+    from pathspec import GitIgnoreSpec
+
     out = []
     for i, name in enumerate(ignore_files):
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):

@@ -272,6 +272,11 @@ def parse_version(text: str) -> Version:
                             ) from None
 
 
+def check_version(version: str) -> str:
+    """The version a release is stored under: semantic, without a leading `v`."""
+    return str(parse_version(version))
+
+
 def is_newer(version: str, than: str, order: list[str]) -> bool:
     """`version` went live after `than` in the environment (or, if either never went live
     there, has the higher semantic version: 1.10.0 > 1.9.0 > 1.9.0-rc.2 > 1.9.0-rc.1;

@@ -4,7 +4,6 @@ library); anything else is refused with a message, never ordered some other way.
 import pytest
 
 from rollwise import domain as d
-from rollwise.artifacts import check_version
 from rollwise.errors import RollwiseError
 
 
@@ -50,7 +49,7 @@ def test_given_a_version_that_is_not_semantic_then_a_clear_error(text):
 
 
 def test_a_release_is_stored_under_its_version_without_the_v():
-    assert [check_version(v) for v in ("v1.2.3", "1.2.3-rc.1+b.5")] == ["1.2.3",
+    assert [d.check_version(v) for v in ("v1.2.3", "1.2.3-rc.1+b.5")] == ["1.2.3",
                                                                         "1.2.3-rc.1+b.5"]
     with pytest.raises(RollwiseError, match=r"'v1\.2' is not a semantic version"):
-        check_version("v1.2")
+        d.check_version("v1.2")

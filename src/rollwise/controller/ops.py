@@ -28,7 +28,7 @@ class Outcome:
 
 
 def create_release(ctx: Context, version: str, changelog: str | None) -> Outcome:
-    version = artifacts.check_version(version)
+    version = d.check_version(version)
     if (old := repo.get_release(ctx.engine, version)) is not None:
         raise RollwiseError(f"release {version} already exists (sha256 {old['sha256'][:12]})",
                             hint="releases are immutable; create a new version")
