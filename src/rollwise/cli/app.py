@@ -21,31 +21,27 @@ from rollwise.events import EventBus
 
 T = TypeVar("T")
 app = typer.Typer(help="Deploy progressively; roll back in seconds.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
-release_app = typer.Typer(help="Create and list releases.", no_args_is_help=True)
-audit_app = typer.Typer(help="Verify, checkpoint and export the audit log.",
-                         no_args_is_help=True)
-secrets_app = typer.Typer(help="Manage encrypted secrets.", no_args_is_help=True)
-backup_app = typer.Typer(help="Back up, verify and restore the app's database.",
-                         no_args_is_help=True)
-config_app = typer.Typer(help="Configuration schema and reference.", no_args_is_help=True)
-agent_app = typer.Typer(help="The per-environment agent (router and supervisor).",
-                        no_args_is_help=True)
-hosts_app = typer.Typer(help="The hosts of a fleet environment (`target: {type: ssh}`).",
-                        no_args_is_help=True)
-app.add_typer(release_app, name="release")
-app.add_typer(audit_app, name="audit")
-app.add_typer(secrets_app, name="secrets")
-app.add_typer(backup_app, name="backup")
-app.add_typer(config_app, name="config")
-app.add_typer(agent_app, name="agent")
-app.add_typer(hosts_app, name="hosts")
-bundle_app = typer.Typer(help="Several services deployed and rolled back together in "
-                         "dependency order (rollwise-bundle.yaml).", no_args_is_help=True)
-app.add_typer(bundle_app, name="bundle")
-kube_app = typer.Typer(help="Kubernetes objects of a release (docs/kubernetes.md).",
-                       no_args_is_help=True)
-app.add_typer(kube_app, name="kube")
+                  rich_markup_mode="markdown", pretty_exceptions_enable=False)
+
+
+def _group(name: str, help: str) -> typer.Typer:
+    """A command group; help text is Markdown, so a docstring's line breaks inside a
+    paragraph are not printed."""
+    group = typer.Typer(help=help, no_args_is_help=True, rich_markup_mode="markdown")
+    app.add_typer(group, name=name)
+    return group
+
+
+release_app = _group("release", "Create and list releases.")
+audit_app = _group("audit", "Verify, checkpoint and export the audit log.")
+secrets_app = _group("secrets", "Manage encrypted secrets.")
+backup_app = _group("backup", "Back up, verify and restore the app's database.")
+config_app = _group("config", "Configuration schema and reference.")
+agent_app = _group("agent", "The per-environment agent (router and supervisor).")
+hosts_app = _group("hosts", "The hosts of a fleet environment (`target: {type: ssh}`).")
+bundle_app = _group("bundle", "Several services deployed and rolled back together in "
+                    "dependency order (rollwise-bundle.yaml).")
+kube_app = _group("kube", "Kubernetes objects of a release (docs/kubernetes.md).")
 PercentOpt = Annotated[int, typer.Option("--percent", min=0, max=100,
                                          help="Share of traffic for this version.")]
 
@@ -54,7 +50,24 @@ PercentOpt = Annotated[int, typer.Option("--percent", min=0, max=100,
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
 
-EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment name.")]
+def _complete_env(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of --env: the environments in rollwise.yaml (read, not validated)."""
+    import yaml
+
+    from rollwise.config.load import find_config
+
+    try:
+        path = find_config(Path(ctx.params.get("directory") or "."))
+        envs = yaml.safe_load(path.read_text()).get("environments") or {}
+    except Exception:  # completion must never print an error into the user's shell
+        return []
+    return [e for e in envs if str(e).startswith(incomplete)]
+
+
+EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment name.",
+                                     autocompletion=_complete_env)]
+AnyEnvOpt = Annotated[str | None, typer.Option(
+    "--env", "-e", help="One environment (default: all).", autocompletion=_complete_env)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for the "
                                          "environment's deploy lock (default: refuse at once).")]
@@ -237,8 +250,9 @@ def init(directory: DirOpt = Path("."),
                                           "{port} is its port.")] = "python3 app.py --port {port}",
          ) -> None:
     """Create a commented rollwise.yaml in the project directory."""
+    from rollwise.config.reference import json_schema
     from rollwise.config.schema import NAME_RE
-    from rollwise.config.template import render
+    from rollwise.config.template import SCHEMA_FILE, render
 
     path = directory / "rollwise.yaml"
     if path.exists():
@@ -252,11 +266,13 @@ def init(directory: DirOpt = Path("."),
             f"--app {name!r}: an app name is lowercase letters, digits and dashes, starting "
             "with a letter, at most 40 characters", hint=f"for example --app {suggested}")))
     path.write_text(render(name, run))
+    (directory / SCHEMA_FILE).write_text(json.dumps(json_schema(), indent=2) + "\n")
     gi = directory / ".gitignore"
     if ".rollwise/" not in (gi.read_text() if gi.exists() else ""):
         with gi.open("a") as f:
             f.write(".rollwise/\n")
-    out.print(f"wrote {path}; next: `rollwise release create --version 1.0.0`")
+    out.print(f"wrote {path} and {SCHEMA_FILE} (its JSON Schema, for editors); next: "
+              "`rollwise release create --version 1.0.0`")
 
 
 @release_app.command("create")
@@ -457,7 +473,7 @@ def recover(env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = 
 
 
 @app.command()
-def status(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
+def status(env: AnyEnvOpt = None,
            directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
     """What serves each environment, whether it answers its health check, and what an
     interrupted deployment left to do. Only reads: `rollwise recover` acts."""
@@ -526,9 +542,7 @@ def logs(env: EnvOpt = "dev",
 
 
 @app.command()
-def metrics(env: Annotated[str | None, typer.Option(
-                "--env", "-e", help="One environment (default: all).")] = None,
-            directory: DirOpt = Path(".")) -> None:
+def metrics(env: AnyEnvOpt = None, directory: DirOpt = Path(".")) -> None:
     """Print the Prometheus metrics `rollwise serve` exposes at /metrics: router counters
     and latency per version, weights, instances, deployments, analysis decisions, lock.
     Only reads."""
@@ -542,8 +556,7 @@ def metrics(env: Annotated[str | None, typer.Option(
 
 
 @app.command()
-def sd(env: Annotated[str | None, typer.Option(
-           "--env", "-e", help="One environment (default: all).")] = None,
+def sd(env: AnyEnvOpt = None,
        serve_at: Annotated[str, typer.Option(
            "--serve", help="Address of `rollwise serve`, listed as where metrics are "
            "scraped for environments without `metrics.listen`.")] = "127.0.0.1:9747",
@@ -571,7 +584,7 @@ def sd(env: Annotated[str | None, typer.Option(
 
 
 @app.command()
-def history(env: Annotated[str | None, typer.Option("--env", "-e")] = None,
+def history(env: AnyEnvOpt = None,
             limit: Annotated[int, typer.Option(min=1, max=100_000,
                                                help="How many, newest first.")] = 20,
             directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
@@ -781,11 +794,20 @@ def secrets_list(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 
 @config_app.command("schema")
 def config_schema(bundle: Annotated[bool, typer.Option(
-        "--bundle", help="The schema of rollwise-bundle.yaml instead.")] = False) -> None:
-    """Print the JSON Schema of rollwise.yaml (for editors)."""
-    from rollwise.config.schema import BundleConfig, ProjectConfig
+        "--bundle", help="The schema of rollwise-bundle.yaml instead.")] = False,
+        out_file: Annotated[Path | None, typer.Option(
+            "--out", help="Write it to this file (what `init` writes and the "
+            "`yaml-language-server` comment names) instead of printing it.")] = None,
+        ) -> None:
+    """Print the JSON Schema of rollwise.yaml, for editors (completion, hover docs,
+    checks as you type)."""
+    from rollwise.config.reference import json_schema
 
-    _emit_json((BundleConfig if bundle else ProjectConfig).model_json_schema())
+    text = json.dumps(json_schema(bundle), indent=2) + "\n"
+    if out_file is None:
+        sys.stdout.write(text)
+    else:
+        out_file.write_text(text)
 
 
 @config_app.command("docs")

@@ -4,10 +4,12 @@ The file is read as plain data: no tags, and aliases capped before anything is e
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -98,7 +100,7 @@ def _load(text: str, name: str, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise _explain(e, lines, name) from None
+        raise _explain(e, lines, name, model) from None
 
 
 def _empty(name: str) -> ConfigError:
@@ -243,13 +245,14 @@ def _index(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: str
             _index(item, (*path, i), lines, name)
 
 
-def _explain(e: ValidationError, lines: Lines, name: str) -> ConfigError:
+def _explain(e: ValidationError, lines: Lines, name: str, model: type[BaseModel]
+             ) -> ConfigError:
     messages = []
     for err in e.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         line = _nearest_line(loc, lines)
         key = ".".join(str(p) for p in loc) or "(top level)"
-        messages.append(f"{name}:{line}: {key}: {_expected(err)}")
+        messages.append(f"{name}:{line}: {key}: {_expected(err, model, loc)}")
     first, *rest = messages
     where, _, msg = first.partition(": ")
     return ConfigError("\n".join([msg, *rest]), where=where,
@@ -263,11 +266,44 @@ def _nearest_line(loc: tuple[Any, ...], lines: Lines) -> int:
     return 1
 
 
-def _expected(err: Any) -> str:
+def _expected(err: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling"
+        known = sorted(keys_at(model, loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key; did you mean `{close[0]}`?"
+        return "unknown key; remove it or check its spelling" + (
+            f" (keys here: {', '.join(known)})" if known else "")
     if kind == "missing":
         return "required key is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{msg} (got {err['input']!r})" if "input" in err and kind != "model_type" else msg
+
+
+def keys_at(tp: Any, loc: tuple[Any, ...]) -> set[str]:
+    """The keys a mapping at `loc` (a path of keys and list indexes) may have, read from the
+    schema's types; empty when `loc` does not lead to a model."""
+    if get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    origin = get_origin(tp)
+    if origin in (Union, UnionType):
+        members = [m for m in get_args(tp) if m is not type(None)]
+        if loc and isinstance(loc[0], str):  # a tagged union names the member it tried
+            tagged = [m for m in members if loc[0] in _tags(m)]
+            if tagged:
+                return keys_at(tagged[0], loc[1:])
+        return set().union(*(keys_at(m, loc) for m in members))
+    if origin in (dict, list):
+        return keys_at(get_args(tp)[-1], loc[1:]) if loc else set()
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if not loc:
+            return set(tp.model_fields)
+        field = tp.model_fields.get(str(loc[0]))
+        return keys_at(field.annotation, loc[1:]) if field else set()
+    return set()
+
+
+def _tags(model: Any) -> tuple[Any, ...]:
+    field = getattr(model, "model_fields", {}).get("type")
+    return get_args(field.annotation) if field is not None else ()

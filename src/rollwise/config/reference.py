@@ -9,6 +9,16 @@ from pydantic_core import PydanticUndefined
 
 from rollwise.config.schema import BundleConfig, ProjectConfig
 
+SCHEMA_IDS = {False: "urn:rollwise:schema:rollwise.yaml",
+              True: "urn:rollwise:schema:rollwise-bundle.yaml"}
+
+
+def json_schema(bundle: bool = False) -> dict[str, Any]:
+    """The JSON Schema of rollwise.yaml (or rollwise-bundle.yaml), with its `$id`."""
+    schema = (BundleConfig if bundle else ProjectConfig).model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": SCHEMA_IDS[bundle], **schema}
+
 
 def markdown() -> str:
     lines = ["# rollwise.yaml reference", "",

@@ -1,6 +1,9 @@
 """The commented rollwise.yaml written by `rollwise init`."""
 
+SCHEMA_FILE = ".rollwise.schema.json"  # `rollwise config schema --out` refreshes it
+
 TEMPLATE = """\
+# yaml-language-server: $schema=.rollwise.schema.json
 # rollwise.yaml — see docs/config.md for every key
 app: {app}
 source: .                 # directory packaged into each release
