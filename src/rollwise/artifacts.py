@@ -129,7 +129,8 @@ def files(tree: Tree, exclude: list[str]) -> Iterator[Path]:
     always = GitIgnoreSpec.from_lines(exclude)
     layers: dict[str, list[Layer]] = {}
     for root, dirs, names in os.walk(tree.root):
-        rel = Path(root).relative_to(tree.root).as_posix().removeprefix(".").lstrip("/")
+        rel = Path(root).relative_to(tree.root).as_posix()
+        rel = "" if rel == "." else rel
         here = layers[rel] = sorted([*layers.get(rel.rpartition("/")[0], []),
                                      *_rules(Path(root), rel, tree.ignore_files)],
                                     key=lambda layer: layer[0])  # by file name, then depth
@@ -148,7 +149,7 @@ def _rules(folder: Path, rel: str, ignore_files: tuple[str, ...]) -> list[Layer]
     out = []
     for i, name in enumerate(ignore_files):
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            lines = (folder / name).read_text().splitlines()
+            lines = (folder / name).read_text(errors="replace").splitlines()
             out.append((i, rel, GitIgnoreSpec.from_lines(lines)))
     return out
 

@@ -39,6 +39,10 @@ CASES = {
          "sub/.gitignore": "!important.tmp\n/only-here\n", "sub/y.tmp": "",
          "sub/important.tmp": "", "sub/only-here": "", "sub/deeper/only-here": ""},
         [".gitignore", "sub/.gitignore", "sub/important.tmp", "sub/deeper/only-here"]),
+    "a dot-folder's own ignore file is relative to it": (
+        {".config/.gitignore": "/local.json\n", ".config/local.json": "",
+         ".config/shared.json": ""},
+        [".config/.gitignore", ".config/shared.json"]),
     "nothing inside an ignored folder comes back (as in git)": (
         {".gitignore": "logs/\n!logs/keep.txt\n", "logs/keep.txt": "", "logs/a.txt": ""},
         [".gitignore"]),
@@ -64,9 +68,11 @@ def test_given_a_tree_and_its_ignore_files_then_exactly_these_files_are_packed(
 
 
 def test_build_exclude_takes_gitignore_patterns_with_slashes(tmp_path):
-    tree = Tree(make(tmp_path, {"static/app.js.map": "", "app.js.map": "", "static/a.js": ""}))
+    tree = Tree(make(tmp_path, {"static/app.js.map": "", "app.js.map": "", "static/a.js": "",
+                                ".github/workflows/ci.yml": "", ".github/CODEOWNERS": ""}))
 
-    assert packed(tree, ["static/*.map"]) == ["app.js.map", "static/a.js"]
+    assert packed(tree, ["static/*.map", ".github/workflows/"]) == [
+        "app.js.map", ".github/CODEOWNERS", "static/a.js"]
 
 
 SOURCE = {".gitignore": "dist/\n*.log\n", ".rollwiseignore": "notes.md\n",
