@@ -11,6 +11,16 @@ starts on `<address>:<port>` is reachable from the test process.
 Needs root, `/usr/sbin/sshd` and `ip`: call `require_fleet()` (done by `fleet()`), which fails in
 CI and skips elsewhere when they are missing.
 
+Containers (`Fleet(..., containers=True)`): hosts run rootful podman over SSH. The hosts share
+this machine's filesystem, so by default they would share one container storage (images,
+containers, names); here each host gets its own instead (a test-bed property, set through
+`SetEnv CONTAINERS_STORAGE_CONF=...` in its sshd_config): its images and containers live
+under its /srv, its run state under its dir, so an image this machine has is not on a host
+until it is pulled or loaded there. Podman's settings this machine needs (runc, ulimits the
+sandbox allows) come from `CONTAINERS_CONF`. Containers use the host's network
+(`--network host`); hosts enter their namespace with `nsenter --net` (not `ip netns exec`,
+which mounts a fresh /sys without the cgroup hierarchies runc needs).
+
 Concurrent fleets (several per process, several processes under pytest-xdist) never collide:
 fleet `k` holds an exclusive lock on `/tmp/rollwise-fleet/<k>.lock` for its lifetime and only
 uses `k` when none of its names (bridge `rwb<k>`, namespaces and veths `rw<k>h<i>`) and no
@@ -114,9 +124,10 @@ class Fleet:
 
     def __init__(self, n: int, workdir: Path, *,
                  small_disk: Mapping[int, int] | None = None,
-                 ready_timeout: float = 10.0) -> None:
+                 ready_timeout: float = 10.0, containers: bool = False) -> None:
         """`small_disk` maps a host index to a size in MiB: that host's /srv is a tmpfs of
-        that size (for disk-full tests)."""
+        that size (for disk-full tests); `containers`: each host its own podman storage."""
+        self.containers = containers
         if not 1 <= n <= 200:
             raise ValueError("a fleet has 1 to 200 hosts")
         self.n = n
@@ -238,7 +249,7 @@ class Fleet:
                 "AllowStreamLocalForwarding yes\n"
                 "AllowTcpForwarding yes\n"
                 "Subsystem sftp internal-sftp\n"
-                "LogLevel INFO\n")
+                "LogLevel INFO\n" + self._podman(host))
             if host.index in self.small_disk:
                 subprocess.run(["mount", "-t", "tmpfs", "-o",
                                 f"size={self.small_disk[host.index]}m,mode=0755",
@@ -255,6 +266,19 @@ class Fleet:
                 f"127.0.0.1 localhost\n{self.gateway} gateway\n{names}")
             (host.dir / "resolv.conf").write_text(
                 "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+
+    def _podman(self, host: Host) -> str:
+        """sshd_config lines giving the host its own container storage (see the module)."""
+        if not self.containers:
+            return ""
+        (host.dir / "containers.conf").write_text(
+            '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            f'[engine]\nruntime = "runc"\ntmp_dir = "{host.dir}/libpod"\n')
+        (host.dir / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "/srv/containers"\n'
+            f'runroot = "{host.dir}/containers-run"\n')
+        return (f"SetEnv CONTAINERS_CONF={host.dir / 'containers.conf'} "
+                f"CONTAINERS_STORAGE_CONF={host.dir / 'storage.conf'}\n")
 
     def _make_network(self) -> None:
         root_ns = [f"link add {self.bridge} type bridge",
@@ -280,11 +304,11 @@ class Fleet:
         setup = f"hostname {shlex.quote(host.name)} && " + "".join(
             f"mount --bind {shlex.quote(str(src))} {dst} && " for src, dst in binds.items()
         ) + 'exec "$@"'
-        return ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts",
+        return ["nsenter", f"--net=/run/netns/{host.netns}", "unshare", "--mount", "--uts",
                 "--propagation", "private", "sh", "-c", setup, "sh", *argv]
 
     def _spawn(self, host: Host) -> None:
-        # `ip netns exec`, `unshare` and `sh` all exec: the Popen's pid is sshd's
+        # `nsenter`, `unshare` and `sh` all exec: the Popen's pid is sshd's
         self._sshd[host.name] = subprocess.Popen(
             self._in_host(host, [SSHD, "-D", "-f", str(host.dir / "sshd_config"),
                                  "-E", str(host.log)]),

@@ -2,17 +2,22 @@
 image for a release and record its immutable ID, and check one is present before it runs.
 
 A release's image is named by its ID (`sha256:...`), never by a tag: a tag that moves after
-the release was made changes nothing that rollwise runs."""
+the release was made changes nothing that rollwise runs.
+
+The CLI runs through a `Runner`: `Local` on this machine, or `targets.ssh.SSHRunner` on one
+SSH host; what to run is the same argv either way."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rollwise.config.schema import ImageConfig
 from rollwise.errors import ConfigError, NotFound, RollwiseError
@@ -33,11 +38,73 @@ def cli(cfg: ImageConfig) -> str:
                       "environment as processes (`target: {type: local}`)")
 
 
+Proc = subprocess.CompletedProcess[str]
+
+
+class Runner(Protocol):
+    """Where the container CLI runs, and where the containers it starts listen."""
+
+    label: str    # the host's name in progress reports ("local" on this machine)
+    where: str    # named in errors: "this machine", "host h1 (10.0.0.2:22)"
+    address: str  # where instances listen and the router reaches them
+    remote: bool  # another machine: a release's image may have to be sent there
+
+    def name(self) -> str:
+        """The CLI's name there (`podman`, `docker`); a ConfigError naming `where` when
+        neither is installed (or the host does not answer)."""
+
+    def run(self, args: Sequence[str], *, timeout: float = TIMEOUT_S, check: bool = True,
+            env: Mapping[str, str] | None = None, stdin: Path | None = None) -> Proc:
+        """`<cli> args` there; `env` reaches the CLI's environment only (never its
+        arguments), `stdin` is a local file streamed to it."""
+
+    def ports(self, n: int) -> list[int]:
+        """`n` distinct TCP ports free there just now."""
+
+
+class Local:
+    """The CLI on this machine; instances are published on loopback ports."""
+
+    label, where, address, remote = "local", "this machine", "127.0.0.1", False
+
+    def __init__(self, cfg: ImageConfig) -> None:
+        self.cfg = cfg
+        self._exe: str | None = None
+
+    def exe(self) -> str:
+        if self._exe is None:
+            self._exe = cli(self.cfg)
+        return self._exe
+
+    def name(self) -> str:
+        return Path(self.exe()).name
+
+    def run(self, args: Sequence[str], *, timeout: float = TIMEOUT_S, check: bool = True,
+            env: Mapping[str, str] | None = None, stdin: Path | None = None) -> Proc:
+        return run(self.exe(), *args, timeout=timeout, check=check, stdin=stdin,
+                   env=None if env is None else {**base_env(), **env})
+
+    def ports(self, n: int) -> list[int]:
+        from rollwise.ports import free_ports
+
+        return free_ports(n, self.address)
+
+
+def base_env() -> dict[str, str]:
+    """What the CLI itself needs from this process's environment (it finds its storage and
+    configuration by these), without the rest."""
+    keep = ("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
+            "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF",
+            "DOCKER_HOST", "DOCKER_CONFIG", "TMPDIR")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
 def run(exe: str, *args: str, timeout: float = TIMEOUT_S, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env: dict[str, str] | None = None, stdin: Path | None = None) -> Proc:
     try:
-        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                              env=env, stdin=subprocess.DEVNULL)
+        with (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as given:
+            proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
+                                  env=env, stdin=given)
     except subprocess.TimeoutExpired:
         raise RollwiseError(f"`{Path(exe).name} {' '.join(args[:3])}` did not finish within "
                             f"{timeout:g} s", hint="is the container engine stuck? "
@@ -49,9 +116,10 @@ def run(exe: str, *args: str, timeout: float = TIMEOUT_S, check: bool = True,
     return proc
 
 
-def image_id(exe: str, ref: str) -> str | None:
-    """The ID of a local image, or None when it is not on this machine."""
-    proc = run(exe, "image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=60)
+def image_id(runner: Runner, ref: str) -> str | None:
+    """The ID of an image where `runner` runs, or None when it is not there."""
+    proc = runner.run(["image", "inspect", "--format", "{{.Id}}", ref], check=False,
+                      timeout=60)
     if proc.returncode != 0:
         return None
     got = proc.stdout.strip().splitlines()[0]
@@ -61,7 +129,8 @@ def image_id(exe: str, ref: str) -> str | None:
 def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dict[str, Any]:
     """Build the release's image (or find the one named), and return what the release
     records: its ID, the reference it came from and how it was made."""
-    exe = cli(cfg)
+    here = Local(cfg)
+    exe = here.exe()
     if cfg.build is not None:
         file = (source / cfg.build).resolve()
         if not file.is_file():
@@ -72,13 +141,13 @@ def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dic
         ref = tag
     else:
         ref = str(cfg.ref)
-        if image_id(exe, ref) is None:
+        if image_id(here, ref) is None:
             proc = run(exe, "pull", *tls(cfg), ref, check=False)
             if proc.returncode != 0:
                 raise NotFound(f"image {ref} is not on this machine and cannot be pulled: "
                                f"{proc.stderr.strip()[-400:]}", where="image.ref",
                                hint="check the name and the registry, or build it first")
-    found = image_id(exe, ref)
+    found = image_id(here, ref)
     if found is None:
         raise RollwiseError(f"image {ref} has no ID after it was made", where="image")
     digests = run(exe, "image", "inspect", "--format", "{{json .RepoDigests}}", ref,
@@ -107,14 +176,18 @@ def tls(cfg: ImageConfig) -> list[str]:
     return [] if cfg.tls_verify else ["--tls-verify=false"]
 
 
-def pull(exe: str, cfg: ImageConfig, meta: dict[str, Any]) -> str | None:
+def pushed(meta: dict[str, Any]) -> list[str]:
+    """The registry digests a release's image can be pulled by (not local names)."""
+    return [d for d in meta.get("repo_digests", []) if not d.startswith("localhost/")]
+
+
+def pull(runner: Runner, cfg: ImageConfig, meta: dict[str, Any]) -> str | None:
     """Bring a release's image back: by a registry digest first (immutable), then by its
-    reference; returns why it failed, or None when the image with the recorded ID is here."""
-    refs = [d for d in meta.get("repo_digests", []) if not d.startswith("localhost/")]
+    reference; returns why it failed, or None when the image with the recorded ID is there."""
     tried = []
-    for ref in [*refs, str(meta["ref"])]:
-        proc = run(exe, "pull", *tls(cfg), ref, check=False)
-        if proc.returncode == 0 and image_id(exe, str(meta["id"])) is not None:
+    for ref in [*pushed(meta), str(meta["ref"])]:
+        proc = runner.run(["pull", *tls(cfg), ref], check=False)
+        if proc.returncode == 0 and image_id(runner, str(meta["id"])) is not None:
             return None
         last = (proc.stderr.strip().splitlines() or ["another image came"])[-1]
         tried.append(f"{ref}: {last[-160:]}")

@@ -24,7 +24,7 @@ import yaml
 
 from rollwise import loadgen
 from rollwise.errors import ExitCode
-from rollwise.ports import free_port
+from rollwise.ports import free_port, free_ports
 from tests.conftest import Project, require, require_binary
 
 BASE = "localhost/rollwise-test/busybox:base"
@@ -71,10 +71,7 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def shop(tmp_path: Path, base_image: dict[str, str],
          monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
     root = tmp_path / "shop"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".rollwise"))
-    containerfile = root / "Containerfile"  # no registry here: the base is a local import
-    containerfile.write_text(re.sub(r"(?m)^FROM .*$", f"FROM {BASE}",
-                                    containerfile.read_text()))
+    copy_example(root)
     cfg = yaml.safe_load((root / "rollwise.yaml").read_text())
     cfg["app"] = APP
     cfg["image"]["stop_timeout_s"] = 2
@@ -94,6 +91,14 @@ def shop(tmp_path: Path, base_image: dict[str, str],
                              capture_output=True, text=True, timeout=60).stdout.split()
         if ids:
             subprocess.run(["podman", "rm", "-f", *ids], capture_output=True, timeout=120)
+
+
+def copy_example(root: Path) -> None:
+    """The example project at `root`, its image built on the imported base."""
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".rollwise"))
+    containerfile = root / "Containerfile"  # no registry here: the base is a local import
+    containerfile.write_text(re.sub(r"(?m)^FROM .*$", f"FROM {BASE}",
+                                    containerfile.read_text()))
 
 
 def write_app(root: Path, status: str, crash: bool = False) -> None:
@@ -245,24 +250,30 @@ def test_kube_manifests_need_settings_and_an_image_nodes_can_pull(shop):
                    capture_output=True, timeout=60)
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real registry (Debian's docker-registry) on loopback, without TLS."""
+def start_registry(tmp_path: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """A real registry (Debian's docker-registry) on `host`, without TLS; its address is
+    `.address`. The caller kills it."""
     exe = require_binary("docker-registry", "apt-get install -y docker-registry")
-    d, port = tmp_path / "registry", free_port()
+    d, port = tmp_path / "registry", free_ports(1, host)[0]
     d.mkdir()
     (d / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
-                                  f"{d / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+                                  f"{d / 'data'}\nhttp:\n  addr: {host}:{port}\n")
     with (d / "log").open("wb") as log:
         proc = subprocess.Popen([exe, "serve", str(d / "config.yml")], stdout=log, stderr=log)
-    proc.address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    proc.address = f"{host}:{port}"  # type: ignore[attr-defined]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+            urllib.request.urlopen(f"http://{host}:{port}/v2/", timeout=1).close()
             break
         except OSError:
             time.sleep(0.1)
+    return proc
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_registry(tmp_path)
     try:
         yield proc
     finally:

@@ -238,6 +238,12 @@ class TargetConfig(Strict):
         "process holds is passed over. Unset: from 10000 up to the kernel's ephemeral range "
         "(`ip_local_port_range`).",
     )
+    runtime: Literal["process", "container"] = Field(
+        "process",
+        description="ssh: how instances run on each host. `process`: started by rollwise's "
+        "agent there (`rollwise hosts setup` installs it). `container`: containers of the "
+        "release's image (`image`), through podman or docker on the host; no agent.",
+    )
 
     @model_validator(mode="after")
     def _hosts(self) -> TargetConfig:
@@ -248,6 +254,9 @@ class TargetConfig(Strict):
                              "[{address: 10.0.0.2}, {address: 10.0.0.3}]")
         if self.type != "ssh" and self.hosts:
             raise ValueError("`hosts` needs `type: ssh`")
+        if self.type != "ssh" and self.runtime != "process":
+            raise ValueError("`runtime` is for SSH hosts (`type: ssh`); containers on this "
+                             "machine are `type: container`")
         labels = [h.label for h in self.hosts]
         if dup := sorted({x for x in labels if labels.count(x) > 1}):
             raise ValueError(f"host {dup[0]!r} is listed twice")
@@ -851,7 +860,8 @@ class ProjectConfig(Strict):
     )
     image: ImageConfig | None = Field(
         None, description="Build (or take) a container image with each release; "
-        "environments with `target: {type: container}` run it.",
+        "environments with `target: {type: container}` (or `runtime: container` on SSH "
+        "hosts) run it.",
     )
     audit: AuditConfig = Field(
         default_factory=AuditConfig,
@@ -868,7 +878,8 @@ class ProjectConfig(Strict):
     @model_validator(mode="after")
     def _image_for_containers(self) -> ProjectConfig:
         if self.image is None and (names := [n for n, e in self.environments.items()
-                                             if e.target.type == "container"]):
+                                             if e.target.type == "container"
+                                             or e.target.runtime == "container"]):
             raise ValueError(f"environment {names[0]!r} runs containers: add `image: {{build: "
                              "Containerfile}}` (or `ref:`) so releases carry an image")
         return self

@@ -37,9 +37,16 @@ def _local(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir:
 def _ssh(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
          env_for: EnvFor,
          report: HostReport) -> Target:
-    from rollwise.targets.ssh import SSHTarget
+    from rollwise.targets.ssh import Connections, SSHRunner, SSHTarget
 
-    return SSHTarget(cfg.target, app, env_dir, env, _listen(cfg), env_for, report)
+    if cfg.target.runtime == "process":
+        return SSHTarget(cfg.target, app, env_dir, env, _listen(cfg), env_for, report)
+    from rollwise.targets.container import ContainerTarget
+
+    image = _image(image, env)
+    conns = Connections(cfg.target, env)
+    return ContainerTarget(image, app, env_dir, env, _listen(cfg), env_for,
+                           [SSHRunner(conns, h, image) for h in cfg.target.hosts], report)
 
 
 def _container(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
@@ -47,10 +54,14 @@ def _container(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_
                report: HostReport) -> Target:
     from rollwise.targets.container import ContainerTarget
 
+    return ContainerTarget(_image(image, env), app, env_dir, env, _listen(cfg), env_for)
+
+
+def _image(image: ImageConfig | None, env: str) -> ImageConfig:
     if image is None:  # the schema refuses a container environment without `image`
         raise ConfigError(f"environment {env!r} runs containers but the project has no "
                           "`image`", where="image", hint="add `image: {build: Containerfile}`")
-    return ContainerTarget(image, app, env_dir, env, _listen(cfg), env_for)
+    return image
 
 
 def _builtin(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:

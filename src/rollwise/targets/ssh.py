@@ -13,6 +13,9 @@ The controller reaches each agent through a stream-local channel of its SSH conn
 the agent listens on no network port and secrets travel only inside SSH. The router is the
 front: it balances across the hosts' instances (`Endpoint(host's bind address, port)`).
 Each release is also unpacked on this machine, where migrations and hooks run.
+
+With `runtime: container` the hosts need no agent: `SSHRunner` runs the container CLI on
+each host for the container target (targets/container.py).
 """
 
 from __future__ import annotations
@@ -23,18 +26,22 @@ import functools
 import gzip
 import hashlib
 import io
+import random
 import shlex
+import subprocess
 import tarfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import rollwise
 from rollwise import artifacts
 from rollwise.agent.client import AgentClient
-from rollwise.config.schema import HealthConfig, HostConfig, TargetConfig
+from rollwise.config.schema import HealthConfig, HostConfig, ImageConfig, TargetConfig
+from rollwise.containers import TIMEOUT_S, Proc
 from rollwise.domain import Endpoint
-from rollwise.errors import ConfigError, HealthCheckFailed
+from rollwise.errors import ConfigError, HealthCheckFailed, RollwiseError
 from rollwise.private import close_tree
 from rollwise.secrets import Secret, split
 from rollwise.ssh import HostError, Hosts, where
@@ -100,21 +107,16 @@ class SSHTarget:
         self.layout = Layout(target, app, env)
         self.front = AgentClient(env_dir, env) if router_listen else None
         self.router_listen = router_listen
-        self._hosts: Hosts | None = None
+        self.conns = Connections(target, env)
         self.ensured = False
         self.by_bind = {h.listen_host: h for h in target.hosts}
 
     @property
     def hosts(self) -> Hosts:
-        if self._hosts is None:
-            self._hosts = Hosts(self.cfg.hosts, self.cfg.ssh, self.env)
-            atexit.register(self.close)  # says goodbye to each host instead of cutting off
-        return self._hosts
+        return self.conns.hosts
 
     def close(self) -> None:
-        if self._hosts is not None:
-            self._hosts.close()
-            self._hosts = None
+        self.conns.close()
 
     # -- Target ---------------------------------------------------------------------------
     def ensure(self) -> bool:
@@ -269,3 +271,89 @@ class SSHTarget:
 def _info(i: dict[str, Any], host: HostConfig) -> InstanceInfo:
     return InstanceInfo(i["name"], i["version"], host.listen_host, i["port"],
                         i["alive"], i["restarts"], f"{host.label}:{i['log']}")
+
+
+class Connections:
+    """An environment's SSH connections, opened on first use and closed at exit."""
+
+    def __init__(self, target: TargetConfig, env: str) -> None:
+        self.target, self.env = target, env
+        self._hosts: Hosts | None = None
+
+    @property
+    def hosts(self) -> Hosts:
+        if self._hosts is None:
+            self._hosts = Hosts(self.target.hosts, self.target.ssh, self.env)
+            atexit.register(self.close)  # says goodbye to each host instead of cutting off
+        return self._hosts
+
+    def close(self) -> None:
+        if self._hosts is not None:
+            self._hosts.close()
+            self._hosts = None
+
+
+# the ports a host listens on (or connects from) and its ephemeral range, in one read
+PORTS_COMMAND = "cat /proc/sys/net/ipv4/ip_local_port_range /proc/net/tcp /proc/net/tcp6"
+LOWEST_PORT = 10_000
+
+
+def pick_ports(proc_text: str, n: int, rng: random.Random) -> list[int]:
+    """`n` ports below the host's ephemeral range that no socket there uses, from what
+    PORTS_COMMAND printed."""
+    lines = proc_text.splitlines()
+    top = int(lines[0].split()[0]) if lines and lines[0].split()[0].isdigit() else 32768
+    used = {int(f[1].rsplit(":", 1)[1], 16) for f in (ln.split() for ln in lines[1:])
+            if len(f) > 2 and f[0].endswith(":") and ":" in f[1]}
+    free = [p for p in range(LOWEST_PORT, top) if p not in used]
+    if len(free) < n:
+        raise RollwiseError(f"only {len(free)} free ports from {LOWEST_PORT} to {top - 1}, "
+                            f"{n} needed")
+    return rng.sample(free, n)
+
+
+class SSHRunner:
+    """The container CLI on one host, through the environment's SSH connection; its
+    containers listen on the host's bind address."""
+
+    remote = True
+
+    def __init__(self, conns: Connections, host: HostConfig, image: ImageConfig) -> None:
+        self.conns, self.host, self.image = conns, host, image
+        self.label, self.where, self.address = host.label, where(host), host.listen_host
+        self._exe: str | None = None
+
+    def name(self) -> str:
+        return Path(self.exe()).name
+
+    def exe(self) -> str:
+        if self._exe is None:
+            names = ["podman", "docker"] if self.image.cli == "auto" else [self.image.cli]
+            found = self.conns.hosts.run(self.host, " || ".join(
+                f"command -v {n}" for n in names), check=False).stdout.strip()
+            if not found:
+                raise ConfigError(f"no container CLI: {' or '.join(names)} is not installed",
+                                  where=self.where, hint="install podman on the host "
+                                  "(apt-get install -y podman), or run this environment's "
+                                  "instances as processes (`runtime: process`)")
+            self._exe = found.splitlines()[0]
+        return self._exe
+
+    def run(self, args: Sequence[str], *, timeout: float = TIMEOUT_S, check: bool = True,
+            env: Mapping[str, str] | None = None, stdin: Path | None = None) -> Proc:
+        """Values in `env` go through the command's stdin (`set -a; . /dev/stdin`), so they
+        are in no argument list on either machine."""
+        command, values = shlex.join([self.exe(), *args]), None
+        if env:
+            command = f"set -a && . /dev/stdin && set +a && exec {command}"
+            values = "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
+        r = self.conns.hosts.run(self.host, command, check=False, timeout=timeout,
+                                 input=values, stdin=stdin)
+        if check and r.exit != 0:
+            raise HostError(f"`{self.name()} {' '.join(args[:3])}` failed: {r.tail()}",
+                            where=self.where)
+        return subprocess.CompletedProcess(list(args), r.exit, r.stdout, r.stderr)
+
+    def ports(self, n: int) -> list[int]:
+        text = self.conns.hosts.run(self.host, PORTS_COMMAND, check=False).stdout
+        return pick_ports(text, n, random.Random())
