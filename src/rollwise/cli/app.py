@@ -840,6 +840,50 @@ def agent_run(env_dir: Annotated[str, typer.Option()],
     agent_main(env_dir, listen)
 
 
+@agent_app.command("install-service")
+def agent_install_service(
+        env: EnvOpt = "dev",
+        to: Annotated[Path, typer.Option(
+            "--to", help="Folder the unit files are written to.")] = Path("/etc/systemd/system"),
+        user: Annotated[str | None, typer.Option(
+            "--user", help="User the services run as (default: root).")] = None,
+        serve_listen: Annotated[str, typer.Option(
+            "--serve-listen", help="Address of `rollwise serve`.")] = "127.0.0.1:9747",
+        print_only: Annotated[bool, typer.Option(
+            "--print", help="Print the units instead of writing them.")] = False,
+        directory: DirOpt = Path(".")) -> None:
+    """Write systemd units for the environment's agent (router and instances, back after a
+    reboot) and for `rollwise serve` (docs/service.md)."""
+    from rollwise.service import ServiceSpec, unit_names, units
+
+    def go() -> ServiceSpec:
+        ctx = _ctx(directory, quiet=True)
+        cfg = ctx.env(env)
+        if cfg.target.type == "ssh":
+            raise UsageError(f"environment {env!r} runs on SSH hosts: their agents are started "
+                             "by rollwise on each host", where=f"environments.{env}.target",
+                             hint="install-service is for an environment on this machine")
+        return ServiceSpec(
+            app=ctx.config.app, env=env, root=ctx.root.resolve(),
+            env_dir=ctx.env_dir(env).resolve(), python=sys.executable,
+            router_listen=cfg.router.listen if cfg.router.type == "builtin" else None,
+            serve_listen=serve_listen, user=user)
+
+    spec = _run(go)
+    files = units(spec)
+    if print_only:
+        for name, text in files.items():
+            out.print(f"# {name}\n{text}")
+        return
+    for name, text in files.items():
+        (to / name).write_text(text)
+        out.print(f"wrote {to / name}")
+    agent, serve_unit = unit_names(spec)
+    out.print(f"next: put ROLLWISE_WEBHOOK_TOKEN=... in /etc/rollwise/{spec.app}.env (mode "
+              f"600), then `systemctl daemon-reload && systemctl enable --now {agent} "
+              f"{serve_unit}`")
+
+
 @agent_app.command("stop")
 def agent_stop(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
     """Stop the environment's agent and its instances (they come back on the next command)."""
