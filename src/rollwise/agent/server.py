@@ -221,6 +221,7 @@ class Agent:
 
 def main(env_dir: str, listen: str | None) -> None:
     os.umask(0o077)  # logs, state and the instances' files: their owner's alone
+    Path(env_dir).mkdir(mode=0o700, parents=True, exist_ok=True)  # first start by a service
     agent = Agent(Path(env_dir), parse_address(listen) if listen else None)
     try:
         import uvloop
