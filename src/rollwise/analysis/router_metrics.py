@@ -58,6 +58,7 @@ class RouterProvider:
     errors: RatioTest = field(init=False)
     slow: list[RatioTest] = field(init=False)
     last: dict[str, Counters] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)  # the last read, for live views
     stable_hist: list[int] = field(default_factory=list)
     slow_above: list[int] | None = None  # bucket index per quantile, once the baseline is known
     bounds: list[float] = field(default_factory=list)
@@ -73,6 +74,7 @@ class RouterProvider:
             versions = self.read().get("versions", {})
         except Exception as e:  # an unreadable router is no evidence either way
             return Measurement(self.kind, self.name, INCONCLUSIVE, f"router unreadable: {e}")
+        self.versions = versions
         bounds = next((v.get("buckets_ms") for v in versions.values() if v.get("buckets_ms")),
                       None)
         self.bounds = [float(b) for b in bounds[:-1]] if bounds else []

@@ -84,7 +84,7 @@ def _progress(ev: Event) -> None:
             err.print(Text.assemble("  ", ("✓", "green"), f" {step} ", (_fmt(extra), "dim")))
         else:  # the reason is printed once, with the command's error
             err.print(Text.assemble("  ", ("✗", "red"), f" {step}"))
-    elif ev.action == "host" and not err.is_terminal:  # on a terminal: HostsView
+    elif ev.action == "host" and not LIVE["on"]:  # on a terminal: the live panel
         d = dict(ev.data)
         host, what = d.pop("host", "?"), d.pop("step", "?")
         mark = ("✓", "green") if ev.outcome in (reasons.OK, "started") else ("✗", "red")
@@ -116,6 +116,7 @@ def _fmt(d: dict[str, Any]) -> str:
 
 
 PROGRESS = {"mode": "auto"}  # set by the --progress option
+LIVE = {"on": False}  # a live panel on stderr instead of host and look lines
 
 
 def _bus(quiet: bool = False) -> EventBus:
@@ -125,12 +126,14 @@ def _bus(quiet: bool = False) -> EventBus:
     if PROGRESS["mode"] == "json":
         bus.subscribe(_json_line)
     elif not quiet:
+        LIVE["on"] = err.is_terminal and PROGRESS["mode"] == "auto"
         bus.subscribe(_progress)
-        bus.subscribe(LookPrinter())
-        if err.is_terminal and PROGRESS["mode"] == "auto":
-            from rollwise.cli.hostsview import HostsView
+        if not LIVE["on"]:
+            bus.subscribe(LookPrinter())
+        if LIVE["on"]:
+            from rollwise.cli.liveview import DeployView
 
-            bus.subscribe(HostsView(err))
+            bus.subscribe(DeployView(err))
     return bus
 
 
@@ -474,17 +477,63 @@ def recover(env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = 
 
 @app.command()
 def status(env: AnyEnvOpt = None,
-           directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+           directory: DirOpt = Path("."), as_json: JsonOpt = False,
+           watch: Annotated[bool, typer.Option(
+               "--watch", "-w", help="Keep showing it, with each version's traffic, "
+               "requests, errors and latency and the analysis decision, until Ctrl-C: a live "
+               "panel on a terminal, a line per environment per refresh elsewhere.")] = False,
+           interval: Annotated[float, typer.Option(
+               "--interval", min=0.2, max=3600, help="--watch: seconds between refreshes."
+           )] = 1.0) -> None:
     """What serves each environment, whether it answers its health check, and what an
     interrupted deployment left to do. Only reads: `rollwise recover` acts."""
     from rollwise.controller import ops
 
+    if watch:
+        _run(lambda: _watch_status(directory, env, interval))
+        return
     data = _run(lambda: ops.status(_ctx(directory), env), as_json)
     if as_json:
         _emit_json(data)
         return
     for name, s in data["environments"].items():
         _print_env(name, s)
+
+
+def _watch_status(directory: Path, env: str | None, interval: float) -> None:
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from rollwise import metrics
+    from rollwise.cli.liveview import board_from_status, line, render
+    from rollwise.controller import ops
+
+    ctx = _ctx(directory, quiet=True)
+    live = Live(console=out, auto_refresh=False) if out.is_terminal else None
+
+    def boards() -> list[Any]:
+        data = ops.status(ctx, env)["environments"]
+        return [board_from_status(name, s, metrics.snapshot(ctx, name).router.get(
+            "versions", {})) for name, s in data.items()]
+
+    try:
+        if live is not None:
+            live.start()
+        while True:
+            shown = boards()
+            if live is not None:
+                live.update(Group(*(render(b) for b in shown)), refresh=True)
+            else:
+                for b in shown:
+                    out.print(line(b))
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
 
 
 def _print_env(name: str, s: dict[str, Any]) -> None:

@@ -528,7 +528,8 @@ def _env_status(ctx: Context, environment: Environment) -> dict[str, Any]:
         {"holder": lock.holder, "token": lock.token, "expires_at": lock.expires_at},
         "in_progress": None if dep is None else
         {"id": dep["id"], "kind": dep["kind"], "to": dep["to_version"],
-         "steps_done": done, "interrupted": interrupted is not None,
+         "steps_done": done, "step": _current_step(ctx, dep["id"]),
+         "interrupted": interrupted is not None,
          "on_recovery": "resume" if d.SWITCH in done else "roll back"},
         "interrupted": interrupted,
         "last_deployment": _dep_summary(last[0]) if last else None,
@@ -536,6 +537,12 @@ def _env_status(ctx: Context, environment: Environment) -> dict[str, Any]:
         "strategy": environment.config.strategy.type,
         "analysis": _decisions(ctx, env, dep["id"] if dep else last[0]["id"] if last else None),
     }
+
+
+def _current_step(ctx: Context, dep_id: int) -> str | None:
+    """The step the deployment's journal last wrote about (running, done or failed)."""
+    rows = repo.journal_rows(ctx.engine, dep_id)
+    return str(rows[-1]["step"]) if rows else None
 
 
 def _decisions(ctx: Context, env: str, dep_id: int | None) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ class Watch:
     checks: list[a.MetricProvider] = field(default_factory=list)
     verify: list[a.MetricProvider] = field(default_factory=list)
     full: bool = False  # promote-full: no more waiting at canary stages
+    percent: float | None = None  # the new release's share of traffic now
     checks_at: float = 0.0
     last_checks: list[a.Measurement] = field(default_factory=list)
 
@@ -101,15 +102,50 @@ class Watch:
                       version=self.plan.to_version, reason=decision.reason, data=data)
         return data
 
-    def progress(self, step: str, ms: list[a.Measurement]) -> None:
+    def progress(self, step: str, ms: list[a.Measurement], *, elapsed_s: float,
+                 pause_s: float | None, decision: a.Decision) -> None:
+        """One look, for live views: the step's clock, the new release's share of traffic,
+        each version's router numbers and the decision so far (not recorded)."""
+        versions = self.router.versions if self.router else {}
         self.ctx.emit("look", "progress", env=self.plan.env, version=self.plan.to_version,
-                      record=False, data={"step": step, "measurements": [m.as_dict() for m in ms]})
+                      record=False, data={
+                          "step": step, "measurements": [m.as_dict() for m in ms],
+                          "elapsed_s": round(elapsed_s, 1), "pause_s": pause_s,
+                          "percent": self.percent, "stable": self.plan.from_version,
+                          "decision": {"action": decision.action, "reason": decision.reason},
+                          "versions": {v: version_summary(versions.get(v))
+                                       for v in (self.plan.to_version, self.plan.from_version)
+                                       if v}})
+
+
+def version_summary(v: dict[str, Any] | None) -> dict[str, Any]:
+    """A version's router counters as a live view shows them: requests, errors (5xx and no
+    answer), p50 and p99 in ms (upper bounds of their histogram buckets)."""
+    v = v or {}
+    counts = [int(c) for c in v.get("bucket_counts", [])]
+    bounds = v.get("buckets_ms", [])
+    total = sum(counts)
+
+    def quantile(q: float) -> float | None:
+        if not total:
+            return None
+        seen = 0
+        for bound, n in zip(bounds, counts, strict=False):
+            seen += n
+            if seen >= q * total:
+                return None if bound == "inf" else float(bound)
+        return None
+
+    return {"requests": int(v.get("requests", 0)) + int(v.get("conn_errors", 0)),
+            "errors": int(v.get("status_5xx", 0)) + int(v.get("conn_errors", 0)),
+            "p50_ms": quantile(0.5), "p99_ms": quantile(0.99)}
 
 
 def run_stage(w: Watch, stage: d.Stage) -> dict[str, Any]:
     """Send `stage.weight` percent to the new release and watch it."""
     weights = d.canary_weights(w.plan.new, w.plan.old, stage.weight)
     shift(w.ctx, w.env, w.plan.new + w.plan.old, weights)
+    w.percent = float(stage.weight)
     pause = 0.0 if w.full else stage.pause_s
     return _watch(w, stage.name, pause, until_promote=stage.until_promote and not w.full)
 
@@ -126,6 +162,7 @@ def run_batch(w: Watch, batch: d.Batch) -> dict[str, Any]:
     running_old = tuple(i for i in w.plan.old if i in serving_old or i in retire)
     shift(w.ctx, w.env, serving_new + running_old,
           {i.name: 1 for i in serving_new + serving_old})
+    w.percent = round(100 * len(serving_new) / len(serving_new + serving_old), 1)
     data = _watch(w, batch.name, w.plan.pause_s, solo=not serving_old)
     drain(w.ctx, w.env, retire)
     stop(w.ctx, w.env, retire)
@@ -135,6 +172,7 @@ def run_batch(w: Watch, batch: d.Batch) -> dict[str, Any]:
 
 def run_bake(w: Watch) -> dict[str, Any]:
     """After the switch: old instances stay up; a failure sends traffic back to them."""
+    w.percent = 100.0
     return _watch(w, d.BAKE, w.plan.bake_s, solo=True, pause_ends_step=True)
 
 
@@ -171,9 +209,10 @@ def _watch(w: Watch, step: str, pause_s: float, *, until_promote: bool = False,
         elapsed = time.monotonic() - t0
         over = elapsed >= pause_s and not until_promote
         ms = w.measure(w.look_at(final=over, solo=solo))
-        w.progress(step, ms)
         decision = a.decide(ms, step_over=over) if w.router or w.checks else \
             a.Decision(a.ADVANCE if over else a.CONTINUE, "no analysis configured")
+        w.progress(step, ms, elapsed_s=elapsed, pause_s=None if until_promote else pause_s,
+                   decision=decision)
         if decision.action == a.ROLLBACK and not w.analysis.dry_run and \
                 _confirmed(w, step, decision, ms):
             return {"overridden": decision.reason}
