@@ -131,6 +131,8 @@ class Agent:
                 "waiting_for": record["secret_names"]}
 
     async def op_set_weights(self, msg: dict[str, Any]) -> Any:
+        if "router" in msg:  # sticky and header rules, limits: applied with the weights
+            self.router.configure(msg["router"])
         self.router.set_weights({k: int(v) for k, v in msg["weights"].items()})
         self.save()
         return self.router.weights()
@@ -164,7 +166,8 @@ class Agent:
     def save(self) -> None:
         records = [i.spec.record() for i in self.supervisor.instances.values()]
         state = {"instances": [*records, *self.waiting.values()],
-                 "routes": list(self.routes.values()), "weights": self.router.weights()}
+                 "routes": list(self.routes.values()), "weights": self.router.weights(),
+                 "router": self.router.settings}
         # commands and environments, secrets by name only: readable by the owner only
         replace_private(self.state_file, json.dumps(state).encode())
 
@@ -172,6 +175,7 @@ class Agent:
         if not self.state_file.exists():
             return
         state = json.loads(self.state_file.read_text())
+        self.router.configure(state.get("router", {}))
         for record in state["instances"]:  # all waiting first, so that each save keeps all
             record.setdefault("secret_names", [])  # a file an older version wrote
             self.waiting[record["name"]] = record
