@@ -273,7 +273,10 @@ class Fleet:
             return ""
         (host.dir / "containers.conf").write_text(
             '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
-            f'[engine]\nruntime = "runc"\ntmp_dir = "{host.dir}/libpod"\n')
+            f'[engine]\nruntime = "runc"\ntmp_dir = "{host.dir}/libpod"\n'
+            # its own locks: a fresh storage frees every lock of the machine-wide shm segment
+            # at its first start, under the feet of containers of the machine's own storage
+            'lock_type = "file"\n')
         (host.dir / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\ngraphroot = "/srv/containers"\n'
             f'runroot = "{host.dir}/containers-run"\n')

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, inspect, text
 from rollwise.ports import free_port
 from tests.component.conftest import pg_url  # noqa: F401 (fixture)
 from tests.conftest import Project, require
-from tests.e2e.test_deploy_rollback import status
+from tests.helpers import status
 
 VERSIONS = {"6.1.5": "927ed575acbd", "7.2.1": "c941aaca38c2"}
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ihatemoney"

@@ -7,7 +7,7 @@ import json
 import uuid
 
 from tests.component.test_caches import REDIS, Cdn, cdn, redis_client  # noqa: F401 (fixtures)
-from tests.e2e.test_deploy_rollback import status
+from tests.helpers import status
 
 
 def test_given_caches_when_deploying_and_rolling_back_then_purged_after_each_switch(

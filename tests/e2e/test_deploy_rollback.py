@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 from pathlib import Path
 
@@ -14,23 +13,7 @@ from rollwise.controller.context import Context
 from rollwise.controller.lock import try_acquire
 from rollwise.errors import ExitCode
 from tests.conftest import Project
-
-
-def status(p: Project, env: str = "dev") -> dict:
-    out = p.cli("status", "--env", env, "--json", check=True).stdout
-    return json.loads(out)["environments"][env]
-
-
-def router_version(p: Project) -> str:
-    host, port = status(p)["router"].rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        conn.request("GET", "/health")
-        resp = conn.getresponse()
-        resp.read()
-        return resp.getheader("x-version") or ""
-    finally:
-        conn.close()
+from tests.helpers import router_version, status
 
 
 def set_config(p: Project, **changes: object) -> None:

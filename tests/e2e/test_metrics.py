@@ -17,8 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollwise.errors import ExitCode
 from rollwise.ports import free_port
 from tests.conftest import ROOT, Project, require_binary
-from tests.e2e.test_deploy_rollback import status
-from tests.e2e.test_progressive import FAST, run_in_background, start_load, wait_for
+from tests.helpers import FAST, run_in_background, start_load, status, wait_for
 
 TOKEN = "t0ken-for-tests-0123456789"
 EXAMPLES = ROOT / "examples" / "prometheus"

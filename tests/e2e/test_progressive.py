@@ -4,26 +4,20 @@ and example app, under load."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
-from rollwise import loadgen
 from rollwise.demo import run_demo
 from rollwise.errors import ExitCode
-from tests.conftest import EXAMPLE, Project
-from tests.e2e.test_deploy_rollback import router_version, status
-
-FAST = {"interval_s": 0.5, "checks_every_s": 1}
-
-
-def start_load(p: Project, rate: float) -> loadgen.Load:
-    host, port = status(p)["router"].rsplit(":", 1)
-    return loadgen.Load(host, int(port), rate=rate, max_duration_s=120).start()
-
-
-def failed_not_by(results: list[loadgen.Result], version: str) -> list[loadgen.Result]:
-    return [r for r in results if not 200 <= r.status < 300 and r.version != version]
+from tests.conftest import EXAMPLE
+from tests.helpers import (
+    FAST,
+    failed_not_by,
+    router_version,
+    run_in_background,
+    start_load,
+    status,
+    wait_for,
+)
 
 
 def test_demo_stops_the_bad_canary_and_promotes_the_fixed_one_without_switch_failures():
@@ -112,30 +106,6 @@ def test_given_dry_run_when_the_canary_is_bad_then_it_reports_and_does_not_act(p
     s = status(project)
     assert s["live_version"] == "1.1.0"
     assert "dry-run" in {a["decision"] for a in s["analysis"]}
-
-
-def run_in_background(p: Project, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "rollwise", *args, "-C", str(p.root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    p.background.append(proc)
-    return proc
-
-
-def wait_for(p: Project, pred, timeout: float = 60) -> dict:
-    """Polls status until pred holds; fails at once, with their output, if a background
-    command has already exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = status(p)
-        if pred(s):
-            return s
-        for proc in p.background:
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                raise AssertionError(f"{proc.args[3:5]} exited {proc.returncode} before the "
-                                     f"condition held:\n{out}\n{err}\nstatus: {s}")
-        time.sleep(0.3)
-    raise AssertionError(f"condition not met in {timeout} s: {s}")
 
 
 def test_given_a_step_waiting_for_promote_when_promoted_then_it_completes(project):

@@ -14,8 +14,7 @@ import httpx
 from rollwise.errors import ExitCode
 from rollwise.ports import free_port
 from tests.conftest import Project, require_binary
-from tests.e2e.test_deploy_rollback import router_version, status
-from tests.e2e.test_progressive import FAST, run_in_background, start_load, wait_for
+from tests.helpers import FAST, router_version, run_in_background, start_load, status, wait_for
 
 TOKEN = "t0ken-for-tests-0123456789"
 

@@ -51,7 +51,7 @@ from tests.e2e.recovery_helpers import (
     snapshot,
     status,
 )
-from tests.e2e.test_progressive import run_in_background, wait_for
+from tests.helpers import run_in_background, wait_for
 
 DATABASES = [pytest.param("sqlite", id="sqlite"),
              pytest.param("postgresql", id="postgresql", marks=pytest.mark.service),

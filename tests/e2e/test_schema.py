@@ -15,8 +15,7 @@ from sqlalchemy import create_engine, inspect, text
 from rollwise.errors import ExitCode
 from tests.component.conftest import mysql_url  # noqa: F401 (fixture)
 from tests.conftest import Project
-from tests.e2e.test_deploy_rollback import router_version, status
-from tests.e2e.test_progressive import start_load
+from tests.helpers import router_version, start_load, status
 
 ORDERS = ("-- the app also creates it, IF NOT EXISTS, for a start without migrations\n"
           "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, sku TEXT NOT NULL,\n"

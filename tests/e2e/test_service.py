@@ -18,7 +18,7 @@ import httpx
 from rollwise.agent.client import AgentClient
 from rollwise.ports import free_port
 from tests.conftest import Project, require_binary
-from tests.e2e.test_deploy_rollback import router_version, status
+from tests.helpers import router_version, status
 
 TOKEN = "t0ken-for-tests-0123456789"
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from tests.e2e.test_progressive import FAST, start_load, wait_for
+from tests.helpers import FAST, start_load, wait_for
 
 
 def test_given_a_canary_under_load_then_look_events_and_status_watch_show_it(project):

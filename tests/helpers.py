@@ -1,0 +1,65 @@
+"""Helpers the end-to-end tests share: status, the router's version, load, background
+commands and waiting for a condition."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+
+from rollwise import loadgen
+from tests.conftest import Project
+
+FAST = {"interval_s": 0.5, "checks_every_s": 1}
+
+
+def status(p: Project, env: str = "dev") -> dict:
+    out = p.cli("status", "--env", env, "--json", check=True).stdout
+    return json.loads(out)["environments"][env]
+
+
+def router_version(p: Project) -> str:
+    host, port = status(p)["router"].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("x-version") or ""
+    finally:
+        conn.close()
+
+
+def start_load(p: Project, rate: float) -> loadgen.Load:
+    host, port = status(p)["router"].rsplit(":", 1)
+    return loadgen.Load(host, int(port), rate=rate, max_duration_s=120).start()
+
+
+def failed_not_by(results: list[loadgen.Result], version: str) -> list[loadgen.Result]:
+    return [r for r in results if not 200 <= r.status < 300 and r.version != version]
+
+
+def run_in_background(p: Project, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "rollwise", *args, "-C", str(p.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.background.append(proc)
+    return proc
+
+
+def wait_for(p: Project, pred, timeout: float = 60) -> dict:
+    """Polls status until pred holds; fails at once, with their output, if a background
+    command has already exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = status(p)
+        if pred(s):
+            return s
+        for proc in p.background:
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"{proc.args[3:5]} exited {proc.returncode} before the "
+                                     f"condition held:\n{out}\n{err}\nstatus: {s}")
+        time.sleep(0.3)
+    raise AssertionError(f"condition not met in {timeout} s: {s}")
