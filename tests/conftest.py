@@ -14,6 +14,7 @@ import yaml
 
 from rollwise.agent.client import AgentClient
 from rollwise.demo import prepare_example
+from tests.forks import run_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "order-sync"
@@ -54,10 +55,12 @@ class Project:
 
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = False,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "rollwise", *args, "-C", str(self.root)],
-            capture_output=True, text=True, env={**os.environ, **(env or {})}, input=stdin,
-            timeout=180,
+        """`python -m rollwise ARGS -C ROOT`, in a process forked from one that has imported
+        rollwise already (tests/forks.py), or a new interpreter when that one is busy."""
+        argv, environ = [*args, "-C", str(self.root)], {**os.environ, **(env or {})}
+        proc = run_shared(argv, environ, stdin or "", 180) or subprocess.run(
+            [sys.executable, "-m", "rollwise", *argv],
+            capture_output=True, text=True, env=environ, input=stdin, timeout=180,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"rollwise {' '.join(args)} exited {proc.returncode}:\n"

@@ -34,28 +34,25 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib
 import json
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import yaml
 
 from rollwise.agent.client import AgentClient
 from rollwise.demo import prepare_example
-from tests.conftest import EXAMPLE, ROOT
+from tests.conftest import EXAMPLE
+from tests.forks import Forks
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
 KEYS = {"what", "run", "exit", "says", "config", "config_text", "files", "links", "fifos",
@@ -67,8 +64,6 @@ STATE_DB = Path(".rollwise/state.db")
 NOT_AS_FILES = re.compile(r"(^|/)(state\.db|orders\.db)(-wal|-shm|-journal)?$"
                           r"|^\.rollwise/envs/[^/]+/(logs/.*|agent\.log|agent\.sock)$")
 # What the commands import when they run, imported once by the forking process.
-PRELOAD = ("rollwise.cli.app", "rollwise.config.lint", "rollwise.controller.ops",
-           "sqlalchemy.dialects.sqlite")
 BOX = re.compile(r"[│╭╮╰╯─]+")  # the frame typer draws around usage errors
 
 
@@ -87,85 +82,9 @@ def run(base: Base, args: list[str], env: dict[str, str] | None = None, stdin: s
     argv = [*args, "-C", str(directory or base.root)]
     environ = {**os.environ, **base.env, **(env or {})}
     if not any(k.startswith("PYTHON") for k in env or {}):
-        return base.forks.run(argv, environ, stdin)
+        return base.forks.run(argv, environ, stdin, TIMEOUT_S)
     return subprocess.run([sys.executable, "-m", "rollwise", *argv], capture_output=True,
                           text=True, input=stdin, timeout=TIMEOUT_S, env=environ)
-
-
-class Forks:
-    """rollwise processes forked from one that has imported rollwise already: a case costs
-    a few milliseconds instead of the seconds `python -m rollwise` spends importing. A child
-    is a process of its own (environment, standard streams, exit code) that runs the same
-    `main()`; a case that changes how Python starts (a PYTHON* variable) gets a new
-    interpreter instead."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-             "from tests.e2e.test_bad_input_catalogue import serve_forks; serve_forks()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, argv: list[str], env: dict[str, str], stdin: str
-            ) -> subprocess.CompletedProcess[str]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "stdin": stdin}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, "the forking process has ended (its error is above)"
-        reply = json.loads(line)
-        return subprocess.CompletedProcess(argv, reply["code"], reply["stdout"], reply["stderr"])
-
-    def close(self) -> None:
-        self.proc.communicate(timeout=TIMEOUT_S)  # closes stdin, reads stdout out, closes it
-
-
-def serve_forks() -> None:
-    """The forking process: one JSON request a line in, one reply a line out."""
-    for name in PRELOAD:
-        importlib.import_module(name)
-
-    for line in sys.stdin:
-        sys.stdout.write(json.dumps(forked(json.loads(line))) + "\n")
-        sys.stdout.flush()
-
-
-def forked(request: dict[str, Any]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        streams = [Path(tmp, name) for name in ("stdin", "stdout", "stderr")]
-        for stream, text in zip(streams, (request["stdin"], "", ""), strict=True):
-            stream.write_text(text)
-        pid = os.fork()
-        if pid == 0:
-            child(request, streams)
-        _, status = os.waitpid(pid, 0)
-        return {"code": os.waitstatus_to_exitcode(status),
-                "stdout": streams[1].read_text(), "stderr": streams[2].read_text()}
-
-
-def child(request: dict[str, Any], streams: list[Path]) -> NoReturn:
-    """`python -m rollwise ARGV` from here on; never returns."""
-    code = 1
-    try:
-        signal.alarm(TIMEOUT_S)  # a command that hangs is killed, as subprocess.run would
-        for fd, path in enumerate(streams):
-            os.dup2(os.open(path, os.O_WRONLY if fd else os.O_RDONLY), fd)
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.argv = ["rollwise", *request["argv"]]
-        from rollwise.cli.app import main
-
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 def checked(base: Base, *args: str) -> str:
