@@ -288,6 +288,9 @@ class Router:
 class Client(asyncio.Protocol):
     """One client connection: parses requests, runs their exchanges one at a time."""
 
+    __slots__ = ("closing", "current", "deadline", "early", "exchanges", "feeding",
+                 "head_bytes", "head_raw", "headers", "in_head", "limits", "out", "parser",
+                 "paused", "peer", "router", "transport", "tunnel", "upgrading", "url")
     transport: asyncio.Transport
 
     def __init__(self, router: Router) -> None:
@@ -302,7 +305,8 @@ class Client(asyncio.Protocol):
         self.paused: set[str] = set()
         self.out: list[bytes] = []
         self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # url and headers of the head being read
+        self.head_raw = 0  # bytes read since it began (a header line may never end)
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.upgrading = False  # the parser is done: bytes wait for the upstream's answer
@@ -330,11 +334,11 @@ class Client(asyncio.Protocol):
                 self.transport.close()
             return
         if self.in_head:
-            self.head_bytes += len(data)
+            self.head_raw += len(data)
         self.feeding = True
         try:
             self.parser.feed_data(data)
-            if self.in_head and self.head_bytes > self.limits.max_head_bytes:
+            if self.in_head and self.head_raw > self.limits.max_head_bytes:
                 raise Refused(431, "request head too large")
         except httptools.HttpParserUpgrade as e:
             self.upgrading = True
@@ -382,20 +386,22 @@ class Client(asyncio.Protocol):
 
     # -- parser callbacks --
     def on_message_begin(self) -> None:
-        self.in_head, self.head_bytes, self.url, self.headers = True, 0, b"", []
+        self.in_head, self.head_bytes, self.head_raw, self.url = True, 0, 0, b""
+        self.headers = []
         self._arm(self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        self.head_bytes += len(name) + len(value)  # exact, even for a head begun mid-read
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self._disarm()
-        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-        if size > self.limits.max_head_bytes:
+        if self.head_bytes > self.limits.max_head_bytes:
             raise Refused(431, "request head too large")
         ex = Exchange.from_request(self, self.parser.get_method(), self.url, self.headers)
         self.current = ex
@@ -497,6 +503,12 @@ class Client(asyncio.Protocol):
 
 class Exchange:
     """One request and its response, between a client and an upstream connection."""
+
+    __slots__ = ("attempts", "body_bytes", "chunked", "client", "client_keep", "conn",
+                 "deadline", "deferred", "done", "http10", "interim", "keep", "kept",
+                 "kept_bytes", "method", "pending", "pending_bytes", "rechunk", "request_done",
+                 "responded", "router", "start_t", "started", "status", "task", "until_close",
+                 "up", "upgrade")
 
     def __init__(self, client: Client, up: Upstream | None, head: bytes, method: bytes,
                  chunked: bool, upgrade: bool) -> None:
@@ -826,6 +838,7 @@ class Exchange:
 class Conn(asyncio.Protocol):
     """One connection to an upstream: idle in its pool, or serving one exchange."""
 
+    __slots__ = ("ex", "headers", "parser", "reason", "transport", "tunnel", "up")
     transport: asyncio.Transport
 
     def __init__(self, up: Upstream) -> None:

@@ -76,6 +76,71 @@ class StopConfig(Strict):
     )
 
 
+HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"  # an HTTP token
+
+
+class StickyConfig(Strict):
+    cookie: str | None = Field(
+        None, pattern=HEADER_NAME_RE,
+        description="Cookie whose value names a client (a cart or session id): requests "
+        "with the same value stay on one version while it has weight.",
+    )
+    header: str | None = Field(
+        None, pattern=HEADER_NAME_RE,
+        description="Or a request header whose value names a client (e.g. X-User-Id).",
+    )
+    max_clients: int = Field(
+        100_000, ge=1, le=10_000_000,
+        description="Clients remembered (builtin: least recently seen forgotten first; "
+        "haproxy: the stick table's size). A forgotten client is placed again.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> StickyConfig:
+        if (self.cookie is None) == (self.header is None):
+            raise ValueError("sticky needs exactly one of `cookie` or `header`")
+        return self
+
+
+class CanaryHeader(Strict):
+    header: str = Field(pattern=HEADER_NAME_RE, description="Request header, e.g. X-Canary.")
+    values: list[str] = Field(
+        min_length=1,
+        description="Exact values that send a request to the canary, e.g. `[always]`, or a "
+        "staff allowlist of user ids.",
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _plain(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if not re.fullmatch(r"[!$-&(-+\-.-\[\]-~]+", x)]
+        if bad:
+            raise ValueError(f"{bad}: values are printable, without spaces, quotes, '#', "
+                             "',' or backslash")
+        return v
+
+
+class RouterLimits(Strict):
+    max_head_bytes: int = Field(
+        65536, ge=1024, le=1 << 20, description="Largest request head (431 above it).",
+    )
+    max_body_bytes: int = Field(
+        100 << 20, ge=0, description="Largest request body (413 above it); streamed, not "
+        "held in memory.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time for a request head to arrive once started (408).",
+    )
+    idle_timeout_s: float = Field(
+        75.0, gt=0, description="A keep-alive client connection idle this long is closed.",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to an instance.")
+    response_timeout_s: float = Field(
+        60.0, gt=0, description="From a request sent to its response head (504); a "
+        "streamed body (SSE) may then take as long as it needs.",
+    )
+
+
 class RouterConfig(Strict):
     type: Literal["builtin", "haproxy", "caddy"] = Field(
         "builtin",
@@ -99,6 +164,31 @@ class RouterConfig(Strict):
         default_factory=lambda: ["blue", "green"],
         description="haproxy: server names in the backend that rollwise points at instances.",
     )
+    sticky: StickyConfig | None = Field(
+        None,
+        description="builtin, haproxy: keep each client on the version it was first sent "
+        "to, so a cart does not flip mid-canary. Weights then place new clients; a client "
+        "moves only when its version's weight becomes 0 or it is removed.",
+    )
+    canary_headers: list[CanaryHeader] = Field(
+        default_factory=list,
+        description="builtin, haproxy: requests with one of these header values go to the "
+        "canary (the newest version with weight), whatever the weights.",
+    )
+    canary_map: str | None = Field(
+        None,
+        description="haproxy with canary_headers: path of the map file haproxy.cfg reads the "
+        "canary's server from (rollwise writes it and updates it at run time).",
+    )
+    limits: RouterLimits = Field(
+        default_factory=RouterLimits, description="builtin: sizes and timeouts.",
+    )
+    trust_forwarded: bool = Field(
+        False,
+        description="builtin: keep the X-Forwarded-For/-Proto/-Host a client sends (set it "
+        "when a proxy you run, e.g. a TLS terminator, is in front); otherwise they are "
+        "replaced with what the router sees.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -110,6 +200,12 @@ class RouterConfig(Strict):
     def _admin(self) -> RouterConfig:
         if self.type != "builtin" and not self.admin:
             raise ValueError(f"router type {self.type!r} needs `admin`")
+        if self.type == "caddy" and (self.sticky or self.canary_headers):
+            raise ValueError("the caddy router does not support sticky or canary_headers: "
+                             "use builtin or haproxy")
+        if self.type == "haproxy" and self.canary_headers and not self.canary_map:
+            raise ValueError("haproxy with canary_headers needs `canary_map` (a map file "
+                             "haproxy.cfg reads)")
         return self
 
     @property

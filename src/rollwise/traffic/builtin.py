@@ -6,15 +6,24 @@ from pathlib import Path
 from typing import Any
 
 from rollwise.agent.client import AgentClient
+from rollwise.config.schema import RouterConfig
 from rollwise.traffic.base import Backend
+
+
+def agent_settings(cfg: RouterConfig) -> dict[str, Any]:
+    """What the agent's router takes from `cfg`: sticky and header rules, limits."""
+    return cfg.model_dump(include={"sticky", "canary_headers", "limits", "trust_forwarded"})
 
 
 class BuiltinRouter:
     type = "builtin"
 
-    def __init__(self, env_dir: Path, env: str, listen: str) -> None:
+    def __init__(self, env_dir: Path, env: str, listen: str,
+                 cfg: RouterConfig | None = None) -> None:
         self.agent = AgentClient(env_dir, env)
         self.listen = listen
+        # without `cfg` the agent keeps the rules it has
+        self.settings: dict[str, Any] = {"router": agent_settings(cfg)} if cfg else {}
 
     def register(self, backends: list[Backend]) -> None:
         """Instances the local agent runs are registered by it; others (on a fleet's hosts)
@@ -24,7 +33,7 @@ class BuiltinRouter:
             for b in backends])
 
     def set_weights(self, weights: dict[str, int]) -> None:
-        self.agent.call("set_weights", weights=weights)
+        self.agent.call("set_weights", weights=weights, **self.settings)
 
     def weights(self) -> dict[str, int]:
         result: dict[str, int] = self.agent.call("weights")
