@@ -108,7 +108,7 @@ def with_rollwise(project: Path, env: dict[str, str], rate: float) -> dict[str, 
     time.sleep(1)
     results = load.stop()
     events = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
-    switch = next(e["ts"] for e in events if e["action"] == "step" and e["outcome"] == "ok"
+    switch = next(e["ts"] for e in events if e.get("action") == "step" and e["outcome"] == "ok"
                   and e["data"].get("step") == "switch")
     moved = loadgen.traffic_moved_ms(results, wall0, 0.0, "1.1.0") / 1000
     s = loadgen.summarize([r for r in results if r.sent_at >= wall0])

@@ -573,8 +573,8 @@ def under_load(f: Fleet, n: int, router: tuple[str, int], rate: float, timeout: 
     events = [json.loads(line) for line in proc.stderr.splitlines()
               if line.startswith("{")] if proc else []
     uploaded = sum(int(e["data"].get("uploaded_bytes", 0)) for e in events
-                   if e["action"] == "host") if proc else None
-    switched = [e["ts"] for e in events if e["action"] == "step" and e["outcome"] == "ok"
+                   if e.get("action") == "host") if proc else None
+    switched = [e["ts"] for e in events if e.get("action") == "step" and e["outcome"] == "ok"
                 and e["data"].get("step") in ("switch", "rolling:1")]
     on_hosts = versions_on_hosts(f, n)
     out = {"total_s": round(total, 2),

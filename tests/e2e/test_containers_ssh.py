@@ -1,9 +1,11 @@
 """Containers on SSH hosts (`target: {type: ssh, runtime: container}`): the example image
 (busybox httpd and CGI scripts) run with rootful podman on three real OpenSSH hosts (sshd in
 network namespaces, each host with its own container storage: see tests/fleethosts.py),
-behind the embedded router. Images reach the hosts streamed over SSH (`podman save` into
-`podman load`) or pulled from a real registry; a rolling deploy and a rollback under load,
-status with each host's containers and their image IDs, an unreachable host named."""
+behind the embedded router or HAProxy. Images reach the hosts streamed over SSH (`podman
+save` into `podman load`) or pulled from a real registry; a rolling deploy and a rollback
+under load, status with each host's containers and their image IDs, a bad image halted on
+its first host, an unreachable host named, blue-green behind HAProxy. The first tests need
+no host: what the target runs, as data."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bench.switch import process
 
 from rollwise import loadgen
 from rollwise.config.schema import ImageConfig, ProjectConfig
@@ -25,7 +28,7 @@ from rollwise.errors import ExitCode, RollwiseError
 from rollwise.ports import free_port
 from rollwise.targets.container import run_argv
 from rollwise.targets.ssh import pick_ports
-from tests.conftest import Project
+from tests.conftest import Project, require_binary
 from tests.e2e import test_containers as single
 from tests.fleethosts import Fleet, Host, fleet
 
@@ -157,7 +160,7 @@ def shop(tmp_path: Path, base_image: dict[str, str],
 def host_events(stderr: str) -> list[dict[str, Any]]:
     """The per-host progress events of a command run with `--progress json`."""
     events = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
-    return [e["data"] for e in events if e["action"] == "host"]
+    return [e["data"] for e in events if e.get("action") == "host"]
 
 
 def failed(results: list[loadgen.Result]) -> list[loadgen.Result]:
@@ -260,3 +263,37 @@ def test_hosts_pull_a_pushed_image_from_the_registry(shop: Shop, tmp_path: Path)
     finally:
         registry.kill()
         registry.wait(10)
+
+
+def test_blue_green_behind_haproxy_switches_the_hosts_containers(shop: Shop,
+                                                                 tmp_path: Path) -> None:
+    """HAProxy (its runtime API) as the front: it reaches each host's containers on the
+    host's address; the switch and the rollback fail no request."""
+    exe = require_binary("haproxy", "apt-get install -y haproxy")
+    d, port = tmp_path / "haproxy", free_port()
+    d.mkdir()
+    slots = [f"s{i}" for i in range(2 * HOSTS)]  # old and new on each host
+    servers = "".join(f"  server {s} 127.0.0.1:{free_port()} weight 0\n" for s in slots)
+    (d / "haproxy.cfg").write_text(
+        f"global\n  stats socket {d}/admin.sock level admin\n  maxconn 4096\n"
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n"
+        f"  timeout server 30s\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n"
+        f"backend be\n  balance roundrobin\n{servers}")
+    shop.p.configure(router={"type": "haproxy", "admin": str(d / "admin.sock"),
+                             "backend": "be", "slots": slots},
+                     strategy={"type": "blue-green", "bake_s": 2})
+    shop.release("1.0.0")
+    shop.release("1.1.0")
+    with process([exe, "-f", str(d / "haproxy.cfg")], port, d / "log"):
+        shop.cli("deploy", "1.0.0", "--env", "dev", check=True)
+        load = loadgen.Load("127.0.0.1", port, rate=60, max_duration_s=120,
+                            path="/cgi-bin/orders").start()
+        deploy = shop.cli("deploy", "1.1.0", "--env", "dev")
+        assert deploy.returncode == 0, deploy.stderr
+        assert shop.versions() == {h.name: ["1.1.0"] for h in shop.f.hosts}
+        back = shop.cli("rollback", "--env", "dev", "--yes")
+        results = load.stop()
+    assert back.returncode == 0, back.stderr
+    assert shop.versions() == {h.name: ["1.0.0"] for h in shop.f.hosts}
+    assert len(results) >= 100 and failed(results) == []
+    assert {r.version for r in results} == {"1.0.0", "1.1.0"}

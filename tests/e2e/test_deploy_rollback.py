@@ -279,15 +279,19 @@ def test_progress_json_writes_every_event_as_one_json_line(project):
     res = project.cli("--progress", "json", "deploy", "1.0.0", "--env", "dev", check=True)
     events = [json.loads(line) for line in res.stderr.splitlines()]  # every line is JSON
     steps = [e["data"]["step"] for e in events
-             if e["action"] == "step" and e["outcome"] == "ok"]
+             if e.get("action") == "step" and e["outcome"] == "ok"]
     assert steps[0] == "verify" and steps[-1] == "finalize" and "switch" in steps
-    assert events[-1]["action"] == "deploy" and events[-1]["outcome"] == "succeeded"
-    assert all(e["env"] == "dev" and e["actor"] for e in events if e["action"] == "step")
+    assert events[-2]["action"] == "deploy" and events[-2]["outcome"] == "succeeded"
+    assert events[-1] == {"result": "ok", "exit_code": 0}  # the stream always ends with one
+    assert all(e["env"] == "dev" and e["actor"] for e in events if e.get("action") == "step")
     bad = project.cli("--progress", "json", "deploy", "9.9.9", "--env", "dev")
     assert json.loads(bad.stderr.splitlines()[-1]) == {
         "error": "release 9.9.9 does not exist", "where": "version",
         "hint": "releases you can use: 1.0.0 (`rollwise release list`)", "exit_code": 7}
     assert project.cli("--progress", "loud", "status").returncode == 2
+    usage = project.cli("--progress", "json", "deploy", "--env", "dev")
+    assert usage.returncode == 2
+    assert json.loads(usage.stderr.splitlines()[-1]) == {"result": "error", "exit_code": 2}
 
 
 def test_logs_show_what_each_instance_wrote_and_name_an_unknown_one(project):

@@ -115,7 +115,7 @@ def _fmt(d: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in d.items() if v not in (None, [], {}))
 
 
-PROGRESS = {"mode": "auto"}  # set by the --progress option
+PROGRESS = {"mode": "auto"}  # set by the --progress option; "ended" once a result is out
 LIVE = {"on": False}  # a live panel on stderr instead of host and look lines
 
 
@@ -194,6 +194,7 @@ def _run(fn: Callable[[], T], as_json: bool = False) -> T:
             sys.stderr.write(json.dumps({"error": e.message, "where": e.where or None,
                                          "hint": e.hint or None,
                                          "exit_code": int(e.code)}) + "\n")
+            PROGRESS["ended"] = "error"
         else:
             err.print(Text.assemble(("error:", "red"), " ", str(e)))
         if as_json:
@@ -1221,4 +1222,12 @@ def kube_apply(version: Annotated[str, typer.Argument(help="Release version.")],
 
 def main() -> None:
     os.umask(0o077)  # every file rollwise (and the agent it starts) creates: owner only
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if PROGRESS["mode"] == "json" and not PROGRESS.get("ended"):
+            # the stream always ends with one result object (an error wrote its own)
+            sys.stderr.write(json.dumps({"result": "ok" if code == 0 else "error",
+                                         "exit_code": code}) + "\n")
+        raise
