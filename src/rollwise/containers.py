@@ -176,16 +176,12 @@ def tls(cfg: ImageConfig) -> list[str]:
     return [] if cfg.tls_verify else ["--tls-verify=false"]
 
 
-def pushed(meta: dict[str, Any]) -> list[str]:
-    """The registry digests a release's image can be pulled by (not local names)."""
-    return [d for d in meta.get("repo_digests", []) if not d.startswith("localhost/")]
-
-
 def pull(runner: Runner, cfg: ImageConfig, meta: dict[str, Any]) -> str | None:
     """Bring a release's image back: by a registry digest first (immutable), then by its
     reference; returns why it failed, or None when the image with the recorded ID is there."""
     tried = []
-    for ref in [*pushed(meta), str(meta["ref"])]:
+    refs = [d for d in meta.get("repo_digests", []) if not d.startswith("localhost/")]
+    for ref in [*refs, str(meta["ref"])]:
         proc = runner.run(["pull", *tls(cfg), ref], check=False)
         if proc.returncode == 0 and image_id(runner, str(meta["id"])) is not None:
             return None

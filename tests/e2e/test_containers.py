@@ -97,8 +97,10 @@ def copy_example(root: Path) -> None:
     """The example project at `root`, its image built on the imported base."""
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".rollwise"))
     containerfile = root / "Containerfile"  # no registry here: the base is a local import
+    # the app's name in the image: the same files built by two workers would otherwise be
+    # one cached image (one ID, its tags and registry digests seen by both)
     containerfile.write_text(re.sub(r"(?m)^FROM .*$", f"FROM {BASE}",
-                                    containerfile.read_text()))
+                                    containerfile.read_text()) + f"LABEL test.app={APP}\n")
 
 
 def write_app(root: Path, status: str, crash: bool = False) -> None:

@@ -100,7 +100,7 @@ class ContainerTarget:
                archive: _Archive) -> None:
         t0, sent, how = time.monotonic(), 0, "present"
         if containers.image_id(runner, meta["id"]) is None:
-            if runner.remote and not containers.pushed(meta):
+            if runner.remote and not self.image.push:
                 sent, how = self._send(runner, archive), "loaded"
             elif (why := containers.pull(runner, self.image, meta)) is not None:
                 raise NotFound(
