@@ -210,6 +210,7 @@ def test_a_rolling_deploy_and_a_rollback_on_three_hosts_fail_no_request(shop: Sh
         sorted((h.address, ids["1.1.0"]) for h in shop.f.hosts)
     text = shop.cli("status", "--env", "dev", check=True).stdout
     assert all(f"on {h.address}:" in text for h in shop.f.hosts)
+    assert text.count(f" image {ids['1.0.0'][:19]}") == len(shop.f.hosts), text
     logs = json.loads(shop.cli("logs", "--env", "dev", "--json", check=True).stdout)
     assert sorted(r["host"] for r in logs) == sorted(h.address for h in shop.f.hosts)
 

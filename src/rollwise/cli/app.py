@@ -553,8 +553,9 @@ def _print_env(name: str, s: dict[str, Any]) -> None:
         w = s["weights"].get(i["name"], 0)
         where = f"port {i['port']}" if i["host"] == "127.0.0.1" else \
             f"on {i['host']}:{i['port']}"
+        image = f" image {str(i['image'])[:19]}" if i.get("image") else ""
         out.print(f"  {i['name']} {where} weight {w} "
-                  f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}")
+                  f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}{image}")
     if s["lock"]:
         out.print(f"  locked by {s['lock']['holder']} (token {s['lock']['token']})")
     if s["in_progress"]:
