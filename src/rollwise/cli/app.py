@@ -635,6 +635,47 @@ def sd(env: AnyEnvOpt = None,
 
 
 @app.command()
+def report(env: AnyEnvOpt = None,
+           since: Annotated[str, typer.Option(
+               "--since", help="Period: the last 30d, 12h, 2w... up to now.")] = "30d",
+           html_file: Annotated[Path | None, typer.Option(
+               "--html", help="Also write a self-contained HTML page with charts here.")] = None,
+           directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Delivery figures per environment: deployments per day, lead time for changes,
+    change failure rate and time to restore (median, p90), from rollwise's records
+    (docs/report.md). Only reads."""
+    import time
+
+    from rollwise import report as rp
+    from rollwise.store import repo
+
+    def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        try:
+            span = rp.parse_duration_s(since)
+        except ValueError as e:
+            raise UsageError(f"--since {e}", hint="for example --since 30d") from None
+        ctx = _ctx(directory, quiet=True)
+        if env:
+            ctx.env(env)
+        deps = repo.list_deployments(ctx.engine, env, 10_000_000)
+        times = rp.commit_times(ctx.root, repo.list_releases(ctx.engine, include_pruned=True))
+        now = time.time()
+        return rp.figures(deps, times.get, rp.Period(now - span, now)), deps
+
+    figures, deps = _run(go, as_json)
+    if html_file is not None:
+        html_file.write_text(rp.html_page(figures, deps, f"rollwise delivery report, last "
+                                                          f"{since}"))
+    if as_json:
+        _emit_json(figures)
+        return
+    table = rp.table(figures, f"last {since}")
+    out.print(table)
+    if html_file is not None:
+        out.print(f"wrote {html_file}")
+
+
+@app.command()
 def history(env: AnyEnvOpt = None,
             limit: Annotated[int, typer.Option(min=1, max=100_000,
                                                help="How many, newest first.")] = 20,
