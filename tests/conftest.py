@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -101,7 +102,7 @@ class Project:
             self.cli("release", "create", "--version", v, check=True)
         (self.root / "faults.json").unlink(missing_ok=True)
 
-    def configure(self, **settings: object) -> None:
+    def configure(self, **settings: Any) -> None:
         """Replace settings of the `dev` environment in rollwise.yaml."""
         path = self.root / "rollwise.yaml"
         cfg = yaml.safe_load(path.read_text())

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import cast
 
 from rollwise import loadgen
 from tests.conftest import Project
@@ -59,7 +60,8 @@ def wait_for(p: Project, pred, timeout: float = 60) -> dict:
         for proc in p.background:
             if proc.poll() is not None:
                 out, err = proc.communicate()
-                raise AssertionError(f"{proc.args[3:5]} exited {proc.returncode} before the "
+                argv = cast(list[str], proc.args)  # run_in_background passes a list
+                raise AssertionError(f"{argv[3:5]} exited {proc.returncode} before the "
                                      f"condition held:\n{out}\n{err}\nstatus: {s}")
         time.sleep(0.3)
     raise AssertionError(f"condition not met in {timeout} s: {s}")

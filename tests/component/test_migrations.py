@@ -122,7 +122,12 @@ def test_given_sqlite_busy_in_another_transaction_then_the_migration_waits_its_t
     other = create_engine(url)
     conn = other.connect()
     conn.exec_driver_sql("BEGIN IMMEDIATE")
-    threading.Timer(0.5, lambda: (conn.rollback(), conn.close())).start()
+
+    def let_go() -> None:
+        conn.rollback()
+        conn.close()
+
+    threading.Timer(0.5, let_go).start()
     assert runner.upgrade(up_path(ms, set(), None)) == ["0001_orders.up.sql",
                                                        "0002_channel.up.sql"]
     other.dispose()

@@ -192,7 +192,7 @@ def test_given_a_manifest_the_restore_does_not_match_then_nothing_is_swapped_in(
     lying_rows = dataclasses.replace(m, tables={**m.tables, "orders": {
         **m.tables["orders"], "rows": 1}})
     shape = m.structure["orders"]
-    extra = {"name": "ix_orders_extra", "columns": ["qty"], "unique": False}
+    extra: backups.Index = {"name": "ix_orders_extra", "columns": ["qty"], "unique": False}
     lying_keys = dataclasses.replace(m, structure={**m.structure, "orders": {
         **shape, "indexes": [*shape["indexes"], extra]}})
 
@@ -318,7 +318,8 @@ def test_given_writes_while_the_backup_runs_then_its_manifest_describes_the_dump
     app_at_backup_time(url)
     if url.startswith("sqlite"):
         run(url, "PRAGMA journal_mode=WAL")
-    stop, written = threading.Event(), []
+    stop = threading.Event()
+    written: list[int] = []
 
     def app_writes() -> None:
         engine = create_engine(url)

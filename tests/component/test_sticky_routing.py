@@ -43,14 +43,15 @@ def routed(request: pytest.FixtureRequest, tmp_path: Path
         yield router, f"http://127.0.0.1:{port}/", bs
 
 
-def versions(url: str, carts: list[str], rounds: int = 1, **headers: str
-             ) -> dict[str, set[str]]:
+def versions(url: str, carts: list[str], rounds: int = 1,
+             headers: dict[str, str] | None = None) -> dict[str, set[str]]:
     """Which versions answered each cart, over `rounds` requests per cart."""
     seen: dict[str, set[str]] = {}
     with httpx.Client(timeout=5) as client:
         for n in range(rounds):  # a new order each round: round robin alone cannot pass
             for cart in random.Random(n).sample(carts, len(carts)):
-                r = client.post(url, content=b"{}", headers={"cookie": f"cart={cart}", **headers})
+                r = client.post(url, content=b"{}",
+                                headers={"cookie": f"cart={cart}", **(headers or {})})
                 assert r.status_code == 200
                 seen.setdefault(cart, set()).add(r.headers["x-version"])
     return seen
@@ -71,9 +72,9 @@ def test_given_a_canary_header_then_every_matching_request_goes_to_the_canary(ro
     router, url, (v1, v2) = routed
     router.set_weights({v1.name: 90, v2.name: 10})
 
-    forced = versions(url, CARTS, **{"X-Canary": "always"})
-    staff = versions(url, ["s1", "s2", "s3"], rounds=10, **{"X-Staff": "bob"})
-    others = versions(url, CARTS, **{"X-Staff": "mallory"})
+    forced = versions(url, CARTS, headers={"X-Canary": "always"})
+    staff = versions(url, ["s1", "s2", "s3"], rounds=10, headers={"X-Staff": "bob"})
+    others = versions(url, CARTS, headers={"X-Staff": "mallory"})
 
     assert Counter(v for vs in forced.values() for v in vs) == {"v2": len(CARTS)}
     assert Counter(v for vs in staff.values() for v in vs) == {"v2": 3}

@@ -252,7 +252,13 @@ def test_kube_manifests_need_settings_and_an_image_nodes_can_pull(shop):
                    capture_output=True, timeout=60)
 
 
-def start_registry(tmp_path: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+class Registry(subprocess.Popen[bytes]):
+    """A registry's process, and the address it listens on."""
+
+    address: str
+
+
+def start_registry(tmp_path: Path, host: str = "127.0.0.1") -> Registry:
     """A real registry (Debian's docker-registry) on `host`, without TLS; its address is
     `.address`. The caller kills it."""
     exe = require_binary("docker-registry", "apt-get install -y docker-registry")
@@ -261,8 +267,8 @@ def start_registry(tmp_path: Path, host: str = "127.0.0.1") -> subprocess.Popen[
     (d / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
                                   f"{d / 'data'}\nhttp:\n  addr: {host}:{port}\n")
     with (d / "log").open("wb") as log:
-        proc = subprocess.Popen([exe, "serve", str(d / "config.yml")], stdout=log, stderr=log)
-    proc.address = f"{host}:{port}"  # type: ignore[attr-defined]
+        proc = Registry([exe, "serve", str(d / "config.yml")], stdout=log, stderr=log)
+    proc.address = f"{host}:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -274,7 +280,7 @@ def start_registry(tmp_path: Path, host: str = "127.0.0.1") -> subprocess.Popen[
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def registry(tmp_path: Path) -> Iterator[Registry]:
     proc = start_registry(tmp_path)
     try:
         yield proc

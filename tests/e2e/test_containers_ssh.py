@@ -51,7 +51,7 @@ def test_on_a_host_a_container_shares_its_network_and_listens_on_the_hosts_addre
         "--label", "io.rollwise.app=shop", "--label", "io.rollwise.instance=1.1.0-ab12cd-0",
         "-e", "PORT", "-e", "TOKEN", "--memory", "128m", "--cpus", "0.5", "sha256:feed",
         "/bin/sh", "/www/start.sh", "12000"]
-    here = run_argv(*args[:2], "serve --bind {host}:{port}", *args[3:], host_network=False)
+    here = run_argv(args[0], args[1], "serve --bind {host}:{port}", *args[3:], host_network=False)
     assert here[4:6] == ["-p", "10.0.0.2:12000:12000"]
     assert here[-3:] == ["serve", "--bind", "0.0.0.0:12000"]
 

@@ -43,7 +43,13 @@ def serve(p: Project, extra_env: dict[str, str] | None = None) -> str:
          "-C", str(p.root)], env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN,
                                   **(extra_env or {})},
         stdout=subprocess.DEVNULL, stderr=log)
-    p.cleanups.append(lambda: (proc.terminate(), proc.wait(timeout=30), log.close()))
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+    p.cleanups.append(stop)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:

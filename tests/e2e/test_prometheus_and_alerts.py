@@ -94,7 +94,12 @@ def _start_prometheus(p: Project) -> str:
         [binary, f"--config.file={cfg}", f"--storage.tsdb.path={p.root / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    p.cleanups.append(lambda: (proc.terminate(), proc.wait(timeout=30)))
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    p.cleanups.append(stop)
     url = f"http://127.0.0.1:{port}"
     for _ in range(150):
         try:
@@ -113,7 +118,13 @@ def _serve(p: Project) -> str:
         [sys.executable, "-m", "rollwise", "serve", "--listen", f"127.0.0.1:{port}",
          "-C", str(p.root)], env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN},
         stdout=subprocess.DEVNULL, stderr=log)
-    p.cleanups.append(lambda: (proc.terminate(), proc.wait(timeout=30), log.close()))
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+    p.cleanups.append(stop)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:

@@ -35,7 +35,13 @@ def start(p: Project, exec_start: str, cwd: Path, env: dict[str, str] | None = N
     proc = subprocess.Popen(shlex.split(exec_start), cwd=cwd, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})})
-    p.cleanups.append(lambda: (proc.poll() is None and proc.kill(), proc.wait(timeout=30)))
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+    p.cleanups.append(stop)
     return proc
 
 
@@ -68,7 +74,8 @@ def test_given_the_units_then_the_agent_outlives_a_restart_and_serve_answers(pro
     wait(lambda: client.alive() is not None)
     project.release("1.0.0")
     project.cli("deploy", "1.0.0", check=True)
-    assert client.alive()["pid"] == agent.pid  # the CLI used the service's agent
+    alive = client.alive()
+    assert alive is not None and alive["pid"] == agent.pid  # the CLI used the service's agent
     assert router_version(project) == "1.0.0"
     instance_pids = [i["pid"] for i in client.call("instances")]
     agent.send_signal(signal.SIGTERM)  # systemctl stop (KillMode=mixed: the agent first)
@@ -79,7 +86,8 @@ def test_given_the_units_then_the_agent_outlives_a_restart_and_serve_answers(pro
     wait(lambda: client.alive() is not None)
     wait(lambda: all(i["alive"] for i in client.call("instances")) and
          bool(client.call("instances")))
-    assert client.alive()["pid"] == again.pid
+    alive = client.alive()
+    assert alive is not None and alive["pid"] == again.pid
     assert router_version(project) == "1.0.0"  # back with no rollwise command run
     s = status(project)
     assert s["live_version"] == "1.0.0" and s["healthy"], s

@@ -361,7 +361,7 @@ def test_given_a_forged_newest_line_then_the_next_checkpoint_does_not_chain_onto
 
 def test_given_the_checkpointer_when_an_operation_ends_then_a_checkpoint_covers_it(
         engine, settings):
-    emitted = []
+    emitted: list[Event] = []
     after = audit.checkpointer(engine, settings, emitted.append)
 
     after(Event(action="deploy", outcome="started", actor="ana"))
@@ -377,7 +377,7 @@ def test_given_a_failing_checkpoint_when_an_operation_ends_then_it_is_reported_n
         engine, settings):
     audit.checkpoint(engine, settings)
     settings.key_file.unlink()
-    emitted = []
+    emitted: list[Event] = []
 
     audit.checkpointer(engine, settings, emitted.append)(
         Event(action="rollback", outcome="succeeded", actor="ana", env="prod"))

@@ -10,7 +10,7 @@ from rollwise.controller import instances
 
 def test_instances_that_never_drain_share_one_timeout(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(instances.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr("rollwise.controller.instances.time.monotonic", lambda: clock[0])
     given: list[float] = []
 
     def drain(name: str, timeout: float) -> int:  # a keep-alive client never lets go
@@ -28,7 +28,7 @@ def test_instances_that_never_drain_share_one_timeout(monkeypatch):
 
 def test_instances_that_drain_at_once_leave_the_rest_of_the_time(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(instances.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr("rollwise.controller.instances.time.monotonic", lambda: clock[0])
     given: list[float] = []
 
     def drain(name: str, timeout: float) -> int:

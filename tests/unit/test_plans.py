@@ -1,5 +1,7 @@
 """Plans and decisions are plain data: compared by equality."""
 
+from typing import Any
+
 from rollwise import domain as d
 from rollwise.artifacts import prune_plan
 from rollwise.traffic.caddy import handler_patch
@@ -161,10 +163,11 @@ def test_given_rolling_when_planning_then_one_step_per_batch_and_the_last_retire
 
 
 def test_given_down_first_then_a_rollback_migrates_down_before_the_older_release_starts():
-    kw = {"env": "dev", "kind": d.ROLLBACK, "to_version": "1.0.0", "sha256": "s",
-          "from_version": "1.1.0", "old": [d.InstancePlan("1.1.0-a-0", "1.1.0", H, 9000)],
-          "endpoints": at(9001), "suffix": "b", "pre_hooks": False, "post_hooks": False,
-          "migrate_down": True}
+    kw: dict[str, Any] = {
+        "env": "dev", "kind": d.ROLLBACK, "to_version": "1.0.0", "sha256": "s",
+        "from_version": "1.1.0", "old": [d.InstancePlan("1.1.0-a-0", "1.1.0", H, 9000)],
+        "endpoints": at(9001), "suffix": "b", "pre_hooks": False, "post_hooks": False,
+        "migrate_down": True}
     after = d.plan_deployment(**kw).names()
     first = d.plan_deployment(**kw, down_first=True).names()
     assert after == (d.VERIFY, d.UNPACK, d.START, d.HEALTH, d.SWITCH, d.MIGRATE_DOWN,
@@ -177,15 +180,16 @@ def test_given_a_plan_stored_by_the_previous_version_then_it_reads_as_typed_step
     """Plans written before steps were typed name each step as text (`canary:10` with its
     stage in `stages`, `rolling:2`) and give instances no host; a deployment interrupted
     then must still recover."""
-    stored = {"env": "prod", "kind": "deploy", "to_version": "1.1.0", "sha256": "ab",
-              "from_version": "1.0.0",
-              "new": [{"name": "1.1.0-bbbbbb-0", "version": "1.1.0", "port": 9100}],
-              "old": [{"name": "1.0.0-aaaaaa-0", "version": "1.0.0", "port": 9000}],
-              "steps": ["verify", "unpack", "start", "health", "canary:1", "canary:10",
-                        "switch", "checks", "bake", "drain", "stop_old", "finalize"],
-              "stages": [{"weight": 1, "pause_s": 30.0, "until_promote": False},
-                         {"weight": 10, "pause_s": 60.0, "until_promote": True}],
-              "bake_s": 60.0, "batch_size": 0, "pause_s": 0.0}
+    stored: dict[str, Any] = {
+        "env": "prod", "kind": "deploy", "to_version": "1.1.0", "sha256": "ab",
+        "from_version": "1.0.0",
+        "new": [{"name": "1.1.0-bbbbbb-0", "version": "1.1.0", "port": 9100}],
+        "old": [{"name": "1.0.0-aaaaaa-0", "version": "1.0.0", "port": 9000}],
+        "steps": ["verify", "unpack", "start", "health", "canary:1", "canary:10",
+                  "switch", "checks", "bake", "drain", "stop_old", "finalize"],
+        "stages": [{"weight": 1, "pause_s": 30.0, "until_promote": False},
+                   {"weight": 10, "pause_s": 60.0, "until_promote": True}],
+        "bake_s": 60.0, "batch_size": 0, "pause_s": 0.0}
     plan = d.Plan.from_dict(stored)
     assert plan.steps[4:6] == (d.Stage(1, 30.0), d.Stage(10, 60.0, True))
     assert plan.names() == tuple(stored["steps"])

@@ -18,7 +18,9 @@ def history(seed: int, n: int) -> tuple[list[dict], dict[str, float]]:
     rolled back by their analysis, deploys that fail or are aborted before traffic moves,
     and rollbacks of a live release some time later."""
     rng = random.Random(seed)
-    rows, commits, live = [], {}, {"prod": None, "staging": None}
+    rows: list[dict] = []
+    commits: dict[str, float] = {}
+    live: dict[str, str | None] = {"prod": None, "staging": None}
     t = START
     for i in range(n):
         env = rng.choice(["prod", "prod", "staging"])
@@ -56,10 +58,10 @@ def expected(rows: list[dict], commits: dict[str, float], period: Period, env: s
         inside = period.since <= r["created_at"] < period.until
         if r["kind"] == "rollback":
             rollbacks += inside
-            if open_change is not None and open_change["to_version"] == r["from_version"]:
-                if period.since <= open_change["created_at"] < period.until:
-                    failures += 1
-                    restore.append(r["updated_at"] - open_change["updated_at"])
+            if (open_change is not None and open_change["to_version"] == r["from_version"]
+                    and period.since <= open_change["created_at"] < period.until):
+                failures += 1
+                restore.append(r["updated_at"] - open_change["updated_at"])
             open_change = None
             continue
         if r["status"] == "succeeded":

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -9,11 +10,11 @@ import pytest
 from rollwise import retry
 
 
-def answers(*items: object) -> Callable[[], object]:
+def answers(*items: object) -> Callable[[], Any]:
     """A call that returns (or raises) each item in turn."""
     it: Iterator[object] = iter(items)
 
-    def next_answer() -> object:
+    def next_answer() -> Any:
         item = next(it)
         if isinstance(item, BaseException):
             raise item
