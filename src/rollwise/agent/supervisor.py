@@ -8,9 +8,13 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rollwise.errors import RollwiseError
+from rollwise.ports import claim, free_ports
 
 PR_SET_PDEATHSIG = 1
 MAX_RESTARTS = 5
@@ -26,12 +30,13 @@ class InstanceSpec:
     env: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)  # in memory only, never written
     host: str = "127.0.0.1"  # the address the instance listens on
+    ports: list[int] | None = None  # [first, last] it may move to (target.ports)
 
     def record(self) -> dict[str, Any]:
         """What may be written to disk: the secrets by name, never their values."""
         return {"name": self.name, "version": self.version, "command": self.command,
                 "cwd": self.cwd, "port": self.port, "host": self.host, "env": dict(self.env),
-                "secret_names": sorted(self.secrets)}
+                "ports": self.ports, "secret_names": sorted(self.secrets)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], secrets: dict[str, str]) -> InstanceSpec:
@@ -50,6 +55,7 @@ class Instance:
     log: Path
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    moves: int = 0  # to another port, when its own was taken before it bound it
     stopping: bool = False
     started_at: float = 0.0
     last_exit: int | None = None
@@ -59,7 +65,7 @@ class Instance:
         alive = self.proc is not None and self.proc.returncode is None
         return {"name": self.spec.name, "version": self.spec.version, "port": self.spec.port,
                 "pid": self.proc.pid if self.proc else None, "alive": alive,
-                "restarts": self.restarts, "last_exit": self.last_exit,
+                "restarts": self.restarts, "moves": self.moves, "last_exit": self.last_exit,
                 "log": str(self.log)}
 
 
@@ -69,9 +75,11 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path,
+                 moved: Callable[[InstanceSpec], None] | None = None) -> None:
         self.log_dir = log_dir
         self.instances: dict[str, Instance] = {}
+        self.moved = moved  # told when an instance moves to another port
 
     async def start(self, spec: InstanceSpec) -> Instance:
         inst = self.instances.get(spec.name)
@@ -101,13 +109,34 @@ class Supervisor:
     async def _watch(self, inst: Instance) -> None:
         while inst.proc is not None:
             inst.last_exit = await inst.proc.wait()
-            if inst.stopping or inst.restarts >= MAX_RESTARTS:
+            if inst.stopping:
+                return
+            if self._move(inst):  # its port was taken before it bound it: not a crash
+                await self._spawn(inst)
+                continue
+            if inst.restarts >= MAX_RESTARTS:
                 return
             inst.restarts += 1
             await asyncio.sleep(min(5.0, 0.2 * 2 ** inst.restarts))
             if inst.stopping:
                 return
             await self._spawn(inst)
+
+    def _move(self, inst: Instance) -> bool:
+        """After an exit: when another process now holds the instance's port (taken between
+        choosing it and the instance binding it), give the instance a free one."""
+        spec = inst.spec
+        if inst.moves >= MAX_RESTARTS or claim([spec.port], 1, spec.host):
+            return False
+        span = range(spec.ports[0], spec.ports[1] + 1) if spec.ports else None
+        try:
+            spec.port = free_ports(1, spec.host, span)[0]
+        except RollwiseError:
+            return False
+        inst.moves += 1
+        if self.moved is not None:
+            self.moved(spec)
+        return True
 
     async def stop(self, name: str, grace: float) -> int | None:
         inst = self.instances.get(name)

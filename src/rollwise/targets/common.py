@@ -31,7 +31,8 @@ def wait_ready(name: str, endpoint: Endpoint, health: HealthConfig,
                 where=f"{now.log if now else name}",
                 hint="read the instance log above; the previous version keeps serving",
             )
-        status, last = probe(endpoint, health)
+        at = endpoint if now.port == endpoint.port else Endpoint(endpoint.host, now.port)
+        status, last = probe(at, health)  # the agent may have moved it to a free port
         ok = ok + 1 if 200 <= status < 300 else 0
         if ok >= health.successes:
             return

@@ -58,7 +58,8 @@ class LocalTarget:
         plain, secrets = split(env)
         spec = {"name": name, "version": version, "command": command,
                 "cwd": str(self.env_dir / "releases" / version), "port": endpoint.port,
-                "host": endpoint.host, "env": plain, "secrets": secrets}
+                "host": endpoint.host, "env": plain, "secrets": secrets,
+                "ports": [self.ports[0], self.ports[-1]] if self.ports else None}
         self.agent.call("start", spec=spec)
 
     def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
