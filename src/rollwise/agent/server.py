@@ -35,7 +35,7 @@ class Agent:
         self.listen = listen
         self.listener: asyncio.Server | None = None
         self.router = Router()
-        self.supervisor = Supervisor(env_dir / "logs")
+        self.supervisor = Supervisor(env_dir / "logs", self._moved)
         self.state_file = env_dir / "agent.json"
         # instances restored from agent.json whose secrets were not given again yet
         self.waiting: dict[str, dict[str, Any]] = {}
@@ -111,6 +111,12 @@ class Agent:
         self.router.add(spec.name, spec.version, spec.host, spec.port)
         self.save()
         return inst.status()
+
+    def _moved(self, spec: InstanceSpec) -> None:
+        """An instance moved to another port (its own was taken before it bound it): the
+        router sends to the new one."""
+        self.router.add(spec.name, spec.version, spec.host, spec.port)
+        self.save()
 
     async def op_stop(self, msg: dict[str, Any]) -> Any:
         name = msg["name"]
