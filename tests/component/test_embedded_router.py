@@ -349,3 +349,29 @@ def test_given_no_upstream_with_weight_then_503_and_the_connection_stays_open(pr
 
     assert (first.status_code, second.status_code) == (503, 503)
     assert first.headers.get("connection") != "close"
+
+
+def test_given_a_slow_reader_of_a_large_response_then_the_next_request_still_works(proxy):
+    big = b"z" * (8 << 20)  # far more than socket buffers: the router must pause and resume
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while (got := await read_request(reader, conn)) is not None:
+            writer.write(respond(conn, 200, big if got[0].target == b"/big" else b"small"))
+            await writer.drain()
+
+    proxy.upstream("v1-big", "v1", large)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)  # buffers fill up while the client does not read
+        got = b""
+        while len(got) < len(big) or b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        s.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+        after = b""
+        while not after.endswith(b"small"):
+            after += s.recv(65536)
+
+    assert got.endswith(big) and len(got) < len(big) + 200
+    assert after.startswith(b"HTTP/1.1 200 ")
+    assert proxy.accepted["v1-big"] == 1  # the pooled connection came back usable

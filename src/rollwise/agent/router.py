@@ -750,6 +750,7 @@ class Exchange:
             self.conn.ex = None
             self.conn.transport.close()
             self.conn = None
+        self.client.resume("upstream")  # that connection's full buffer is gone with it
         up = self.up
         self.router.stats.setdefault(up.version, VersionStats()).conn_errors += 1
         up.close_pool()  # its siblings are likely just as stale
@@ -896,6 +897,7 @@ class Conn(asyncio.Protocol):
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
         if len(self.up.pool) < POOL_MAX and not self.transport.is_closing():
+            self.transport.resume_reading()  # a slow client may have paused it
             self.up.pool.append(self)
         else:
             self.transport.close()
