@@ -17,7 +17,8 @@ import httpx
 import pytest
 import uvloop
 
-from rollwise.agent.router import Router, serve
+from rollwise.agent.proxy import serve
+from rollwise.agent.router import Router
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

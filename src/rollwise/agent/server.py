@@ -21,7 +21,7 @@ from typing import Any
 
 from rollwise import __version__, artifacts
 from rollwise.agent import socket_path
-from rollwise.agent.router import Router, serve
+from rollwise.agent.router import Router
 from rollwise.agent.supervisor import InstanceSpec, Supervisor
 from rollwise.ports import free_ports, parse_address
 from rollwise.private import close_tree, replace_private
@@ -158,6 +158,8 @@ class Agent:
         """Move the router to another address: the new one is bound first (an address in use
         changes nothing), then the old one stops accepting; open connections finish."""
         addr = parse_address(msg["address"])
+        from rollwise.agent.proxy import serve  # httptools: only where a router listens
+
         new = await serve(self.router, *addr)
         if self.listener is not None:
             self.listener.close()
@@ -213,6 +215,8 @@ class Agent:
         sock = socket_path(self.env_dir)
         sock.unlink(missing_ok=True)
         if self.listen:
+            from rollwise.agent.proxy import serve
+
             self.listener = await serve(self.router, *self.listen)
         await self.restore()
         control = await asyncio.start_unix_server(self.control, str(sock))

@@ -67,13 +67,13 @@ def _image(image: ImageConfig | None, env: str) -> ImageConfig:
 def _builtin(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
     from rollwise.traffic.builtin import BuiltinRouter
 
-    return BuiltinRouter(env_dir, env, cfg.listen)
+    return BuiltinRouter(env_dir, env, cfg.listen, cfg)
 
 
 def _haproxy(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
     from rollwise.traffic.haproxy import HAProxyRouter
 
-    return HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots, env_dir)
+    return HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots, env_dir, cfg)
 
 
 def _caddy(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
