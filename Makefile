@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint bench docs clean
+.PHONY: help demo test lint format bench docs clean
 
 help: ## Show the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## Deploy the example, switch and roll back under load, print a report
 	$(BIN)/rollwise demo
 
-test: $(STAMP) ## Lint, type-check and run every test
+test: $(STAMP) ## Lint, check formatting, type-check and run every test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n 4 --dist loadgroup --durations=15
 
-lint: $(STAMP) ## ruff and mypy strict
+lint: $(STAMP) ## ruff (lint and format) and mypy (strict on src, tests too)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench || true
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
@@ -35,6 +36,9 @@ bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
 	$(BIN)/python bench/audit.py --out bench/results/audit.json
 	$(BIN)/python bench/fleet.py --out bench/results/fleet.json
 	$(BIN)/python bench/containers.py --out bench/results/containers.json
+
+format: $(STAMP) ## Format the code (ruff format)
+	$(BIN)/ruff format src tests bench
 
 docs: $(STAMP) ## Regenerate docs/config.md from the schema
 	$(BIN)/rollwise config docs > docs/config.md

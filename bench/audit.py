@@ -42,15 +42,43 @@ HERE = Path(__file__).resolve().parent
 PG = os.environ.get("ROLLWISE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 SCHEMA = "rollwise_bench_audit"
 TARGET_S = 5.0
-COLUMNS = ("seq", "ts", "actor", "action", "env", "version", "git_commit", "outcome",
-           "reason", "data", "prev_hash", "hash")
-TEXT_COLUMNS = ("actor", "action", "env", "version", "git_commit", "outcome", "reason", "data",
-                "prev_hash", "hash")
+COLUMNS = (
+    "seq",
+    "ts",
+    "actor",
+    "action",
+    "env",
+    "version",
+    "git_commit",
+    "outcome",
+    "reason",
+    "data",
+    "prev_hash",
+    "hash",
+)
+TEXT_COLUMNS = (
+    "actor",
+    "action",
+    "env",
+    "version",
+    "git_commit",
+    "outcome",
+    "reason",
+    "data",
+    "prev_hash",
+    "hash",
+)
 ACTIONS = ("deploy", "rollback", "release", "abort", "prune", "secret", "backup_verify")
 OUTCOMES = ("started", "progress", "succeeded", "failed", "rolled_back")
 ACTORS = ("ana", "bo", "chidi@example.com", "ci-bot", "zoë")
-REASONS = (None, None, None, "canary error rate 5.1% > 1% (p=0.003)",
-           "health check failed: GET /healthz → 503 after 30 s", "operator: ctrl-c")
+REASONS = (
+    None,
+    None,
+    None,
+    "canary error rate 5.1% > 1% (p=0.003)",
+    "health check failed: GET /healthz → 503 after 30 s",
+    "operator: ctrl-c",
+)
 
 
 def rows(n: int, seed: int = 1) -> Iterator[tuple[Any, ...]]:
@@ -59,14 +87,25 @@ def rows(n: int, seed: int = 1) -> Iterator[tuple[Any, ...]]:
     for seq in range(1, n + 1):
         ts += rnd.random() * 30
         action, outcome = rnd.choice(ACTIONS), rnd.choice(OUTCOMES)
-        data = {"step": f"canary:{rnd.choice((1, 10, 50, 100))}", "hosts": rnd.randint(1, 12),
-                "error_rate": round(rnd.random() / 50, 5), "requests": rnd.randint(0, 90000)}
-        row = {"seq": seq, "ts": ts, "actor": rnd.choice(ACTORS), "action": action,
-               "env": rnd.choice(("prod", "staging", None)),
-               "version": f"1.{seq // 1000}.{seq % 1000}",
-               "git_commit": f"{rnd.getrandbits(160):040x}", "outcome": outcome,
-               "reason": rnd.choice(REASONS),
-               "data": json.dumps(data, sort_keys=True, default=str), "prev_hash": prev}
+        data = {
+            "step": f"canary:{rnd.choice((1, 10, 50, 100))}",
+            "hosts": rnd.randint(1, 12),
+            "error_rate": round(rnd.random() / 50, 5),
+            "requests": rnd.randint(0, 90000),
+        }
+        row = {
+            "seq": seq,
+            "ts": ts,
+            "actor": rnd.choice(ACTORS),
+            "action": action,
+            "env": rnd.choice(("prod", "staging", None)),
+            "version": f"1.{seq // 1000}.{seq % 1000}",
+            "git_commit": f"{rnd.getrandbits(160):040x}",
+            "outcome": outcome,
+            "reason": rnd.choice(REASONS),
+            "data": json.dumps(data, sort_keys=True, default=str),
+            "prev_hash": prev,
+        }
         row["hash"] = prev = audit.digest(prev, row)
         yield tuple(row[c] for c in COLUMNS)
 
@@ -121,8 +160,7 @@ def cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed_verify(engine: Engine, n: int, repeat: int, processes: int | None
-                 ) -> dict[str, Any]:
+def timed_verify(engine: Engine, n: int, repeat: int, processes: int | None) -> dict[str, Any]:
     times, cpu = [], []
     for _ in range(repeat):
         c0, t0 = cpu_s(), time.perf_counter()
@@ -131,8 +169,12 @@ def timed_verify(engine: Engine, n: int, repeat: int, processes: int | None
         cpu.append(cpu_s() - c0)
         if not (res.ok and res.count == n):
             raise SystemExit(f"verify of an untouched log failed: {res}")
-    return {"verify_s": round(min(times), 3), "verify_s_median": round(statistics.median(times), 3),
-            "runs_s": [round(t, 3) for t in times], "cpu_s": round(statistics.median(cpu), 2)}
+    return {
+        "verify_s": round(min(times), 3),
+        "verify_s_median": round(statistics.median(times), 3),
+        "runs_s": [round(t, 3) for t in times],
+        "cpu_s": round(statistics.median(cpu), 2),
+    }
 
 
 def tamper(engine: Engine, n: int, rnd: random.Random) -> dict[str, Any]:
@@ -144,7 +186,7 @@ def tamper(engine: Engine, n: int, rnd: random.Random) -> dict[str, Any]:
     column = rnd.choice([c for c in TEXT_COLUMNS if getattr(row, c)])
     value = getattr(row, column)
     i = rnd.randrange(len(value))
-    changed = value[:i] + chr(ord(value[i]) ^ 1) + value[i + 1:]
+    changed = value[:i] + chr(ord(value[i]) ^ 1) + value[i + 1 :]
     put = text(f"UPDATE events SET {column} = :v WHERE seq = :s")
     with engine.begin() as conn:
         conn.execute(put, {"v": changed, "s": seq})
@@ -153,13 +195,20 @@ def tamper(engine: Engine, n: int, rnd: random.Random) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     with engine.begin() as conn:
         conn.execute(put, {"v": value, "s": seq})
-    return {"seq": seq, "column": column, "offset": i, "named": res.first_bad_seq,
-            "problem": res.problem, "verify_s": round(elapsed, 3),
-            "detected": not res.ok and res.first_bad_seq == seq}
+    return {
+        "seq": seq,
+        "column": column,
+        "offset": i,
+        "named": res.first_bad_seq,
+        "problem": res.problem,
+        "verify_s": round(elapsed, 3),
+        "detected": not res.ok and res.first_bad_seq == seq,
+    }
 
 
-def bench_store(name: str, engine: Engine, fill: Callable[[], None], args: argparse.Namespace
-                ) -> dict[str, Any]:
+def bench_store(
+    name: str, engine: Engine, fill: Callable[[], None], args: argparse.Namespace
+) -> dict[str, Any]:
     print(f"{name}: writing {args.events} events...", file=sys.stderr)
     t0 = time.perf_counter()
     fill()
@@ -169,8 +218,13 @@ def bench_store(name: str, engine: Engine, fill: Callable[[], None], args: argpa
     one = timed_verify(engine, args.events, args.repeat, 1)
     rnd = random.Random(args.seed)
     tampers = [tamper(engine, args.events, rnd) for _ in range(args.tampers)]
-    return {**result, "one_process": one, "setup_s": setup_s, "tampers": tampers,
-            "tamper_detected": all(t["detected"] for t in tampers)}
+    return {
+        **result,
+        "one_process": one,
+        "setup_s": setup_s,
+        "tampers": tampers,
+        "tamper_detected": all(t["detected"] for t in tampers),
+    }
 
 
 def load() -> list[float]:
@@ -196,16 +250,24 @@ def main() -> None:
     if not args.no_postgres:
         try:
             with postgres_store() as pg:
-                stores["postgresql"] = bench_store("postgresql", pg,
-                                                   lambda: fill_postgres(pg, args.events), args)
+                stores["postgresql"] = bench_store(
+                    "postgresql", pg, lambda: fill_postgres(pg, args.events), args
+                )
         except OperationalError as e:
             stores["postgresql"] = {"skipped": f"PostgreSQL unreachable: {e.orig}"}
     ran = [s for s in stores.values() if "skipped" not in s]
-    result = {"benchmark": "audit", "machine_cores": os.cpu_count(), "events": args.events,
-              "seed": args.seed, "load_average_before": load_before, "load_average_after": load(),
-              **stores, "target_s": TARGET_S,
-              "met": all(s["verify_s_median"] <= TARGET_S for s in ran),
-              "tamper_detected": all(s["tamper_detected"] for s in ran)}
+    result = {
+        "benchmark": "audit",
+        "machine_cores": os.cpu_count(),
+        "events": args.events,
+        "seed": args.seed,
+        "load_average_before": load_before,
+        "load_average_after": load(),
+        **stores,
+        "target_s": TARGET_S,
+        "met": all(s["verify_s_median"] <= TARGET_S for s in ran),
+        "tamper_detected": all(s["tamper_detected"] for s in ran),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(result, indent=2, ensure_ascii=False))

@@ -10,8 +10,13 @@ import contextlib
 import random
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 reply: bytes, error: bytes, error_rate: float) -> None:
+async def handle(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    reply: bytes,
+    error: bytes,
+    error_rate: float,
+) -> None:
     with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -25,14 +30,17 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 def response(status: str, version: str) -> bytes:
     body = b'{"ok":true}'
-    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-version: {version}"
-            f"\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-version: {version}"
+        f"\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 async def main(port: int, version: str, error_rate: float) -> None:
     reply, error = response("200 OK", version), response("500 Internal Server Error", version)
-    server = await asyncio.start_server(lambda r, w: handle(r, w, reply, error, error_rate),
-                                        "127.0.0.1", port, backlog=1024)
+    server = await asyncio.start_server(
+        lambda r, w: handle(r, w, reply, error, error_rate), "127.0.0.1", port, backlog=1024
+    )
     async with server:
         await server.serve_forever()
 

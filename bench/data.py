@@ -67,19 +67,25 @@ APP = HERE / "apps" / "orders"
 PG = os.environ.get("ROLLWISE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 ENV = "bench"
 CASES = {"rollback_end_to_end": "channel", "rollback_drop_table": "events"}
-VERIFY = {"type": "http", "name": "this release's tables and columns answer",
-          "url": "{router}/status", "json": {"db.schema_ok": "== true"}}
+VERIFY = {
+    "type": "http",
+    "name": "this release's tables and columns answer",
+    "url": "{router}/status",
+    "json": {"db.schema_ok": "== true"},
+}
 ROLLBACK_TIMEOUT_S = 300.0
 TARGETS = {"total_s": 30.0, "rows_lost": 0, "backup_vs_pg_dump": 1.2}
 SEED_ORDERS = (
     "INSERT INTO orders (id, sku, qty, version, created_at{col}) "
     "SELECT 's-' || g, 'sku-' || (g % 5000), (g % 7) + 1, '1.1.0', "
-    "now() - g * interval '1 second'{val} FROM generate_series(1, :n) g")
+    "now() - g * interval '1 second'{val} FROM generate_series(1, :n) g"
+)
 CHANNEL = ", (ARRAY['web', 'app', 'pos', 'marketplace'])[1 + g % 4]"
 SEED_EVENTS = (
     "INSERT INTO order_events (order_id, kind, at) "
     "SELECT 's-' || g, (ARRAY['created', 'paid', 'shipped'])[1 + g % 3], "
-    "now() - g * interval '1 second' FROM generate_series(1, :n) g")
+    "now() - g * interval '1 second' FROM generate_series(1, :n) g"
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,10 @@ class OrderLoad(loadgen.Load):
     async def _request(self, conn: Any, n: int) -> tuple[Any, loadgen.Result]:
         oid = f"o-{time.time_ns()}-{n}"
         body = json.dumps({"id": oid, "sku": "SKU-1", "qty": 1}).encode()
-        head = (f"POST /orders HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: "
-                f"application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /orders HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: "
+            f"application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode()
         sent, t0 = time.time(), time.perf_counter()
         try:
             if conn is None:
@@ -149,15 +157,22 @@ def scalar(url: str, query: str) -> Any:
 
 # --- the project: releases 1.0.0 and 1.1.0 of the orders service, 1.1.0 live -------------
 
+
 def make_project(work: Path, case: str, url: str) -> Path:
     project = work / case
-    shutil.copytree(APP, project, ignore=shutil.ignore_patterns("next", "__pycache__",
-                                                                "release.json"))
+    shutil.copytree(
+        APP, project, ignore=shutil.ignore_patterns("next", "__pycache__", "release.json")
+    )
     path = project / "rollwise.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["run"]["command"] = cfg["run"]["command"].replace("python3", sys.executable)
-    cfg["environments"] = {ENV: {"router": {"listen": f"127.0.0.1:{free_port()}"},
-                                 "database": {"url": url}, "verify": [VERIFY]}}
+    cfg["environments"] = {
+        ENV: {
+            "router": {"listen": f"127.0.0.1:{free_port()}"},
+            "database": {"url": url},
+            "verify": [VERIFY],
+        }
+    }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return project
 
@@ -183,11 +198,14 @@ def seed(url: str, case: str, rows: int) -> dict[str, Any]:
     if case == "events":
         statements.append(SEED_EVENTS)
     sql(url, *statements, "VACUUM ANALYZE", n=rows)
-    return {"seed_s": round(time.monotonic() - t0, 2),
-            "database_bytes": int(scalar(url, "SELECT pg_database_size(current_database())"))}
+    return {
+        "seed_s": round(time.monotonic() - t0, 2),
+        "database_bytes": int(scalar(url, "SELECT pg_database_size(current_database())")),
+    }
 
 
 # --- baseline: plain pg_dump / pg_restore against rollwise's backups ----------------------
+
 
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:
     t0 = time.monotonic()
@@ -203,8 +221,9 @@ def run(cmd: list[str]) -> None:
 
 def pg_restore(dump: Path) -> None:
     with scratch_database("rollwise_bench_restore") as scratch:
-        run(["pg_restore", "--no-owner", "--exit-on-error", f"--dbname={plain(scratch)}",
-             str(dump)])
+        run(
+            ["pg_restore", "--no-owner", "--exit-on-error", f"--dbname={plain(scratch)}", str(dump)]
+        )
 
 
 def median_ratio(a: list[float], b: list[float]) -> float:
@@ -221,13 +240,15 @@ def baseline(url: str, work: Path, repeat: int) -> dict[str, Any]:
     m = None
     for _ in range(repeat):
         times = {
-            "pg_dump_s": timed(run, ["pg_dump", "--format=custom", "--no-owner",
-                                     f"--file={dump}", plain(url)])[0],
+            "pg_dump_s": timed(
+                run, ["pg_dump", "--format=custom", "--no-owner", f"--file={dump}", plain(url)]
+            )[0],
             "pg_restore_s": timed(pg_restore, dump)[0],
             "snapshot_s": timed(backups.snapshot, url)[0],
             "snapshot_md5_s": timed(backups.snapshot, url, backups.PG_MD5)[0],
             "structure_s": timed(backups.structure, url)[0],
-            "dump_s": timed(backups.dump, url, work / "alone.pgdump")[0]}
+            "dump_s": timed(backups.dump, url, work / "alone.pgdump")[0],
+        }
         times["backup_s"], m = timed(backups.create, url, folder, ENV, "bench")
         times["verify_s"] = timed(backups.verify, m, folder, url)[0]
         for k, v in times.items():
@@ -236,40 +257,66 @@ def baseline(url: str, work: Path, repeat: int) -> dict[str, Any]:
     best = {k: min(v) for k, v in runs.items()}
     r = {k: round(v, 3) for k, v in best.items()}
     return {
-        "baseline": {"pg_dump_s": r["pg_dump_s"], "pg_restore_s": r["pg_restore_s"],
-                     "pg_dump_bytes": dump.stat().st_size},
-        "backup": {"backup_s": r["backup_s"], "verify_s": r["verify_s"],
-                   "backup_vs_pg_dump": round(best["backup_s"] / best["pg_dump_s"], 2),
-                   "verify_vs_pg_restore": round(best["verify_s"] / best["pg_restore_s"], 2),
-                   "median_of_run_ratios": {
-                       "backup_vs_pg_dump": median_ratio(runs["backup_s"], runs["pg_dump_s"]),
-                       "verify_vs_pg_restore": median_ratio(runs["verify_s"],
-                                                            runs["pg_restore_s"])},
-                   "backup_bytes": m.size, "checksum_kind": m.checksum_kind,
-                   "profile": {"manifest_snapshot_s": r["snapshot_s"],
-                               "manifest_snapshot_md5_s": r["snapshot_md5_s"],
-                               "manifest_structure_s": r["structure_s"],
-                               "dump_s": r["dump_s"],
-                               "note": "backups.create = backups.dump (pg_dump -Fc of an "
-                               "exported snapshot) while backups.snapshot (per table: count "
-                               "and sum of row hashes) and backups.structure (keys and "
-                               "indexes) read that snapshot; each timed alone here, and the "
-                               "md5 of the sorted row md5s that older manifests hold"},
-                   "runs": {k: runs[k] for k in ("pg_dump_s", "backup_s", "pg_restore_s",
-                                                 "verify_s")}},
+        "baseline": {
+            "pg_dump_s": r["pg_dump_s"],
+            "pg_restore_s": r["pg_restore_s"],
+            "pg_dump_bytes": dump.stat().st_size,
+        },
+        "backup": {
+            "backup_s": r["backup_s"],
+            "verify_s": r["verify_s"],
+            "backup_vs_pg_dump": round(best["backup_s"] / best["pg_dump_s"], 2),
+            "verify_vs_pg_restore": round(best["verify_s"] / best["pg_restore_s"], 2),
+            "median_of_run_ratios": {
+                "backup_vs_pg_dump": median_ratio(runs["backup_s"], runs["pg_dump_s"]),
+                "verify_vs_pg_restore": median_ratio(runs["verify_s"], runs["pg_restore_s"]),
+            },
+            "backup_bytes": m.size,
+            "checksum_kind": m.checksum_kind,
+            "profile": {
+                "manifest_snapshot_s": r["snapshot_s"],
+                "manifest_snapshot_md5_s": r["snapshot_md5_s"],
+                "manifest_structure_s": r["structure_s"],
+                "dump_s": r["dump_s"],
+                "note": "backups.create = backups.dump (pg_dump -Fc of an "
+                "exported snapshot) while backups.snapshot (per table: count "
+                "and sum of row hashes) and backups.structure (keys and "
+                "indexes) read that snapshot; each timed alone here, and the "
+                "md5 of the sorted row md5s that older manifests hold",
+            },
+            "runs": {k: runs[k] for k in ("pg_dump_s", "backup_s", "pg_restore_s", "verify_s")},
+        },
         "repeat": repeat,
     }
 
 
 # --- the rollback under load ---------------------------------------------------------------
 
+
 def rollback_cli(project: Path) -> tuple[float, float, subprocess.CompletedProcess[str]]:
     """`rollwise rollback --to 1.0.0` as a user runs it, timed from start to exit."""
-    cmd = [sys.executable, "-m", "rollwise", "rollback", "--to", "1.0.0", "--env", ENV,
-           "--yes", "--json", "-C", str(project)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rollwise",
+        "rollback",
+        "--to",
+        "1.0.0",
+        "--env",
+        ENV,
+        "--yes",
+        "--json",
+        "-C",
+        str(project),
+    ]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ROLLBACK_TIMEOUT_S,
-                          env={**os.environ, "ROLLWISE_ACTOR": "bench"})
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=ROLLBACK_TIMEOUT_S,
+        env={**os.environ, "ROLLWISE_ACTOR": "bench"},
+    )
     return t0, time.time(), proc
 
 
@@ -281,8 +328,7 @@ def phases(ctx: Context, dep_id: int, t0: float, t1: float) -> dict[str, Any]:
     down = data.get("migrate_down", {})
     parked = down.get("parked", {})
     files = [Path(p["file"]) for p in parked.values()]
-    down_start, down_done = at.get(("migrate_down", "started")), at.get(("migrate_down",
-                                                                         "done"))
+    down_start, down_done = at.get(("migrate_down", "started")), at.get(("migrate_down", "done"))
     parked_at = max((f.stat().st_mtime for f in files), default=down_start)
 
     def since(t: float | None) -> float | None:
@@ -304,21 +350,24 @@ def phases(ctx: Context, dep_id: int, t0: float, t1: float) -> dict[str, Any]:
         "verification": {"passed": checks.get("passed"), "decision": checks.get("decision")},
         "parked": {k: v["rows"] for k, v in parked.items()},
         "parked_rows_per_s": round(sum(v["rows"] for v in parked.values()) / parking, 0)
-        if (parking := span(down_start, parked_at)) else None,
-        "steps": {j["step"]: [since(at.get((j["step"], "started"))),
-                              since(at.get((j["step"], "done")))]
-                  for j in rows if j["phase"] == "started"},
+        if (parking := span(down_start, parked_at))
+        else None,
+        "steps": {
+            j["step"]: [since(at.get((j["step"], "started"))), since(at.get((j["step"], "done")))]
+            for j in rows
+            if j["phase"] == "started"
+        },
     }
 
 
-def orders_report(url: str, results: list[loadgen.Result], t0: float, t1: float,
-                  rows: int) -> dict[str, Any]:
+def orders_report(
+    url: str, results: list[loadgen.Result], t0: float, t1: float, rows: int
+) -> dict[str, Any]:
     """Acknowledged orders before, during and after the rollback, each looked up by id."""
     acked = [r for r in results if 200 <= r.status < 300 and isinstance(r, Order)]
     ids = [r.order_id for r in acked]
     with psycopg.connect(plain(url)) as conn:
-        stored = {x[0] for x in conn.execute("SELECT id FROM orders WHERE id = ANY(%s)",
-                                             (ids,))}
+        stored = {x[0] for x in conn.execute("SELECT id FROM orders WHERE id = ANY(%s)", (ids,))}
         seeded = conn.execute("SELECT count(*) FROM orders WHERE id LIKE 's-%'").fetchone()
     lost = [i for i in ids if i not in stored]
     during = [r for r in results if t0 <= r.sent_at < t1]
@@ -339,8 +388,9 @@ def orders_report(url: str, results: list[loadgen.Result], t0: float, t1: float,
     }
 
 
-def rollback_case(work: Path, case: str, url: str, args: argparse.Namespace,
-                  with_baseline: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def rollback_case(
+    work: Path, case: str, url: str, args: argparse.Namespace, with_baseline: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
     project = make_project(work, case, url)
     ctx = Context.open(project)
     try:
@@ -348,15 +398,25 @@ def rollback_case(work: Path, case: str, url: str, args: argparse.Namespace,
         prep = seed(url, case, args.rows)
         base = baseline(url, work / f"{case}-baseline", args.repeat) if with_baseline else {}
         router = ctx.env(ENV).router
-        load = OrderLoad(router.host, router.port, args.rate, connections=16,
-                         max_duration_s=args.warm + ROLLBACK_TIMEOUT_S + args.after + 10)
+        load = OrderLoad(
+            router.host,
+            router.port,
+            args.rate,
+            connections=16,
+            max_duration_s=args.warm + ROLLBACK_TIMEOUT_S + args.after + 10,
+        )
         load.start()
         time.sleep(args.warm)
         t0, t1, proc = rollback_cli(project)
         time.sleep(args.after)
         results = load.stop()
-        out = {"case": case, **prep, "rate": args.rate, "command": " ".join(proc.args[2:]),
-               "exit_code": proc.returncode}
+        out = {
+            "case": case,
+            **prep,
+            "rate": args.rate,
+            "command": " ".join(proc.args[2:]),
+            "exit_code": proc.returncode,
+        }
         if proc.returncode != 0:
             out |= {"total_s": round(t1 - t0, 3), "error": (proc.stdout + proc.stderr)[-2000:]}
         else:
@@ -378,17 +438,23 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         met[f"{key}.total_s"] = r.get("exit_code") == 0 and r["total_s"] <= TARGETS["total_s"]
         met[f"{key}.rows_lost"] = r.get("rows_lost") == TARGETS["rows_lost"]
     ratio = result.get("backup", {}).get("backup_vs_pg_dump")
-    met["backup.backup_vs_pg_dump"] = ratio is not None and ratio <= TARGETS[
-        "backup_vs_pg_dump"]
-    return {"total_s_max": TARGETS["total_s"], "rows_lost_max": TARGETS["rows_lost"],
-            "backup_vs_pg_dump_max": TARGETS["backup_vs_pg_dump"], "met": met}
+    met["backup.backup_vs_pg_dump"] = ratio is not None and ratio <= TARGETS["backup_vs_pg_dump"]
+    return {
+        "total_s_max": TARGETS["total_s"],
+        "rows_lost_max": TARGETS["rows_lost"],
+        "backup_vs_pg_dump_max": TARGETS["backup_vs_pg_dump"],
+        "met": met,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 20,000 rows, shorter load, one baseline run")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 20,000 rows, shorter load, one baseline run",
+    )
     ap.add_argument("--rate", type=float, default=200.0, help="POST /orders per second")
     ap.add_argument("--warm", type=float, default=3.0, help="seconds of load before")
     ap.add_argument("--after", type=float, default=2.0, help="seconds of load after")

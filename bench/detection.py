@@ -51,8 +51,14 @@ EDGES = np.array([*BUCKETS_MS, math.inf])
 
 def latency_probs() -> np.ndarray:
     """Bucket probabilities of a log-normal latency (median 8 ms), the same for both arms."""
-    cdf = np.array([0.5 * (1 + math.erf((math.log(e) - math.log(8.0)) / (0.5 * math.sqrt(2))))
-                    if math.isfinite(e) else 1.0 for e in EDGES])
+    cdf = np.array(
+        [
+            0.5 * (1 + math.erf((math.log(e) - math.log(8.0)) / (0.5 * math.sqrt(2))))
+            if math.isfinite(e)
+            else 1.0
+            for e in EDGES
+        ]
+    )
     return np.diff(np.concatenate([[0.0], cdf]))
 
 
@@ -72,19 +78,26 @@ class Arm:
         return bad
 
     def as_metrics(self) -> dict[str, Any]:
-        return {"requests": self.requests, "status_5xx": self.errors, "conn_errors": 0,
-                "buckets_ms": [*BUCKETS_MS, "inf"], "bucket_counts": self.buckets.tolist()}
+        return {
+            "requests": self.requests,
+            "status_5xx": self.errors,
+            "conn_errors": 0,
+            "buckets_ms": [*BUCKETS_MS, "inf"],
+            "bucket_counts": self.buckets.tolist(),
+        }
 
 
-def one_trial(rng: np.random.Generator, canary_err: float, probs: np.ndarray,
-              warmup_s: int = 60) -> tuple[float | None, float | None]:
+def one_trial(
+    rng: np.random.Generator, canary_err: float, probs: np.ndarray, warmup_s: int = 60
+) -> tuple[float | None, float | None]:
     """Seconds to a rollback decision by rollwise and by the fixed-interval policy."""
     stable, canary = Arm(), Arm()
     for _ in range(warmup_s):  # the old release served alone before the canary
         stable.grow(rng, RATE, STABLE_ERR, probs)
-    provider = RouterProvider(RouterAnalysisConfig(),
-                              lambda: {"versions": {"old": stable.as_metrics(),
-                                                    "new": canary.as_metrics()}})
+    provider = RouterProvider(
+        RouterAnalysisConfig(),
+        lambda: {"versions": {"old": stable.as_metrics(), "new": canary.as_metrics()}},
+    )
     look = Look("bench", "new", "old")
     provider.measure(look)
     ours: float | None = None
@@ -108,9 +121,13 @@ def one_trial(rng: np.random.Generator, canary_err: float, probs: np.ndarray,
 
 def summarize(times: list[float | None], good: list[float | None]) -> dict[str, Any]:
     hit = np.array([t if t is not None else math.inf for t in times])
-    return {"median_s": _num(np.median(hit)), "p95_s": _num(np.percentile(hit, 95)),
-            "detected": int(np.isfinite(hit).sum()), "trials": len(times),
-            "false_rollback_rate": round(sum(t is not None for t in good) / len(good), 5)}
+    return {
+        "median_s": _num(np.median(hit)),
+        "p95_s": _num(np.percentile(hit, 95)),
+        "detected": int(np.isfinite(hit).sum()),
+        "trials": len(times),
+        "false_rollback_rate": round(sum(t is not None for t in good) / len(good), 5),
+    }
 
 
 def _num(x: float) -> float | None:
@@ -124,23 +141,40 @@ def simulate(trials: int, seed: int) -> dict[str, Any]:
     good = [one_trial(rng, STABLE_ERR, probs) for _ in range(trials)]
     ours = summarize([b[0] for b in bad], [g[0] for g in good])
     base = summarize([b[1] for b in bad], [g[1] for g in good])
-    return {"ours": ours, "fixed_interval": base, "trials": trials, "seed": seed,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "ours": ours,
+        "fixed_interval": base,
+        "trials": trials,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def live(trials: int, example: Path) -> dict[str, Any]:
     """Real rollouts of a canary failing 5% under 50 req/s (old release: 0.1%)."""
     work = Path(tempfile.mkdtemp(prefix="rollwise-detect-"))
-    project = prepare_example(example, work, {
-        "strategy": {"type": "canary", "steps": [10, 100], "pause_s": 300},
-        "analysis": {"interval_s": 1.0}})
+    project = prepare_example(
+        example,
+        work,
+        {
+            "strategy": {"type": "canary", "steps": [10, 100], "pause_s": 300},
+            "analysis": {"interval_s": 1.0},
+        },
+    )
     cfg = project / "rollwise.yaml"  # keep every release of the run
     cfg.write_text(cfg.read_text().replace("keep_releases: 5", f"keep_releases: {trials + 5}"))
     decisions: list[Event] = []
     switches: list[Event] = []
     bus = EventBus()
-    bus.subscribe(lambda e: decisions.append(e) if e.action == "analysis" else
-                  switches.append(e) if e.action == "switch" else None)
+    bus.subscribe(
+        lambda e: (
+            decisions.append(e)
+            if e.action == "analysis"
+            else switches.append(e)
+            if e.action == "switch"
+            else None
+        )
+    )
     ctx = Context.open(project, bus)
     for v, err in (("1.0.0", STABLE_ERR), *((f"1.1.{n}", BAD_ERR) for n in range(trials))):
         (project / "VERSION").write_text(v)
@@ -169,8 +203,12 @@ def live(trials: int, example: Path) -> dict[str, Any]:
             client.call("shutdown")
         shutil.rmtree(work, ignore_errors=True)
     hit = np.array([t if t is not None else math.inf for t in times])
-    return {"trials": trials, "times_s": times, "median_s": _num(np.median(hit)),
-            "p95_s": _num(np.percentile(hit, 95))}
+    return {
+        "trials": trials,
+        "times_s": times,
+        "median_s": _num(np.median(hit)),
+        "p95_s": _num(np.percentile(hit, 95)),
+    }
 
 
 def main() -> None:
@@ -183,11 +221,17 @@ def main() -> None:
     args = ap.parse_args()
     sim = simulate(args.trials, args.seed)
     result = {
-        "scenario": {"rate": RATE, "canary_share": SHARE, "stable_error_rate": STABLE_ERR,
-                     "bad_canary_error_rate": BAD_ERR, "rollout_s": ROLLOUT_S},
+        "scenario": {
+            "rate": RATE,
+            "canary_share": SHARE,
+            "stable_error_rate": STABLE_ERR,
+            "bad_canary_error_rate": BAD_ERR,
+            "rollout_s": ROLLOUT_S,
+        },
         **{k: sim["ours"][k] for k in ("median_s", "p95_s", "false_rollback_rate")},
-        "fixed_interval_baseline": {k: sim["fixed_interval"][k]
-                                    for k in ("median_s", "p95_s", "false_rollback_rate")},
+        "fixed_interval_baseline": {
+            k: sim["fixed_interval"][k] for k in ("median_s", "p95_s", "false_rollback_rate")
+        },
         "simulation": sim,
         "live": live(args.live, args.example) if args.live else None,
     }

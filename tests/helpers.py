@@ -43,8 +43,12 @@ def failed_not_by(results: list[loadgen.Result], version: str) -> list[loadgen.R
 
 
 def run_in_background(p: Project, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "rollwise", *args, "-C", str(p.root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollwise", *args, "-C", str(p.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     p.background.append(proc)
     return proc
 
@@ -61,7 +65,9 @@ def wait_for(p: Project, pred, timeout: float = 60) -> dict:
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 argv = cast(list[str], proc.args)  # run_in_background passes a list
-                raise AssertionError(f"{argv[3:5]} exited {proc.returncode} before the "
-                                     f"condition held:\n{out}\n{err}\nstatus: {s}")
+                raise AssertionError(
+                    f"{argv[3:5]} exited {proc.returncode} before the "
+                    f"condition held:\n{out}\n{err}\nstatus: {s}"
+                )
         time.sleep(0.3)
     raise AssertionError(f"condition not met in {timeout} s: {s}")

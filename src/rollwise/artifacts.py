@@ -32,18 +32,28 @@ MARKER = ".rollwise-sha256"
 GITIGNORE = ".gitignore"
 IGNORE_FILES = (GITIGNORE, ".rollwiseignore")  # read in every folder; the later one wins
 MAX_LINK_HOPS = 40  # as Linux: more links than this followed for one path is a loop
-_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
-          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
-HINT_ABSOLUTE = ("a release is unpacked in another directory (and on other hosts), where an "
-                 "absolute link points elsewhere or nowhere: make it relative to a file inside "
-                 "`source` (ln -sfn <relative path> <link>), copy the file into the tree, or add "
-                 "the link's name to build.exclude")
-HINT_OUTSIDE = ("a release holds only what is inside `source`, and deploy refuses links that "
-                "leave it: point the link at a file inside the tree, copy the file in, or add "
-                "the link's name to build.exclude")
+_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+HINT_ABSOLUTE = (
+    "a release is unpacked in another directory (and on other hosts), where an "
+    "absolute link points elsewhere or nowhere: make it relative to a file inside "
+    "`source` (ln -sfn <relative path> <link>), copy the file into the tree, or add "
+    "the link's name to build.exclude"
+)
+HINT_OUTSIDE = (
+    "a release holds only what is inside `source`, and deploy refuses links that "
+    "leave it: point the link at a file inside the tree, copy the file in, or add "
+    "the link's name to build.exclude"
+)
 HINT_LOOP = "make each link point at a file or folder, not back at itself through other links"
-HINT_NOT_A_FILE = ("a release holds regular files, folders and links inside the tree: delete "
-                   "it, move it out of `source`, or add its name to build.exclude")
+HINT_NOT_A_FILE = (
+    "a release holds regular files, folders and links inside the tree: delete "
+    "it, move it out of `source`, or add its name to build.exclude"
+)
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,12 @@ def built(source: Path, command: str | None, exclude: list[str]) -> Iterator[Tre
     chose what the build starts from, and build output is what it usually names)."""
     tree = Tree(source)
     if not source.is_dir():
-        raise ConfigError(f"source directory {source} does not exist", where="source",
-                          hint="`source` in rollwise.yaml is the folder the release is packed "
-                          "from, relative to the project: fix the path")
+        raise ConfigError(
+            f"source directory {source} does not exist",
+            where="source",
+            hint="`source` in rollwise.yaml is the folder the release is packed "
+            "from, relative to the project: fix the path",
+        )
     if command is None:
         yield tree
         return
@@ -114,8 +127,11 @@ def run_build(command: str, cwd: Path) -> None:
     proc = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RollwiseError(f"build command exited with {proc.returncode}: {command}",
-                            where="build.command", hint="\n".join(tail) or "run it by hand")
+        raise RollwiseError(
+            f"build command exited with {proc.returncode}: {command}",
+            where="build.command",
+            hint="\n".join(tail) or "run it by hand",
+        )
 
 
 def files(tree: Tree, exclude: list[str]) -> Iterator[Path]:
@@ -131,12 +147,16 @@ def files(tree: Tree, exclude: list[str]) -> Iterator[Path]:
     for root, dirs, names in os.walk(tree.root):
         rel = Path(root).relative_to(tree.root).as_posix()
         rel = "" if rel == "." else rel
-        here = layers[rel] = sorted([*layers.get(rel.rpartition("/")[0], []),
-                                     *_rules(Path(root), rel, tree.ignore_files)],
-                                    key=lambda layer: layer[0])  # by file name, then depth
+        here = layers[rel] = sorted(
+            [*layers.get(rel.rpartition("/")[0], []), *_rules(Path(root), rel, tree.ignore_files)],
+            key=lambda layer: layer[0],
+        )  # by file name, then depth
         links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
-        dirs[:] = sorted(d for d in dirs if d not in links
-                         and not _ignored(f"{rel}/{d}/".lstrip("/"), always, here))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if d not in links and not _ignored(f"{rel}/{d}/".lstrip("/"), always, here)
+        )
         for name in sorted([*names, *links]):
             if not _ignored(f"{rel}/{name}".lstrip("/"), always, here):
                 yield Path(root, name)
@@ -166,14 +186,17 @@ def _ignored(path: str, always: GitIgnoreSpec, layers: list[Layer]) -> bool:
     return verdict
 
 
-def pack(tree: Tree, exclude: list[str], dest_dir: Path,
-         extra: dict[str, bytes] | None = None) -> tuple[str, int, Path]:
+def pack(
+    tree: Tree, exclude: list[str], dest_dir: Path, extra: dict[str, bytes] | None = None
+) -> tuple[str, int, Path]:
     """A deterministic tar.gz of `tree`: same files, same bytes, same sha256. `extra`:
     files rollwise adds at the top (the release's image ID), in place of any of that name."""
     source = tree.root
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for name, content in sorted((extra or {}).items()):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(content), 0o644
@@ -209,8 +232,9 @@ def _member(source: Path, path: Path) -> tarfile.TarInfo:
         info.size = st.st_size
         info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
     else:
-        raise _refused(source, path, f"is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a file')}",
-                       HINT_NOT_A_FILE)
+        raise _refused(
+            source, path, f"is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a file')}", HINT_NOT_A_FILE
+        )
     return info
 
 
@@ -223,16 +247,21 @@ def _link(source: Path, path: Path) -> str:
         raise _refused(source, path, f"is a link to the absolute path {target}", HINT_ABSOLUTE)
     as_written = os.path.normpath(os.path.join(*rel.parent.parts, target))
     if as_written.split(os.sep)[0] == os.pardir:
-        raise _refused(source, path, f"is a link to {target}, which is outside `source`",
-                       HINT_OUTSIDE)
+        raise _refused(
+            source, path, f"is a link to {target}, which is outside `source`", HINT_OUTSIDE
+        )
     if _follow(source, rel.parent.parts, target, path) is None:
-        raise _refused(source, path, f"is a link to {target}, which leads outside `source` "
-                       "when the links on its way are followed", HINT_OUTSIDE)
+        raise _refused(
+            source,
+            path,
+            f"is a link to {target}, which leads outside `source` "
+            "when the links on its way are followed",
+            HINT_OUTSIDE,
+        )
     return target
 
 
-def _follow(source: Path, here: tuple[str, ...], target: str, link: Path
-            ) -> tuple[str, ...] | None:
+def _follow(source: Path, here: tuple[str, ...], target: str, link: Path) -> tuple[str, ...] | None:
     """Where the relative `target`, read from the folder `here` (parts under `source`),
     leads as the system follows it, through other links; None when it leaves `source`."""
     parts, todo, hops = list(here), target.split("/")[::-1], 0
@@ -258,20 +287,31 @@ def _follow(source: Path, here: tuple[str, ...], target: str, link: Path
 
 
 def _refused(source: Path, path: Path, what: str, hint: str) -> ConfigError:
-    return ConfigError(f"{path.relative_to(source).as_posix()} {what}; nothing was stored",
-                       where=str(path), hint=hint)
+    return ConfigError(
+        f"{path.relative_to(source).as_posix()} {what}; nothing was stored",
+        where=str(path),
+        hint=hint,
+    )
 
 
 def git_commit(source: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "."],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(source), "status", "--porcelain", "."],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -291,8 +331,11 @@ def verify(artifacts: Path, sha256: str, version: str) -> Path:
     """The artifact's path, after checking that its bytes still hash to `sha256`."""
     path = artifact_path(artifacts, sha256)
     if not path.exists():
-        raise IntegrityError(f"artifact of release {version} is missing", where=str(path),
-                             hint="re-create the release under a new version")
+        raise IntegrityError(
+            f"artifact of release {version} is missing",
+            where=str(path),
+            hint="re-create the release under a new version",
+        )
     actual = sha256_file(path)
     if actual != sha256:
         raise IntegrityError(
@@ -331,21 +374,27 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
     root = dest.resolve()
     for m in tar.getmembers():
         target = (root / m.name).resolve()
-        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()) \
-                or not target.is_relative_to(root):
-            raise IntegrityError(f"{m.name}: not a plain file, folder or link inside the "
-                                 "release", where=str(tar.name), hint="re-create the release")
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()) or not target.is_relative_to(
+            root
+        ):
+            raise IntegrityError(
+                f"{m.name}: not a plain file, folder or link inside the release",
+                where=str(tar.name),
+                hint="re-create the release",
+            )
         if m.issym() or m.islnk():
             base = target.parent if m.issym() else root
             if not (base / m.linkname).resolve().is_relative_to(root):
-                raise IntegrityError(f"{m.name} links outside the release ({m.linkname})",
-                                     where=str(tar.name), hint="re-create the release")
+                raise IntegrityError(
+                    f"{m.name} links outside the release ({m.linkname})",
+                    where=str(tar.name),
+                    hint="re-create the release",
+                )
         m.mode &= 0o755
     tar.extractall(dest)  # every member was checked above
 
 
-def prune_plan(versions_oldest_first: Iterable[str], keep: int, protected: set[str]
-               ) -> list[str]:
+def prune_plan(versions_oldest_first: Iterable[str], keep: int, protected: set[str]) -> list[str]:
     """Versions to prune: all but the newest `keep`, never a protected one."""
     versions = list(versions_oldest_first)
     candidates = versions[: max(0, len(versions) - keep)]

@@ -29,23 +29,47 @@ from rollwise.checkpoints import GENESIS, Checkpoint
 from rollwise.errors import IntegrityError, RollwiseError
 from rollwise.store.tables import events
 
-__all__ = ["GENESIS", "Checkpoint", "Event", "VerifyResult", "append", "checkpoint",
-           "checkpointer", "count", "digest", "export", "iter_events", "recorder", "verify",
-           "verify_with_checkpoints"]
+__all__ = [
+    "GENESIS",
+    "Checkpoint",
+    "Event",
+    "VerifyResult",
+    "append",
+    "checkpoint",
+    "checkpointer",
+    "count",
+    "digest",
+    "export",
+    "iter_events",
+    "recorder",
+    "verify",
+    "verify_with_checkpoints",
+]
 
 # A checkpoint is written after an event of one of these actions, unless its outcome says
 # the operation goes on. An extra checkpoint costs a signature and a line, a missing one
 # leaves a tail that can be cut unnoticed: so new outcomes count as ends.
-CHECKPOINT_AFTER: Final = frozenset({
-    "deploy", "rollback", "abort", "recover", "release", "prune", "secret", "backup_verify",
-    "backup_restore",
-})
+CHECKPOINT_AFTER: Final = frozenset(
+    {
+        "deploy",
+        "rollback",
+        "abort",
+        "recover",
+        "release",
+        "prune",
+        "secret",
+        "backup_verify",
+        "backup_restore",
+    }
+)
 CHECKPOINT: Final = "checkpoint"  # the action of a checkpoint that could not be written
 GOES_ON: Final = frozenset({"started", "requested", "resume", "forced", "progress"})
 MIN_SPAN: Final = 50_000  # fewer events per reader: forking costs more than it saves
 MAX_READERS: Final = 8  # each reader process holds a database connection
-NO_CHECKPOINT: Final = ("no checkpoint: truncation cannot be detected; `rollwise audit "
-                        "checkpoint` writes one (see docs/audit.md)")
+NO_CHECKPOINT: Final = (
+    "no checkpoint: truncation cannot be detected; `rollwise audit "
+    "checkpoint` writes one (see docs/audit.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -78,25 +102,58 @@ class VerifyResult:
     note: str = ""
 
 
-_FIELDS = ("seq", "ts", "actor", "action", "env", "version", "git_commit", "outcome",
-           "reason", "data")
+_FIELDS = (
+    "seq",
+    "ts",
+    "actor",
+    "action",
+    "env",
+    "version",
+    "git_commit",
+    "outcome",
+    "reason",
+    "data",
+)
 _SCAN = select(*(events.c[k] for k in (*_FIELDS, "prev_hash", "hash"))).order_by(events.c.seq)
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 # The canonical JSON of an event: json.dumps(body, sort_keys=True, separators=(",", ":"),
 # ensure_ascii=False), spelled out because verify computes it for every event.
-_CANONICAL = ('{"action":%s,"actor":%s,"data":%s,"env":%s,"git_commit":%s,"outcome":%s,'
-              '"reason":%s,"seq":%s,"ts":"%r","version":%s}')
+_CANONICAL = (
+    '{"action":%s,"actor":%s,"data":%s,"env":%s,"git_commit":%s,"outcome":%s,'
+    '"reason":%s,"seq":%s,"ts":"%r","version":%s}'
+)
 
 
 def digest(prev_hash: str, row: Mapping[str, Any]) -> str:
     return _digest(prev_hash, *(row[k] for k in _FIELDS))
 
 
-def _digest(prev_hash: str, seq: Any, ts: Any, actor: Any, action: Any, env: Any,
-            version: Any, git_commit: Any, outcome: Any, reason: Any, data: Any) -> str:
+def _digest(
+    prev_hash: str,
+    seq: Any,
+    ts: Any,
+    actor: Any,
+    action: Any,
+    env: Any,
+    version: Any,
+    git_commit: Any,
+    outcome: Any,
+    reason: Any,
+    data: Any,
+) -> str:
     j = _json  # ts goes in as its float's repr, a JSON string that needs no escaping
-    canon = _CANONICAL % (j(action), j(actor), j(data), j(env), j(git_commit), j(outcome),
-                          j(reason), j(seq), float(ts), j(version))
+    canon = _CANONICAL % (
+        j(action),
+        j(actor),
+        j(data),
+        j(env),
+        j(git_commit),
+        j(outcome),
+        j(reason),
+        j(seq),
+        float(ts),
+        j(version),
+    )
     return hashlib.sha256(f"{prev_hash}\n{canon}".encode()).hexdigest()
 
 
@@ -107,10 +164,17 @@ def _hash(row: Sequence[Any]) -> str:
     q = encode_basestring
     try:
         canon = _CANONICAL % (
-            q(action), q(actor), q(data), "null" if env is None else q(env),
-            "null" if git_commit is None else q(git_commit), q(outcome),
-            "null" if reason is None else q(reason), seq if type(seq) is int else _json(seq),
-            float(ts), "null" if version is None else q(version))
+            q(action),
+            q(actor),
+            q(data),
+            "null" if env is None else q(env),
+            "null" if git_commit is None else q(git_commit),
+            q(outcome),
+            "null" if reason is None else q(reason),
+            seq if type(seq) is int else _json(seq),
+            float(ts),
+            "null" if version is None else q(version),
+        )
     except TypeError:  # a value that is neither text nor None: the general encoding
         return _digest(prev, *row[:-2])
     return hashlib.sha256(f"{prev}\n{canon}".encode()).hexdigest()
@@ -138,13 +202,18 @@ def recorder(engine: Engine) -> Callable[[Event], None]:
 
 def append(engine: Engine, ev: Event) -> int:
     """Append `ev` to the chain; returns its sequence number."""
+
     def once() -> int:
         with engine.begin() as conn:
             return _append(conn, ev)
 
     try:  # another writer took the same seq: chain onto it
-        return retry.call(once, attempts=50, on_error=lambda e: isinstance(e, SAIntegrityError),
-                          wait=lambda n, _: 0.01)
+        return retry.call(
+            once,
+            attempts=50,
+            on_error=lambda e: isinstance(e, SAIntegrityError),
+            wait=lambda n, _: 0.01,
+        )
     except SAIntegrityError:
         raise RuntimeError("audit log busy: could not append after 50 attempts") from None
 
@@ -163,8 +232,9 @@ def _append(conn: Connection, ev: Event) -> int:
     return seq
 
 
-def verify(engine: Engine, signed: Sequence[Checkpoint] = (),
-           processes: int | None = None) -> VerifyResult:
+def verify(
+    engine: Engine, signed: Sequence[Checkpoint] = (), processes: int | None = None
+) -> VerifyResult:
     """Check the chain; with `signed` checkpoints (oldest first, as `checkpoints.load`
     returns them), also that the log still holds every event they cover, unchanged.
     `processes` read and hash spans of the log side by side (None: one per usable core, up
@@ -177,10 +247,17 @@ def verify(engine: Engine, signed: Sequence[Checkpoint] = (),
     newest = signed[-1]
     if res.count < newest.count:
         return _cut(res.count, newest)
-    after = f"; {_span(newest.count + 1, res.count)} written after it" \
-        if res.count > newest.count else ""
-    return replace(res, checkpoint=newest, note=f"newest {newest.label()} (key "
-                   f"{newest.key_id}) covers {newest.count} events and matches{after}")
+    after = (
+        f"; {_span(newest.count + 1, res.count)} written after it"
+        if res.count > newest.count
+        else ""
+    )
+    return replace(
+        res,
+        checkpoint=newest,
+        note=f"newest {newest.label()} (key "
+        f"{newest.key_id}) covers {newest.count} events and matches{after}",
+    )
 
 
 @dataclass(frozen=True)
@@ -208,8 +285,7 @@ class _Part:
     last: str = GENESIS
 
 
-def _walk(engine: Engine, signed: Mapping[int, Checkpoint], processes: int | None
-          ) -> VerifyResult:
+def _walk(engine: Engine, signed: Mapping[int, Checkpoint], processes: int | None) -> VerifyResult:
     """One pass over the events, in order, with no query per event: split in spans read
     side by side when there are cores to spare, then joined."""
     with engine.connect() as conn:
@@ -229,8 +305,7 @@ def _spans(top: int, n: int) -> list[_Span]:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _can_fork(engine: Engine) -> bool:
@@ -238,13 +313,14 @@ def _can_fork(engine: Engine) -> bool:
     SQLite database in memory is seen by its own connection only."""
     u = engine.url
     in_memory = u.get_backend_name() == "sqlite" and (
-        u.database in (None, "", ":memory:") or u.query.get("mode") == "memory")
-    return "fork" in mp.get_all_start_methods() and threading.active_count() == 1 \
-        and not in_memory
+        u.database in (None, "", ":memory:") or u.query.get("mode") == "memory"
+    )
+    return "fork" in mp.get_all_start_methods() and threading.active_count() == 1 and not in_memory
 
 
-def _read_all(engine: Engine, spans: Sequence[_Span], signed: Mapping[int, Checkpoint]
-              ) -> list[_Part]:
+def _read_all(
+    engine: Engine, spans: Sequence[_Span], signed: Mapping[int, Checkpoint]
+) -> list[_Part]:
     """The first span read here, each other one by a forked child at the same time."""
     ctx = mp.get_context("fork")
     children = []
@@ -267,8 +343,9 @@ def _read_all(engine: Engine, spans: Sequence[_Span], signed: Mapping[int, Check
             child.join()
 
 
-def _child(engine: Engine, span: _Span, signed: Mapping[int, Checkpoint],
-           send: mp_connection.Connection) -> None:
+def _child(
+    engine: Engine, span: _Span, signed: Mapping[int, Checkpoint], send: mp_connection.Connection
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-c: the parent ends its children
     engine.dispose(close=False)  # the parent's pooled connections stay the parent's
     try:
@@ -317,8 +394,7 @@ def _rows(conn: Connection, q: Select[Any]) -> Iterator[Sequence[Any]]:
         yield from cur
 
 
-def _check(rows: Iterable[Sequence[Any]], first: int, signed: Mapping[int, Checkpoint]
-           ) -> _Part:
+def _check(rows: Iterable[Sequence[Any]], first: int, signed: Mapping[int, Checkpoint]) -> _Part:
     """`rows` as events `first`, `first + 1`, …; the first one's link is left to `_join`."""
     n, head, last = first - 1, None, None
     for row in rows:
@@ -364,25 +440,40 @@ def _link(n: int, last: str | None, row: Sequence[Any]) -> str | None:
 
 def _cut(n: int, cp: Checkpoint) -> VerifyResult:
     ends = f"the log ends at event {n}" if n else "the log is empty"
-    return VerifyResult(False, n, n + 1, f"{ends} but {cp.label()} covers {cp.count} events: "
-                        f"{_span(n + 1, cp.count)} removed", cp)
+    return VerifyResult(
+        False,
+        n,
+        n + 1,
+        f"{ends} but {cp.label()} covers {cp.count} events: {_span(n + 1, cp.count)} removed",
+        cp,
+    )
 
 
 def _rewritten(cp: Checkpoint, signed: Mapping[int, Checkpoint]) -> VerifyResult:
     """Event `cp.count` is not the one `cp` signed; every checkpoint before it matched."""
     agreed = max((count for count in signed if count < cp.count), default=0)
-    span = f"event {cp.count} was" if agreed + 1 == cp.count \
+    span = (
+        f"event {cp.count} was"
+        if agreed + 1 == cp.count
         else f"at least one of events {agreed + 1}\N{EN DASH}{cp.count} was"
-    return VerifyResult(False, agreed, None, f"event {cp.count} is not the one {cp.label()} "
-                        f"signed: {span} changed and the chain recomputed after it", cp)
+    )
+    return VerifyResult(
+        False,
+        agreed,
+        None,
+        f"event {cp.count} is not the one {cp.label()} "
+        f"signed: {span} changed and the chain recomputed after it",
+        cp,
+    )
 
 
 def _span(first: int, last: int) -> str:
     return f"event {first} was" if first == last else f"events {first}\N{EN DASH}{last} were"
 
 
-def verify_with_checkpoints(engine: Engine, settings: checkpoints.Settings,
-                            public_key: Path | None = None) -> VerifyResult:
+def verify_with_checkpoints(
+    engine: Engine, settings: checkpoints.Settings, public_key: Path | None = None
+) -> VerifyResult:
     """`verify` against the checkpoint file of `settings`, checked first (links, key,
     signature; `public_key` instead of the one beside it). A broken chain of events is
     reported before a tampered checkpoint file."""
@@ -393,9 +484,12 @@ def verify_with_checkpoints(engine: Engine, settings: checkpoints.Settings,
         return replace(res, ok=False, problem=str(e), note="") if res.ok else res
     res = verify(engine, signed)
     if not signed and settings.key_file.exists():  # keygen alone, or checkpoints deleted
-        return replace(res, note=f"{res.note}; the signing key {settings.key_file} exists: "
-                       f"if it signed checkpoints, {settings.checkpoint_file} and its public "
-                       "key were removed")
+        return replace(
+            res,
+            note=f"{res.note}; the signing key {settings.key_file} exists: "
+            f"if it signed checkpoints, {settings.checkpoint_file} and its public "
+            "key were removed",
+        )
     return res
 
 
@@ -413,8 +507,9 @@ def checkpoint(engine: Engine, settings: checkpoints.Settings) -> Checkpoint:
     return cp
 
 
-def _next(engine: Engine, settings: checkpoints.Settings, prev: Checkpoint | None,
-          pub: Ed25519PublicKey) -> Checkpoint:
+def _next(
+    engine: Engine, settings: checkpoints.Settings, prev: Checkpoint | None, pub: Ed25519PublicKey
+) -> Checkpoint:
     with engine.connect() as conn:
         if prev is not None:
             _still_holds(conn, settings, prev, pub)
@@ -422,29 +517,49 @@ def _next(engine: Engine, settings: checkpoints.Settings, prev: Checkpoint | Non
             select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)
         ).first()
     n, head = (int(last.seq), str(last.hash)) if last else (0, GENESIS)
-    return Checkpoint(seq=prev.seq + 1 if prev else 1, count=n, head=head, ts=time.time(),
-                      prev=prev.digest() if prev else GENESIS, app=settings.app,
-                      key_id=checkpoints.key_id(pub))
+    return Checkpoint(
+        seq=prev.seq + 1 if prev else 1,
+        count=n,
+        head=head,
+        ts=time.time(),
+        prev=prev.digest() if prev else GENESIS,
+        app=settings.app,
+        key_id=checkpoints.key_id(pub),
+    )
 
 
-def _still_holds(conn: Connection, settings: checkpoints.Settings, prev: Checkpoint,
-                 pub: Ed25519PublicKey) -> None:
-    where, hint = str(settings.checkpoint_file), ("`rollwise audit verify` shows what "
-                                                   "changed; docs/audit.md says what to do")
+def _still_holds(
+    conn: Connection, settings: checkpoints.Settings, prev: Checkpoint, pub: Ed25519PublicKey
+) -> None:
+    where, hint = (
+        str(settings.checkpoint_file),
+        ("`rollwise audit verify` shows what changed; docs/audit.md says what to do"),
+    )
     if not checkpoints.signed_by(pub, prev):
-        raise IntegrityError(f"the newest checkpoint ({prev.label()}) is not signed by the "
-                             "audit key; not chaining onto it", where=where, hint=hint)
-    head = conn.execute(select(events.c.hash).where(events.c.seq == prev.count)).scalar() \
-        if prev.count else GENESIS
+        raise IntegrityError(
+            f"the newest checkpoint ({prev.label()}) is not signed by the "
+            "audit key; not chaining onto it",
+            where=where,
+            hint=hint,
+        )
+    head = (
+        conn.execute(select(events.c.hash).where(events.c.seq == prev.count)).scalar()
+        if prev.count
+        else GENESIS
+    )
     if head != prev.head:
         what = "is gone" if head is None else "changed"
-        raise IntegrityError(f"event {prev.count}, the last one {prev.label()} covers, {what}; "
-                             "not signing over a log that lost what was signed",
-                             where=where, hint=hint)
+        raise IntegrityError(
+            f"event {prev.count}, the last one {prev.label()} covers, {what}; "
+            "not signing over a log that lost what was signed",
+            where=where,
+            hint=hint,
+        )
 
 
-def checkpointer(engine: Engine, settings: checkpoints.Settings,
-                 emit: Callable[[Event], None]) -> Callable[[Event], None]:
+def checkpointer(
+    engine: Engine, settings: checkpoints.Settings, emit: Callable[[Event], None]
+) -> Callable[[Event], None]:
     """An event-bus subscriber, subscribed after `recorder`, that writes a checkpoint after
     each event ending an operation (CHECKPOINT_AFTER). A failed checkpoint does not fail the
     operation: it is emitted as a `checkpoint` event with outcome `error` and the reason."""
@@ -455,8 +570,15 @@ def checkpointer(engine: Engine, settings: checkpoints.Settings,
         try:
             checkpoint(engine, settings)
         except (RollwiseError, OSError) as e:
-            emit(Event(action=CHECKPOINT, outcome=reasons.ERROR, actor=ev.actor, env=ev.env,
-                       reason=str(e)))
+            emit(
+                Event(
+                    action=CHECKPOINT,
+                    outcome=reasons.ERROR,
+                    actor=ev.actor,
+                    env=ev.env,
+                    reason=str(e),
+                )
+            )
 
     return after
 
@@ -469,8 +591,9 @@ def export(engine: Engine, out: IO[str]) -> int:
     return n
 
 
-def iter_events(engine: Engine, env: str | None = None, limit: int | None = None,
-                action: str | None = None) -> Iterator[dict[str, Any]]:
+def iter_events(
+    engine: Engine, env: str | None = None, limit: int | None = None, action: str | None = None
+) -> Iterator[dict[str, Any]]:
     q = select(events).order_by(events.c.seq)
     if env:
         q = q.where(events.c.env == env)

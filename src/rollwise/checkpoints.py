@@ -53,9 +53,12 @@ def _os_errors(path: Path, doing: str) -> Iterator[None]:
     except (FileNotFoundError, FileExistsError):
         raise  # the callers deal with these
     except OSError as e:
-        raise RollwiseError(f"cannot {doing}: {e.strerror}", where=str(path),
-                            hint="check the folder's owner and permissions, or choose other "
-                            "paths (audit.* in rollwise.yaml, docs/audit.md)") from e
+        raise RollwiseError(
+            f"cannot {doing}: {e.strerror}",
+            where=str(path),
+            hint="check the folder's owner and permissions, or choose other "
+            "paths (audit.* in rollwise.yaml, docs/audit.md)",
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,15 @@ class Checkpoint:
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
-    "seq": int, "count": int, "head": str, "ts": (int, float), "prev": str, "app": str,
-    "key_id": str, "sig": str, "v": int,
+    "seq": int,
+    "count": int,
+    "head": str,
+    "ts": (int, float),
+    "prev": str,
+    "app": str,
+    "key_id": str,
+    "sig": str,
+    "v": int,
 }
 
 
@@ -143,13 +153,15 @@ def create_key(path: Path) -> Ed25519PrivateKey:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise ConfigError("an audit key is already there; not replacing it", where=str(path),
-                          hint="checkpoints signed by it would no longer verify with a "
-                          "new one; keep it, or move it aside to start a new chain") from None
+        raise ConfigError(
+            "an audit key is already there; not replacing it",
+            where=str(path),
+            hint="checkpoints signed by it would no longer verify with a "
+            "new one; keep it, or move it aside to start a new chain",
+        ) from None
     key = Ed25519PrivateKey.generate()
     with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8,
-                                  ser.NoEncryption()))
+        f.write(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()))
         os.fsync(f.fileno())
     return key
 
@@ -158,17 +170,26 @@ def load_key(path: Path) -> Ed25519PrivateKey:
     """The signing key at `path`; refused when others may read it (like ssh does)."""
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise ConfigError(f"the audit key is readable by others (mode {mode:o})",
-                          where=str(path), hint=f"chmod 600 {path}")
+        raise ConfigError(
+            f"the audit key is readable by others (mode {mode:o})",
+            where=str(path),
+            hint=f"chmod 600 {path}",
+        )
     try:
         key = ser.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as e:
-        raise ConfigError(f"not a PEM private key: {e}", where=str(path),
-                          hint="point audit.key_file (or ROLLWISE_AUDIT_KEY_FILE) at the key "
-                          "`rollwise audit keygen` created") from e
+        raise ConfigError(
+            f"not a PEM private key: {e}",
+            where=str(path),
+            hint="point audit.key_file (or ROLLWISE_AUDIT_KEY_FILE) at the key "
+            "`rollwise audit keygen` created",
+        ) from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError("the audit key must be an Ed25519 key", where=str(path),
-                          hint="create one with `rollwise audit keygen`")
+        raise ConfigError(
+            "the audit key must be an Ed25519 key",
+            where=str(path),
+            hint="create one with `rollwise audit keygen`",
+        )
     return key
 
 
@@ -176,9 +197,11 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
         pub = ser.load_pem_public_key(path.read_bytes())
     except ValueError as e:
-        raise IntegrityError(f"not a PEM public key: {e}", where=str(path),
-                             hint="restore it from a copy, or check with "
-                             "`rollwise audit verify --public-key FILE`") from e
+        raise IntegrityError(
+            f"not a PEM public key: {e}",
+            where=str(path),
+            hint="restore it from a copy, or check with `rollwise audit verify --public-key FILE`",
+        ) from e
     if not isinstance(pub, Ed25519PublicKey):
         raise IntegrityError("not an Ed25519 public key", where=str(path))
     return pub
@@ -214,12 +237,19 @@ def settings(config: ProjectConfig, state_dir: Path, engine: Engine) -> Settings
     defaults under XDG_CONFIG_HOME and XDG_STATE_HOME. Nothing may live in `state_dir`."""
     cfg, root = config.audit, state_dir.parent
     key = _path(os.environ.get(KEY_ENV) or cfg.key_file, root) or default_key_file(config.app)
-    file = _path(os.environ.get(FILE_ENV) or cfg.checkpoint_file, root) \
-        or default_checkpoint_file(config.app, store_name(engine))
+    file = _path(os.environ.get(FILE_ENV) or cfg.checkpoint_file, root) or default_checkpoint_file(
+        config.app, store_name(engine)
+    )
     for what, path in (("audit.key_file", key), ("audit.checkpoint_file", file)):
         _outside(what, path, state_dir)
-    return Settings(config.app, key, file, cfg.syslog_address if cfg.syslog else None,
-                    cfg.webhook_url, cfg.webhook_token_env)
+    return Settings(
+        config.app,
+        key,
+        file,
+        cfg.syslog_address if cfg.syslog else None,
+        cfg.webhook_url,
+        cfg.webhook_token_env,
+    )
 
 
 def default_key_file(app: str) -> Path:
@@ -235,8 +265,11 @@ def store_name(engine: Engine) -> str:
     """Eight hex digits naming the state store (its file, or its URL without password), so
     two projects of the same app on one machine keep separate checkpoint files."""
     url = engine.url
-    text = str(Path(url.database or "").resolve()) if url.get_backend_name() == "sqlite" \
+    text = (
+        str(Path(url.database or "").resolve())
+        if url.get_backend_name() == "sqlite"
         else url.render_as_string(hide_password=True)
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -251,10 +284,12 @@ def _path(value: str | None, root: Path) -> Path | None:
 
 def _outside(what: str, path: Path, state_dir: Path) -> None:
     if path.resolve().is_relative_to(state_dir.resolve()):
-        raise ConfigError(f"{what} {path} is inside the state directory {state_dir}, which "
-                          "whoever edits the state store can rewrite",
-                          hint=f"put it outside {STATE_DIR_NAME}/ (or unset it for the "
-                          "default, see docs/audit.md)")
+        raise ConfigError(
+            f"{what} {path} is inside the state directory {state_dir}, which "
+            "whoever edits the state store can rewrite",
+            hint=f"put it outside {STATE_DIR_NAME}/ (or unset it for the "
+            "default, see docs/audit.md)",
+        )
 
 
 def signing_key(s: Settings) -> Ed25519PrivateKey:
@@ -294,7 +329,8 @@ def _pin(s: Settings, pub: Ed25519PublicKey) -> None:
                 f"the checkpoints in {s.checkpoint_file} (id {key_id(pinned)})",
                 where=str(s.public_key_file),
                 hint="use the key that signed them; to start a new chain with this key, "
-                f"move {s.checkpoint_file} and {s.public_key_file} aside") from None
+                f"move {s.checkpoint_file} and {s.public_key_file} aside",
+            ) from None
         return
     with os.fdopen(fd, "wb") as f:
         f.write(pem(pub))
@@ -365,9 +401,12 @@ class FileSink:
             return parse(line.decode())
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             where = f"{self.path}:{n}" if n else f"{self.path} (last line)"
-            raise IntegrityError(f"not a checkpoint: {e}", where=where,
-                                 hint="the checkpoint file was edited, or a write was cut "
-                                 "short; compare it with the syslog or webhook copies") from e
+            raise IntegrityError(
+                f"not a checkpoint: {e}",
+                where=where,
+                hint="the checkpoint file was edited, or a write was cut "
+                "short; compare it with the syslog or webhook copies",
+            ) from e
 
     def _open(self) -> int:
         with _os_errors(self.path, "open the checkpoint file"):
@@ -394,8 +433,11 @@ class SyslogSink:
         handler = _RaisingSysLogHandler(address=syslog_address(self.address))
         handler.ident = "rollwise-audit: "
         try:
-            handler.emit(logging.makeLogRecord(
-                {"msg": cp.line().rstrip("\n"), "levelno": logging.INFO, "levelname": "INFO"}))
+            handler.emit(
+                logging.makeLogRecord(
+                    {"msg": cp.line().rstrip("\n"), "levelno": logging.INFO, "levelname": "INFO"}
+                )
+            )
         finally:
             handler.close()
 
@@ -443,8 +485,10 @@ def _token(env: str | None) -> Secret | None:
     if env is None:
         return None
     if not (value := os.environ.get(env)):
-        raise ConfigError(f"audit.webhook_token_env names {env}, which is not set",
-                          hint=f"export {env} with the webhook's token")
+        raise ConfigError(
+            f"audit.webhook_token_env names {env}, which is not set",
+            hint=f"export {env} with the webhook's token",
+        )
     return Secret(value)
 
 
@@ -457,8 +501,10 @@ def ship(cp: Checkpoint, sinks: Sequence[CheckpointSink]) -> None:
         except Exception as e:  # OSError, httpx errors...: all reported below
             failed.append(f"{sink.name}: {e}")
     if failed:
-        raise RollwiseError(f"{cp.label()} was written but not sent to " + "; ".join(failed),
-                            hint="check the sink; `rollwise audit checkpoint` sends the next one")
+        raise RollwiseError(
+            f"{cp.label()} was written but not sent to " + "; ".join(failed),
+            hint="check the sink; `rollwise audit checkpoint` sends the next one",
+        )
 
 
 # --- reading the file back ----------------------------------------------------------------
@@ -477,9 +523,12 @@ def load(s: Settings, public_key: Path | None = None) -> list[Checkpoint]:
     for n, (before, cp) in enumerate(zip([None, *cps], cps, strict=False), 1):
         _check_link(f"{s.checkpoint_file}:{n}", before, cp, key_id(pub))
     if not signed_by(pub, cps[-1]):
-        raise IntegrityError(f"{cps[-1].label()} is not signed by the audit key "
-                             f"{key_id(pub)}: the checkpoint file was edited",
-                             where=f"{s.checkpoint_file}:{len(cps)}", hint=_RESTORE)
+        raise IntegrityError(
+            f"{cps[-1].label()} is not signed by the audit key "
+            f"{key_id(pub)}: the checkpoint file was edited",
+            where=f"{s.checkpoint_file}:{len(cps)}",
+            hint=_RESTORE,
+        )
     return cps
 
 
@@ -493,7 +542,8 @@ def _never_written(s: Settings) -> None:
             f"{s.public_key_file} is there: the checkpoints were removed",
             where=str(s.checkpoint_file),
             hint=f"restore it from a copy (syslog, webhook); if no checkpoint was ever "
-            f"written, remove {s.public_key_file}")
+            f"written, remove {s.public_key_file}",
+        )
 
 
 def _public_key(s: Settings, given: Path | None) -> Ed25519PublicKey:
@@ -501,15 +551,20 @@ def _public_key(s: Settings, given: Path | None) -> Ed25519PublicKey:
     its public half must be that one (else both file and public key were replaced)."""
     path = given or s.public_key_file
     if not path.exists():
-        raise IntegrityError("the checkpoints' public key is missing", where=str(path),
-                             hint="restore it, or pass the one you keep with --public-key")
+        raise IntegrityError(
+            "the checkpoints' public key is missing",
+            where=str(path),
+            hint="restore it, or pass the one you keep with --public-key",
+        )
     pub = load_public_key(path)
     own = _own_public_key(s)
     if own is not None and key_id(own) != key_id(pub):
         raise IntegrityError(
             f"the public key {path} (id {key_id(pub)}) is not the audit key's "
             f"{s.key_file} (id {key_id(own)}): the checkpoints were re-signed with another key",
-            where=str(path), hint=_RESTORE)
+            where=str(path),
+            hint=_RESTORE,
+        )
     return pub
 
 
@@ -521,16 +576,27 @@ def _own_public_key(s: Settings) -> Ed25519PublicKey | None:
 
 
 def _check_link(where: str, before: Checkpoint | None, cp: Checkpoint, key: str) -> None:
-    prev, seq, floor = (before.digest(), before.seq + 1, before.count) if before \
-        else (GENESIS, 1, 0)
+    prev, seq, floor = (
+        (before.digest(), before.seq + 1, before.count) if before else (GENESIS, 1, 0)
+    )
     if cp.seq != seq or cp.prev != prev:
         after = f"checkpoint #{before.seq}" if before else "the start of the chain"
-        raise IntegrityError(f"{cp.label()} does not link to {after}: the checkpoint file was "
-                             "edited (a checkpoint changed, removed or inserted)",
-                             where=where, hint=_RESTORE)
+        raise IntegrityError(
+            f"{cp.label()} does not link to {after}: the checkpoint file was "
+            "edited (a checkpoint changed, removed or inserted)",
+            where=where,
+            hint=_RESTORE,
+        )
     if cp.count < floor:
-        raise IntegrityError(f"{cp.label()} covers {cp.count} events, fewer than the "
-                             f"{floor} of the checkpoint before it", where=where, hint=_RESTORE)
+        raise IntegrityError(
+            f"{cp.label()} covers {cp.count} events, fewer than the "
+            f"{floor} of the checkpoint before it",
+            where=where,
+            hint=_RESTORE,
+        )
     if cp.key_id != key:
-        raise IntegrityError(f"{cp.label()} was signed with key {cp.key_id}, not with the "
-                             f"audit key {key}", where=where, hint=_RESTORE)
+        raise IntegrityError(
+            f"{cp.label()} was signed with key {cp.key_id}, not with the audit key {key}",
+            where=where,
+            hint=_RESTORE,
+        )

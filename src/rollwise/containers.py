@@ -32,10 +32,12 @@ def cli(cfg: ImageConfig) -> str:
     for name in names:
         if path := shutil.which(name):
             return path
-    raise ConfigError(f"no container CLI: {' or '.join(names)} is not installed",
-                      where="image.cli",
-                      hint="install podman (apt-get install -y podman) or docker, or run this "
-                      "environment as processes (`target: {type: local}`)")
+    raise ConfigError(
+        f"no container CLI: {' or '.join(names)} is not installed",
+        where="image.cli",
+        hint="install podman (apt-get install -y podman) or docker, or run this "
+        "environment as processes (`target: {type: local}`)",
+    )
 
 
 Proc = subprocess.CompletedProcess[str]
@@ -44,8 +46,8 @@ Proc = subprocess.CompletedProcess[str]
 class Runner(Protocol):
     """Where the container CLI runs, and where the containers it starts listen."""
 
-    label: str    # the host's name in progress reports ("local" on this machine)
-    where: str    # named in errors: "this machine", "host h1 (10.0.0.2:22)"
+    label: str  # the host's name in progress reports ("local" on this machine)
+    where: str  # named in errors: "this machine", "host h1 (10.0.0.2:22)"
     address: str  # where instances listen and the router reaches them
     remote: bool  # another machine: a release's image may have to be sent there
 
@@ -53,8 +55,15 @@ class Runner(Protocol):
         """The CLI's name there (`podman`, `docker`); a ConfigError naming `where` when
         neither is installed (or the host does not answer)."""
 
-    def run(self, args: Sequence[str], *, timeout: float = TIMEOUT_S, check: bool = True,
-            env: Mapping[str, str] | None = None, stdin: Path | None = None) -> Proc:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = TIMEOUT_S,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        stdin: Path | None = None,
+    ) -> Proc:
         """`<cli> args` there; `env` reaches the CLI's environment only (never its
         arguments), `stdin` is a local file streamed to it."""
 
@@ -79,10 +88,23 @@ class Local:
     def name(self) -> str:
         return Path(self.exe()).name
 
-    def run(self, args: Sequence[str], *, timeout: float = TIMEOUT_S, check: bool = True,
-            env: Mapping[str, str] | None = None, stdin: Path | None = None) -> Proc:
-        return run(self.exe(), *args, timeout=timeout, check=check, stdin=stdin,
-                   env=None if env is None else {**base_env(), **env})
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = TIMEOUT_S,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        stdin: Path | None = None,
+    ) -> Proc:
+        return run(
+            self.exe(),
+            *args,
+            timeout=timeout,
+            check=check,
+            stdin=stdin,
+            env=None if env is None else {**base_env(), **env},
+        )
 
     def ports(self, n: int) -> list[int]:
         from rollwise.ports import free_ports
@@ -93,33 +115,52 @@ class Local:
 def base_env() -> dict[str, str]:
     """What the CLI itself needs from this process's environment (it finds its storage and
     configuration by these), without the rest."""
-    keep = ("PATH", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
-            "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF",
-            "DOCKER_HOST", "DOCKER_CONFIG", "TMPDIR")
+    keep = (
+        "PATH",
+        "HOME",
+        "XDG_RUNTIME_DIR",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "CONTAINERS_CONF",
+        "CONTAINERS_STORAGE_CONF",
+        "CONTAINERS_REGISTRIES_CONF",
+        "DOCKER_HOST",
+        "DOCKER_CONFIG",
+        "TMPDIR",
+    )
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
-def run(exe: str, *args: str, timeout: float = TIMEOUT_S, check: bool = True,
-        env: dict[str, str] | None = None, stdin: Path | None = None) -> Proc:
+def run(
+    exe: str,
+    *args: str,
+    timeout: float = TIMEOUT_S,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    stdin: Path | None = None,
+) -> Proc:
     try:
-        with (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as given:
-            proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                                  env=env, stdin=given)
+        with open(stdin, "rb") if stdin else open(os.devnull, "rb") as given:
+            proc = subprocess.run(
+                [exe, *args], capture_output=True, text=True, timeout=timeout, env=env, stdin=given
+            )
     except subprocess.TimeoutExpired:
-        raise RollwiseError(f"`{Path(exe).name} {' '.join(args[:3])}` did not finish within "
-                            f"{timeout:g} s", hint="is the container engine stuck? "
-                            f"`{Path(exe).name} info` says") from None
+        raise RollwiseError(
+            f"`{Path(exe).name} {' '.join(args[:3])}` did not finish within {timeout:g} s",
+            hint=f"is the container engine stuck? `{Path(exe).name} info` says",
+        ) from None
     if check and proc.returncode != 0:
-        raise RollwiseError(f"`{Path(exe).name} {' '.join(args[:3])}` failed: "
-                            f"{(proc.stderr or proc.stdout).strip()[-600:]}",
-                            where=Path(exe).name)
+        raise RollwiseError(
+            f"`{Path(exe).name} {' '.join(args[:3])}` failed: "
+            f"{(proc.stderr or proc.stdout).strip()[-600:]}",
+            where=Path(exe).name,
+        )
     return proc
 
 
 def image_id(runner: Runner, ref: str) -> str | None:
     """The ID of an image where `runner` runs, or None when it is not there."""
-    proc = runner.run(["image", "inspect", "--format", "{{.Id}}", ref], check=False,
-                      timeout=60)
+    proc = runner.run(["image", "inspect", "--format", "{{.Id}}", ref], check=False, timeout=60)
     if proc.returncode != 0:
         return None
     got = proc.stdout.strip().splitlines()[0]
@@ -134,8 +175,11 @@ def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dic
     if cfg.build is not None:
         file = (source / cfg.build).resolve()
         if not file.is_file():
-            raise ConfigError(f"no {cfg.build} in {source}", where="image.build",
-                              hint="write a Containerfile there or point `image.build` at it")
+            raise ConfigError(
+                f"no {cfg.build} in {source}",
+                where="image.build",
+                hint="write a Containerfile there or point `image.build` at it",
+            )
         tag = f"localhost/rollwise/{app}:{version}"
         run(exe, "build", "-f", str(file), "-t", tag, str(source))
         ref = tag
@@ -144,17 +188,26 @@ def release_image(cfg: ImageConfig, source: Path, app: str, version: str) -> dic
         if image_id(here, ref) is None:
             proc = run(exe, "pull", *tls(cfg), ref, check=False)
             if proc.returncode != 0:
-                raise NotFound(f"image {ref} is not on this machine and cannot be pulled: "
-                               f"{proc.stderr.strip()[-400:]}", where="image.ref",
-                               hint="check the name and the registry, or build it first")
+                raise NotFound(
+                    f"image {ref} is not on this machine and cannot be pulled: "
+                    f"{proc.stderr.strip()[-400:]}",
+                    where="image.ref",
+                    hint="check the name and the registry, or build it first",
+                )
     found = image_id(here, ref)
     if found is None:
         raise RollwiseError(f"image {ref} has no ID after it was made", where="image")
-    digests = run(exe, "image", "inspect", "--format", "{{json .RepoDigests}}", ref,
-                  timeout=60).stdout.strip()
+    digests = run(
+        exe, "image", "inspect", "--format", "{{json .RepoDigests}}", ref, timeout=60
+    ).stdout.strip()
     pushed = push(exe, cfg, found, version) if cfg.push else []
-    return {"id": found, "ref": ref, "cli": Path(exe).name, "built": cfg.build is not None,
-            "repo_digests": pushed + (json.loads(digests or "[]") or [])}
+    return {
+        "id": found,
+        "ref": ref,
+        "cli": Path(exe).name,
+        "built": cfg.build is not None,
+        "repo_digests": pushed + (json.loads(digests or "[]") or []),
+    }
 
 
 def push(exe: str, cfg: ImageConfig, image: str, version: str) -> list[str]:
@@ -163,12 +216,14 @@ def push(exe: str, cfg: ImageConfig, image: str, version: str) -> list[str]:
     run(exe, "tag", image, target, timeout=60)
     with tempfile.TemporaryDirectory() as tmp:
         digest_file = Path(tmp) / "digest"
-        proc = run(exe, "push", *tls(cfg), "--digestfile", str(digest_file), target,
-                   check=False)
+        proc = run(exe, "push", *tls(cfg), "--digestfile", str(digest_file), target, check=False)
         if proc.returncode != 0:
-            raise RollwiseError(f"pushing {target} failed: {proc.stderr.strip()[-400:]}",
-                                where="image.push", hint="is the registry up and are you "
-                                "logged in (`podman login`)? nothing was recorded")
+            raise RollwiseError(
+                f"pushing {target} failed: {proc.stderr.strip()[-400:]}",
+                where="image.push",
+                hint="is the registry up and are you "
+                "logged in (`podman login`)? nothing was recorded",
+            )
         return [f"{cfg.push}@{digest_file.read_text().strip()}"]
 
 
@@ -202,9 +257,11 @@ def read_archive(artifact: Path, version: str) -> dict[str, Any]:
         except KeyError:
             member = None
         if member is None:
-            raise ConfigError(f"release {version} carries no image: it was made without "
-                              "`image` in rollwise.yaml", where=f"release {version}",
-                              hint="create a new release with `image` set")
+            raise ConfigError(
+                f"release {version} carries no image: it was made without `image` in rollwise.yaml",
+                where=f"release {version}",
+                hint="create a new release with `image` set",
+            )
         data: dict[str, Any] = json.loads(member.read())
         return data
 
@@ -212,9 +269,11 @@ def read_archive(artifact: Path, version: str) -> dict[str, Any]:
 def read(release_dir: Path, version: str) -> dict[str, Any]:
     path = release_dir / IMAGE_FILE
     if not path.is_file():
-        raise ConfigError(f"release {version} carries no image: it was made without `image` "
-                          "in rollwise.yaml", where=f"release {version}",
-                          hint="create a new release with `image` set; a container target "
-                          "runs only releases made as images")
+        raise ConfigError(
+            f"release {version} carries no image: it was made without `image` in rollwise.yaml",
+            where=f"release {version}",
+            hint="create a new release with `image` set; a container target "
+            "runs only releases made as images",
+        )
     data: dict[str, Any] = json.loads(path.read_text())
     return data

@@ -39,14 +39,16 @@ def prepare_example(example: Path, work: Path, env: dict[str, Any] | None = None
     """A copy of the example project in `work` with one environment, `dev`, its router on a
     free loopback port; `env` adds settings to it."""
     if not (example / "rollwise.yaml").is_file():
-        raise NotFound(f"no example app at {example.resolve()}",
-                       hint="run from the repository root or pass --example PATH")
+        raise NotFound(
+            f"no example app at {example.resolve()}",
+            hint="run from the repository root or pass --example PATH",
+        )
     project = work / "order-sync"
-    shutil.copytree(example, project,
-                    ignore=shutil.ignore_patterns(".rollwise", "*.db*", "faults.json"))
+    shutil.copytree(
+        example, project, ignore=shutil.ignore_patterns(".rollwise", "*.db*", "faults.json")
+    )
     cfg = yaml.safe_load((project / "rollwise.yaml").read_text())
-    cfg["environments"] = {ENV: {"router": {"listen": f"127.0.0.1:{free_port()}"},
-                                 **(env or {})}}
+    cfg["environments"] = {ENV: {"router": {"listen": f"127.0.0.1:{free_port()}"}, **(env or {})}}
     (project / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return project
 
@@ -80,15 +82,15 @@ class Recorder:
             self.decisions.append(ev)
 
 
-def run_demo(example: Path, rate: float, log: Log = None, hold_s: float = 3.0
-             ) -> dict[str, Any]:
+def run_demo(example: Path, rate: float, log: Log = None, hold_s: float = 3.0) -> dict[str, Any]:
     say = log or (lambda _: None)
     work = Path(tempfile.mkdtemp(prefix="rollwise-demo-"))
     seen = Recorder()
     bus = EventBus()
     bus.subscribe(seen)
-    project = prepare_example(example, work, {"strategy": STRATEGY, "analysis": ANALYSIS,
-                                              "database": DATABASE})
+    project = prepare_example(
+        example, work, {"strategy": STRATEGY, "analysis": ANALYSIS, "database": DATABASE}
+    )
     ctx = Context.open(project, bus)
     listen = ctx.env(ENV).router
     try:
@@ -120,21 +122,31 @@ def run_demo(example: Path, rate: float, log: Log = None, hold_s: float = 3.0
         if client.alive():
             client.call("shutdown")
     report = _report(results, seen, t_bad, t_back, caught, stored, live, rate)
-    report |= {"project": str(project), "schema_after_rollback": schema_after_rollback,
-               "schema_now": schema_now}
+    report |= {
+        "project": str(project),
+        "schema_after_rollback": schema_after_rollback,
+        "schema_now": schema_now,
+    }
     if not report["requests_failed_by_switch"]:
         shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _report(results: list[loadgen.Result], seen: Recorder, t_bad: float, t_back: float,
-            caught: str | None, stored: int, live: str, rate: float) -> dict[str, Any]:
+def _report(
+    results: list[loadgen.Result],
+    seen: Recorder,
+    t_bad: float,
+    t_back: float,
+    caught: str | None,
+    stored: int,
+    live: str,
+    rate: float,
+) -> dict[str, Any]:
     summary = loadgen.summarize(results)
     acked = sum(1 for r in results if r.status in (200, 201))
     from_bad = [r for r in results if r.version == BAD and r.status >= 500]
     first_canary = next(s for s in seen.switches if s[0] >= t_bad - 1)
-    fail = next((e for e in seen.decisions if e.outcome == "rollback" and e.version == BAD),
-                None)
+    fail = next((e for e in seen.decisions if e.outcome == "rollback" and e.version == BAD), None)
     back = next(s for s in seen.switches if s[0] >= (fail.ts if fail else t_back) - 0.05)
     return {
         **summary,
@@ -143,8 +155,7 @@ def _report(results: list[loadgen.Result], seen: Recorder, t_bad: float, t_back:
         "rolled_back": caught is not None,
         "rollback_reason": fail.reason if fail else caught,
         "detection_s": round(fail.ts - first_canary[0], 2) if fail else None,
-        "rollback_traffic_ms": round(
-            loadgen.traffic_moved_ms(results, back[0], back[1], BAD), 2),
+        "rollback_traffic_ms": round(loadgen.traffic_moved_ms(results, back[0], back[1], BAD), 2),
         "requests_failed_by_bad_release": len(from_bad),
         "requests_failed_by_switch": summary["requests_failed"] - len(from_bad),
         "orders_acknowledged": acked,
@@ -166,20 +177,23 @@ def _orders_stored(ctx: Context) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
-    return "\n".join([
-        "", "rollwise demo report",
-        f"  versions           {' -> '.join(r['versions'])}",
-        f"  live now           {r['live_version']}",
-        f"  requests sent      {r['requests_sent']} at {r['rate']:g} req/s",
-        f"  requests failed    {r['requests_failed']}: {r['requests_failed_by_bad_release']} "
-        f"returned by {BAD} itself, {r['requests_failed_by_switch']} caused by switching",
-        f"  served by version  {r['by_version']}",
-        f"  canary {BAD}      stopped {r['detection_s']} s after it took traffic: "
-        f"{r['rollback_reason']}",
-        f"  traffic back       on 1.0.0 in {r['rollback_traffic_ms']} ms",
-        f"  orders             {r['orders_acknowledged']} acknowledged, {r['orders_stored']} "
-        f"stored, {r['orders_lost']} lost",
-        f"  schema             after the rollback: {', '.join(r['schema_after_rollback'])}; "
-        f"now: {', '.join(r['schema_now'])}",
-        f"  latency            p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms",
-    ])
+    return "\n".join(
+        [
+            "",
+            "rollwise demo report",
+            f"  versions           {' -> '.join(r['versions'])}",
+            f"  live now           {r['live_version']}",
+            f"  requests sent      {r['requests_sent']} at {r['rate']:g} req/s",
+            f"  requests failed    {r['requests_failed']}: {r['requests_failed_by_bad_release']} "
+            f"returned by {BAD} itself, {r['requests_failed_by_switch']} caused by switching",
+            f"  served by version  {r['by_version']}",
+            f"  canary {BAD}      stopped {r['detection_s']} s after it took traffic: "
+            f"{r['rollback_reason']}",
+            f"  traffic back       on 1.0.0 in {r['rollback_traffic_ms']} ms",
+            f"  orders             {r['orders_acknowledged']} acknowledged, {r['orders_stored']} "
+            f"stored, {r['orders_lost']} lost",
+            f"  schema             after the rollback: {', '.join(r['schema_after_rollback'])}; "
+            f"now: {', '.join(r['schema_now'])}",
+            f"  latency            p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms",
+        ]
+    )

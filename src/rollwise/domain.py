@@ -115,8 +115,13 @@ def step_as_dict(step: AnyStep) -> dict[str, Any]:
 
 def step_from_dict(d: dict[str, Any]) -> AnyStep:
     args = {k: v for k, v in d.items() if k != "kind"}
-    return Stage(**args) if d["kind"] == CANARY else Batch(**args) if d["kind"] == BATCH \
+    return (
+        Stage(**args)
+        if d["kind"] == CANARY
+        else Batch(**args)
+        if d["kind"] == BATCH
         else Step(d["kind"])
+    )
 
 
 def step_from_name(name: str, stages: list[dict[str, Any]]) -> AnyStep:
@@ -149,14 +154,20 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         return cls(
-            env=d["env"], kind=d["kind"], to_version=d["to_version"], sha256=d["sha256"],
+            env=d["env"],
+            kind=d["kind"],
+            to_version=d["to_version"],
+            sha256=d["sha256"],
             from_version=d["from_version"],
             new=tuple(InstancePlan.from_dict(i) for i in d["new"]),
             old=tuple(InstancePlan.from_dict(i) for i in d["old"]),
-            steps=tuple(step_from_name(s, d.get("stages", [])) if isinstance(s, str) else
-                        step_from_dict(s) for s in d["steps"]),
+            steps=tuple(
+                step_from_name(s, d.get("stages", [])) if isinstance(s, str) else step_from_dict(s)
+                for s in d["steps"]
+            ),
             bake_s=float(d.get("bake_s", 0.0)),
-            batch_size=int(d.get("batch_size", 0)), pause_s=float(d.get("pause_s", 0.0)),
+            batch_size=int(d.get("batch_size", 0)),
+            pause_s=float(d.get("pause_s", 0.0)),
             ends=tuple(int(e) for e in d.get("ends", ())),
         )
 
@@ -174,17 +185,20 @@ class Plan:
             return []
         ends = self.ends or batch_ends(len(self.new), self.batch_size, ())
         starts = (0, *ends[:-1])
-        return [(self.new[a:b], self.old[a:b] if b < ends[-1] else self.old[a:])
-                for a, b in zip(starts, ends, strict=True)]
+        return [
+            (self.new[a:b], self.old[a:b] if b < ends[-1] else self.old[a:])
+            for a, b in zip(starts, ends, strict=True)
+        ]
 
 
-def batch_ends(total: int, batch_size: int, batches: tuple[int | str, ...]
-               ) -> tuple[int, ...]:
+def batch_ends(total: int, batch_size: int, batches: tuple[int | str, ...]) -> tuple[int, ...]:
     """How many new instances serve after each rolling batch: every `batch_size`, or as
     `batches` says (counts, percents of `total` rounded up), repeats dropped."""
     if batches:
-        want = [min(total, b if isinstance(b, int) else math.ceil(total * int(b[:-1]) / 100))
-                for b in batches]
+        want = [
+            min(total, b if isinstance(b, int) else math.ceil(total * int(b[:-1]) / 100))
+            for b in batches
+        ]
     else:
         want = [min(total, k * batch_size) for k in range(1, math.ceil(total / batch_size) + 1)]
     ends: list[int] = []
@@ -194,16 +208,31 @@ def batch_ends(total: int, batch_size: int, batches: tuple[int | str, ...]
     return tuple(ends)
 
 
-
-def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
-                    from_version: str | None, old: list[InstancePlan], endpoints: list[Endpoint],
-                    suffix: str, pre_hooks: bool, post_hooks: bool, strategy: str = "all-at-once",
-                    stages: tuple[Stage, ...] = (), bake_s: float = 0.0,
-                    checks: bool = False, batch_size: int = 1, pause_s: float = 0.0,
-                    batches: tuple[int | str, ...] = (),
-                    migrate: bool = False, migrate_down: bool = False,
-                    down_first: bool = False, purge: bool = False,
-                    backup: bool = False) -> Plan:
+def plan_deployment(
+    *,
+    env: str,
+    kind: str,
+    to_version: str,
+    sha256: str,
+    from_version: str | None,
+    old: list[InstancePlan],
+    endpoints: list[Endpoint],
+    suffix: str,
+    pre_hooks: bool,
+    post_hooks: bool,
+    strategy: str = "all-at-once",
+    stages: tuple[Stage, ...] = (),
+    bake_s: float = 0.0,
+    checks: bool = False,
+    batch_size: int = 1,
+    pause_s: float = 0.0,
+    batches: tuple[int | str, ...] = (),
+    migrate: bool = False,
+    migrate_down: bool = False,
+    down_first: bool = False,
+    purge: bool = False,
+    backup: bool = False,
+) -> Plan:
     """Migrate the schema up, start new beside old at the `endpoints` the target handed out
     (old stays at full capacity), check, move traffic (at once or in canary stages), verify,
     keep old warm for the bake time, drain and stop old. A rollback runs down migrations
@@ -215,34 +244,60 @@ def plan_deployment(*, env: str, kind: str, to_version: str, sha256: str,
 
     A rollback, and the first release of an environment, move traffic at once: there is
     nothing to compare with, and a rollback must not wait."""
-    new = tuple(InstancePlan(f"{to_version}-{suffix}-{n}", to_version, e.host, e.port)
-                for n, e in enumerate(endpoints))
+    new = tuple(
+        InstancePlan(f"{to_version}-{suffix}-{n}", to_version, e.host, e.port)
+        for n, e in enumerate(endpoints)
+    )
     progressive = kind == DEPLOY and bool(old)
-    stages = tuple(s for s in stages if s.weight < 100) if progressive and \
-        strategy == "canary" else ()
+    stages = (
+        tuple(s for s in stages if s.weight < 100) if progressive and strategy == "canary" else ()
+    )
     rolling = batch_size if progressive and strategy == "rolling" else 0
     ends = batch_ends(len(new), batch_size, batches) if rolling else ()
     bake = bake_s if progressive and not rolling else 0.0
-    launch: list[str | Batch] = [Batch(k + 1) for k in range(len(ends))] \
-        if rolling else [START, HEALTH]
+    launch: list[str | Batch] = (
+        [Batch(k + 1) for k in range(len(ends))] if rolling else [START, HEALTH]
+    )
     down = [MIGRATE_DOWN] if migrate_down and kind == ROLLBACK else []
-    steps = [VERIFY, UNPACK, *([PRE_HOOKS] if pre_hooks else []),
-             *([BACKUP] if backup and kind == DEPLOY else []),
-             *([MIGRATE] if migrate and kind == DEPLOY else []),
-             *(down if down_first else []), *launch,
-             *([PREVIEW] if progressive and strategy == "blue-green" and checks else []),
-             *stages, SWITCH, *([] if down_first else down),
-             *([PURGE] if purge else []),
-             *([POST_HOOKS] if post_hooks else []),
-             *([CHECKS] if checks else []), *([BAKE] if bake > 0 else []),
-             DRAIN, STOP_OLD, FINALIZE]
-    return Plan(env, kind, to_version, sha256, from_version, new, tuple(old),
-                tuple(Step(s) if isinstance(s, str) else s for s in steps), bake, rolling,
-                pause_s if rolling else 0.0, ends)
+    steps = [
+        VERIFY,
+        UNPACK,
+        *([PRE_HOOKS] if pre_hooks else []),
+        *([BACKUP] if backup and kind == DEPLOY else []),
+        *([MIGRATE] if migrate and kind == DEPLOY else []),
+        *(down if down_first else []),
+        *launch,
+        *([PREVIEW] if progressive and strategy == "blue-green" and checks else []),
+        *stages,
+        SWITCH,
+        *([] if down_first else down),
+        *([PURGE] if purge else []),
+        *([POST_HOOKS] if post_hooks else []),
+        *([CHECKS] if checks else []),
+        *([BAKE] if bake > 0 else []),
+        DRAIN,
+        STOP_OLD,
+        FINALIZE,
+    ]
+    return Plan(
+        env,
+        kind,
+        to_version,
+        sha256,
+        from_version,
+        new,
+        tuple(old),
+        tuple(Step(s) if isinstance(s, str) else s for s in steps),
+        bake,
+        rolling,
+        pause_s if rolling else 0.0,
+        ends,
+    )
 
 
-def canary_weights(new: tuple[InstancePlan, ...], old: tuple[InstancePlan, ...],
-                   percent: int) -> dict[str, int]:
+def canary_weights(
+    new: tuple[InstancePlan, ...], old: tuple[InstancePlan, ...], percent: int
+) -> dict[str, int]:
     """Router weights that send `percent` of requests to the new instances, spread evenly
     over each side, in the smallest integers that do it."""
     w_new, w_old = percent * len(old), (100 - percent) * len(new)
@@ -267,9 +322,10 @@ def parse_version(text: str) -> Version:
     try:
         return Version.parse(text.removeprefix("v"))
     except ValueError:
-        raise RollwiseError(f"{text!r} is not a semantic version",
-                            hint="use MAJOR.MINOR.PATCH, for example 1.2.3 or 1.2.3-rc.1"
-                            ) from None
+        raise RollwiseError(
+            f"{text!r} is not a semantic version",
+            hint="use MAJOR.MINOR.PATCH, for example 1.2.3 or 1.2.3-rc.1",
+        ) from None
 
 
 def check_version(version: str) -> str:
@@ -300,22 +356,27 @@ NOTHING_OLDER = "NothingOlder"
 NEWER_THAN_LIVE = "NewerThanLive"
 
 
-def rollback_target(live: str | None, order: list[str], good: set[str], bad: set[str],
-                    requested: str | None) -> RollbackChoice:
+def rollback_target(
+    live: str | None, order: list[str], good: set[str], bad: set[str], requested: str | None
+) -> RollbackChoice:
     """The release a rollback goes to: the requested one if it is older than the live
     release, else the newest known-good release that went live before the live one and is
     not marked bad. A rollback never moves forward."""
     if requested is not None:
         if live is not None and requested != live and is_newer(requested, live, order):
-            return RollbackChoice(None, NEWER_THAN_LIVE,
-                                  f"{requested} is newer than the live release {live}: going "
-                                  f"there is a deploy, not a rollback")
+            return RollbackChoice(
+                None,
+                NEWER_THAN_LIVE,
+                f"{requested} is newer than the live release {live}: going "
+                f"there is a deploy, not a rollback",
+            )
         return RollbackChoice(requested)
-    before = order[:order.index(live)] if live in order else []
+    before = order[: order.index(live)] if live in order else []
     target = next((v for v in reversed(before) if v in good and v not in bad), None)
     if target is None:
-        return RollbackChoice(None, NOTHING_OLDER,
-                              f"no known-good release deployed before {live or 'nothing'}")
+        return RollbackChoice(
+            None, NOTHING_OLDER, f"no known-good release deployed before {live or 'nothing'}"
+        )
     return RollbackChoice(target)
 
 
@@ -335,8 +396,9 @@ def bundle_order(depends_on: dict[str, tuple[str, ...]]) -> list[str]:
     service or a cycle."""
     for name, deps in depends_on.items():
         if unknown := [x for x in deps if x not in depends_on]:
-            raise ValueError(f"{name} depends on {', '.join(unknown)}, which is not a "
-                             "service of the bundle")
+            raise ValueError(
+                f"{name} depends on {', '.join(unknown)}, which is not a service of the bundle"
+            )
     order: list[str] = []
     visiting: list[str] = []
 
@@ -344,7 +406,7 @@ def bundle_order(depends_on: dict[str, tuple[str, ...]]) -> list[str]:
         if name in order:
             return
         if name in visiting:
-            cycle = [*visiting[visiting.index(name):], name]
+            cycle = [*visiting[visiting.index(name) :], name]
             raise ValueError(f"depends_on goes round in a circle: {' -> '.join(cycle)}")
         visiting.append(name)
         for dep in depends_on[name]:
@@ -357,9 +419,11 @@ def bundle_order(depends_on: dict[str, tuple[str, ...]]) -> list[str]:
     return order
 
 
-def bundle_moves(order: list[str], live: dict[str, str | None], wanted: dict[str, str]
-                 ) -> list[Move]:
+def bundle_moves(
+    order: list[str], live: dict[str, str | None], wanted: dict[str, str]
+) -> list[Move]:
     """The services a bundle deploy moves, in dependency order: those named in `wanted`
     whose live release differs from it."""
-    return [Move(s, live.get(s), wanted[s]) for s in order
-            if s in wanted and live.get(s) != wanted[s]]
+    return [
+        Move(s, live.get(s), wanted[s]) for s in order if s in wanted and live.get(s) != wanted[s]
+    ]

@@ -41,8 +41,11 @@ class KubeRelease:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {f"{LABEL}/app": self.app, f"{LABEL}/env": self.env,
-                f"{LABEL}/version": slug(self.version)}
+        return {
+            f"{LABEL}/app": self.app,
+            f"{LABEL}/env": self.env,
+            f"{LABEL}/version": slug(self.version),
+        }
 
 
 def slug(version: str) -> str:
@@ -57,87 +60,160 @@ def quantity(memory: str) -> str:
 
 
 def deployment(r: KubeRelease) -> dict[str, Any]:
-    env: list[dict[str, Any]] = [{"name": "PORT", "value": str(r.port)},
-                                 {"name": "HOST", "value": "0.0.0.0"},
-                                 {"name": "ROLLWISE_VERSION", "value": r.version},
-                                 {"name": "ROLLWISE_ENV", "value": r.env}]
+    env: list[dict[str, Any]] = [
+        {"name": "PORT", "value": str(r.port)},
+        {"name": "HOST", "value": "0.0.0.0"},
+        {"name": "ROLLWISE_VERSION", "value": r.version},
+        {"name": "ROLLWISE_ENV", "value": r.env},
+    ]
     env += [{"name": k, "value": v} for k, v in sorted(r.env_vars.items())]
-    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": f"{r.app}-{r.env}", "key": k}}}
-            for k in sorted(r.secret_names)]
-    limits = {**({"memory": quantity(r.memory)} if r.memory else {}),
-              **({"cpu": f"{round(r.cpus * 1000)}m"} if r.cpus else {})}
+    env += [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": f"{r.app}-{r.env}", "key": k}}}
+        for k in sorted(r.secret_names)
+    ]
+    limits = {
+        **({"memory": quantity(r.memory)} if r.memory else {}),
+        **({"cpu": f"{round(r.cpus * 1000)}m"} if r.cpus else {}),
+    }
     probe = {"httpGet": {"path": r.health_path, "port": r.port}, "periodSeconds": 2}
     container: dict[str, Any] = {
-        "name": r.app, "image": r.image, "ports": [{"containerPort": r.port, "name": "http"}],
-        "env": env, "readinessProbe": probe}
+        "name": r.app,
+        "image": r.image,
+        "ports": [{"containerPort": r.port, "name": "http"}],
+        "env": env,
+        "readinessProbe": probe,
+    }
     if limits:
         container["resources"] = {"limits": limits}
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": r.name, "namespace": r.namespace, "labels": r.labels},
-            "spec": {"replicas": r.replicas, "selector": {"matchLabels": r.labels},
-                     "template": {"metadata": {"labels": r.labels},
-                                  "spec": {"containers": [container]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": r.name, "namespace": r.namespace, "labels": r.labels},
+        "spec": {
+            "replicas": r.replicas,
+            "selector": {"matchLabels": r.labels},
+            "template": {"metadata": {"labels": r.labels}, "spec": {"containers": [container]}},
+        },
+    }
 
 
 def service(r: KubeRelease) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": r.name, "namespace": r.namespace, "labels": r.labels},
-            "spec": {"selector": r.labels,
-                     "ports": [{"name": "http", "port": 80, "targetPort": r.port}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": r.name, "namespace": r.namespace, "labels": r.labels},
+        "spec": {
+            "selector": r.labels,
+            "ports": [{"name": "http", "port": 80, "targetPort": r.port}],
+        },
+    }
 
 
-def http_route(app: str, env: str, namespace: str, gateway: str, hostnames: list[str],
-               weights: dict[str, int]) -> dict[str, Any]:
+def http_route(
+    app: str, env: str, namespace: str, gateway: str, hostnames: list[str], weights: dict[str, int]
+) -> dict[str, Any]:
     """Gateway API: one rule whose backendRefs are the versions' Services, by weight."""
-    refs = [{"name": f"{app}-{env}-{slug(v)}", "port": 80, "weight": w}
-            for v, w in weights.items()]
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": f"{app}-{env}", "namespace": namespace,
-                         "labels": {f"{LABEL}/app": app, f"{LABEL}/env": env}},
-            "spec": {"parentRefs": [{"name": gateway}],
-                     **({"hostnames": hostnames} if hostnames else {}),
-                     "rules": [{"backendRefs": refs}]}}
+    refs = [{"name": f"{app}-{env}-{slug(v)}", "port": 80, "weight": w} for v, w in weights.items()]
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": f"{app}-{env}",
+            "namespace": namespace,
+            "labels": {f"{LABEL}/app": app, f"{LABEL}/env": env},
+        },
+        "spec": {
+            "parentRefs": [{"name": gateway}],
+            **({"hostnames": hostnames} if hostnames else {}),
+            "rules": [{"backendRefs": refs}],
+        },
+    }
 
 
-def nginx_ingresses(app: str, env: str, namespace: str, hostname: str, live: str,
-                    new: str | None, percent: int) -> list[dict[str, Any]]:
+def nginx_ingresses(
+    app: str, env: str, namespace: str, hostname: str, live: str, new: str | None, percent: int
+) -> list[dict[str, Any]]:
     """ingress-nginx: the live version's Ingress, and the new one's as its canary with
     `canary-weight` (percent) on the same host."""
+
     def ingress(version: str, canary: int | None) -> dict[str, Any]:
         name = f"{app}-{env}-{slug(version)}"
-        notes = {"nginx.ingress.kubernetes.io/canary": "true",
-                 "nginx.ingress.kubernetes.io/canary-weight": str(canary)} \
-            if canary is not None else {}
-        return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                "metadata": {"name": name, "namespace": namespace,
-                             "labels": {f"{LABEL}/app": app, f"{LABEL}/env": env},
-                             **({"annotations": notes} if notes else {})},
-                "spec": {"ingressClassName": "nginx", "rules": [{
-                    "host": hostname, "http": {"paths": [{
-                        "path": "/", "pathType": "Prefix",
-                        "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]}}
+        notes = (
+            {
+                "nginx.ingress.kubernetes.io/canary": "true",
+                "nginx.ingress.kubernetes.io/canary-weight": str(canary),
+            }
+            if canary is not None
+            else {}
+        )
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {f"{LABEL}/app": app, f"{LABEL}/env": env},
+                **({"annotations": notes} if notes else {}),
+            },
+            "spec": {
+                "ingressClassName": "nginx",
+                "rules": [
+                    {
+                        "host": hostname,
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "/",
+                                    "pathType": "Prefix",
+                                    "backend": {"service": {"name": name, "port": {"number": 80}}},
+                                }
+                            ]
+                        },
+                    }
+                ],
+            },
+        }
+
     out = [ingress(live, None)]
     if new is not None and new != live:
         out.append(ingress(new, percent))
     return out
 
 
-def manifests(new: KubeRelease, live: str | None, percent: int, *, traffic: str,
-              gateway: str = "", hostnames: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def manifests(
+    new: KubeRelease,
+    live: str | None,
+    percent: int,
+    *,
+    traffic: str,
+    gateway: str = "",
+    hostnames: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
     """Everything to apply for `new` taking `percent` of the traffic beside `live` (the
     live version's own Deployment and Service are already there)."""
     if not 0 <= percent <= 100:
         raise ValueError("percent is 0 to 100")
     objects = [deployment(new), service(new)]
     if traffic == "gateway-api":
-        weights = {live: 100 - percent, new.version: percent} \
-            if live is not None and live != new.version else {new.version: 100}
-        objects.append(http_route(new.app, new.env, new.namespace, gateway, list(hostnames),
-                                  weights))
+        weights = (
+            {live: 100 - percent, new.version: percent}
+            if live is not None and live != new.version
+            else {new.version: 100}
+        )
+        objects.append(
+            http_route(new.app, new.env, new.namespace, gateway, list(hostnames), weights)
+        )
     elif traffic == "ingress-nginx":
         host = hostnames[0] if hostnames else ""
-        objects += nginx_ingresses(new.app, new.env, new.namespace, host,
-                                   live or new.version, new.version if live else None, percent)
+        objects += nginx_ingresses(
+            new.app,
+            new.env,
+            new.namespace,
+            host,
+            live or new.version,
+            new.version if live else None,
+            percent,
+        )
     else:
         raise ValueError(f"traffic {traffic!r}: gateway-api or ingress-nginx")
     return objects
@@ -170,7 +246,11 @@ def apply(objects: list[dict[str, Any]], context: str | None = None) -> list[str
     done = []
     for obj in objects:
         api = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        api.server_side_apply(body=obj, namespace=obj["metadata"].get("namespace"),
-                              field_manager=FIELD_MANAGER, force_conflicts=True)
+        api.server_side_apply(
+            body=obj,
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
         done.append(f"{obj['kind']}/{obj['metadata']['name']}")
     return done

@@ -56,12 +56,14 @@ class Load:
         interval = self.connections / self.rate
         deadline = time.monotonic() + min(self.max_duration_s, MAX_DURATION_S)
         counter = iter(range(MAX_REQUESTS))
-        await asyncio.gather(*(self._client(c * interval / self.connections, interval,
-                                            deadline, counter)
-                               for c in range(self.connections)))
+        await asyncio.gather(
+            *(
+                self._client(c * interval / self.connections, interval, deadline, counter)
+                for c in range(self.connections)
+            )
+        )
 
-    async def _client(self, offset: float, interval: float, deadline: float,
-                      counter: Any) -> None:
+    async def _client(self, offset: float, interval: float, deadline: float, counter: Any) -> None:
         await asyncio.sleep(offset)
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         next_at = time.monotonic()
@@ -78,8 +80,10 @@ class Load:
 
     async def _request(self, conn: Any, n: int) -> tuple[Any, Result]:
         body = json.dumps({"id": f"o-{time.time_ns()}-{n}", "sku": "SKU-1", "qty": 1}).encode()
-        head = (f"{self.method} {self.path} HTTP/1.1\r\nhost: {self.host}\r\n"
-                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n")
+        head = (
+            f"{self.method} {self.path} HTTP/1.1\r\nhost: {self.host}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
         sent = time.time()
         t0 = time.perf_counter()
         try:
@@ -108,8 +112,10 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, str, bool]:
     raw = await reader.readuntil(b"\r\n\r\n")
     lines = raw.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (line.partition(":") for line in lines[1:] if line)}
+    headers = {
+        k.strip().lower(): v.strip()
+        for k, _, v in (line.partition(":") for line in lines[1:] if line)
+    }
     await reader.readexactly(int(headers.get("content-length", "0")))
     return status, headers.get("x-version", ""), headers.get("connection", "") != "close"
 
@@ -137,10 +143,14 @@ def percentile(values: list[float], p: float) -> float:
     return s[k]
 
 
-def traffic_moved_ms(results: list[Result], started: float, acked_ms: float,
-                     old_version: str, until: float = float("inf")) -> float:
+def traffic_moved_ms(
+    results: list[Result],
+    started: float,
+    acked_ms: float,
+    old_version: str,
+    until: float = float("inf"),
+) -> float:
     """Time from the switch call until no newly sent request (up to `until`) reaches
     `old_version`."""
-    late = [r.sent_at for r in results
-            if r.version == old_version and started <= r.sent_at < until]
+    late = [r.sent_at for r in results if r.version == old_version and started <= r.sent_at < until]
     return max(acked_ms, (max(late) - started) * 1000 if late else 0.0)

@@ -63,17 +63,25 @@ def snapshot(ctx: Context, env: str) -> Snapshot:
     environment = ctx.environment(env)
     snap = Snapshot(env, ctx.config.app, repo.env_state(ctx.engine, env)["live_version"])
     deps = repo.list_deployments(ctx.engine, env, 100_000)
-    snap.deployments = [{k: dep[k] for k in ("id", "kind", "status", "created_at",
-                                             "updated_at", "to_version")} for dep in deps]
+    snap.deployments = [
+        {k: dep[k] for k in ("id", "kind", "status", "created_at", "updated_at", "to_version")}
+        for dep in deps
+    ]
     started = {dep["id"]: float(dep["created_at"]) for dep in deps}
     for ev in iter_events(ctx.engine, env, limit=DECISIONS_READ, action="analysis"):
         begun = started.get(ev["data"].get("deployment"))
-        snap.decisions.append({"outcome": ev["outcome"],
-                               "seconds": None if begun is None else float(ev["ts"]) - begun})
+        snap.decisions.append(
+            {
+                "outcome": ev["outcome"],
+                "seconds": None if begun is None else float(ev["ts"]) - begun,
+            }
+        )
     lock = current(ctx.engine, env)
     snap.lock_holder = None if lock is None or lock.expired else lock.holder
-    if environment.config.router.type == "builtin" and \
-            AgentClient(environment.dir, env).alive() is None:
+    if (
+        environment.config.router.type == "builtin"
+        and AgentClient(environment.dir, env).alive() is None
+    ):
         snap.router_up, snap.error = False, "the environment's agent is not running"
         return snap
     try:
@@ -89,39 +97,61 @@ def families(snaps: list[Snapshot]) -> list[Metric]:
     """Metric families for these environments (pure)."""
     m: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
         "requests": CounterMetricFamily(
-            "rollwise_router_requests", "Requests the router sent to each version.",
-            labels=["rollwise_env", "app", "version", "role"]),
+            "rollwise_router_requests",
+            "Requests the router sent to each version.",
+            labels=["rollwise_env", "app", "version", "role"],
+        ),
         "errors": CounterMetricFamily(
-            "rollwise_router_errors", "Failed requests by version: `5xx` answers and `conn` "
-            "(no answer from the instance).", labels=["rollwise_env", "app", "version", "role",
-                                                       "kind"]),
+            "rollwise_router_errors",
+            "Failed requests by version: `5xx` answers and `conn` (no answer from the instance).",
+            labels=["rollwise_env", "app", "version", "role", "kind"],
+        ),
         "weight": GaugeMetricFamily(
-            "rollwise_router_weight_percent", "Percent of new requests sent to each version.",
-            labels=["rollwise_env", "app", "version", "role"]),
+            "rollwise_router_weight_percent",
+            "Percent of new requests sent to each version.",
+            labels=["rollwise_env", "app", "version", "role"],
+        ),
         "up": GaugeMetricFamily(
-            "rollwise_router_up", "1 when the environment's router answered this scrape.",
-            labels=["rollwise_env", "app"]),
+            "rollwise_router_up",
+            "1 when the environment's router answered this scrape.",
+            labels=["rollwise_env", "app"],
+        ),
         "instances": GaugeMetricFamily(
-            "rollwise_instances", "Instances by version and whether their process is alive.",
-            labels=["rollwise_env", "app", "version", "role", "alive"]),
+            "rollwise_instances",
+            "Instances by version and whether their process is alive.",
+            labels=["rollwise_env", "app", "version", "role", "alive"],
+        ),
         "live": GaugeMetricFamily(
-            "rollwise_live_release", "1 for the release the environment runs as stable.",
-            labels=["rollwise_env", "app", "version"]),
+            "rollwise_live_release",
+            "1 for the release the environment runs as stable.",
+            labels=["rollwise_env", "app", "version"],
+        ),
         "deployments": CounterMetricFamily(
-            "rollwise_deployments", "Deployments (kind deploy or rollback) by how they ended.",
-            labels=["rollwise_env", "app", "kind", "status"]),
+            "rollwise_deployments",
+            "Deployments (kind deploy or rollback) by how they ended.",
+            labels=["rollwise_env", "app", "kind", "status"],
+        ),
         "rollbacks": CounterMetricFamily(
-            "rollwise_rollbacks", "Rollbacks: asked for, or done by a failed deploy.",
-            labels=["rollwise_env", "app"]),
+            "rollwise_rollbacks",
+            "Rollbacks: asked for, or done by a failed deploy.",
+            labels=["rollwise_env", "app"],
+        ),
         "in_progress": GaugeMetricFamily(
-            "rollwise_deployment_in_progress", "1 while a deployment to `version` runs.",
-            labels=["rollwise_env", "app", "kind", "version"]),
+            "rollwise_deployment_in_progress",
+            "1 while a deployment to `version` runs.",
+            labels=["rollwise_env", "app", "kind", "version"],
+        ),
         "decisions": CounterMetricFamily(
-            "rollwise_analysis_decisions", "Analysis decisions (pass, fail, inconclusive, ...) "
-            f"among the newest {DECISIONS_READ}.", labels=["rollwise_env", "app", "decision"]),
+            "rollwise_analysis_decisions",
+            "Analysis decisions (pass, fail, inconclusive, ...) "
+            f"among the newest {DECISIONS_READ}.",
+            labels=["rollwise_env", "app", "decision"],
+        ),
         "lock": GaugeMetricFamily(
-            "rollwise_lock_held", "1 while the environment's deploy lock is held, by `holder`.",
-            labels=["rollwise_env", "app", "holder"]),
+            "rollwise_lock_held",
+            "1 while the environment's deploy lock is held, by `holder`.",
+            labels=["rollwise_env", "app", "holder"],
+        ),
     }
     latency = []
     durations = []
@@ -148,7 +178,8 @@ def families(snaps: list[Snapshot]) -> list[Metric]:
         for version, w in sorted(shares.items()):
             m["weight"].add_metric([*base, version, s.role(version)], 100.0 * w / total)
         counted: Counter[tuple[str, str]] = Counter(
-            (i["version"], str(bool(i["alive"])).lower()) for i in s.instances)
+            (i["version"], str(bool(i["alive"])).lower()) for i in s.instances
+        )
         for (version, alive), n in sorted(counted.items()):
             m["instances"].add_metric([*base, version, s.role(version), alive], float(n))
         ended: Counter[tuple[str, str]] = Counter()
@@ -157,32 +188,52 @@ def families(snaps: list[Snapshot]) -> list[Metric]:
                 m["in_progress"].add_metric([*base, dep["kind"], dep["to_version"]], 1.0)
                 continue
             ended[(dep["kind"], dep["status"])] += 1
-            durations.append(([*base, dep["kind"]],
-                              float(dep["updated_at"]) - float(dep["created_at"])))
+            durations.append(
+                ([*base, dep["kind"]], float(dep["updated_at"]) - float(dep["created_at"]))
+            )
         for (kind, status), n in sorted(ended.items()):
             m["deployments"].add_metric([*base, kind, status], float(n))
-        m["rollbacks"].add_metric(base, float(sum(
-            n for (kind, status), n in ended.items()
-            if kind == "rollback" or status == reasons.ROLLED_BACK)))
+        m["rollbacks"].add_metric(
+            base,
+            float(
+                sum(
+                    n
+                    for (kind, status), n in ended.items()
+                    if kind == "rollback" or status == reasons.ROLLED_BACK
+                )
+            ),
+        )
         for outcome, n in sorted(Counter(x["outcome"] for x in s.decisions).items()):
             m["decisions"].add_metric([*base, outcome], float(n))
-        decision_s += [([*base, x["outcome"]], x["seconds"]) for x in s.decisions
-                       if x["seconds"] is not None]
+        decision_s += [
+            ([*base, x["outcome"]], x["seconds"]) for x in s.decisions if x["seconds"] is not None
+        ]
         if s.lock_holder:
             m["lock"].add_metric([*base, s.lock_holder], 1.0)
     hist = HistogramMetricFamily(
-        "rollwise_router_request_duration_seconds", "Time from the router sending a request "
+        "rollwise_router_request_duration_seconds",
+        "Time from the router sending a request "
         "to an instance to the end of its answer, by version.",
-        labels=["rollwise_env", "app", "version", "role"])
+        labels=["rollwise_env", "app", "version", "role"],
+    )
     for labels, buckets, seconds in latency:
         hist.add_metric(labels, buckets, seconds)
-    return [*m.values(), hist,
-            _histogram("rollwise_deployment_duration_seconds",
-                       "How long finished deployments took, from start to end.",
-                       ["rollwise_env", "app", "kind"], durations),
-            _histogram("rollwise_analysis_decision_seconds",
-                       "Time from a deployment's start to each analysis decision.",
-                       ["rollwise_env", "app", "decision"], decision_s)]
+    return [
+        *m.values(),
+        hist,
+        _histogram(
+            "rollwise_deployment_duration_seconds",
+            "How long finished deployments took, from start to end.",
+            ["rollwise_env", "app", "kind"],
+            durations,
+        ),
+        _histogram(
+            "rollwise_analysis_decision_seconds",
+            "Time from a deployment's start to each analysis decision.",
+            ["rollwise_env", "app", "decision"],
+            decision_s,
+        ),
+    ]
 
 
 def _buckets(v: dict[str, Any]) -> list[tuple[str, float]]:
@@ -195,8 +246,9 @@ def _buckets(v: dict[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
-def _histogram(name: str, doc: str, labels: list[str],
-               values: list[tuple[list[str], float]]) -> HistogramMetricFamily:
+def _histogram(
+    name: str, doc: str, labels: list[str], values: list[tuple[list[str], float]]
+) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=labels)
     grouped: dict[tuple[str, ...], list[float]] = {}
     for labels, x in values:
@@ -219,8 +271,9 @@ def exposition(snaps: list[Snapshot]) -> bytes:
     return generate_latest(registry)
 
 
-def discovery(snaps: list[Snapshot], metrics_at: dict[str, dict[str, str]] | None = None
-              ) -> list[dict[str, Any]]:
+def discovery(
+    snaps: list[Snapshot], metrics_at: dict[str, dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
     """Prometheus http_sd / file_sd target groups: one per environment, version and role,
     listing each instance's `host:port`, and, for each environment `metrics_at` names, one
     for where its rollwise metrics are scraped (role `rollwise`): `{"target": "host:port"}`
@@ -231,13 +284,25 @@ def discovery(snaps: list[Snapshot], metrics_at: dict[str, dict[str, str]] | Non
         for i in s.instances:
             by_version.setdefault(i["version"], []).append(f"{i['host']}:{i['port']}")
         for version, targets in sorted(by_version.items()):
-            groups.append({"targets": sorted(targets), "labels": {
-                "rollwise_env": s.env, "app": s.app, "version": version,
-                "role": s.role(version)}})
+            groups.append(
+                {
+                    "targets": sorted(targets),
+                    "labels": {
+                        "rollwise_env": s.env,
+                        "app": s.app,
+                        "version": version,
+                        "role": s.role(version),
+                    },
+                }
+            )
         if metrics_at and s.env in metrics_at:
             at = dict(metrics_at[s.env])
-            groups.append({"targets": [at.pop("target")], "labels": {
-                "rollwise_env": s.env, "app": s.app, "role": "rollwise", **at}})
+            groups.append(
+                {
+                    "targets": [at.pop("target")],
+                    "labels": {"rollwise_env": s.env, "app": s.app, "role": "rollwise", **at},
+                }
+            )
     return groups
 
 

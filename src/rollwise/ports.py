@@ -28,8 +28,9 @@ def parse_address(text: str) -> tuple[str, int]:
     return m["host"].strip("[]"), int(m["port"])
 
 
-def free_ports(n: int, host: str = "127.0.0.1", span: range | None = None,
-               rng: random.Random | None = None) -> list[int]:
+def free_ports(
+    n: int, host: str = "127.0.0.1", span: range | None = None, rng: random.Random | None = None
+) -> list[int]:
     """`n` distinct ports free on `host` just now, drawn at random from `span` (an
     environment's `target.ports`). Without a span: from LOWEST up to the ephemeral range,
     then from the OS (port 0) when that has no room."""
@@ -37,9 +38,12 @@ def free_ports(n: int, host: str = "127.0.0.1", span: range | None = None,
     got = claim(order if span else [*order, *[0] * n], n, host)
     if len(got) < n:
         raise RollwiseError(
-            f"{n - len(got)} of the {n} ports needed are not free in {span[0]}-{span[-1]} "
-            f"on {host}" if span else f"no {n} free ports on {host}", where="target.ports",
-            hint="widen target.ports, or stop what listens in that range")
+            f"{n - len(got)} of the {n} ports needed are not free in {span[0]}-{span[-1]} on {host}"
+            if span
+            else f"no {n} free ports on {host}",
+            where="target.ports",
+            hint="widen target.ports, or stop what listens in that range",
+        )
     return got
 
 

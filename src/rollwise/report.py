@@ -56,8 +56,9 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-def figures(deployments: list[dict[str, Any]], commit_time: Callable[[str], float | None],
-            period: Period) -> dict[str, Any]:
+def figures(
+    deployments: list[dict[str, Any]], commit_time: Callable[[str], float | None], period: Period
+) -> dict[str, Any]:
     """The report of every environment in `deployments` (rows of the deployments table)
     over `period`; `commit_time(version)` is the release's commit (or build) time."""
     by_env: dict[str, list[dict[str, Any]]] = {}
@@ -66,12 +67,17 @@ def figures(deployments: list[dict[str, Any]], commit_time: Callable[[str], floa
     out = {}
     for env, deps in sorted(by_env.items()):
         out[env] = _env_figures(deps, commit_time, period)
-    return {"since": period.since, "until": period.until, "days": round(period.days, 2),
-            "environments": out}
+    return {
+        "since": period.since,
+        "until": period.until,
+        "days": round(period.days, 2),
+        "environments": out,
+    }
 
 
-def _env_figures(deps: list[dict[str, Any]], commit_time: Callable[[str], float | None],
-                 period: Period) -> dict[str, Any]:
+def _env_figures(
+    deps: list[dict[str, Any]], commit_time: Callable[[str], float | None], period: Period
+) -> dict[str, Any]:
     def inside(d: dict[str, Any]) -> bool:
         return period.since <= float(d["created_at"]) < period.until
 
@@ -91,8 +97,13 @@ def _env_figures(deps: list[dict[str, Any]], commit_time: Callable[[str], float 
         if inside(d) and d["kind"] == "deploy" and d["status"] == reasons.ROLLED_BACK:
             failures += 1
             restore.append(float(d["updated_at"]) - float(d["created_at"]))
-    reached = sum(1 for d in deps if inside(d) and d["kind"] == "deploy"
-                  and d["status"] in (reasons.SUCCEEDED, reasons.ROLLED_BACK))
+    reached = sum(
+        1
+        for d in deps
+        if inside(d)
+        and d["kind"] == "deploy"
+        and d["status"] in (reasons.SUCCEEDED, reasons.ROLLED_BACK)
+    )
     n = sum(1 for d in live if inside(d))
     return {
         "deployments": n,
@@ -102,15 +113,22 @@ def _env_figures(deps: list[dict[str, Any]], commit_time: Callable[[str], float 
         "changes": reached,
         "change_failure_rate": round(failures / reached, 4) if reached else None,
         "restore_s": _summary(restore),
-        "rollbacks": sum(1 for d in deps if inside(d) and d["kind"] == "rollback"
-                         and d["status"] == reasons.SUCCEEDED),
+        "rollbacks": sum(
+            1
+            for d in deps
+            if inside(d) and d["kind"] == "rollback" and d["status"] == reasons.SUCCEEDED
+        ),
     }
 
 
 def _rolled_back_from(dep: dict[str, Any], deps: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The rollback that took `dep`'s release away, if one came before the next deploy."""
-    after = [d for d in deps if (float(d["created_at"]), int(d["id"])) >
-             (float(dep["created_at"]), int(dep["id"])) and d["status"] == reasons.SUCCEEDED]
+    after = [
+        d
+        for d in deps
+        if (float(d["created_at"]), int(d["id"])) > (float(dep["created_at"]), int(dep["id"]))
+        and d["status"] == reasons.SUCCEEDED
+    ]
     for d in after:
         if d["kind"] == "deploy":
             return None
@@ -158,8 +176,12 @@ def html_page(report: dict[str, Any], deployments: list[dict[str, Any]], title: 
             counts = [0] * weeks
             for d in deployments:
                 t = float(d["created_at"])
-                if d["env"] == env and d["kind"] == "deploy" and \
-                        d["status"] == reasons.SUCCEEDED and period.since <= t < period.until:
+                if (
+                    d["env"] == env
+                    and d["kind"] == "deploy"
+                    and d["status"] == reasons.SUCCEEDED
+                    and period.since <= t < period.until
+                ):
                     counts[min(weeks - 1, int((t - period.since) // (7 * DAY_S)))] += 1
             width = 0.8 / len(envs)
             ax.bar([w + i * width for w in range(weeks)], counts, width, label=env)
@@ -169,14 +191,22 @@ def html_page(report: dict[str, Any], deployments: list[dict[str, Any]], title: 
 
     def restores(ax: Any) -> None:
         for env in envs:
-            xs = [(float(d["created_at"]) - period.since) / DAY_S for d in deployments
-                  if d["env"] == env and d["kind"] == "deploy"
-                  and d["status"] == reasons.ROLLED_BACK
-                  and period.since <= float(d["created_at"]) < period.until]
-            ys = [float(d["updated_at"]) - float(d["created_at"]) for d in deployments
-                  if d["env"] == env and d["kind"] == "deploy"
-                  and d["status"] == reasons.ROLLED_BACK
-                  and period.since <= float(d["created_at"]) < period.until]
+            xs = [
+                (float(d["created_at"]) - period.since) / DAY_S
+                for d in deployments
+                if d["env"] == env
+                and d["kind"] == "deploy"
+                and d["status"] == reasons.ROLLED_BACK
+                and period.since <= float(d["created_at"]) < period.until
+            ]
+            ys = [
+                float(d["updated_at"]) - float(d["created_at"])
+                for d in deployments
+                if d["env"] == env
+                and d["kind"] == "deploy"
+                and d["status"] == reasons.ROLLED_BACK
+                and period.since <= float(d["created_at"]) < period.until
+            ]
             ax.scatter(xs, ys, label=env, s=12)
         ax.set_xlabel("day")
         ax.set_ylabel("seconds to restore (automatic)")
@@ -188,14 +218,15 @@ def html_page(report: dict[str, Any], deployments: list[dict[str, Any]], title: 
         f"</td><td>{pct(f['change_failure_rate'])}</td>"
         f"<td>{fmt_s(f['restore_s']['median'])}</td><td>{fmt_s(f['restore_s']['p90'])}</td>"
         f"<td>{f['rollbacks']}</td></tr>"
-        for env, f in report["environments"].items())
+        for env, f in report["environments"].items()
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}
 td:first-child{{text-align:left}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{report['days']} days. Definitions: docs/report.md.</p>
+<p>{report["days"]} days. Definitions: docs/report.md.</p>
 <table><tr><th>environment</th><th>deployments</th><th>per day</th><th>lead time median</th>
 <th>lead time p90</th><th>change failure rate</th><th>restore median</th><th>restore p90</th>
 <th>rollbacks</th></tr>{rows}</table>
@@ -230,8 +261,12 @@ def commit_times(root: Any, releases: list[dict[str, Any]]) -> dict[str, float]:
         commit = str(rel.get("git_commit") or "").removesuffix("-dirty")
         if commit:
             try:
-                shown = subprocess.run(["git", "-C", str(root), "show", "-s", "--format=%ct",
-                                        commit], capture_output=True, text=True, timeout=10)
+                shown = subprocess.run(
+                    ["git", "-C", str(root), "show", "-s", "--format=%ct", commit],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                )
                 if shown.returncode == 0 and shown.stdout.strip().isdigit():
                     at = float(shown.stdout.strip())
             except (OSError, subprocess.TimeoutExpired):
@@ -245,12 +280,28 @@ def table(report: dict[str, Any], title: str) -> Any:
     from rich.table import Table
 
     t = Table(title=title, box=None, header_style="bold")
-    for col in ("environment", "deployments", "per day", "lead time p50", "lead time p90",
-                "change failure rate", "restore p50", "restore p90", "rollbacks"):
+    for col in (
+        "environment",
+        "deployments",
+        "per day",
+        "lead time p50",
+        "lead time p90",
+        "change failure rate",
+        "restore p50",
+        "restore p90",
+        "rollbacks",
+    ):
         t.add_column(col, justify="left" if col == "environment" else "right")
     for name, f in report["environments"].items():
-        t.add_row(name, str(f["deployments"]), str(f["per_day"]),
-                  fmt_s(f["lead_time_s"]["median"]), fmt_s(f["lead_time_s"]["p90"]),
-                  pct(f["change_failure_rate"]), fmt_s(f["restore_s"]["median"]),
-                  fmt_s(f["restore_s"]["p90"]), str(f["rollbacks"]))
+        t.add_row(
+            name,
+            str(f["deployments"]),
+            str(f["per_day"]),
+            fmt_s(f["lead_time_s"]["median"]),
+            fmt_s(f["lead_time_s"]["p90"]),
+            pct(f["change_failure_rate"]),
+            fmt_s(f["restore_s"]["median"]),
+            fmt_s(f["restore_s"]["p90"]),
+            str(f["rollbacks"]),
+        )
     return t

@@ -31,35 +31,52 @@ def backoff_s(attempt: int, response: object = None, cap: float = MAX_WAIT_S) ->
         wait = float(str(headers.get("retry-after", ""))) if headers is not None else -1.0
     except ValueError:
         wait = -1.0
-    return min(cap, wait if wait >= 0 else FIRST_WAIT_S * 2 ** attempt)
+    return min(cap, wait if wait >= 0 else FIRST_WAIT_S * 2**attempt)
 
 
-def call(fn: Callable[[], T], *, attempts: int,
-         on_error: Callable[[BaseException], bool] = lambda e: False,
-         again: Callable[[T], bool] = lambda r: False, wait: Wait = backoff_s,
-         sleep: Callable[[float], None] = time.sleep) -> T:
+def call(
+    fn: Callable[[], T],
+    *,
+    attempts: int,
+    on_error: Callable[[BaseException], bool] = lambda e: False,
+    again: Callable[[T], bool] = lambda r: False,
+    wait: Wait = backoff_s,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """`fn()`, tried up to `attempts` times while it raises an error `on_error` accepts or
     returns a result `again` accepts. Then: the last result, or the last error raised."""
     retrying = Retrying(sleep=sleep, **_policy(attempts, on_error, again, wait))
     return retrying(fn)
 
 
-async def acall(fn: Callable[[], Awaitable[T]], *, attempts: int,
-                on_error: Callable[[BaseException], bool] = lambda e: False,
-                again: Callable[[T], bool] = lambda r: False, wait: Wait = backoff_s,
-                sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
+async def acall(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    on_error: Callable[[BaseException], bool] = lambda e: False,
+    again: Callable[[T], bool] = lambda r: False,
+    wait: Wait = backoff_s,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
     """`call` for a coroutine function."""
     retrying = AsyncRetrying(sleep=sleep, **_policy(attempts, on_error, again, wait))
     result: T = await retrying(fn)
     return result
 
 
-def _policy(attempts: int, on_error: Callable[[BaseException], bool],
-            again: Callable[[Any], bool], wait: Wait) -> dict[str, Any]:
+def _policy(
+    attempts: int,
+    on_error: Callable[[BaseException], bool],
+    again: Callable[[Any], bool],
+    wait: Wait,
+) -> dict[str, Any]:
     retry: retry_base = retry_if_exception(on_error) | retry_if_result(again)
-    return {"stop": stop_after_attempt(attempts), "retry": retry,
-            "wait": lambda state: wait(state.attempt_number - 1, _last(state)),
-            "retry_error_callback": _last_outcome}
+    return {
+        "stop": stop_after_attempt(attempts),
+        "retry": retry,
+        "wait": lambda state: wait(state.attempt_number - 1, _last(state)),
+        "retry_error_callback": _last_outcome,
+    }
 
 
 def _last(state: RetryCallState) -> Any:

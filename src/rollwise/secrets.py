@@ -61,8 +61,9 @@ def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` without the secrets' values, their key and the state store's URL, for a
     process that resolves none (the agent and through it the instances, which get only
     their own; hooks)."""
-    return {k: v for k, v in environ.items()
-            if k not in CONTROLLER_ONLY and not k.startswith(PREFIX)}
+    return {
+        k: v for k, v in environ.items() if k not in CONTROLLER_ONLY and not k.startswith(PREFIX)
+    }
 
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -71,9 +72,10 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def check_name(name: str) -> None:
     """A secret's name must be usable as an environment variable (and as ROLLWISE_SECRET_<NAME>)."""
     if not NAME.match(name):
-        raise ConfigError(f"secret name {name!r} is not an environment variable name",
-                          hint="use letters, digits and underscores, not starting with a "
-                          "digit, e.g. DB_PASSWORD")
+        raise ConfigError(
+            f"secret name {name!r} is not an environment variable name",
+            hint="use letters, digits and underscores, not starting with a digit, e.g. DB_PASSWORD",
+        )
 
 
 def secrets_file(state_dir: Path, env: str) -> Path:
@@ -83,13 +85,16 @@ def secrets_file(state_dir: Path, env: str) -> Path:
 def _fernet() -> Fernet:
     key = os.environ.get(KEY_ENV)
     if not key:
-        raise ConfigError(f"{KEY_ENV} is not set",
-                          hint="create a key with `rollwise secrets keygen` and export it")
+        raise ConfigError(
+            f"{KEY_ENV} is not set",
+            hint="create a key with `rollwise secrets keygen` and export it",
+        )
     try:
         return Fernet(key.encode())
     except ValueError as e:
-        raise ConfigError(f"{KEY_ENV} is not a valid key: {e}",
-                          hint="create one with `rollwise secrets keygen`") from e
+        raise ConfigError(
+            f"{KEY_ENV} is not a valid key: {e}", hint="create one with `rollwise secrets keygen`"
+        ) from e
 
 
 def new_key() -> str:
@@ -102,8 +107,11 @@ def read_file(path: Path) -> dict[str, Secret]:
     try:
         plain = _fernet().decrypt(path.read_bytes())
     except InvalidToken as e:
-        raise IntegrityError("cannot decrypt: wrong key or damaged file", where=str(path),
-                             hint=f"export the {KEY_ENV} this file was written with") from e
+        raise IntegrityError(
+            "cannot decrypt: wrong key or damaged file",
+            where=str(path),
+            hint=f"export the {KEY_ENV} this file was written with",
+        ) from e
     return {k: Secret(v) for k, v in json.loads(plain).items()}
 
 
@@ -118,8 +126,9 @@ def resolve(names: list[str], state_dir: Path, env: str) -> dict[str, Secret]:
     found = {n: Secret(os.environ[PREFIX + n]) for n in names if PREFIX + n in os.environ}
     missing = [n for n in names if n not in found]
     if missing:
-        stored = read_file(secrets_file(state_dir, env)) if secrets_file(
-            state_dir, env).exists() else {}
+        stored = (
+            read_file(secrets_file(state_dir, env)) if secrets_file(state_dir, env).exists() else {}
+        )
         found |= {n: stored[n] for n in missing if n in stored}
     if still := [n for n in names if n not in found]:
         raise ConfigError(

@@ -29,8 +29,16 @@ def units(spec: ServiceSpec) -> dict[str, str]:
     agent_cmd = [spec.python, "-m", "rollwise", "agent", "run", "--env-dir", str(spec.env_dir)]
     if spec.router_listen:
         agent_cmd += ["--listen", spec.router_listen]
-    serve_cmd = [spec.python, "-m", "rollwise", "serve", "--listen", spec.serve_listen,
-                 "-C", str(spec.root)]
+    serve_cmd = [
+        spec.python,
+        "-m",
+        "rollwise",
+        "serve",
+        "--listen",
+        spec.serve_listen,
+        "-C",
+        str(spec.root),
+    ]
     user = f"User={spec.user}\n" if spec.user else ""
     agent_name, serve_name = unit_names(spec)
     return {
@@ -76,4 +84,5 @@ PrivateTmp=yes
 
 [Install]
 WantedBy=multi-user.target
-"""}
+""",
+    }

@@ -65,8 +65,9 @@ class Hosts:
         # hosts that stopped answering during this operation: later calls fail at once
         self.down: dict[str, Unreachable] = {}
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="rollwise-ssh",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="rollwise-ssh", daemon=True
+        )
         self.thread.start()
         self.sem = asyncio.Semaphore(cfg.concurrency)
 
@@ -94,8 +95,9 @@ class Hosts:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     # -- synchronous API for the controller -------------------------------------------
-    def each(self, fn: Callable[[HostConfig], Awaitable[T]],
-             hosts: Iterable[HostConfig] | None = None) -> dict[str, T | RollwiseError]:
+    def each(
+        self, fn: Callable[[HostConfig], Awaitable[T]], hosts: Iterable[HostConfig] | None = None
+    ) -> dict[str, T | RollwiseError]:
         """`fn` on every host at once (at most `ssh.concurrency`); per host label, its result
         or the error that stopped it."""
         chosen = list(self.hosts if hosts is None else hosts)
@@ -114,8 +116,9 @@ class Hosts:
 
         return dict(zip((h.label for h in chosen), self._sync(every()), strict=True))
 
-    def all(self, fn: Callable[[HostConfig], Awaitable[T]],
-            hosts: Iterable[HostConfig] | None = None) -> dict[str, T]:
+    def all(
+        self, fn: Callable[[HostConfig], Awaitable[T]], hosts: Iterable[HostConfig] | None = None
+    ) -> dict[str, T]:
         """`each`, raising the first host's error (after every host has finished)."""
         got = self.each(fn, hosts)
         errors = [e for e in got.values() if isinstance(e, RollwiseError)]
@@ -123,41 +126,67 @@ class Hosts:
             if len(errors) > 1:
                 errors[0].hint = (errors[0].hint + "; " if errors[0].hint else "") + (
                     f"{len(errors) - 1} more host(s) failed: "
-                    + ", ".join(e.where for e in errors[1:]))
+                    + ", ".join(e.where for e in errors[1:])
+                )
             raise errors[0]
         return {k: v for k, v in got.items() if not isinstance(v, RollwiseError)}
 
-    def run(self, host: HostConfig, command: str, *, check: bool = True,
-            timeout: float | None = None, input: str | None = None,
-            stdin: Path | None = None) -> Result:
-        return self._sync(self.arun(host, command, check=check, timeout=timeout, input=input,
-                                    stdin=stdin))
+    def run(
+        self,
+        host: HostConfig,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        stdin: Path | None = None,
+    ) -> Result:
+        return self._sync(
+            self.arun(host, command, check=check, timeout=timeout, input=input, stdin=stdin)
+        )
 
     def call(self, host: HostConfig, sock: str, op: str, **args: Any) -> Any:
         return self._sync(self.acall(host, sock, op, **args))
 
     # -- the same, as coroutines for `each` ----------------------------------------------
-    async def arun(self, host: HostConfig, command: str, *, check: bool = True,
-                   timeout: float | None = None, input: str | None = None,
-                   stdin: Path | None = None) -> Result:
+    async def arun(
+        self,
+        host: HostConfig,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+        stdin: Path | None = None,
+    ) -> Result:
         """`input`: text for the command's stdin (values it reads, never in its arguments);
         `stdin`: a local file streamed to it as bytes (an image archive)."""
         conn = await self.connect(host)
-        io: dict[str, Any] = {"input": input} if stdin is None else \
-            {"stdin": str(stdin), "encoding": None}
+        io: dict[str, Any] = (
+            {"input": input} if stdin is None else {"stdin": str(stdin), "encoding": None}
+        )
         try:
-            r = await asyncio.wait_for(conn.run(command, check=False, **io),
-                                       timeout or self.cfg.command_timeout_s)
+            r = await asyncio.wait_for(
+                conn.run(command, check=False, **io), timeout or self.cfg.command_timeout_s
+            )
         except TimeoutError:
-            raise self._lost(host, f"`{_short(command)}` did not finish within "
-                             f"{timeout or self.cfg.command_timeout_s:g} s") from None
+            raise self._lost(
+                host,
+                f"`{_short(command)}` did not finish within "
+                f"{timeout or self.cfg.command_timeout_s:g} s",
+            ) from None
         except (OSError, asyncssh.Error) as e:
             raise self._lost(host, f"the connection broke: {_reason(e)}") from None
-        res = Result(host.label, int(r.exit_status if r.exit_status is not None else 255),
-                     _text(r.stdout), _text(r.stderr))
+        res = Result(
+            host.label,
+            int(r.exit_status if r.exit_status is not None else 255),
+            _text(r.stdout),
+            _text(r.stderr),
+        )
         if check and res.exit != 0:
-            raise HostError(f"`{_short(command)}` exited {res.exit}: {res.tail()}",
-                            where=where(host))
+            raise HostError(
+                f"`{_short(command)}` exited {res.exit}: {res.tail()}", where=where(host)
+            )
         return res
 
     async def acall(self, host: HostConfig, sock: str, op: str, **args: Any) -> Any:
@@ -166,23 +195,28 @@ class Hosts:
         conn = await self.connect(host)
         timeout = float(args.pop("timeout", self.cfg.command_timeout_s))
         try:
-            reader, writer = await asyncio.wait_for(conn.open_unix_connection(sock),
-                                                    self.cfg.connect_timeout_s)
+            reader, writer = await asyncio.wait_for(
+                conn.open_unix_connection(sock), self.cfg.connect_timeout_s
+            )
         except asyncssh.ChannelOpenError as e:
-            raise HostError(f"its agent does not answer at {sock}: {e.reason}",
-                            where=where(host), hint="`rollwise hosts check` shows each "
-                            "host's agent; a deploy starts it again") from None
+            raise HostError(
+                f"its agent does not answer at {sock}: {e.reason}",
+                where=where(host),
+                hint="`rollwise hosts check` shows each host's agent; a deploy starts it again",
+            ) from None
         except TimeoutError:
-            raise self._lost(host, f"no channel to its agent within "
-                             f"{self.cfg.connect_timeout_s:g} s") from None
+            raise self._lost(
+                host, f"no channel to its agent within {self.cfg.connect_timeout_s:g} s"
+            ) from None
         except (OSError, asyncssh.Error) as e:
             raise self._lost(host, f"the connection broke: {_reason(e)}") from None
         try:
             writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
             line = await asyncio.wait_for(reader.readline(), timeout)
         except TimeoutError:
-            raise self._lost(host, f"its agent did not answer {op!r} within {timeout:g} s"
-                             ) from None
+            raise self._lost(
+                host, f"its agent did not answer {op!r} within {timeout:g} s"
+            ) from None
         except (OSError, asyncssh.Error) as e:
             raise self._lost(host, f"the connection broke: {_reason(e)}") from None
         finally:
@@ -203,16 +237,21 @@ class Hosts:
                 await sftp.put(str(local), tmp)
                 await sftp.posix_rename(tmp, remote)
         except (asyncssh.SFTPError, OSError) as e:
-            raise HostError(f"copying {local.name} to {remote} failed: {_reason(e)}",
-                            where=where(host),
-                            hint="free space on the host (`df -h`) or fix the folder's "
-                            "permissions; nothing was switched") from None
+            raise HostError(
+                f"copying {local.name} to {remote} failed: {_reason(e)}",
+                where=where(host),
+                hint="free space on the host (`df -h`) or fix the folder's "
+                "permissions; nothing was switched",
+            ) from None
 
     def _lost(self, host: HostConfig, what: str) -> Unreachable:
         """The host stopped answering: remembered, so that later calls fail at once."""
-        e = Unreachable(f"unreachable: {what}", where=where(host),
-                        hint="check the host and its network; what it runs was not changed "
-                        "by this step, and `rollwise recover` finishes the job once it answers")
+        e = Unreachable(
+            f"unreachable: {what}",
+            where=where(host),
+            hint="check the host and its network; what it runs was not changed "
+            "by this step, and `rollwise recover` finishes the job once it answers",
+        )
         self.down[host.label] = e
         if (conn := self.conns.pop(host.label, None)) is not None:
             conn.abort()
@@ -232,7 +271,8 @@ class Hosts:
     async def _connect(self, host: HostConfig) -> asyncssh.SSHClientConnection:
         key_file = host.key_file or self.cfg.key_file
         options: dict[str, Any] = {
-            "port": host.port, "username": host.user or self.cfg.user,
+            "port": host.port,
+            "username": host.user or self.cfg.user,
             "known_hosts": _known_hosts(known_hosts_path(self.cfg)),
             "connect_timeout": self.cfg.connect_timeout_s,
         }
@@ -249,20 +289,30 @@ class Hosts:
             except asyncssh.PermissionDenied:
                 raise ConfigError(
                     f"refused user {options['username']!r}"
-                    + (f" with key {key_file}" if key_file else " with the SSH agent's and "
-                       "~/.ssh keys"), where=where(host),
+                    + (
+                        f" with key {key_file}"
+                        if key_file
+                        else " with the SSH agent's and ~/.ssh keys"
+                    ),
+                    where=where(host),
                     hint="check `user` and `key_file` for this host (or `ssh.user`, "
-                    "`ssh.key_file`), and the host's authorized_keys") from None
+                    "`ssh.key_file`), and the host's authorized_keys",
+                ) from None
 
         try:
-            return await retry.acall(connect, attempts=self.cfg.connect_attempts,
-                                     on_error=lambda e: isinstance(e, UNREACHABLE),
-                                     wait=lambda n, _: retry.backoff_s(n, cap=MAX_BACKOFF_S))
+            return await retry.acall(
+                connect,
+                attempts=self.cfg.connect_attempts,
+                on_error=lambda e: isinstance(e, UNREACHABLE),
+                wait=lambda n, _: retry.backoff_s(n, cap=MAX_BACKOFF_S),
+            )
         except UNREACHABLE as e:
-            down = Unreachable(f"unreachable after {self.cfg.connect_attempts} attempt(s): "
-                               f"{_reason(e)}", where=where(host),
-                               hint="check that the host is up and sshd listens on "
-                               f"{host.address}:{host.port}; nothing was changed on it")
+            down = Unreachable(
+                f"unreachable after {self.cfg.connect_attempts} attempt(s): {_reason(e)}",
+                where=where(host),
+                hint="check that the host is up and sshd listens on "
+                f"{host.address}:{host.port}; nothing was changed on it",
+            )
             self.down[host.label] = down
             raise down from None
 
@@ -272,16 +322,19 @@ class Hosts:
             fp = (await fingerprint(host, self.cfg)).fingerprint
         except (TimeoutError, OSError, asyncssh.Error) as e:
             fp = f"(unreadable: {_reason(e)})"
-        hint = (f"check the fingerprint with the host's owner (on the host: ssh-keygen -lf "
-                f"/etc/ssh/ssh_host_ed25519_key.pub), then `rollwise hosts trust {host.label} "
-                f"-e {self.env} --fingerprint {fp}`")
+        hint = (
+            f"check the fingerprint with the host's owner (on the host: ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_ed25519_key.pub), then `rollwise hosts trust {host.label} "
+            f"-e {self.env} --fingerprint {fp}`"
+        )
         if known_entry(path, host):
             return IntegrityError(
                 f"its host key CHANGED: it now offers {fp}, which {path} does not have for "
                 "it. Someone may be intercepting the connection, or the host was reinstalled",
-                where=where(host), hint=hint + " (after removing the old line)")
-        return IntegrityError(f"its host key {fp} is not in {path}", where=where(host),
-                              hint=hint)
+                where=where(host),
+                hint=hint + " (after removing the old line)",
+            )
+        return IntegrityError(f"its host key {fp} is not in {path}", where=where(host), hint=hint)
 
 
 @dataclass(frozen=True)
@@ -294,7 +347,8 @@ async def fingerprint(host: HostConfig, cfg: SSHConfig) -> HostKey:
     """The key the host offers now (not trusted by reading it)."""
     key = await asyncio.wait_for(
         asyncssh.get_server_host_key(host.address, host.port, tunnel=cfg.jump_host or ()),
-        cfg.connect_timeout_s)
+        cfg.connect_timeout_s,
+    )
     if key is None:
         raise HostError("offered no host key", where=where(host))
     name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
@@ -312,8 +366,9 @@ def known_entry(path: Path, host: HostConfig) -> bool:
 
 
 def _known_hosts(path: Path) -> asyncssh.SSHKnownHosts:
-    return asyncssh.read_known_hosts(str(path)) if path.exists() \
-        else asyncssh.import_known_hosts("")
+    return (
+        asyncssh.read_known_hosts(str(path)) if path.exists() else asyncssh.import_known_hosts("")
+    )
 
 
 def _text(out: str | bytes | None) -> str:

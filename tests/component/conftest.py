@@ -33,21 +33,29 @@ def scratch(base: str, admin_db: str, drop: str, what: str, how: str) -> Iterato
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    yield from scratch(PG, "postgres", "DROP DATABASE {name} WITH (FORCE)",
-                       "PostgreSQL on 127.0.0.1:5432",
-                       "start it, or set ROLLWISE_TEST_PG=postgresql+psycopg://user@host:port")
+    yield from scratch(
+        PG,
+        "postgres",
+        "DROP DATABASE {name} WITH (FORCE)",
+        "PostgreSQL on 127.0.0.1:5432",
+        "start it, or set ROLLWISE_TEST_PG=postgresql+psycopg://user@host:port",
+    )
 
 
 @pytest.fixture
 def mysql_url() -> Iterator[str]:
-    yield from scratch(MYSQL, "mysql", "DROP DATABASE {name}", "MariaDB on 127.0.0.1:3306",
-                       "start it (start-stop-daemon --start --background --exec "
-                       "/usr/sbin/mariadbd), or set ROLLWISE_TEST_MYSQL=mysql+pymysql://...")
+    yield from scratch(
+        MYSQL,
+        "mysql",
+        "DROP DATABASE {name}",
+        "MariaDB on 127.0.0.1:3306",
+        "start it (start-stop-daemon --start --background --exec "
+        "/usr/sbin/mariadbd), or set ROLLWISE_TEST_MYSQL=mysql+pymysql://...",
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'app.db'}"
-    return str(request.getfixturevalue("pg_url" if request.param == "postgresql"
-                                       else "mysql_url"))
+    return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url"))

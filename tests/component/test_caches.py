@@ -25,8 +25,11 @@ def redis_client():
     try:
         client.ping()
     except redis.RedisError:
-        require(False, "Redis on 127.0.0.1:6379",
-                "start it: redis-server --daemonize yes --port 6379 --save ''")
+        require(
+            False,
+            "Redis on 127.0.0.1:6379",
+            "start it: redis-server --daemonize yes --port 6379 --save ''",
+        )
     yield client
     client.close()
 
@@ -93,8 +96,7 @@ def test_cdn_purge_posts_the_release_backs_off_on_429_and_sends_the_token(cdn):
 
 
 def test_static_assets_without_a_content_hash_are_named(tmp_path):
-    for name in ("app.3f2a9c1b.js", "main-BfT3xk2q.css", "logo.png", "index.html",
-                 "img/hero.jpg"):
+    for name in ("app.3f2a9c1b.js", "main-BfT3xk2q.css", "logo.png", "index.html", "img/hero.jpg"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     assert unhashed(tmp_path) == ["img/hero.jpg", "logo.png"]

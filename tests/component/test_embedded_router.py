@@ -53,6 +53,7 @@ class Proxy:
 
     def upstream(self, name: str, version: str, handler: Handler, weight: int = 1) -> None:
         """A real server on loopback, routed to as `name`."""
+
         async def counted(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             self.accepted[name] = self.accepted.get(name, 0) + 1
             task = asyncio.current_task()
@@ -73,8 +74,9 @@ class Proxy:
 
         port = self.run(start())
         self.router.add(name, version, "127.0.0.1", port)
-        self.loop.call_soon_threadsafe(self.router.set_weights,
-                                       {**self.router.weights(), name: weight})
+        self.loop.call_soon_threadsafe(
+            self.router.set_weights, {**self.router.weights(), name: weight}
+        )
         time.sleep(0.05)
 
 
@@ -97,8 +99,9 @@ def proxy() -> Iterator[Proxy]:
     loop.close()
 
 
-async def read_request(reader: asyncio.StreamReader, conn: h11.Connection
-                       ) -> tuple[h11.Request, bytes] | None:
+async def read_request(
+    reader: asyncio.StreamReader, conn: h11.Connection
+) -> tuple[h11.Request, bytes] | None:
     """The next request on an upstream connection, parsed by h11 (not the router's parser)."""
     req, body = None, b""
     while True:
@@ -132,8 +135,9 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     conn = h11.Connection(h11.SERVER)
     while (got := await read_request(reader, conn)) is not None:
         req, body = got
-        head = b"\n".join([req.method + b" " + req.target,
-                           *(n + b": " + v for n, v in req.headers)])
+        head = b"\n".join(
+            [req.method + b" " + req.target, *(n + b": " + v for n, v in req.headers)]
+        )
         writer.write(respond(conn, 200, head + b"\n\n" + body, x_version="v1"))
         await writer.drain()
 
@@ -151,9 +155,14 @@ def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 def test_given_a_request_then_the_upstream_sees_x_forwarded_headers(proxy):
     proxy.upstream("v1-a", "v1", echo)
 
-    got = httpx.get(proxy.url + "/orders?id=7",
-                    headers={"host": "shop.example", "x-forwarded-for": "6.6.6.6",
-                             "x-forwarded-proto": "https"}).text.lower()
+    got = httpx.get(
+        proxy.url + "/orders?id=7",
+        headers={
+            "host": "shop.example",
+            "x-forwarded-for": "6.6.6.6",
+            "x-forwarded-proto": "https",
+        },
+    ).text.lower()
 
     assert got.startswith("get /orders?id=7\n")
     assert "x-forwarded-for: 127.0.0.1\n" in got  # a client's own claim is not passed on
@@ -166,8 +175,9 @@ def test_given_trust_forwarded_then_the_client_address_is_appended(proxy):
     proxy.upstream("v1-a", "v1", echo)
     proxy.router.configure({"trust_forwarded": True})
 
-    got = httpx.get(proxy.url, headers={"x-forwarded-for": "203.0.113.9",
-                                        "x-forwarded-proto": "https"}).text.lower()
+    got = httpx.get(
+        proxy.url, headers={"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"}
+    ).text.lower()
 
     assert "x-forwarded-for: 203.0.113.9, 127.0.0.1\n" in got
     assert "x-forwarded-proto: https\n" in got
@@ -177,17 +187,21 @@ def test_given_a_websocket_upgrade_then_bytes_flow_both_ways_after_101(proxy):
     async def ws(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         assert b"upgrade: websocket" in head.lower()
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\n\r\nhello")  # a frame right behind the head
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\nhello"
+        )  # a frame right behind the head
         while data := await reader.read(1024):
             writer.write(data.upper())
             await writer.drain()
 
     proxy.upstream("v1-ws", "v1", ws)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
-        s.sendall(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-                  b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        s.sendall(
+            b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
         got = b""
         while not got.endswith(b"hello"):
             got += s.recv(1024)
@@ -201,14 +215,15 @@ def test_given_a_websocket_upgrade_then_bytes_flow_both_ways_after_101(proxy):
     assert (echoed, again) == (b"PING", b"AGAIN")
 
 
-def test_given_server_sent_events_then_each_reaches_the_client_before_the_next_is_sent(
-        proxy):
+def test_given_server_sent_events_then_each_reaches_the_client_before_the_next_is_sent(proxy):
     second = threading.Event()
 
     async def sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n"
+        )
         await writer.drain()
         # the second event is sent only once the client holds the first: a router that
         # buffered the response would wait here forever
@@ -262,8 +277,11 @@ def test_given_a_body_over_the_limit_then_413(proxy):
     proxy.router.configure({"limits": {"max_body_bytes": 1000}})
 
     declared = raw(proxy.port, b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 5000\r\n\r\n")
-    chunked = raw(proxy.port, b"POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked"
-                  b"\r\n\r\n400\r\n" + b"a" * 1024 + b"\r\n400\r\n" + b"b" * 1024 + b"\r\n")
+    chunked = raw(
+        proxy.port,
+        b"POST / HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked"
+        b"\r\n\r\n400\r\n" + b"a" * 1024 + b"\r\n400\r\n" + b"b" * 1024 + b"\r\n",
+    )
     within = httpx.post(proxy.url, content=b"c" * 1000)
 
     assert declared.startswith(b"HTTP/1.1 413 ")
@@ -320,8 +338,10 @@ def test_given_head_and_no_content_responses_then_the_connection_keeps_working(p
         while (got := await read_request(reader, conn)) is not None:
             req = got[0]
             if req.method == b"HEAD":  # the length of a body that is not sent
-                out = conn.send(h11.Response(status_code=200,
-                                             headers=[("content-length", "100")])) or b""
+                out = (
+                    conn.send(h11.Response(status_code=200, headers=[("content-length", "100")]))
+                    or b""
+                )
                 out += conn.send(h11.EndOfMessage()) or b""
                 conn.start_next_cycle()
             elif req.target == b"/empty":

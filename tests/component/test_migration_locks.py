@@ -22,15 +22,15 @@ ORDERS = {
 }
 CHANNEL = {
     "0002_channel.up.sql": "-- rollwise: expand\nCREATE TABLE IF NOT EXISTS audit (id INTEGER);\n"
-                           "ALTER TABLE orders ADD COLUMN channel VARCHAR(20);\n",
+    "ALTER TABLE orders ADD COLUMN channel VARCHAR(20);\n",
     "0002_channel.down.sql": "ALTER TABLE orders DROP COLUMN channel;\nDROP TABLE audit;\n",
 }
 # what the engine's session shows while a statement waits for a table lock
 WAITING = {
     "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                  "AND query LIKE 'ALTER TABLE orders%%'",
+    "AND query LIKE 'ALTER TABLE orders%%'",
     "mysql": "SELECT count(*) FROM information_schema.processlist "
-             "WHERE state LIKE 'Waiting for table metadata lock' AND info LIKE 'ALTER%%'",
+    "WHERE state LIKE 'Waiting for table metadata lock' AND info LIKE 'ALTER%%'",
 }
 
 
@@ -60,6 +60,7 @@ def reader_in_a_transaction(url: str) -> Iterator[Connection]:
 def writer_behind_the_migration(url: str, out: dict[str, float]) -> threading.Thread:
     """The live app's next write, sent once the migration waits for its lock: it queues
     behind the migration's lock request; `out` gets how long it took."""
+
     def run() -> None:
         engine = create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
@@ -92,7 +93,8 @@ def has_table(runner: SqlRunner, name: str) -> bool:
 
 @pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
 def test_given_the_app_holds_a_table_when_a_migration_needs_it_then_it_fails_fast_and_writes_go_on(
-        engine, request, tmp_path):
+    engine, request, tmp_path
+):
     url = str(request.getfixturevalue("pg_url" if engine == "postgresql" else "mysql_url"))
     ms = write(tmp_path / "m", {**ORDERS, **CHANNEL})
     runner = SqlRunner(url, table_lock_timeout_s=1)
@@ -114,31 +116,38 @@ def test_given_the_app_holds_a_table_when_a_migration_needs_it_then_it_fails_fas
 
     assert e.value.message.startswith(
         "0002_channel.up.sql, statement 2 (line 3) waited 1 s for a lock on a table that "
-        "another session holds")
+        "another session holds"
+    )
     assert "ALTER TABLE orders ADD COLUMN channel VARCHAR(20)" in e.value.message
     assert e.value.where == "0002_channel.up.sql:3"
-    assert "pg_stat_activity" in (e.value.hint or "") and "SHOW PROCESSLIST" in (
-        e.value.hint or "")
+    assert "pg_stat_activity" in (e.value.hint or "") and "SHOW PROCESSLIST" in (e.value.hint or "")
     assert waited < 4, "the migration gave up after its lock timeout, not later"
-    assert 0.2 < timings["write_s"] < 3, "the app's write queued behind the migration only " \
-                                         "until its lock timeout"
+    assert 0.2 < timings["write_s"] < 3, (
+        "the app's write queued behind the migration only until its lock timeout"
+    )
     # once the app's transaction is over, the same migration goes through
     assert runner.upgrade(up_path(ms, {"0001"})) == ["0002_channel.up.sql"]
     assert applied_and_rows(runner) == (["0001", "0002"], 3)
     runner.engine.dispose()
 
 
-def test_given_plpgsql_bodies_with_semicolons_then_postgresql_runs_them_whole(pg_url,
-                                                                                tmp_path):
-    ms = write(tmp_path / "m", {**ORDERS, "0002_stamp.up.sql": (
-        "ALTER TABLE orders ADD COLUMN note TEXT;\n"
-        "CREATE FUNCTION stamp() RETURNS trigger AS $$\nBEGIN\n"
-        "  NEW.note := 'stamped; by trigger';  -- a comment; inside\n  RETURN NEW;\n"
-        "END;\n$$ LANGUAGE plpgsql;\n"
-        "CREATE TRIGGER orders_stamp BEFORE INSERT ON orders FOR EACH ROW "
-        "EXECUTE FUNCTION stamp();\n"),
-        "0002_stamp.down.sql": "DROP TRIGGER orders_stamp ON orders;\nDROP FUNCTION stamp();\n"
-                               "ALTER TABLE orders DROP COLUMN note;\n"})
+def test_given_plpgsql_bodies_with_semicolons_then_postgresql_runs_them_whole(pg_url, tmp_path):
+    ms = write(
+        tmp_path / "m",
+        {
+            **ORDERS,
+            "0002_stamp.up.sql": (
+                "ALTER TABLE orders ADD COLUMN note TEXT;\n"
+                "CREATE FUNCTION stamp() RETURNS trigger AS $$\nBEGIN\n"
+                "  NEW.note := 'stamped; by trigger';  -- a comment; inside\n  RETURN NEW;\n"
+                "END;\n$$ LANGUAGE plpgsql;\n"
+                "CREATE TRIGGER orders_stamp BEFORE INSERT ON orders FOR EACH ROW "
+                "EXECUTE FUNCTION stamp();\n"
+            ),
+            "0002_stamp.down.sql": "DROP TRIGGER orders_stamp ON orders;\nDROP FUNCTION stamp();\n"
+            "ALTER TABLE orders DROP COLUMN note;\n",
+        },
+    )
     runner = SqlRunner(pg_url)
     runner.upgrade(up_path(ms, set()))
     with runner.engine.begin() as conn:
@@ -148,37 +157,53 @@ def test_given_plpgsql_bodies_with_semicolons_then_postgresql_runs_them_whole(pg
 
 
 def test_given_a_procedure_with_begin_end_then_mariadb_runs_it_whole(mysql_url, tmp_path):
-    ms = write(tmp_path / "m", {**ORDERS, "0002_bump.up.sql": (
-        "CREATE PROCEDURE bump(IN n INT)\nBEGIN\n  UPDATE orders SET qty = qty + n;\n"
-        "  INSERT INTO orders (id, qty) VALUES ('bumped; once', n);\nEND;\n"),
-        "0002_bump.down.sql": "DROP PROCEDURE bump;\n"})
+    ms = write(
+        tmp_path / "m",
+        {
+            **ORDERS,
+            "0002_bump.up.sql": (
+                "CREATE PROCEDURE bump(IN n INT)\nBEGIN\n  UPDATE orders SET qty = qty + n;\n"
+                "  INSERT INTO orders (id, qty) VALUES ('bumped; once', n);\nEND;\n"
+            ),
+            "0002_bump.down.sql": "DROP PROCEDURE bump;\n",
+        },
+    )
     runner = SqlRunner(mysql_url)
     runner.upgrade(up_path(ms, set()))
     with runner.engine.begin() as conn:
         conn.execute(text("INSERT INTO orders (id, qty) VALUES ('a', 1)"))
         conn.execute(text("CALL bump(10)"))
         assert conn.execute(text("SELECT id, qty FROM orders ORDER BY id")).all() == [
-            ("a", 11), ("bumped; once", 10)]
+            ("a", 11),
+            ("bumped; once", 10),
+        ]
     runner.engine.dispose()
 
 
-def test_given_create_index_concurrently_then_it_runs_outside_the_transaction(pg_url,
-                                                                               tmp_path):
-    ms = write(tmp_path / "m", {
-        **ORDERS,
-        "0002_qty_index.up.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_qty "
-                                 "ON orders (qty);\n",
-        "0002_qty_index.down.sql": "DROP INDEX CONCURRENTLY IF EXISTS orders_qty;\n",
-        "0003_bad.up.sql": "ALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
-        "0003_bad.down.sql": "SELECT 1;\n"})
+def test_given_create_index_concurrently_then_it_runs_outside_the_transaction(pg_url, tmp_path):
+    ms = write(
+        tmp_path / "m",
+        {
+            **ORDERS,
+            "0002_qty_index.up.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_qty "
+            "ON orders (qty);\n",
+            "0002_qty_index.down.sql": "DROP INDEX CONCURRENTLY IF EXISTS orders_qty;\n",
+            "0003_bad.up.sql": "ALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
+            "0003_bad.down.sql": "SELECT 1;\n",
+        },
+    )
     runner = SqlRunner(pg_url)
     with pytest.raises(MigrationFailed, match=r"0003_bad\.up\.sql, statement 1") as e:
         runner.upgrade(up_path(ms, set()))
     assert (e.value.hint or "").startswith("the migrations before it in this run are applied")
     assert [a.version for a in runner.applied()] == ["0001", "0002"]
     with runner.engine.connect() as conn:
-        assert conn.execute(text("SELECT indisvalid FROM pg_index WHERE indexrelid = "
-                                 "'orders_qty'::regclass")).scalar() is True
+        assert (
+            conn.execute(
+                text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_qty'::regclass")
+            ).scalar()
+            is True
+        )
     assert runner.downgrade([ms[1]]) == ["0002_qty_index.down.sql"]
     assert [a.version for a in runner.applied()] == ["0001"]
     runner.engine.dispose()

@@ -24,7 +24,7 @@ BASE = {
     "0001_orders.up.sql": "CREATE TABLE orders (id VARCHAR(40) PRIMARY KEY, qty INTEGER);\n",
     "0001_orders.down.sql": "DROP TABLE orders;\n",
     "0002_channel.up.sql": "-- rollwise: expand\nALTER TABLE orders ADD COLUMN channel "
-                           "VARCHAR(20);\n",
+    "VARCHAR(20);\n",
     "0002_channel.down.sql": "ALTER TABLE orders DROP COLUMN channel;\n",
 }
 
@@ -45,7 +45,8 @@ def test_given_migrations_when_up_then_down_then_schema_follows_and_rows_stay(db
     with runner.engine.begin() as conn:
         conn.execute(text("INSERT INTO orders (id, qty) VALUES ('a', 1), ('b', 2)"))
     assert runner.upgrade(up_path(ms, {a.version for a in runner.applied()}, None)) == [
-        "0002_channel.up.sql"]
+        "0002_channel.up.sql"
+    ]
     assert columns(db_url) == ["id", "qty", "channel"]
     applied = {a.version for a in runner.applied()}
     assert runner.downgrade(down_path(ms, applied, "0001")) == ["0002_channel.down.sql"]
@@ -56,16 +57,21 @@ def test_given_migrations_when_up_then_down_then_schema_follows_and_rows_stay(db
     runner.engine.dispose()
 
 
-def test_given_a_migration_failing_halfway_then_the_schema_is_as_before_or_named(db_url,
-                                                                                  tmp_path):
-    ms = write(tmp_path / "m", {**BASE, "0003_bad.up.sql":
-                                "CREATE TABLE audit_log (id INTEGER);\n"
-                                "ALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
-                                "0003_bad.down.sql": "DROP TABLE audit_log;\n"})
+def test_given_a_migration_failing_halfway_then_the_schema_is_as_before_or_named(db_url, tmp_path):
+    ms = write(
+        tmp_path / "m",
+        {
+            **BASE,
+            "0003_bad.up.sql": "CREATE TABLE audit_log (id INTEGER);\n"
+            "ALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
+            "0003_bad.down.sql": "DROP TABLE audit_log;\n",
+        },
+    )
     runner = SqlRunner(db_url)
     runner.upgrade(up_path(ms, set(), "0001"))
-    with pytest.raises(MigrationFailed,
-                       match=r"0003_bad.up.sql, statement 2 \(line 2\), failed") as e:
+    with pytest.raises(
+        MigrationFailed, match=r"0003_bad.up.sql, statement 2 \(line 2\), failed"
+    ) as e:
         runner.upgrade(up_path(ms, {"0001"}, None))
     applied = [a.version for a in runner.applied()]
     if runner.transactional_ddl:  # PostgreSQL, SQLite: the whole run undone
@@ -81,8 +87,10 @@ def test_given_an_applied_migration_edited_then_refused(db_url, tmp_path):
     ms = write(tmp_path / "m", BASE)
     runner = SqlRunner(db_url)
     runner.upgrade(up_path(ms, set(), None))
-    edited = write(tmp_path / "m", {"0002_channel.up.sql":
-                                    "ALTER TABLE orders ADD COLUMN channel VARCHAR(40);\n"})
+    edited = write(
+        tmp_path / "m",
+        {"0002_channel.up.sql": "ALTER TABLE orders ADD COLUMN channel VARCHAR(40);\n"},
+    )
     with pytest.raises(MigrationFailed, match=r"0002_channel\.up\.sql was edited"):
         check_applied(runner.applied(), edited)
     check_applied(runner.applied(), ms)  # unchanged files pass
@@ -90,10 +98,13 @@ def test_given_an_applied_migration_edited_then_refused(db_url, tmp_path):
 
 
 def test_given_another_migration_holds_the_lock_then_refused_and_nothing_changes(
-        pg_url, mysql_url, tmp_path):
+    pg_url, mysql_url, tmp_path
+):
     ms = write(tmp_path / "m", BASE)
-    for url, grab in ((pg_url, "SELECT pg_advisory_lock(1919904876)"),
-                      (mysql_url, "SELECT GET_LOCK('rollwise-migrations', 0)")):
+    for url, grab in (
+        (pg_url, "SELECT pg_advisory_lock(1919904876)"),
+        (mysql_url, "SELECT GET_LOCK('rollwise-migrations', 0)"),
+    ):
         holder = create_engine(url)
         with holder.connect() as conn:
             conn.execute(text(grab))
@@ -106,8 +117,10 @@ def test_given_another_migration_holds_the_lock_then_refused_and_nothing_changes
 
 
 def test_given_an_unreachable_database_or_wrong_password_then_a_clear_error():
-    for url in ("postgresql+psycopg://postgres@127.0.0.1:1/nope",
-                "mysql+pymysql://root:wrong-password@127.0.0.1:3306/mysql"):
+    for url in (
+        "postgresql+psycopg://postgres@127.0.0.1:1/nope",
+        "mysql+pymysql://root:wrong-password@127.0.0.1:3306/mysql",
+    ):
         with pytest.raises(RollwiseError) as e:
             SqlRunner(url).applied()
         assert "wrong-password" not in str(e.value) and "database" in str(e.value)
@@ -128,7 +141,6 @@ def test_given_sqlite_busy_in_another_transaction_then_the_migration_waits_its_t
         conn.close()
 
     threading.Timer(0.5, let_go).start()
-    assert runner.upgrade(up_path(ms, set(), None)) == ["0001_orders.up.sql",
-                                                       "0002_channel.up.sql"]
+    assert runner.upgrade(up_path(ms, set(), None)) == ["0001_orders.up.sql", "0002_channel.up.sql"]
     other.dispose()
     runner.engine.dispose()

@@ -27,22 +27,24 @@ from rollwise.data import backups
 from rollwise.errors import IntegrityError, RollwiseError
 from rollwise.failpoint import FAILPOINT_ENV
 
-ENGINES = [pytest.param("sqlite", id="sqlite"),
-           pytest.param("postgresql", id="postgresql", marks=pytest.mark.service),
-           pytest.param("mariadb", id="mariadb", marks=pytest.mark.service)]
+ENGINES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.service),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.service),
+]
 SCRATCH = re.compile(r"_rollwise_(?:restore|old)_[0-9a-f]{8}|\.rollwise_restore_[0-9a-f]{8}")
 RESTORE_IN_A_PROCESS = (
     "import sys; from pathlib import Path; from rollwise.data import backups; "
     "f = Path(sys.argv[2]); m = backups.get(f, sys.argv[3]); "
-    "getattr(backups, sys.argv[1])(m, f, sys.argv[4])")
+    "getattr(backups, sys.argv[1])(m, f, sys.argv[4])"
+)
 
 
 @pytest.fixture(params=ENGINES)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'app.db'}"
-    return str(request.getfixturevalue("pg_url" if request.param == "postgresql"
-                                       else "mysql_url"))
+    return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url"))
 
 
 def run(url: str, *statements: str) -> None:
@@ -56,25 +58,31 @@ def run(url: str, *statements: str) -> None:
 
 
 def app_at_backup_time(url: str) -> None:
-    run(url, "CREATE TABLE customers (id VARCHAR(40) PRIMARY KEY, email VARCHAR(80))",
+    run(
+        url,
+        "CREATE TABLE customers (id VARCHAR(40) PRIMARY KEY, email VARCHAR(80))",
         "CREATE TABLE orders (id VARCHAR(40) PRIMARY KEY, customer_id VARCHAR(40) "
         "REFERENCES customers (id), qty INTEGER)",
         "CREATE INDEX ix_orders_qty ON orders (qty)",
         "INSERT INTO customers (id, email) VALUES ('c1', 'a@x'), ('c2', 'b@x')",
-        "INSERT INTO orders (id, customer_id, qty) VALUES ('o1', 'c1', 1), ('o2', 'c2', 2)")
+        "INSERT INTO orders (id, customer_id, qty) VALUES ('o1', 'c1', 1), ('o2', 'c2', 2)",
+    )
 
 
 def app_moves_on(url: str) -> None:
     """What happens after the backup: rows, a column, a unique index, a table whose foreign
     key points into a backed-up table (what `pg_restore --clean` could not drop)."""
-    run(url, "INSERT INTO customers (id, email) VALUES ('c3', 'c@x')",
+    run(
+        url,
+        "INSERT INTO customers (id, email) VALUES ('c3', 'c@x')",
         "UPDATE orders SET qty = 10 WHERE id = 'o1'",
         "INSERT INTO orders (id, customer_id, qty) VALUES ('o3', 'c3', 3)",
         "ALTER TABLE orders ADD COLUMN note VARCHAR(40)",
         "CREATE UNIQUE INDEX ux_customers_email ON customers (email)",
         "CREATE TABLE shipments (id VARCHAR(40) PRIMARY KEY, order_id VARCHAR(40) "
         "REFERENCES orders (id))",
-        "INSERT INTO shipments (id, order_id) VALUES ('s1', 'o1'), ('s2', 'o3')")
+        "INSERT INTO shipments (id, order_id) VALUES ('s1', 'o1'), ('s2', 'o3')",
+    )
 
 
 def state(url: str) -> tuple[backups.Snapshot, backups.Structure]:
@@ -85,12 +93,17 @@ def leftovers(url: str, folder: Path) -> list[str]:
     """Scratch databases, previous copies and scratch files a restore left behind."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")
-                      or p.name.endswith(".tmp"))
-    admin = create_engine(u.set(database="postgres" if u.get_backend_name() == "postgresql"
-                                else "mysql"))
-    query = "SELECT datname FROM pg_database" if u.get_backend_name() == "postgresql" else \
-        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"
+        return sorted(
+            p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")
+        )
+    admin = create_engine(
+        u.set(database="postgres" if u.get_backend_name() == "postgresql" else "mysql")
+    )
+    query = (
+        "SELECT datname FROM pg_database"
+        if u.get_backend_name() == "postgresql"
+        else "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"
+    )
     try:
         with admin.connect() as conn:
             names = conn.execute(text(query)).scalars().all()
@@ -101,17 +114,24 @@ def leftovers(url: str, folder: Path) -> list[str]:
 
 def backed_up(url: str, folder: Path) -> backups.Manifest:
     app_at_backup_time(url)
-    m = backups.create(url, folder, "prod", "before deploy", release="1.0.0",
-                       schema=["0001", "0002"])
+    m = backups.create(
+        url, folder, "prod", "before deploy", release="1.0.0", schema=["0001", "0002"]
+    )
     app_moves_on(url)
     return m
 
 
-def in_a_process(fn: str, m: backups.Manifest, folder: Path, url: str,
-                 failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+def in_a_process(
+    fn: str, m: backups.Manifest, folder: Path, url: str, failpoint: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, FAILPOINT_ENV: failpoint or ""}
-    return subprocess.run([sys.executable, "-c", RESTORE_IN_A_PROCESS, fn, str(folder), m.id,
-                           url], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", RESTORE_IN_A_PROCESS, fn, str(folder), m.id, url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def without_scratch_names(message: str) -> str:
@@ -119,12 +139,15 @@ def without_scratch_names(message: str) -> str:
 
 
 def test_given_a_newer_table_with_a_foreign_key_and_more_when_restored_then_it_is_the_backup(
-        url, tmp_path):
+    url, tmp_path
+):
     folder = tmp_path / "backups"
     m = backed_up(url, folder)
     assert m.release == "1.0.0" and m.schema == ["0001", "0002"]
-    assert m.structure is not None and m.structure["orders"]["foreign_keys"][0][
-        "referred_table"] == "customers"
+    assert (
+        m.structure is not None
+        and m.structure["orders"]["foreign_keys"][0]["referred_table"] == "customers"
+    )
     assert backups.loss(m, url) == {"customers": 1, "orders": 1, "shipments": 2}
 
     info = backups.restore(m, folder, url)
@@ -158,7 +181,8 @@ def unloadable(url: str, folder: Path) -> backups.Manifest:
 
 
 def test_given_a_dump_that_fails_to_load_then_restore_changes_nothing_and_shows_the_tool(
-        url, tmp_path):
+    url, tmp_path
+):
     folder = tmp_path / "backups"
     m = unloadable(url, folder)
     before = state(url)
@@ -170,17 +194,22 @@ def test_given_a_dump_that_fails_to_load_then_restore_changes_nothing_and_shows_
     message = failed.value.message
     assert message.endswith(backups.NOT_CHANGED)
     assert "does not restore" in message
-    tool = {"postgresql": ["pg_restore: error: could not execute query: ERROR:  role",
-                           "Command was: GRANT SELECT ON TABLE public.orders TO"],
-            "mysql": ["INSERT INTO no_such_table VALUES (1)", "ERROR 1146"],
-            "sqlite": ["file is not a database"]}[m.engine]
+    tool = {
+        "postgresql": [
+            "pg_restore: error: could not execute query: ERROR:  role",
+            "Command was: GRANT SELECT ON TABLE public.orders TO",
+        ],
+        "mysql": ["INSERT INTO no_such_table VALUES (1)", "ERROR 1146"],
+        "sqlite": ["file is not a database"],
+    }[m.engine]
     assert all(line in message for line in tool), message  # the tool's error, all of it
     assert leftovers(url, folder) == []
     # verify takes the same path and fails with the same words
     with pytest.raises(IntegrityError) as verified:
         backups.verify(m, folder, url)
-    assert without_scratch_names(verified.value.message) == \
-        without_scratch_names(message.removesuffix("\n" + backups.NOT_CHANGED))
+    assert without_scratch_names(verified.value.message) == without_scratch_names(
+        message.removesuffix("\n" + backups.NOT_CHANGED)
+    )
     assert leftovers(url, folder) == []
 
 
@@ -189,17 +218,20 @@ def test_given_a_manifest_the_restore_does_not_match_then_nothing_is_swapped_in(
     m = backed_up(url, folder)
     before = state(url)
     assert m.structure is not None
-    lying_rows = dataclasses.replace(m, tables={**m.tables, "orders": {
-        **m.tables["orders"], "rows": 1}})
+    lying_rows = dataclasses.replace(
+        m, tables={**m.tables, "orders": {**m.tables["orders"], "rows": 1}}
+    )
     shape = m.structure["orders"]
     extra: backups.Index = {"name": "ix_orders_extra", "columns": ["qty"], "unique": False}
-    lying_keys = dataclasses.replace(m, structure={**m.structure, "orders": {
-        **shape, "indexes": [*shape["indexes"], extra]}})
+    lying_keys = dataclasses.replace(
+        m, structure={**m.structure, "orders": {**shape, "indexes": [*shape["indexes"], extra]}}
+    )
 
     with pytest.raises(IntegrityError, match="1 rows at backup time, 2 restored") as e1:
         backups.restore(lying_rows, folder, url)
-    with pytest.raises(IntegrityError, match=re.escape(
-            "index ix_orders_extra (qty) missing in the restore")) as e2:
+    with pytest.raises(
+        IntegrityError, match=re.escape("index ix_orders_extra (qty) missing in the restore")
+    ) as e2:
         backups.restore(lying_keys, folder, url)
 
     assert backups.NOT_CHANGED in e1.value.message and backups.NOT_CHANGED in e2.value.message
@@ -211,8 +243,11 @@ def test_an_older_manifest_without_keys_release_or_schema_still_restores(url, tm
     folder = tmp_path / "backups"
     m = backed_up(url, folder)
     path = folder / f"{m.id}.json"
-    old = {k: v for k, v in json.loads(path.read_text()).items()
-           if k not in ("structure", "release", "schema")}
+    old = {
+        k: v
+        for k, v in json.loads(path.read_text()).items()
+        if k not in ("structure", "release", "schema")
+    }
     path.write_text(json.dumps(old))
     loaded = backups.get(folder, m.id)
     assert (loaded.structure, loaded.release, loaded.schema) == (None, None, None)
@@ -223,24 +258,38 @@ def test_an_older_manifest_without_keys_release_or_schema_still_restores(url, tm
 
 
 ROW_CHANGES = {  # what the restore would hold instead, each undone after it is described
-    "changed": (["UPDATE orders SET qty = 3 WHERE id = 'o2'"],
-                ["UPDATE orders SET qty = 2 WHERE id = 'o2'"]),
+    "changed": (
+        ["UPDATE orders SET qty = 3 WHERE id = 'o2'"],
+        ["UPDATE orders SET qty = 2 WHERE id = 'o2'"],
+    ),
     "values swapped between rows": (
-        ["UPDATE orders SET qty = 3 - qty"], ["UPDATE orders SET qty = 3 - qty"]),
+        ["UPDATE orders SET qty = 3 - qty"],
+        ["UPDATE orders SET qty = 3 - qty"],
+    ),
     "one row for another": (
-        ["DELETE FROM orders WHERE id = 'o2'",
-         "INSERT INTO orders (id, customer_id, qty) VALUES ('o9', 'c2', 2)"],
-        ["DELETE FROM orders WHERE id = 'o9'",
-         "INSERT INTO orders (id, customer_id, qty) VALUES ('o2', 'c2', 2)"]),
-    "missing": (["DELETE FROM orders WHERE id = 'o2'"],
-                ["INSERT INTO orders (id, customer_id, qty) VALUES ('o2', 'c2', 2)"]),
-    "extra": (["INSERT INTO orders (id, customer_id, qty) VALUES ('o3', 'c1', 1)"],
-              ["DELETE FROM orders WHERE id = 'o3'"]),
+        [
+            "DELETE FROM orders WHERE id = 'o2'",
+            "INSERT INTO orders (id, customer_id, qty) VALUES ('o9', 'c2', 2)",
+        ],
+        [
+            "DELETE FROM orders WHERE id = 'o9'",
+            "INSERT INTO orders (id, customer_id, qty) VALUES ('o2', 'c2', 2)",
+        ],
+    ),
+    "missing": (
+        ["DELETE FROM orders WHERE id = 'o2'"],
+        ["INSERT INTO orders (id, customer_id, qty) VALUES ('o2', 'c2', 2)"],
+    ),
+    "extra": (
+        ["INSERT INTO orders (id, customer_id, qty) VALUES ('o3', 'c1', 1)"],
+        ["DELETE FROM orders WHERE id = 'o3'"],
+    ),
 }
 
 
 def test_given_a_changed_missing_or_extra_row_then_verify_and_restore_refuse_the_backup(
-        url, tmp_path):
+    url, tmp_path
+):
     """A manifest describing the tables with one row changed, replaced, missing or extra
     does not match what its dump restores to."""
     folder = tmp_path / "backups"
@@ -255,8 +304,11 @@ def test_given_a_changed_missing_or_extra_row_then_verify_and_restore_refuse_the
     before = state(url)
 
     for what, manifest in lying.items():
-        expected = "2 rows at backup time|1 rows at backup time, 2|3 rows at backup time, 2" \
-            if what in ("missing", "extra") else "same row count, different content"
+        expected = (
+            "2 rows at backup time|1 rows at backup time, 2|3 rows at backup time, 2"
+            if what in ("missing", "extra")
+            else "same row count, different content"
+        )
         with pytest.raises(IntegrityError, match=f"table orders: ({expected})"):
             backups.verify(manifest, folder, url)
     with pytest.raises(IntegrityError, match="same row count, different content") as e:
@@ -275,18 +327,22 @@ def older_checksums(m: backups.Manifest, rows: dict[str, list[str]]) -> backups.
     def md5(s: str) -> str:
         return hashlib.md5(s.encode()).hexdigest()
 
-    return {t: {"rows": len(r), "checksum": md5("".join(sorted(md5(x) for x in r)))}
-            for t, r in rows.items()}
+    return {
+        t: {"rows": len(r), "checksum": md5("".join(sorted(md5(x) for x in r)))}
+        for t, r in rows.items()
+    }
 
 
 def test_an_older_manifest_with_the_checksums_of_its_time_still_verifies_and_restores(
-        url, tmp_path):
+    url, tmp_path
+):
     folder = tmp_path / "backups"
     m = backed_up(url, folder)
     path = folder / f"{m.id}.json"
     old = {k: v for k, v in json.loads(path.read_text()).items() if k != "checksum_kind"}
-    old["tables"] = older_checksums(m, {"customers": ["(c1,a@x)", "(c2,b@x)"],
-                                         "orders": ["(o1,c1,1)", "(o2,c2,2)"]})
+    old["tables"] = older_checksums(
+        m, {"customers": ["(c1,a@x)", "(c2,b@x)"], "orders": ["(o1,c1,1)", "(o2,c2,2)"]}
+    )
     path.write_text(json.dumps(old))
     loaded = backups.get(folder, m.id)
     assert loaded.checksum_kind is None
@@ -326,8 +382,10 @@ def test_given_writes_while_the_backup_runs_then_its_manifest_describes_the_dump
         try:
             while not stop.is_set():
                 with engine.begin() as conn:
-                    conn.execute(text("INSERT INTO customers (id, email) VALUES (:i, 'w')"),
-                                 {"i": f"w{len(written)}"})
+                    conn.execute(
+                        text("INSERT INTO customers (id, email) VALUES (:i, 'w')"),
+                        {"i": f"w{len(written)}"},
+                    )
                 written.append(1)
         finally:
             engine.dispose()
@@ -349,13 +407,16 @@ def test_backup_files_are_private(url, tmp_path):
     folder = tmp_path / "backups"
     m = backed_up(url, folder)
     assert folder.stat().st_mode & 0o777 == 0o700
-    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == \
-        {m.file: 0o600, f"{m.id}.json": 0o600}
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        m.file: 0o600,
+        f"{m.id}.json": 0o600,
+    }
 
 
 @pytest.mark.parametrize("point", backups.RESTORE_POINTS)
 def test_given_a_kill_9_at_each_restore_boundary_then_the_live_database_is_whole(
-        url, tmp_path, point):
+    url, tmp_path, point
+):
     """Before the swap: the live database as it was; after: the backup. Never in between;
     the next restore succeeds and leaves nothing behind."""
     folder = tmp_path / "backups"
@@ -398,8 +459,7 @@ def test_a_restore_under_way_keeps_its_scratch_while_another_sweeps(url, tmp_pat
     assert leftovers(url, folder) == []
 
 
-def test_given_mariadb_views_then_restore_refuses_what_it_cannot_swap_at_once(
-        mysql_url, tmp_path):
+def test_given_mariadb_views_then_restore_refuses_what_it_cannot_swap_at_once(mysql_url, tmp_path):
     folder = tmp_path / "backups"
     app_at_backup_time(mysql_url)
     run(mysql_url, "CREATE VIEW big_orders AS SELECT id FROM orders WHERE qty > 1")
@@ -421,27 +481,39 @@ def pg_database(url: str) -> dict[str, Any]:
     admin = create_engine(u.set(database="postgres"))
     try:
         with admin.connect() as conn:
-            row = conn.execute(text(
-                "SELECT d.datacl::text[], d.datconnlimit, shobj_description(d.oid, "
-                "'pg_database'), (SELECT s.setconfig FROM pg_db_role_setting s WHERE "
-                "s.setdatabase = d.oid AND s.setrole = 0) FROM pg_database d WHERE "
-                "d.datname = :n"), {"n": u.database}).one()
+            row = conn.execute(
+                text(
+                    "SELECT d.datacl::text[], d.datconnlimit, shobj_description(d.oid, "
+                    "'pg_database'), (SELECT s.setconfig FROM pg_db_role_setting s WHERE "
+                    "s.setdatabase = d.oid AND s.setrole = 0) FROM pg_database d WHERE "
+                    "d.datname = :n"
+                ),
+                {"n": u.database},
+            ).one()
     finally:
         admin.dispose()
-    return {"acl": sorted(row[0] or []), "limit": row[1], "comment": row[2],
-            "set": sorted(row[3] or [])}
+    return {
+        "acl": sorted(row[0] or []),
+        "limit": row[1],
+        "comment": row[2],
+        "set": sorted(row[3] or []),
+    }
 
 
 @pytest.mark.service
 def test_given_postgresql_then_the_swapped_in_database_keeps_grants_settings_and_comment(
-        pg_url, tmp_path):
+    pg_url, tmp_path
+):
     name = make_url(pg_url).database
-    run(pg_url, f"ALTER DATABASE {name} SET work_mem = '8MB'",
+    run(
+        pg_url,
+        f"ALTER DATABASE {name} SET work_mem = '8MB'",
         f"ALTER DATABASE {name} SET search_path = app, public",
         f"ALTER DATABASE {name} CONNECTION LIMIT 40",
         f"REVOKE CONNECT ON DATABASE {name} FROM PUBLIC",
         f"GRANT CONNECT ON DATABASE {name} TO pg_monitor",
-        f"COMMENT ON DATABASE {name} IS 'orders: it''s the shop'")
+        f"COMMENT ON DATABASE {name} IS 'orders: it''s the shop'",
+    )
     before = pg_database(pg_url)
     m = backed_up(pg_url, tmp_path / "backups")
 
@@ -453,25 +525,35 @@ def test_given_postgresql_then_the_swapped_in_database_keeps_grants_settings_and
 
 
 def test_the_scratch_database_is_created_like_the_live_one():
-    db = backups.PgDatabase("UTF8", "C.UTF-8", "C.UTF-8", None, "app", "pg_default", 5,
-                            "shop", [("CONNECT", "app", False), ("TEMPORARY", "PUBLIC", True)],
-                            [(None, "search_path=app, public"), ("web", "work_mem=8MB")])
+    db = backups.PgDatabase(
+        "UTF8",
+        "C.UTF-8",
+        "C.UTF-8",
+        None,
+        "app",
+        "pg_default",
+        5,
+        "shop",
+        [("CONNECT", "app", False), ("TEMPORARY", "PUBLIC", True)],
+        [(None, "search_path=app, public"), ("web", "work_mem=8MB")],
+    )
     assert backups.pg_create_sql(db, "shop_rollwise_restore_0a", "postgres") == [
         "CREATE DATABASE \"shop_rollwise_restore_0a\" TEMPLATE template0 ENCODING 'UTF8' "
         "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' OWNER \"app\" CONNECTION LIMIT 5",
         "COMMENT ON DATABASE \"shop_rollwise_restore_0a\" IS 'shop'",
-        "REVOKE ALL ON DATABASE \"shop_rollwise_restore_0a\" FROM PUBLIC",
-        "REVOKE ALL ON DATABASE \"shop_rollwise_restore_0a\" FROM \"app\"",
-        "GRANT CONNECT ON DATABASE \"shop_rollwise_restore_0a\" TO \"app\"",
-        "GRANT TEMPORARY ON DATABASE \"shop_rollwise_restore_0a\" TO PUBLIC WITH GRANT OPTION",
+        'REVOKE ALL ON DATABASE "shop_rollwise_restore_0a" FROM PUBLIC',
+        'REVOKE ALL ON DATABASE "shop_rollwise_restore_0a" FROM "app"',
+        'GRANT CONNECT ON DATABASE "shop_rollwise_restore_0a" TO "app"',
+        'GRANT TEMPORARY ON DATABASE "shop_rollwise_restore_0a" TO PUBLIC WITH GRANT OPTION',
         "ALTER DATABASE \"shop_rollwise_restore_0a\" SET \"search_path\" = 'app', 'public'",
-        "ALTER ROLE \"web\" IN DATABASE \"shop_rollwise_restore_0a\" SET \"work_mem\" = '8MB'"]
+        'ALTER ROLE "web" IN DATABASE "shop_rollwise_restore_0a" SET "work_mem" = \'8MB\'',
+    ]
     assert backups.pg_create_sql(None, "x", "postgres") == [
-        "CREATE DATABASE \"x\" TEMPLATE template0"]
+        'CREATE DATABASE "x" TEMPLATE template0'
+    ]
 
 
-def test_given_a_client_connected_to_the_live_database_then_the_restore_still_swaps(
-        url, tmp_path):
+def test_given_a_client_connected_to_the_live_database_then_the_restore_still_swaps(url, tmp_path):
     folder = tmp_path / "backups"
     m = backed_up(url, folder)
     engine = create_engine(url)
@@ -489,14 +571,16 @@ def test_scratch_names_fit_the_engines_limit_and_are_found_again():
     live = "é" * 40  # 80 bytes: longer than PostgreSQL's 63
     name = backups._side_name(live, "restore", "0123abcd", backups.PG_NAME_MAX)
     assert len(name.encode()) <= backups.PG_NAME_MAX
-    found = backups._side_tokens([name, live, "other_rollwise_old_0123abce"], live,
-                                 backups.PG_NAME_MAX)
+    found = backups._side_tokens(
+        [name, live, "other_rollwise_old_0123abce"], live, backups.PG_NAME_MAX
+    )
     assert found == {"0123abcd"}
 
 
 @pytest.mark.parametrize("url", [ENGINES[0], ENGINES[2]], indirect=True)
 def test_given_a_writer_that_holds_the_live_database_then_the_swap_gives_up_and_changes_nothing(
-        url, tmp_path):
+    url, tmp_path
+):
     """SQLite: a write transaction; MariaDB: a transaction on a table RENAME must move.
     (PostgreSQL disconnects its clients at the swap instead.)"""
     folder = tmp_path / "backups"

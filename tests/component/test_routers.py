@@ -25,12 +25,27 @@ def backends(name: str) -> list[Backend]:
     return [Backend(f"{v}-{name}", v, "127.0.0.1", free_port()) for v in ("v1", "v2")]
 
 
-def run_backends(bs: list[Backend], work: Path, error_rates: dict[str, float] | None = None
-                 ) -> list:
+def run_backends(
+    bs: list[Backend], work: Path, error_rates: dict[str, float] | None = None
+) -> list:
     rates = error_rates or {}
-    procs = [process([sys.executable, str(HERE / "backend.py"), "--port", str(b.port),
-                      "--version", b.version, "--error-rate", str(rates.get(b.version, 0.0))],
-                     b.port, work / f"{b.version}.log") for b in bs]
+    procs = [
+        process(
+            [
+                sys.executable,
+                str(HERE / "backend.py"),
+                "--port",
+                str(b.port),
+                "--version",
+                b.version,
+                "--error-rate",
+                str(rates.get(b.version, 0.0)),
+            ],
+            b.port,
+            work / f"{b.version}.log",
+        )
+        for b in bs
+    ]
     for p in procs:
         p.__enter__()
     return procs
@@ -88,8 +103,7 @@ def test_caddy_refuses_an_unknown_backend(tmp_path):
 def judge_canary(router, port: int, bs: list[Backend], seconds: float = 15) -> Measurement:
     """50/50 between v1 (healthy) and v2 (30% 500s) under load; router metrics each second."""
     router.set_weights({bs[0].name: 1, bs[1].name: 1})
-    provider = RouterProvider(RouterAnalysisConfig(min_requests=20, latency=False),
-                              router.metrics)
+    provider = RouterProvider(RouterAnalysisConfig(min_requests=20, latency=False), router.metrics)
     look = Look("test", "v2", "v1")
     provider.measure(look)
     load = loadgen.Load("127.0.0.1", port, rate=100, max_duration_s=seconds + 5).start()
@@ -148,8 +162,10 @@ def test_a_response_that_ends_with_its_connection_reaches_keep_alive_clients(tmp
                 data = b""
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(4096) or b"\r\n\r\n"
-                conn.sendall(b"HTTP/1.1 200 OK\r\nx-version: v1\r\nconnection: keep-alive\r\n"
-                             b"\r\n{\"ok\": true}")
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nx-version: v1\r\nconnection: keep-alive\r\n"
+                    b'\r\n{"ok": true}'
+                )
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -161,8 +177,15 @@ def test_a_response_that_ends_with_its_connection_reaches_keep_alive_clients(tmp
             router = BuiltinRouter(env_dir, "close", f"127.0.0.1:{rport}")
             router.register([Backend("v1-close", "v1", "127.0.0.1", port)])
             router.set_weights({"v1-close": 1})
-            lg = loadgen.Load("127.0.0.1", rport, rate=100, connections=4, path="/",
-                              method="GET", max_duration_s=10).start()
+            lg = loadgen.Load(
+                "127.0.0.1",
+                rport,
+                rate=100,
+                connections=4,
+                path="/",
+                method="GET",
+                max_duration_s=10,
+            ).start()
             time.sleep(2)
             results = lg.stop()
         finally:

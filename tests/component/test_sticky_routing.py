@@ -20,38 +20,56 @@ from rollwise.ports import free_port
 from rollwise.traffic.base import Backend, TrafficRouter
 from tests.conftest import require
 
-RULES = {"sticky": {"cookie": "cart"},
-         "canary_headers": [{"header": "X-Canary", "values": ["always"]},
-                            {"header": "X-Staff", "values": ["alice", "bob"]}]}
+RULES = {
+    "sticky": {"cookie": "cart"},
+    "canary_headers": [
+        {"header": "X-Canary", "values": ["always"]},
+        {"header": "X-Staff", "values": ["alice", "bob"]},
+    ],
+}
 CARTS = [f"cart-{i}" for i in range(100)]
 
 
 @pytest.fixture(params=["builtin", "haproxy"])
-def routed(request: pytest.FixtureRequest, tmp_path: Path
-           ) -> Iterator[tuple[TrafficRouter, str, list[Backend]]]:
+def routed(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[TrafficRouter, str, list[Backend]]]:
     bs = [Backend(f"{v}-sticky", v, "127.0.0.1", free_port()) for v in ("v1", "v2")]
     with ExitStack() as stack:
         if request.param == "haproxy":
             require(shutil.which("haproxy") is not None, "haproxy", "apt-get install -y haproxy")
             for b in bs:
-                stack.enter_context(process(
-                    [sys.executable, str(HERE / "backend.py"), "--port", str(b.port),
-                     "--version", b.version], b.port, tmp_path / f"{b.version}.log"))
+                stack.enter_context(
+                    process(
+                        [
+                            sys.executable,
+                            str(HERE / "backend.py"),
+                            "--port",
+                            str(b.port),
+                            "--version",
+                            b.version,
+                        ],
+                        b.port,
+                        tmp_path / f"{b.version}.log",
+                    )
+                )
             router, port = stack.enter_context(haproxy(tmp_path, bs, RULES))
         else:
             router, port = stack.enter_context(builtin(tmp_path, bs, rules=RULES))
         yield router, f"http://127.0.0.1:{port}/", bs
 
 
-def versions(url: str, carts: list[str], rounds: int = 1,
-             headers: dict[str, str] | None = None) -> dict[str, set[str]]:
+def versions(
+    url: str, carts: list[str], rounds: int = 1, headers: dict[str, str] | None = None
+) -> dict[str, set[str]]:
     """Which versions answered each cart, over `rounds` requests per cart."""
     seen: dict[str, set[str]] = {}
     with httpx.Client(timeout=5) as client:
         for n in range(rounds):  # a new order each round: round robin alone cannot pass
             for cart in random.Random(n).sample(carts, len(carts)):
-                r = client.post(url, content=b"{}",
-                                headers={"cookie": f"cart={cart}", **(headers or {})})
+                r = client.post(
+                    url, content=b"{}", headers={"cookie": f"cart={cart}", **(headers or {})}
+                )
                 assert r.status_code == 200
                 seen.setdefault(cart, set()).add(r.headers["x-version"])
     return seen
@@ -81,8 +99,7 @@ def test_given_a_canary_header_then_every_matching_request_goes_to_the_canary(ro
     assert "v1" in {v for vs in others.values() for v in vs}  # not on the list: weights
 
 
-def test_given_new_weights_then_assigned_carts_stay_until_their_version_loses_its_weight(
-        routed):
+def test_given_new_weights_then_assigned_carts_stay_until_their_version_loses_its_weight(routed):
     router, url, (v1, v2) = routed
     router.set_weights({v1.name: 90, v2.name: 10})
     before = versions(url, CARTS)

@@ -25,15 +25,24 @@ from rollwise.ports import free_port
 from tests.conftest import Project
 
 SHOP = Path(__file__).resolve().parents[1] / "apps" / "shop"
-REVISIONS = ("r1_users", "r2_orders", "r3_users_tier", "r4_order_items", "r5_payments",
-             "r6_shipments")
+REVISIONS = (
+    "r1_users",
+    "r2_orders",
+    "r3_users_tier",
+    "r4_order_items",
+    "r5_payments",
+    "r6_shipments",
+)
 # the revisions each release carries; 1.2.1 is 1.2.0's schema with a code change only;
 # 1.3.0's r6 is marked expand (a new table), so 1.2.x may run again on its schema
 RELEASES = {"1.0.0": 1, "1.1.0": 3, "1.2.0": 5, "1.2.1": 5, "1.3.0": 6}
 SCHEMA = {"1.0.0": "r1", "1.1.0": "r3", "1.2.0": "r5", "1.2.1": "r5", "1.3.0": "r6"}
-TABLES = {"r1": {"users"}, "r3": {"users", "orders"},
-          "r5": {"users", "orders", "order_items", "payments"},
-          "r6": {"users", "orders", "order_items", "payments", "shipments"}}
+TABLES = {
+    "r1": {"users"},
+    "r3": {"users", "orders"},
+    "r5": {"users", "orders", "order_items", "payments"},
+    "r6": {"users", "orders", "order_items", "payments", "shipments"},
+}
 SQLITE_URL = "sqlite:///{shared}/shop.db"
 
 
@@ -52,8 +61,15 @@ def build_releases(root: Path) -> Path:
             if i < n:
                 shutil.copy(SHOP / "migrations" / "versions" / f"{name}.py", versions)
         p.write_version(version)
-        p.cli("release", "create", "--version", version, "--changelog",
-              f"shop {version}: schema {SCHEMA[version]}", check=True)
+        p.cli(
+            "release",
+            "create",
+            "--version",
+            version,
+            "--changelog",
+            f"shop {version}: schema {SCHEMA[version]}",
+            check=True,
+        )
     return root
 
 
@@ -63,8 +79,11 @@ def shop_project(template: Path, root: Path, database_url: str, **settings: Any)
     shutil.copytree(template, root)
     path = root / "rollwise.yaml"
     cfg = yaml.safe_load(path.read_text())
-    cfg["environments"]["dev"] = {"router": {"listen": f"127.0.0.1:{free_port()}"},
-                                  "database": {"url": database_url}, **settings}
+    cfg["environments"]["dev"] = {
+        "router": {"listen": f"127.0.0.1:{free_port()}"},
+        "database": {"url": database_url},
+        **settings,
+    }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return Project(root)
 
@@ -84,18 +103,33 @@ def snapshot(url: str) -> dict[str, Any]:
         with engine.connect() as conn:
             insp = inspect(conn)
             names = sorted(n for n in insp.get_table_names() if n != "alembic_version")
-            tables = {n: {
-                "columns": [c["name"] for c in insp.get_columns(n)],
-                "fks": sorted((tuple(f["constrained_columns"]), f["referred_table"],
-                               (f.get("options") or {}).get("ondelete"))
-                              for f in insp.get_foreign_keys(n)),
-                "indexes": sorted(i["name"] for i in insp.get_indexes(n)
-                                  if i["name"] and i["name"].startswith("ix_")),
-                "rows": int(conn.execute(select(func.count()).select_from(table(n))
-                                         ).scalar_one()),
-            } for n in names}
-            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                if insp.has_table("alembic_version") else None
+            tables = {
+                n: {
+                    "columns": [c["name"] for c in insp.get_columns(n)],
+                    "fks": sorted(
+                        (
+                            tuple(f["constrained_columns"]),
+                            f["referred_table"],
+                            (f.get("options") or {}).get("ondelete"),
+                        )
+                        for f in insp.get_foreign_keys(n)
+                    ),
+                    "indexes": sorted(
+                        i["name"]
+                        for i in insp.get_indexes(n)
+                        if i["name"] and i["name"].startswith("ix_")
+                    ),
+                    "rows": int(
+                        conn.execute(select(func.count()).select_from(table(n))).scalar_one()
+                    ),
+                }
+                for n in names
+            }
+            revision = (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if insp.has_table("alembic_version")
+                else None
+            )
     finally:
         engine.dispose()
     return {"revision": revision, "tables": tables}
@@ -115,8 +149,10 @@ def rollwise_state(p: Project) -> dict[str, int]:
     engine = create_engine(f"sqlite:///{p.root / '.rollwise' / 'state.db'}")
     try:
         with engine.connect() as conn:
-            return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one())
-                    for t in ("journal", "deployments", "events")}
+            return {
+                t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one())
+                for t in ("journal", "deployments", "events")
+            }
     finally:
         engine.dispose()
 
@@ -126,8 +162,9 @@ def deployment_steps(p: Project, dep_id: int) -> list[str]:
     engine = create_engine(f"sqlite:///{p.root / '.rollwise' / 'state.db'}")
     try:
         with engine.connect() as conn:
-            plan = conn.execute(text("SELECT plan FROM deployments WHERE id = :i"),
-                                {"i": dep_id}).scalar_one()
+            plan = conn.execute(
+                text("SELECT plan FROM deployments WHERE id = :i"), {"i": dep_id}
+            ).scalar_one()
     finally:
         engine.dispose()
     return list(d.Plan.from_dict(json.loads(plan) if isinstance(plan, str) else plan).names())
@@ -139,9 +176,17 @@ def migrations_applied(p: Project, dep_id: int) -> list[str]:
     engine = create_engine(f"sqlite:///{p.root / '.rollwise' / 'state.db'}")
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT data FROM journal WHERE deployment_id = :i "
-                                     "AND step = 'migrate' AND phase = 'done'"),
-                                {"i": dep_id}).scalars().all()
+            rows = (
+                conn.execute(
+                    text(
+                        "SELECT data FROM journal WHERE deployment_id = :i "
+                        "AND step = 'migrate' AND phase = 'done'"
+                    ),
+                    {"i": dep_id},
+                )
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
     done = [json.loads(r) if isinstance(r, str) else r for r in rows]
@@ -162,8 +207,11 @@ def history(p: Project) -> list[dict[str, Any]]:
 
 
 def audit_events(p: Project) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in
-            p.cli("audit", "export", check=True).stdout.splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for line in p.cli("audit", "export", check=True).stdout.splitlines()
+        if line.strip()
+    ]
 
 
 def parked(p: Project) -> dict[str, int]:
@@ -180,8 +228,9 @@ def output(proc: Any) -> str:
     return f"{proc.stdout}\n{proc.stderr}"
 
 
-def request(p: Project, method: str, path: str, body: object = None,
-            timeout: float = 10) -> tuple[int, dict[str, Any], str]:
+def request(
+    p: Project, method: str, path: str, body: object = None, timeout: float = 10
+) -> tuple[int, dict[str, Any], str]:
     """(status, JSON body, x-version) of one request through the environment's router."""
     cfg = yaml.safe_load((p.root / "rollwise.yaml").read_text())
     host, port = cfg["environments"]["dev"]["router"]["listen"].rsplit(":", 1)
@@ -204,8 +253,9 @@ def add_users(p: Project, *emails: str) -> None:
 
 def add_orders(p: Project, email: str, *ids: str) -> None:
     for order_id in ids:
-        code, body, _ = request(p, "POST", "/orders", {"id": order_id, "email": email,
-                                                       "total": "19.90"})
+        code, body, _ = request(
+            p, "POST", "/orders", {"id": order_id, "email": email, "total": "19.90"}
+        )
         assert code in (200, 201), (order_id, code, body)
 
 
@@ -255,8 +305,13 @@ class Load:
             if self.email is None:
                 code, _, version = request(self.p, "GET", self.path, timeout=15)
             else:
-                code, _, version = request(self.p, "POST", self.path, {
-                    "id": key, "email": self.email, "total": "5.00"}, timeout=15)
+                code, _, version = request(
+                    self.p,
+                    "POST",
+                    self.path,
+                    {"id": key, "email": self.email, "total": "5.00"},
+                    timeout=15,
+                )
         except (OSError, ValueError):
             return 0, ""
         return code, version
@@ -279,9 +334,15 @@ def settled(p: Project) -> dict[str, Any]:
     what serves, marks, router weights, deployments, journal and parked files."""
     s = status(p)
     state = rollwise_state(p)
-    return {"database": snapshot(app_db_url(p)), "live": s["live_version"],
-            "healthy": s["healthy"], "marks": s["marks"], "weights": s["weights"],
-            "instances": sorted(i["name"] for i in s["instances"] if i["alive"]),
-            "history": [(h["id"], h["kind"], h["status"]) for h in history(p)],
-            "journal": state["journal"], "deployments": state["deployments"],
-            "parked": parked(p)}
+    return {
+        "database": snapshot(app_db_url(p)),
+        "live": s["live_version"],
+        "healthy": s["healthy"],
+        "marks": s["marks"],
+        "weights": s["weights"],
+        "instances": sorted(i["name"] for i in s["instances"] if i["alive"]),
+        "history": [(h["id"], h["kind"], h["status"]) for h in history(p)],
+        "journal": state["journal"],
+        "deployments": state["deployments"],
+        "parked": parked(p),
+    }

@@ -32,11 +32,27 @@ def vendored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for v in VERSIONS:
         target = tmp_path_factory.mktemp(f"ihatemoney-{v}")
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target",
-                               str(target), f"ihatemoney=={v}", "psycopg2-binary==2.9.11"],
-                              capture_output=True, text=True, timeout=600)
-        require(proc.returncode == 0, f"ihatemoney {v} from PyPI ({proc.stderr[-300:]})",
-                "let pip reach PyPI")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--target",
+                str(target),
+                f"ihatemoney=={v}",
+                "psycopg2-binary==2.9.11",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        require(
+            proc.returncode == 0,
+            f"ihatemoney {v} from PyPI ({proc.stderr[-300:]})",
+            "let pip reach PyPI",
+        )
         out[v] = target
     return out
 
@@ -49,8 +65,10 @@ def app(tmp_path: Path, pg_url: str, vendored: dict[str, Path]) -> Iterator[Proj
     cfg = yaml.safe_load((p.root / "rollwise.yaml").read_text())
     for section in (cfg["run"], cfg["migrations"]):
         section["command"] = section["command"].replace("python3", sys.executable)
-    cfg["environments"]["dev"] = {"router": {"listen": f"127.0.0.1:{free_port()}"},
-                                  "database": {"url": pg_url}}
+    cfg["environments"]["dev"] = {
+        "router": {"listen": f"127.0.0.1:{free_port()}"},
+        "database": {"url": pg_url},
+    }
     (p.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for v, folder in vendored.items():
         shutil.rmtree(p.root / "vendor", ignore_errors=True)
@@ -70,24 +88,39 @@ def revision(url: str) -> str:
 
 
 def api(p: Project) -> httpx.Client:
-    return httpx.Client(base_url=f"http://{status(p)['router']}/api", timeout=10,
-                        auth=("trip", "secret"))
+    return httpx.Client(
+        base_url=f"http://{status(p)['router']}/api", timeout=10, auth=("trip", "secret")
+    )
 
 
 def add_bill(c: httpx.Client, what: str) -> None:
-    r = c.post("/projects/trip/bills", data={"date": "2026-11-01", "what": what, "payer": 1,
-                                             "payed_for": [1, 2], "amount": 42})
+    r = c.post(
+        "/projects/trip/bills",
+        data={"date": "2026-11-01", "what": what, "payer": 1, "payed_for": [1, 2], "amount": 42},
+    )
     assert r.status_code == 201, r.text
 
 
 @pytest.mark.timeout(600)  # eleven commands on a real Flask app; slow on a loaded machine
 def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_back_then_no_row_lost(
-        app, pg_url):  # noqa: F811
+    app,
+    pg_url,  # noqa: F811
+):
     app.cli("deploy", "6.1.5", check=True)
     assert revision(pg_url) == VERSIONS["6.1.5"]
     with api(app) as c:
-        assert c.post("/projects", data={"name": "Trip", "id": "trip", "password": "secret",
-                                         "contact_email": "a@b.example"}).status_code == 201
+        assert (
+            c.post(
+                "/projects",
+                data={
+                    "name": "Trip",
+                    "id": "trip",
+                    "password": "secret",
+                    "contact_email": "a@b.example",
+                },
+            ).status_code
+            == 201
+        )
         for name in ("alice", "bob"):
             assert c.post("/projects/trip/members", data={"name": name}).status_code == 201
         add_bill(c, "dinner")
@@ -116,7 +149,9 @@ def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_bac
     assert s["live_version"] == "6.1.5" and s["marks"]["7.2.1"] == "bad"
     with api(app) as c:  # the older release serves everything written before and after
         assert sorted(b["what"] for b in c.get("/projects/trip/bills").json()) == [
-            "dinner", "train"]
+            "dinner",
+            "train",
+        ]
 
     # Forward again fails inside the app's own revision c941aaca38c2: its downgrade leaves
     # logging_preference a VARCHAR that its upgrade cannot cast back to the enum on

@@ -55,14 +55,29 @@ from tests.conftest import EXAMPLE
 from tests.forks import Forks
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
-KEYS = {"what", "run", "exit", "says", "config", "config_text", "files", "links", "fifos",
-        "env", "stdin", "dir", "json"}
+KEYS = {
+    "what",
+    "run",
+    "exit",
+    "says",
+    "config",
+    "config_text",
+    "files",
+    "links",
+    "fifos",
+    "env",
+    "stdin",
+    "dir",
+    "json",
+}
 TIMEOUT_S = 60
 APP_DB = Path(".rollwise/envs/dev/shared/orders.db")
 STATE_DB = Path(".rollwise/state.db")
 # Compared in their own way (tables) or written by every command (logs, the socket).
-NOT_AS_FILES = re.compile(r"(^|/)(state\.db|orders\.db)(-wal|-shm|-journal)?$"
-                          r"|^\.rollwise/envs/[^/]+/(logs/.*|agent\.log|agent\.sock)$")
+NOT_AS_FILES = re.compile(
+    r"(^|/)(state\.db|orders\.db)(-wal|-shm|-journal)?$"
+    r"|^\.rollwise/envs/[^/]+/(logs/.*|agent\.log|agent\.sock)$"
+)
 # What the commands import when they run, imported once by the forking process.
 BOX = re.compile(r"[│╭╮╰╯─]+")  # the frame typer draws around usage errors
 
@@ -77,14 +92,25 @@ class Base:
     backup: str = ""
 
 
-def run(base: Base, args: list[str], env: dict[str, str] | None = None, stdin: str = "",
-        directory: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    base: Base,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    stdin: str = "",
+    directory: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     argv = [*args, "-C", str(directory or base.root)]
     environ = {**os.environ, **base.env, **(env or {})}
     if not any(k.startswith("PYTHON") for k in env or {}):
         return base.forks.run(argv, environ, stdin, TIMEOUT_S)
-    return subprocess.run([sys.executable, "-m", "rollwise", *argv], capture_output=True,
-                          text=True, input=stdin, timeout=TIMEOUT_S, env=environ)
+    return subprocess.run(
+        [sys.executable, "-m", "rollwise", *argv],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=TIMEOUT_S,
+        env=environ,
+    )
 
 
 def checked(base: Base, *args: str) -> str:
@@ -99,22 +125,35 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Base]:
     backup of it."""
     work = tmp_path_factory.mktemp("catalogue")
     root = prepare_example(EXAMPLE, work, {"database": {"url": "sqlite:///{shared}/orders.db"}})
-    listen = yaml.safe_load((root / "rollwise.yaml").read_text())[
-        "environments"]["dev"]["router"]["listen"]
+    listen = yaml.safe_load((root / "rollwise.yaml").read_text())["environments"]["dev"]["router"][
+        "listen"
+    ]
     (work / "outside").mkdir()
-    b = Base(root, {"XDG_CONFIG_HOME": str(work / "config"), "XDG_STATE_HOME": str(work / "state"),
-                    "ROLLWISE_ACTOR": "catalogue"}, work / "outside", listen, forks=Forks())
+    b = Base(
+        root,
+        {
+            "XDG_CONFIG_HOME": str(work / "config"),
+            "XDG_STATE_HOME": str(work / "state"),
+            "ROLLWISE_ACTOR": "catalogue",
+        },
+        work / "outside",
+        listen,
+        forks=Forks(),
+    )
     try:
         for v in ("1.0.0", "1.1.0"):
             (root / "VERSION").write_text(v + "\n")
             checked(b, "release", "create", "--version", v)
         checked(b, "deploy", "1.0.0")
         with sqlite3.connect(root / APP_DB) as db:
-            db.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)",
-                           [("o-1", "sku-1", 2, "1.0.0"), ("o-2", "sku-2", 1, "1.0.0")])
+            db.executemany(
+                "INSERT INTO orders VALUES (?, ?, ?, ?)",
+                [("o-1", "sku-1", 2, "1.0.0"), ("o-2", "sku-2", 1, "1.0.0")],
+            )
         db.close()
         b.backup = json.loads(checked(b, "backup", "create", "--reason", "base", "--json"))[
-            "backup"]
+            "backup"
+        ]
         yield b
     finally:
         b.forks.close()
@@ -125,19 +164,28 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Base]:
 
 # --- what must not change ---------------------------------------------------------------
 
+
 def snapshot(base: Base) -> dict[str, Any]:
     state = tables(base.root / STATE_DB, skip={"events", "locks"})
-    return {"state store": state, "locks held": held(base.root / STATE_DB),
-            "router": router(base), "app database": tables(base.root / APP_DB),
-            "files": files(base.root), "files outside": files(base.outside)}
+    return {
+        "state store": state,
+        "locks held": held(base.root / STATE_DB),
+        "router": router(base),
+        "app database": tables(base.root / APP_DB),
+        "files": files(base.root),
+        "files outside": files(base.outside),
+    }
 
 
 def tables(path: Path, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """Schema and every row of every table of a SQLite database (read, never written)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        out: dict[str, Any] = {"schema": db.execute(
-            "SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()}
+        out: dict[str, Any] = {
+            "schema": db.execute(
+                "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"
+            ).fetchall()
+        }
         for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
             if name not in skip:
                 out[name] = sorted(map(repr, db.execute(f'SELECT * FROM "{name}"')))
@@ -151,8 +199,9 @@ def held(path: Path) -> list[tuple[str, str]]:
     another holder and the next fencing token: that is the lock working, not a change)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return db.execute("SELECT env, holder FROM locks WHERE expires_at > ?",
-                          (time.time(),)).fetchall()
+        return db.execute(
+            "SELECT env, holder FROM locks WHERE expires_at > ?", (time.time(),)
+        ).fetchall()
     finally:
         db.close()
 
@@ -168,11 +217,18 @@ def router(base: Base) -> dict[str, Any]:
         s = ops.status(ctx, "dev")["environments"]["dev"]
     finally:
         ctx.engine.dispose()
-    return {"live": s["live_version"], "weights": s["weights"], "agent": s["agent"],
-            "instances": [(i["name"], i["version"], i["port"], i["alive"], i["restarts"])
-                          for i in s["instances"]],
-            "lock": s["lock"], "in progress": s["in_progress"], "marks": s["marks"],
-            "serves": serving(base.listen)}
+    return {
+        "live": s["live_version"],
+        "weights": s["weights"],
+        "agent": s["agent"],
+        "instances": [
+            (i["name"], i["version"], i["port"], i["alive"], i["restarts"]) for i in s["instances"]
+        ],
+        "lock": s["lock"],
+        "in progress": s["in_progress"],
+        "marks": s["marks"],
+        "serves": serving(base.listen),
+    }
 
 
 def serving(listen: str) -> str | None:
@@ -206,18 +262,24 @@ def files(root: Path) -> dict[str, str]:
 
 # --- the cases ----------------------------------------------------------------------------
 
+
 def load_case(path: Path) -> dict[str, Any]:
     case = yaml.safe_load(path.read_text())
     assert isinstance(case, dict), f"{path.name}: a case is a mapping"
-    assert {"what", "run", "exit", "says"} <= case.keys() <= KEYS, \
+    assert {"what", "run", "exit", "says"} <= case.keys() <= KEYS, (
         f"{path.name}: keys {sorted(case)}; needs what, run, exit, says; may have {sorted(KEYS)}"
+    )
     return case
 
 
 def fill(value: Any, base: Base) -> Any:
     if isinstance(value, str):
-        for name, v in (("project", base.root), ("listen", base.listen),
-                        ("outside", base.outside), ("backup", base.backup)):
+        for name, v in (
+            ("project", base.root),
+            ("listen", base.listen),
+            ("outside", base.outside),
+            ("backup", base.backup),
+        ):
             value = value.replace(f"{{{name}}}", str(v))
         return value
     if isinstance(value, list):
@@ -230,8 +292,7 @@ def fill(value: Any, base: Base) -> Any:
 def merged(into: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     out = dict(into)
     for k, v in changes.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-            else v
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -252,8 +313,9 @@ class Setup:
             self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         if "config_text" in self.case:
             text = self.case["config_text"]
-            self.config.write_bytes(text if isinstance(text, bytes)
-                                    else fill(text, self.base).encode())
+            self.config.write_bytes(
+                text if isinstance(text, bytes) else fill(text, self.base).encode()
+            )
         for rel, content in self.case.get("files", {}).items():
             self._new(rel).write_text(content)
         for rel, target in self.case.get("links", {}).items():
@@ -293,9 +355,13 @@ def check_json(proc: subprocess.CompletedProcess[str], code: int) -> None:
 def run_case(base: Base, case: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     with Setup(base, case):
         directory = Path(fill(case["dir"], base)) if "dir" in case else None
-        return run(base, [str(a) for a in fill(case["run"], base)],
-                   {k: str(v) for k, v in fill(case.get("env", {}), base).items()},
-                   case.get("stdin", ""), directory)
+        return run(
+            base,
+            [str(a) for a in fill(case["run"], base)],
+            {k: str(v) for k, v in fill(case.get("env", {}), base).items()},
+            case.get("stdin", ""),
+            directory,
+        )
 
 
 @pytest.mark.parametrize("path", sorted(CASES.glob("*.yaml")), ids=lambda p: p.stem)
@@ -303,8 +369,10 @@ def test_given_bad_input_then_clear_refusal_and_nothing_changed(base: Base, path
     case = load_case(path)
     before = snapshot(base)
     proc = run_case(base, case)
-    shown = f"rollwise {' '.join(map(str, case['run']))} exited {proc.returncode}:\n" \
+    shown = (
+        f"rollwise {' '.join(map(str, case['run']))} exited {proc.returncode}:\n"
         f"{proc.stdout}\n{proc.stderr}"
+    )
     assert proc.returncode == case["exit"], shown
     assert "traceback" not in said(proc), shown
     words = [" ".join(str(w).lower().split()) for w in fill(case["says"], base)]

@@ -36,11 +36,17 @@ class Shop:
     services: dict[str, Project]
 
     def cli(self, *args: str, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "rollwise", *args, "-C", str(self.root)],
-                              capture_output=True, text=True, timeout=300, **kw)
+        proc = subprocess.run(
+            [sys.executable, "-m", "rollwise", *args, "-C", str(self.root)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            **kw,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"rollwise {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"rollwise {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def live(self) -> dict[str, str | None]:
@@ -77,10 +83,17 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
         cfg["health"]["ready_timeout_s"] = 5
         (p.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         services[name] = p
-    (tmp_path / "rollwise-bundle.yaml").write_text(yaml.safe_dump({
-        "bundle": "shop",
-        "services": {n: {"dir": f"{n}/order-sync", "depends_on": DEPENDS[n]}
-                     for n in FILE_ORDER}}, sort_keys=False))
+    (tmp_path / "rollwise-bundle.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "bundle": "shop",
+                "services": {
+                    n: {"dir": f"{n}/order-sync", "depends_on": DEPENDS[n]} for n in FILE_ORDER
+                },
+            },
+            sort_keys=False,
+        )
+    )
     s = Shop(tmp_path, services)
     try:
         yield s
@@ -124,8 +137,9 @@ def test_a_bundle_deploys_in_dependency_order_and_a_failure_puts_back_dependents
     results = load.stop()
     assert res.returncode == ExitCode.ERROR, res.stderr
     assert "orders 1.1.0 failed" in res.stderr
-    assert "put back, dependents first: pricing 1.1.0 -> 1.0.0, inventory 1.1.0 -> 1.0.0" \
-        in res.stderr
+    assert (
+        "put back, dependents first: pricing 1.1.0 -> 1.0.0, inventory 1.1.0 -> 1.0.0" in res.stderr
+    )
     assert shop.live() == {s: "1.0.0" for s in DEPLOY_ORDER}
     assert shop.rollbacks_in_order() == ["pricing", "inventory"]
     assert shop.marks("orders")["1.1.0"] == "bad"
@@ -136,7 +150,10 @@ def test_a_bundle_deploys_in_dependency_order_and_a_failure_puts_back_dependents
     last = json.loads(shop.cli("bundle", "status", "--json", check=True).stdout)["last"]
     assert last["state"] == "rolled_back"
     assert [(m["service"], m["state"]) for m in last["moves"]] == [
-        ("inventory", "back"), ("pricing", "back"), ("orders", "failed")]
+        ("inventory", "back"),
+        ("pricing", "back"),
+        ("orders", "failed"),
+    ]
 
 
 def test_bundle_rollback_goes_dependents_first_and_refuses_a_service_moved_since(shop):
@@ -148,8 +165,7 @@ def test_bundle_rollback_goes_dependents_first_and_refuses_a_service_moved_since
     assert "dry run" in dry.stdout and shop.live() == {s: "1.1.0" for s in DEPLOY_ORDER}
 
     back = shop.cli("bundle", "rollback", "--yes", check=True)
-    assert "orders 1.1.0 -> 1.0.0, pricing 1.1.0 -> 1.0.0, inventory 1.1.0 -> 1.0.0" \
-        in back.stdout
+    assert "orders 1.1.0 -> 1.0.0, pricing 1.1.0 -> 1.0.0, inventory 1.1.0 -> 1.0.0" in back.stdout
     assert shop.live() == {s: "1.0.0" for s in DEPLOY_ORDER}
     assert shop.rollbacks_in_order() == ["orders", "pricing", "inventory"]
     assert all(shop.marks(s)["1.1.0"] == "bad" for s in DEPLOY_ORDER)
@@ -175,8 +191,7 @@ def test_bad_bundle_input_is_named_and_changes_nothing(shop):
     cases = {
         ("shipping=1.0.0",): (ExitCode.USAGE, "'shipping' is not a service of bundle shop"),
         ("inventory",): (ExitCode.USAGE, "expected SERVICE=VERSION"),
-        ("inventory=1.0.0", "orders=9.9.9"): (ExitCode.NOT_FOUND, "release 9.9.9 does not "
-                                              "exist"),
+        ("inventory=1.0.0", "orders=9.9.9"): (ExitCode.NOT_FOUND, "release 9.9.9 does not exist"),
     }
     for args, (code, message) in cases.items():
         res = shop.cli("bundle", "deploy", *args)
@@ -197,13 +212,28 @@ def test_a_bundle_deploy_killed_mid_way_is_recovered_and_put_back(shop):
     for p in shop.services.values():
         p.release("1.0.0", "1.1.0")
     shop.cli("bundle", "deploy", *versions("1.0.0"), check=True)
-    shop.services["orders"].configure(strategy={"type": "canary", "steps": [50, 100],
-                                                "pause_s": 60})
+    shop.services["orders"].configure(
+        strategy={"type": "canary", "steps": [50, 100], "pause_s": 60}
+    )
     shop.services["orders"].release("1.1.1")  # its canary waits 60 s at 50%
-    proc = subprocess.Popen([sys.executable, "-m", "rollwise", "bundle", "deploy",
-                             "inventory=1.1.0", "pricing=1.1.0", "orders=1.1.1",
-                             "-C", str(shop.root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rollwise",
+            "bundle",
+            "deploy",
+            "inventory=1.1.0",
+            "pricing=1.1.0",
+            "orders=1.1.1",
+            "-C",
+            str(shop.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _canary_started(shop):
         time.sleep(0.2)
@@ -217,11 +247,13 @@ def test_a_bundle_deploy_killed_mid_way_is_recovered_and_put_back(shop):
     assert status["last"]["state"] == "running"
 
     rec = shop.cli("bundle", "recover", check=True)
-    assert "put back, dependents first: pricing 1.1.0 -> 1.0.0, inventory 1.1.0 -> 1.0.0" \
-        in rec.stdout
+    assert (
+        "put back, dependents first: pricing 1.1.0 -> 1.0.0, inventory 1.1.0 -> 1.0.0" in rec.stdout
+    )
     assert shop.live() == {s: "1.0.0" for s in DEPLOY_ORDER}
-    orders = json.loads(shop.services["orders"].cli("status", "--env", "dev", "--json",
-                                                    check=True).stdout)["environments"]["dev"]
+    orders = json.loads(
+        shop.services["orders"].cli("status", "--env", "dev", "--json", check=True).stdout
+    )["environments"]["dev"]
     assert orders["healthy"] is True and orders["in_progress"] is None
     assert {i["version"] for i in orders["instances"]} == {"1.0.0"}
     again = shop.cli("bundle", "recover", check=True)

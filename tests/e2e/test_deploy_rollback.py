@@ -53,8 +53,10 @@ def test_given_a_release_that_never_gets_ready_then_nothing_is_switched(project)
     project.release("1.0.0")
     project.cli("deploy", "1.0.0", check=True)
     (project.root / "app.py").write_text(
-        (project.root / "app.py").read_text().replace('if self.path == "/health":',
-                                                      'if self.path == "/never":'))
+        (project.root / "app.py")
+        .read_text()
+        .replace('if self.path == "/health":', 'if self.path == "/never":')
+    )
     project.release("1.2.0")
     bad = project.cli("deploy", "1.2.0")
     assert bad.returncode == ExitCode.HEALTH
@@ -128,8 +130,9 @@ def test_given_the_router_port_in_use_then_deploy_says_so(project):
     import socket
 
     project.release("1.0.0")
-    host, port = yaml.safe_load((project.root / "rollwise.yaml").read_text())[
-        "environments"]["dev"]["router"]["listen"].rsplit(":", 1)
+    host, port = yaml.safe_load((project.root / "rollwise.yaml").read_text())["environments"][
+        "dev"
+    ]["router"]["listen"].rsplit(":", 1)
     with socket.socket() as squatter:
         squatter.bind((host, int(port)))
         squatter.listen()
@@ -184,8 +187,9 @@ def test_audit_verify_names_the_first_tampered_event(project):
     project.cli("deploy", "1.0.0", check=True)
     ok = project.cli("audit", "verify", check=True)
     assert "chain intact" in ok.stdout
-    exported = [json.loads(x) for x in project.cli("audit", "export", check=True).stdout.split("\n")
-                if x]
+    exported = [
+        json.loads(x) for x in project.cli("audit", "export", check=True).stdout.split("\n") if x
+    ]
     assert {"release", "deploy", "switch", "step"} <= {e["action"] for e in exported}
     import sqlite3
 
@@ -197,24 +201,36 @@ def test_audit_verify_names_the_first_tampered_event(project):
 
 
 def test_secrets_reach_the_app_and_nowhere_else(project):
-    set_config(project, environments={"dev": {
-        "router": yaml.safe_load((project.root / "rollwise.yaml").read_text())[
-            "environments"]["dev"]["router"], "secrets": ["MARKETPLACE_TOKEN"]}})
+    set_config(
+        project,
+        environments={
+            "dev": {
+                "router": yaml.safe_load((project.root / "rollwise.yaml").read_text())[
+                    "environments"
+                ]["dev"]["router"],
+                "secrets": ["MARKETPLACE_TOKEN"],
+            }
+        },
+    )
     project.release("1.0.0")
     no_value = project.cli("deploy", "1.0.0")
     assert no_value.returncode == ExitCode.CONFIG and "MARKETPLACE_TOKEN" in no_value.stderr
     value = "tok-4f1d9c2a77"
-    res = project.cli("deploy", "1.0.0", env={"ROLLWISE_SECRET_MARKETPLACE_TOKEN": value},
-                      check=True)
+    res = project.cli(
+        "deploy", "1.0.0", env={"ROLLWISE_SECRET_MARKETPLACE_TOKEN": value}, check=True
+    )
     pid = json.loads(project.cli("status", "--json", check=True).stdout)
     inst = pid["environments"]["dev"]["instances"][0]
-    agent = (project.root / ".rollwise" / "envs" / "dev")
+    agent = project.root / ".rollwise" / "envs" / "dev"
     assert value not in res.stdout + res.stderr
     assert value not in project.cli("audit", "export", check=True).stdout
     # only the agent's restart state holds instance environments, and only its owner reads it
     assert (agent / "agent.json").stat().st_mode & 0o777 == 0o600
-    assert [f for f in (project.root / ".rollwise").rglob("*")
-            if f.is_file() and f.name != "agent.json" and value.encode() in f.read_bytes()] == []
+    assert [
+        f
+        for f in (project.root / ".rollwise").rglob("*")
+        if f.is_file() and f.name != "agent.json" and value.encode() in f.read_bytes()
+    ] == []
     environ = Path(f"/proc/{_pid(agent, inst['name'])}/environ").read_bytes()
     assert f"MARKETPLACE_TOKEN={value}".encode() in environ
 
@@ -239,10 +255,12 @@ def test_retention_never_prunes_live_or_rollback_target(project):
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-@pytest.mark.parametrize("step", ["verify", "unpack", "start", "health", "switch", "drain",
-                                  "stop_old", "finalize"])
+@pytest.mark.parametrize(
+    "step", ["verify", "unpack", "start", "health", "switch", "drain", "stop_old", "finalize"]
+)
 def test_given_sigkill_at_a_step_boundary_then_the_next_command_makes_it_consistent(
-        project, step, where):
+    project, step, where
+):
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     killed = project.cli("deploy", "1.1.0", env={"ROLLWISE_FAILPOINT": f"{step}:{where}"})
@@ -265,8 +283,9 @@ def test_given_sigkill_at_a_step_boundary_then_the_next_command_makes_it_consist
     assert {i["version"] for i in s["instances"]} == {live}
     assert s["last_deployment"]["status"] == ("succeeded" if switched else "aborted")
     assert router_version(project) == live
-    events = [json.loads(x) for x in project.cli("audit", "export", check=True).stdout.split("\n")
-              if x]
+    events = [
+        json.loads(x) for x in project.cli("audit", "export", check=True).stdout.split("\n") if x
+    ]
     assert events[-1]["action"] == "deploy"
     assert events[-1]["outcome"] == ("succeeded" if switched else "aborted")
     assert "chain intact" in project.cli("audit", "verify", check=True).stdout
@@ -278,16 +297,20 @@ def test_progress_json_writes_every_event_as_one_json_line(project):
     project.release("1.0.0")
     res = project.cli("--progress", "json", "deploy", "1.0.0", "--env", "dev", check=True)
     events = [json.loads(line) for line in res.stderr.splitlines()]  # every line is JSON
-    steps = [e["data"]["step"] for e in events
-             if e.get("action") == "step" and e["outcome"] == "ok"]
+    steps = [
+        e["data"]["step"] for e in events if e.get("action") == "step" and e["outcome"] == "ok"
+    ]
     assert steps[0] == "verify" and steps[-1] == "finalize" and "switch" in steps
     assert events[-2]["action"] == "deploy" and events[-2]["outcome"] == "succeeded"
     assert events[-1] == {"result": "ok", "exit_code": 0}  # the stream always ends with one
     assert all(e["env"] == "dev" and e["actor"] for e in events if e.get("action") == "step")
     bad = project.cli("--progress", "json", "deploy", "9.9.9", "--env", "dev")
     assert json.loads(bad.stderr.splitlines()[-1]) == {
-        "error": "release 9.9.9 does not exist", "where": "version",
-        "hint": "releases you can use: 1.0.0 (`rollwise release list`)", "exit_code": 7}
+        "error": "release 9.9.9 does not exist",
+        "where": "version",
+        "hint": "releases you can use: 1.0.0 (`rollwise release list`)",
+        "exit_code": 7,
+    }
     assert project.cli("--progress", "loud", "status").returncode == 2
     usage = project.cli("--progress", "json", "deploy", "--env", "dev")
     assert usage.returncode == 2

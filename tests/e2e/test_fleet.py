@@ -56,11 +56,20 @@ class FleetProject:
 
 def configure(p: Project, f: Fleet, hosts: list[Any] | None = None, **ssh: Any) -> None:
     p.configure(
-        target={"type": "ssh",
-                "hosts": [{"address": h.address, "name": h.name} for h in hosts or f.hosts],
-                "ssh": {"known_hosts": str(f.known_hosts), "key_file": str(f.client_key),
-                        "connect_attempts": 1, "connect_timeout_s": 3, **ssh}},
-        strategy=ROLLING, analysis=ANALYSIS)
+        target={
+            "type": "ssh",
+            "hosts": [{"address": h.address, "name": h.name} for h in hosts or f.hosts],
+            "ssh": {
+                "known_hosts": str(f.known_hosts),
+                "key_file": str(f.client_key),
+                "connect_attempts": 1,
+                "connect_timeout_s": 3,
+                **ssh,
+            },
+        },
+        strategy=ROLLING,
+        analysis=ANALYSIS,
+    )
 
 
 @pytest.fixture
@@ -92,8 +101,11 @@ def test_a_host_canary_and_a_rollback_across_five_hosts_fail_no_request(fp: Flee
     load = fp.load(150)
     deploy = fp.cli("deploy", "1.1.0", "--env", "dev")
     assert deploy.returncode == 0, deploy.stderr
-    assert [ln.strip().split()[1] for ln in deploy.stderr.splitlines()
-            if ln.strip().startswith("✓ rolling")] == ["rolling:1", "rolling:2", "rolling:3"]
+    assert [
+        ln.strip().split()[1]
+        for ln in deploy.stderr.splitlines()
+        if ln.strip().startswith("✓ rolling")
+    ] == ["rolling:1", "rolling:2", "rolling:3"]
     assert fp.versions_by_host() == {h.name: ["1.1.0"] for h in fp.f.hosts}
     back = fp.cli("rollback", "--env", "dev", "--yes")
     results = load.stop()
@@ -108,8 +120,9 @@ def test_a_host_canary_and_a_rollback_across_five_hosts_fail_no_request(fp: Flee
     assert sorted(i["host"] for i in s["instances"]) == sorted(h.address for h in fp.f.hosts)
     logs = json.loads(fp.cli("logs", "--env", "dev", "--json", check=True).stdout)
     assert sorted(r["host"] for r in logs) == sorted(h.address for h in fp.f.hosts)
-    assert all(f"order-sync 1.0.0 listening on {r['host']}:{r['port']}" in r["log"]
-               for r in logs)  # read on each host
+    assert all(
+        f"order-sync 1.0.0 listening on {r['host']}:{r['port']}" in r["log"] for r in logs
+    )  # read on each host
 
 
 def test_a_bad_release_is_halted_on_its_first_host_and_the_fleet_goes_back(fp: FleetProject):
@@ -130,8 +143,9 @@ def test_a_bad_release_is_halted_on_its_first_host_and_the_fleet_goes_back(fp: F
 def test_an_unknown_host_key_is_refused_and_trusted_only_on_purpose(fp: FleetProject):
     lines = fp.f.known_hosts.read_text().splitlines()
     stranger = fp.f.hosts[2]
-    fp.f.known_hosts.write_text("".join(ln + "\n" for ln in lines
-                                        if not ln.startswith(stranger.address + " ")))
+    fp.f.known_hosts.write_text(
+        "".join(ln + "\n" for ln in lines if not ln.startswith(stranger.address + " "))
+    )
     res = fp.cli("hosts", "setup", "--env", "dev")
     assert res.returncode == ExitCode.INTEGRITY, res.stderr
     assert f"host {stranger.name} ({stranger.address}:22)" in res.stderr
@@ -140,8 +154,9 @@ def test_an_unknown_host_key_is_refused_and_trusted_only_on_purpose(fp: FleetPro
     assert "rollwise hosts trust" in res.stderr
     no_tty = fp.cli("hosts", "trust", stranger.name, "--env", "dev")
     assert no_tty.returncode == ExitCode.USAGE and fingerprint in no_tty.stderr
-    wrong = fp.cli("hosts", "trust", stranger.name, "--env", "dev",
-                   "--fingerprint", "SHA256:" + "A" * 43)
+    wrong = fp.cli(
+        "hosts", "trust", stranger.name, "--env", "dev", "--fingerprint", "SHA256:" + "A" * 43
+    )
     assert wrong.returncode == ExitCode.INTEGRITY and "nothing was recorded" in wrong.stderr
     assert stranger.address not in fp.f.known_hosts.read_text()
     ok = fp.cli("hosts", "trust", stranger.name, "--env", "dev", "--fingerprint", fingerprint)
@@ -150,9 +165,17 @@ def test_an_unknown_host_key_is_refused_and_trusted_only_on_purpose(fp: FleetPro
     # a changed key (the host "reinstalled"): refused as CHANGED, never replaced silently
     lines = fp.f.known_hosts.read_text().splitlines()
     other_key = next(ln for ln in lines if ln.startswith(fp.f.hosts[0].address + " "))
-    fp.f.known_hosts.write_text("".join(
-        (f"{stranger.address} {other_key.split(' ', 1)[1]}"
-         if ln.startswith(stranger.address + " ") else ln) + "\n" for ln in lines))
+    fp.f.known_hosts.write_text(
+        "".join(
+            (
+                f"{stranger.address} {other_key.split(' ', 1)[1]}"
+                if ln.startswith(stranger.address + " ")
+                else ln
+            )
+            + "\n"
+            for ln in lines
+        )
+    )
     changed = fp.cli("hosts", "check", "--env", "dev")
     assert changed.returncode == 1
     assert "CHANGED" in changed.stdout and stranger.name in changed.stdout
@@ -201,8 +224,10 @@ def test_a_full_disk_on_one_host_fails_the_upload_before_traffic_moves(tmp_path:
             full = f.hosts[1]
             assert f"host {full.name}" in res.stderr and "free space" in res.stderr
             assert fp.versions_by_host() == {h.name: ["1.0.0"] for h in f.hosts}
-            assert [d["to_version"] for d in json.loads(
-                p.cli("history", "--env", "dev", "--json", check=True).stdout)] == ["1.0.0"]
+            assert [
+                d["to_version"]
+                for d in json.loads(p.cli("history", "--env", "dev", "--json", check=True).stdout)
+            ] == ["1.0.0"]
         finally:
             p.stop_agents()
 
@@ -210,8 +235,9 @@ def test_a_full_disk_on_one_host_fails_the_upload_before_traffic_moves(tmp_path:
 def test_a_controller_killed_mid_rollout_is_finished_or_undone_by_recover(fp: FleetProject):
     setup_and_deploy(fp, "1.0.0", "1.1.0")
     load = fp.load(100)
-    killed = fp.cli("deploy", "1.1.0", "--env", "dev",
-                    env={"ROLLWISE_FAILPOINT": "rolling:2:after"})
+    killed = fp.cli(
+        "deploy", "1.1.0", "--env", "dev", env={"ROLLWISE_FAILPOINT": "rolling:2:after"}
+    )
     assert killed.returncode == -9
     mixed = fp.versions_by_host()
     assert sorted(v for vs in mixed.values() for v in vs).count("1.1.0") == 2
@@ -234,8 +260,11 @@ def test_a_host_lost_mid_rollout_is_named_and_the_others_go_back(fp: FleetProjec
     load = fp.load(100)
     lost = fp.f.hosts[3]
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "rollwise", "deploy", "1.1.0", "--env", "dev",
-         "-C", str(fp.p.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "rollwise", "deploy", "1.1.0", "--env", "dev", "-C", str(fp.p.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while fp.versions_by_host()[fp.f.hosts[1].name] != ["1.1.0"]:  # batch 2 is done
@@ -262,8 +291,7 @@ def test_a_host_lost_mid_rollout_is_named_and_the_others_go_back(fp: FleetProjec
     assert len(served) >= 100
 
 
-def test_two_services_on_three_hosts_go_back_in_order_when_the_dependent_fails(
-        tmp_path: Path):
+def test_two_services_on_three_hosts_go_back_in_order_when_the_dependent_fails(tmp_path: Path):
     """inventory on h1 and h2, orders (needs inventory) on h2 and h3: a bundle deploy whose
     orders release crashes on its host puts inventory back, and `bundle status` shows each
     service on each of its hosts."""
@@ -278,10 +306,17 @@ def test_two_services_on_three_hosts_go_back_in_order_when_the_dependent_fails(
             (p.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             configure(p, f, hosts)
             services[name] = p
-        (tmp_path / "rollwise-bundle.yaml").write_text(yaml.safe_dump({
-            "bundle": "shop", "services": {
-                "orders": {"dir": "orders/order-sync", "depends_on": ["inventory"]},
-                "inventory": {"dir": "inventory/order-sync"}}}))
+        (tmp_path / "rollwise-bundle.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "bundle": "shop",
+                    "services": {
+                        "orders": {"dir": "orders/order-sync", "depends_on": ["inventory"]},
+                        "inventory": {"dir": "inventory/order-sync"},
+                    },
+                }
+            )
+        )
         shop = Project(tmp_path)
         try:
             for p in services.values():
@@ -302,19 +337,29 @@ def test_two_services_on_three_hosts_go_back_in_order_when_the_dependent_fails(
             assert len(results) >= 100 and failed(results) == []
             assert "cannot reach the marketplace" in res.stderr  # the host's log tail
             assert "put back, dependents first: inventory 1.1.0 -> 1.0.0" in res.stderr
-            on_hosts = {(name, h.name): versions_on(h, name)
-                        for name, hosts in placement.items() for h in hosts}
-            assert on_hosts == {("inventory", "h1"): ["1.0.0"], ("inventory", "h2"): ["1.0.0"],
-                                ("orders", "h2"): ["1.0.0"], ("orders", "h3"): ["1.0.0"]}
-            status = json.loads(shop.cli("bundle", "status", "--env", "dev", "--json",
-                                         check=True).stdout)
-            where = {s["service"]: sorted(i["host"] for i in s["instances"])
-                     for s in status["services"]}
+            on_hosts = {
+                (name, h.name): versions_on(h, name)
+                for name, hosts in placement.items()
+                for h in hosts
+            }
+            assert on_hosts == {
+                ("inventory", "h1"): ["1.0.0"],
+                ("inventory", "h2"): ["1.0.0"],
+                ("orders", "h2"): ["1.0.0"],
+                ("orders", "h3"): ["1.0.0"],
+            }
+            status = json.loads(
+                shop.cli("bundle", "status", "--env", "dev", "--json", check=True).stdout
+            )
+            where = {
+                s["service"]: sorted(i["host"] for i in s["instances"]) for s in status["services"]
+            }
             assert where == {n: sorted(h.address for h in hs) for n, hs in placement.items()}
             assert [s["service"] for s in status["services"]] == ["inventory", "orders"]
             text = shop.cli("bundle", "status", "--env", "dev", check=True).stdout
-            assert f"on {f.hosts[2].address}:" in text and "service orders (needs inventory)" \
-                in text
+            assert (
+                f"on {f.hosts[2].address}:" in text and "service orders (needs inventory)" in text
+            )
         finally:
             for p in services.values():
                 p.stop_agents()
@@ -342,11 +387,18 @@ def test_blue_green_behind_haproxy_switches_the_whole_fleet_at_once(tmp_path: Pa
             "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n"
             "  timeout server 30s\n"
             f"frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n"
-            f"backend be\n  balance roundrobin\n{servers}")
+            f"backend be\n  balance roundrobin\n{servers}"
+        )
         configure(p, f)
-        p.configure(router={"type": "haproxy", "admin": str(d / "admin.sock"),
-                            "backend": "be", "slots": slots},
-                    strategy={"type": "blue-green", "bake_s": 2})
+        p.configure(
+            router={
+                "type": "haproxy",
+                "admin": str(d / "admin.sock"),
+                "backend": "be",
+                "slots": slots,
+            },
+            strategy={"type": "blue-green", "bake_s": 2},
+        )
         with process([exe, "-f", str(d / "haproxy.cfg")], port, d / "log"):
             try:
                 setup_and_deploy(FleetProject(p, f), "1.0.0", "1.1.0")
@@ -354,14 +406,16 @@ def test_blue_green_behind_haproxy_switches_the_whole_fleet_at_once(tmp_path: Pa
                 res = p.cli("deploy", "1.1.0", "--env", "dev")
                 mid = load.stop()
                 assert res.returncode == 0, res.stderr
-                assert {h.name: versions_on(h, "order-sync") for h in f.hosts} == \
-                    {h.name: ["1.1.0"] for h in f.hosts}
+                assert {h.name: versions_on(h, "order-sync") for h in f.hosts} == {
+                    h.name: ["1.1.0"] for h in f.hosts
+                }
                 load = loadgen.Load("127.0.0.1", port, rate=150, max_duration_s=120).start()
                 back = p.cli("rollback", "--env", "dev", "--yes")
                 results = mid + load.stop()
                 assert back.returncode == 0, back.stderr
-                assert {h.name: versions_on(h, "order-sync") for h in f.hosts} == \
-                    {h.name: ["1.0.0"] for h in f.hosts}
+                assert {h.name: versions_on(h, "order-sync") for h in f.hosts} == {
+                    h.name: ["1.0.0"] for h in f.hosts
+                }
                 assert len(results) >= 200 and failed(results) == []
                 assert {r.version for r in results} == {"1.0.0", "1.1.0"}
             finally:

@@ -19,15 +19,17 @@ pytestmark = pytest.mark.xdist_group("fleet_hosts")
 
 
 async def run(f: Fleet, host: Host, command: str, **kw: object) -> str:
-    async with asyncssh.connect(host.address, **{**f.connect_kwargs(), "connect_timeout": 5,
-                                                 **kw}) as conn:
+    async with asyncssh.connect(
+        host.address, **{**f.connect_kwargs(), "connect_timeout": 5, **kw}
+    ) as conn:
         result = await conn.run(command, check=True, timeout=10)
     assert isinstance(result.stdout, str)
     return result.stdout
 
 
 def test_given_five_hosts_when_asked_over_ssh_then_each_answers_with_its_own_name_and_srv(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     with fleet(5, tmp_path, small_disk={4: 2}) as f:
         assert f.up_seconds < 5, f"5 hosts took {f.up_seconds:.2f}s to come up"
         assert len({h.address for h in f.hosts}) == len({h.name for h in f.hosts}) == 5
@@ -35,8 +37,7 @@ def test_given_five_hosts_when_asked_over_ssh_then_each_answers_with_its_own_nam
             (h.root / "marker").write_text(f"marker-of-{h.name}\n")
 
         async def ask_all() -> list[str]:
-            return await asyncio.gather(
-                *(run(f, h, "hostname; cat /srv/marker") for h in f.hosts))
+            return await asyncio.gather(*(run(f, h, "hostname; cat /srv/marker") for h in f.hosts))
 
         answers = asyncio.run(ask_all())
         assert answers == [f"{h.name}\nmarker-of-{h.name}\n" for h in f.hosts]
@@ -54,15 +55,15 @@ def test_given_five_hosts_when_asked_over_ssh_then_each_answers_with_its_own_nam
         assert f.exec(big, ["sh", "-c", fill]).returncode == 0
 
 
-def test_given_a_host_key_not_in_known_hosts_when_connecting_then_refused(
-        tmp_path: Path) -> None:
+def test_given_a_host_key_not_in_known_hosts_when_connecting_then_refused(tmp_path: Path) -> None:
     with fleet(2, tmp_path) as f:
         a, b = f.hosts
         lines = f.known_hosts.read_text().splitlines()
         assert any(line.startswith(f"{a.address} ") for line in lines)
         missing = tmp_path / "known_hosts_without_a"
-        missing.write_text("".join(f"{line}\n" for line in lines
-                                    if not line.startswith(f"{a.address} ")))
+        missing.write_text(
+            "".join(f"{line}\n" for line in lines if not line.startswith(f"{a.address} "))
+        )
         with pytest.raises(asyncssh.HostKeyNotVerifiable):
             asyncio.run(run(f, a, "true", known_hosts=str(missing)))
         # b's key presented as a's: a different key for the same address is refused as well
@@ -75,7 +76,8 @@ def test_given_a_host_key_not_in_known_hosts_when_connecting_then_refused(
 
 
 def test_given_sshd_stopped_or_link_cut_when_connecting_then_fails_until_brought_back(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     with fleet(2, tmp_path) as f:
         a, b = f.hosts
         f.stop_sshd(a)
@@ -95,13 +97,19 @@ def test_given_sshd_stopped_or_link_cut_when_connecting_then_fails_until_brought
 
 
 def test_given_a_service_started_over_ssh_when_fetched_from_the_test_then_reachable(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     with fleet(1, tmp_path) as f:
         (h,) = f.hosts
         (h.root / "marker").write_text(f"served by {h.name}")
-        pid = asyncio.run(run(
-            f, h, f"setsid python3 -m http.server --bind {h.address} --directory /srv 8000 "
-                  "</dev/null >/dev/null 2>&1 & echo $!")).strip()
+        pid = asyncio.run(
+            run(
+                f,
+                h,
+                f"setsid python3 -m http.server --bind {h.address} --directory /srv 8000 "
+                "</dev/null >/dev/null 2>&1 & echo $!",
+            )
+        ).strip()
         assert pid.isdigit()
         url = f"http://{h.address}:8000/marker"
         deadline = time.monotonic() + 5

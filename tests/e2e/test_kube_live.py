@@ -13,8 +13,10 @@ from rollwise import kube
 
 def cluster() -> None:
     if not os.environ.get("KUBECONFIG"):
-        pytest.skip("no Kubernetes cluster: set KUBECONFIG to one (kind, k3s, a test "
-                    "cluster) and `pip install -e '.[kubernetes]'` to run this test")
+        pytest.skip(
+            "no Kubernetes cluster: set KUBECONFIG to one (kind, k3s, a test "
+            "cluster) and `pip install -e '.[kubernetes]'` to run this test"
+        )
 
 
 def test_server_side_apply_of_a_release_and_its_rollback_weights():
@@ -26,13 +28,20 @@ def test_server_side_apply_of_a_release_and_its_rollback_weights():
     core = client.CoreV1Api()
     core.create_namespace({"metadata": {"name": ns}})
     try:
-        new = kube.KubeRelease(app="stock", env="test", version="1.1.0", namespace=ns,
-                               image="registry.k8s.io/pause@sha256:"
-                               "7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097")
-        objects = kube.manifests(new, None, 100, traffic="ingress-nginx",
-                                 hostnames=("stock.test",))
-        assert kube.apply(objects) == ["Deployment/stock-test-1-1-0",
-                                       "Service/stock-test-1-1-0", "Ingress/stock-test-1-1-0"]
+        new = kube.KubeRelease(
+            app="stock",
+            env="test",
+            version="1.1.0",
+            namespace=ns,
+            image="registry.k8s.io/pause@sha256:"
+            "7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097",
+        )
+        objects = kube.manifests(new, None, 100, traffic="ingress-nginx", hostnames=("stock.test",))
+        assert kube.apply(objects) == [
+            "Deployment/stock-test-1-1-0",
+            "Service/stock-test-1-1-0",
+            "Ingress/stock-test-1-1-0",
+        ]
         got = client.AppsV1Api().read_namespaced_deployment("stock-test-1-1-0", ns)
         managers = {m.manager for m in got.metadata.managed_fields}
         assert kube.FIELD_MANAGER in managers

@@ -24,13 +24,15 @@ EXAMPLES = ROOT / "examples" / "prometheus"
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
 
 
 def value(text: str, name: str, **labels: str) -> float:
-    found = [v for (n, lab), v in samples(text).items()
-             if n == name and set(labels.items()) <= lab]
+    found = [v for (n, lab), v in samples(text).items() if n == name and set(labels.items()) <= lab]
     assert len(found) == 1, f"{name}{labels}: {found}"
     return found[0]
 
@@ -39,10 +41,20 @@ def serve(p: Project, extra_env: dict[str, str] | None = None) -> str:
     port = free_port()
     log = (p.root / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rollwise", "serve", "--listen", f"127.0.0.1:{port}",
-         "-C", str(p.root)], env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN,
-                                  **(extra_env or {})},
-        stdout=subprocess.DEVNULL, stderr=log)
+        [
+            sys.executable,
+            "-m",
+            "rollwise",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "-C",
+            str(p.root),
+        ],
+        env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN, **(extra_env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
 
     def stop() -> None:
         proc.terminate()
@@ -69,23 +81,37 @@ def test_given_a_deployed_release_under_load_then_metrics_and_sd_show_it(project
     time.sleep(1.5)
     results = load.stop()
     text = project.cli("metrics", "--env", "dev", check=True).stdout
-    sent = value(text, "rollwise_router_requests_total", rollwise_env="dev", version="1.0.0",
-                 role="stable", app="order-sync")
+    sent = value(
+        text,
+        "rollwise_router_requests_total",
+        rollwise_env="dev",
+        version="1.0.0",
+        role="stable",
+        app="order-sync",
+    )
     assert sent >= len(results) > 0
     assert value(text, "rollwise_router_weight_percent", version="1.0.0") == 100
     assert value(text, "rollwise_live_release", version="1.0.0") == 1
     assert value(text, "rollwise_router_up", rollwise_env="dev") == 1
     assert value(text, "rollwise_deployments_total", kind="deploy", status="succeeded") == 1
-    assert value(text, "rollwise_router_request_duration_seconds_count",
-                 version="1.0.0") == sent
+    assert value(text, "rollwise_router_request_duration_seconds_count", version="1.0.0") == sent
     instances = status(project)["instances"]
     sd = json.loads(project.cli("sd", "--env", "dev", check=True).stdout)
     assert sd == [
-        {"targets": sorted(f"{i['host']}:{i['port']}" for i in instances),
-         "labels": {"rollwise_env": "dev", "app": "order-sync", "version": "1.0.0",
-                    "role": "stable"}},
-        {"targets": [f"127.0.0.1:{metrics_port}"],
-         "labels": {"rollwise_env": "dev", "app": "order-sync", "role": "rollwise"}}]
+        {
+            "targets": sorted(f"{i['host']}:{i['port']}" for i in instances),
+            "labels": {
+                "rollwise_env": "dev",
+                "app": "order-sync",
+                "version": "1.0.0",
+                "role": "stable",
+            },
+        },
+        {
+            "targets": [f"127.0.0.1:{metrics_port}"],
+            "labels": {"rollwise_env": "dev", "app": "order-sync", "role": "rollwise"},
+        },
+    ]
     url = serve(project)
     assert httpx.get(f"{url}/sd").json() == sd  # what Prometheus reads is what a person reads
     own = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -96,9 +122,13 @@ def test_given_a_deployed_release_under_load_then_metrics_and_sd_show_it(project
     assert nope.status_code == 404 and "no environment 'nope'" in nope.json()["detail"]
     written = project.root / "sd.json"
     project.cli("sd", "--out", str(written), check=True)
-    assert json.loads(written.read_text()) == [{**sd[0]}, {
-        "targets": [f"127.0.0.1:{metrics_port}"],
-        "labels": {"rollwise_env": "dev", "app": "order-sync", "role": "rollwise"}}]
+    assert json.loads(written.read_text()) == [
+        {**sd[0]},
+        {
+            "targets": [f"127.0.0.1:{metrics_port}"],
+            "labels": {"rollwise_env": "dev", "app": "order-sync", "role": "rollwise"},
+        },
+    ]
     log = [json.loads(x) for x in (project.root / "serve.log").read_text().splitlines()]
     assert log[0]["event"] == "serve"
     sd_lines = [x for x in log if x.get("path") == "/sd"]
@@ -114,13 +144,16 @@ def test_given_an_unknown_environment_then_metrics_says_which(project):
 
 def test_examples_pass_promtool():
     promtool = require_binary("promtool", "apt-get install prometheus")
-    for args in (["check", "config", str(EXAMPLES / "prometheus.yml")],
-                 ["check", "rules", str(EXAMPLES / "rules.yml")]):
+    for args in (
+        ["check", "config", str(EXAMPLES / "prometheus.yml")],
+        ["check", "rules", str(EXAMPLES / "rules.yml")],
+    ):
         res = subprocess.run([promtool, *args], capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
     amtool = require_binary("amtool", "apt-get install prometheus-alertmanager")
-    res = subprocess.run([amtool, "check-config", str(EXAMPLES / "alertmanager.yml")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [amtool, "check-config", str(EXAMPLES / "alertmanager.yml")], capture_output=True, text=True
+    )
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
 
 
@@ -131,13 +164,15 @@ def replaced(text: str, pairs: list[tuple[str, str]]) -> str:
     return text
 
 
-def test_given_the_example_alert_when_the_canary_fails_then_alertmanager_rolls_it_back(
-        project):
+def test_given_the_example_alert_when_the_canary_fails_then_alertmanager_rolls_it_back(project):
     prometheus = require_binary("prometheus", "apt-get install prometheus")
-    alertmanager = require_binary("prometheus-alertmanager",
-                                  "apt-get install prometheus-alertmanager")
-    project.configure(strategy={"type": "canary", "steps": [50, 100], "pause_s": 90},
-                      analysis={**FAST, "router": {"enabled": False}})
+    alertmanager = require_binary(
+        "prometheus-alertmanager", "apt-get install prometheus-alertmanager"
+    )
+    project.configure(
+        strategy={"type": "canary", "steps": [50, 100], "pause_s": 90},
+        analysis={**FAST, "router": {"enabled": False}},
+    )
     project.release("1.0.0")
     project.release("1.1.0", faults={"order_error_rate": 0.3})
     project.cli("deploy", "1.0.0", check=True)
@@ -147,30 +182,54 @@ def test_given_the_example_alert_when_the_canary_fails_then_alertmanager_rolls_i
     work = project.root / "prom"
     work.mkdir()
     (work / "token").write_text(TOKEN)
-    (work / "alertmanager.yml").write_text(replaced(
-        (EXAMPLES / "alertmanager.yml").read_text(),
-        [("127.0.0.1:9747", serve_at), ("/etc/rollwise/webhook-token", str(work / "token"))]))
+    (work / "alertmanager.yml").write_text(
+        replaced(
+            (EXAMPLES / "alertmanager.yml").read_text(),
+            [("127.0.0.1:9747", serve_at), ("/etc/rollwise/webhook-token", str(work / "token"))],
+        )
+    )
     fast = [("[1m]", "[5s]"), ("for: 30s", "for: 0s")]
     (work / "rules.yml").write_text(replaced((EXAMPLES / "rules.yml").read_text(), fast))
-    (work / "prometheus.yml").write_text(replaced(
-        (EXAMPLES / "prometheus.yml").read_text(),
-        [("127.0.0.1:9747", serve_at), ("127.0.0.1:9093", f"127.0.0.1:{am_port}"),
-         ("scrape_interval: 5s", "scrape_interval: 500ms"),
-         ("evaluation_interval: 5s", "evaluation_interval: 500ms"),
-         ("refresh_interval: 15s", "refresh_interval: 1s")]))
+    (work / "prometheus.yml").write_text(
+        replaced(
+            (EXAMPLES / "prometheus.yml").read_text(),
+            [
+                ("127.0.0.1:9747", serve_at),
+                ("127.0.0.1:9093", f"127.0.0.1:{am_port}"),
+                ("scrape_interval: 5s", "scrape_interval: 500ms"),
+                ("evaluation_interval: 5s", "evaluation_interval: 500ms"),
+                ("refresh_interval: 15s", "refresh_interval: 1s"),
+            ],
+        )
+    )
     logs = [(work / "am.log").open("w"), (work / "prom.log").open("w")]
     procs = [
-        subprocess.Popen([alertmanager, f"--config.file={work / 'alertmanager.yml'}",
-                          f"--storage.path={work / 'am'}", "--cluster.listen-address=",
-                          f"--web.listen-address=127.0.0.1:{am_port}"],
-                         stdout=subprocess.DEVNULL, stderr=logs[0]),
-        subprocess.Popen([prometheus, f"--config.file={work / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={work / 'tsdb'}",
-                          f"--web.listen-address=127.0.0.1:{prom_port}"],
-                         stdout=subprocess.DEVNULL, stderr=logs[1])]
+        subprocess.Popen(
+            [
+                alertmanager,
+                f"--config.file={work / 'alertmanager.yml'}",
+                f"--storage.path={work / 'am'}",
+                "--cluster.listen-address=",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=logs[0],
+        ),
+        subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=logs[1],
+        ),
+    ]
     for proc, log in zip(procs, logs, strict=True):
         project.cleanups.append(
-            lambda proc=proc, log=log: (proc.terminate(), proc.wait(timeout=30), log.close()))
+            lambda proc=proc, log=log: (proc.terminate(), proc.wait(timeout=30), log.close())
+        )
     load = start_load(project, 40)
     began = time.monotonic()
     deploy = run_in_background(project, "deploy", "1.1.0")

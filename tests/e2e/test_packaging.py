@@ -17,8 +17,12 @@ STATE = ".rollwise"
 
 
 def files_in(root: Path) -> set[str]:
-    return {Path(d, f).relative_to(root).as_posix() for d, _, fs in os.walk(root) for f in fs
-            if not Path(d, f).relative_to(root).as_posix().startswith(f"{STATE}/")}
+    return {
+        Path(d, f).relative_to(root).as_posix()
+        for d, _, fs in os.walk(root)
+        for f in fs
+        if not Path(d, f).relative_to(root).as_posix().startswith(f"{STATE}/")
+    }
 
 
 def write(p: Project, files: dict[str, str]) -> None:
@@ -41,15 +45,24 @@ def set_config(p: Project, **changes: object) -> None:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-IGNORED = {"debug.log": "junk", "node_modules/left/index.js": "", "secrets.env": "KEY=1",
-           "docs/notes.md": "", "docs/sub/more.md": "", "migrations/0001_old.sql.bak": ""}
-KEPT = {".gitignore": "*.log\nnode_modules/\n*.env\n", ".rollwiseignore": "docs/\n",
-        "docs.txt": "kept: not the folder docs/", "static/app.css": "",
-        "migrations/.gitignore": "*.bak\n"}
+IGNORED = {
+    "debug.log": "junk",
+    "node_modules/left/index.js": "",
+    "secrets.env": "KEY=1",
+    "docs/notes.md": "",
+    "docs/sub/more.md": "",
+    "migrations/0001_old.sql.bak": "",
+}
+KEPT = {
+    ".gitignore": "*.log\nnode_modules/\n*.env\n",
+    ".rollwiseignore": "docs/\n",
+    "docs.txt": "kept: not the folder docs/",
+    "static/app.css": "",
+    "migrations/.gitignore": "*.bak\n",
+}
 
 
-def test_given_gitignore_and_rollwiseignore_when_release_create_then_archive_has_the_rest(
-        project):
+def test_given_gitignore_and_rollwiseignore_when_release_create_then_archive_has_the_rest(project):
     write(project, {**IGNORED, **KEPT})
     expected = files_in(project.root) - set(IGNORED)
 
@@ -59,10 +72,23 @@ def test_given_gitignore_and_rollwiseignore_when_release_create_then_archive_has
 
 
 def test_given_a_build_command_then_it_runs_in_a_clean_copy_and_its_output_is_packed(project):
-    write(project, {**KEPT, "debug.log": "junk", "dist/stale.js": "from an old local build",
-                    ".rollwiseignore": "*.tmp\n", ".gitignore": "*.log\ndist/\n"})
-    set_config(project, build={"command": "test ! -e debug.log && test ! -e dist && "
-                               "mkdir dist && cp app.py dist/bundle.js && touch scratch.tmp"})
+    write(
+        project,
+        {
+            **KEPT,
+            "debug.log": "junk",
+            "dist/stale.js": "from an old local build",
+            ".rollwiseignore": "*.tmp\n",
+            ".gitignore": "*.log\ndist/\n",
+        },
+    )
+    set_config(
+        project,
+        build={
+            "command": "test ! -e debug.log && test ! -e dist && "
+            "mkdir dist && cp app.py dist/bundle.js && touch scratch.tmp"
+        },
+    )
     before = files_in(project.root)
 
     project.release("1.0.0")
@@ -75,8 +101,9 @@ def test_given_a_build_command_then_it_runs_in_a_clean_copy_and_its_output_is_pa
 
 def test_given_a_port_range_when_deploying_then_instances_listen_in_it(project):
     span = free_block(5)
-    project.configure(instances=2, target={"type": "local",
-                                           "ports": {"first": span[0], "last": span[-1]}})
+    project.configure(
+        instances=2, target={"type": "local", "ports": {"first": span[0], "last": span[-1]}}
+    )
     project.release("1.0.0")
 
     project.cli("deploy", "1.0.0", check=True)

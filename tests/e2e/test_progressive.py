@@ -36,8 +36,9 @@ def test_demo_stops_the_bad_canary_and_promotes_the_fixed_one_without_switch_fai
 
 
 def test_given_a_canary_with_8pct_errors_when_analysed_under_load_then_rolled_back(project):
-    project.configure(strategy={"type": "canary", "steps": [5, 25, 100], "pause_s": 20},
-                      analysis=FAST)
+    project.configure(
+        strategy={"type": "canary", "steps": [5, 25, 100], "pause_s": 20}, analysis=FAST
+    )
     project.release("1.0.0")
     project.release("1.1.0", faults={"order_error_rate": 0.08})
     project.cli("deploy", "1.0.0", check=True)
@@ -53,13 +54,13 @@ def test_given_a_canary_with_8pct_errors_when_analysed_under_load_then_rolled_ba
     fail = [a for a in s["analysis"] if a["decision"] == "rollback"]
     assert fail and fail[0]["step"] == "canary:5"
     numbers = fail[0]["measurements"][0]["numbers"]
-    assert (numbers["canary_errors"] >= 1 and numbers["e_value"] >= numbers["threshold"]) \
-        or numbers["canary_error_rate"] > 0.05
+    assert (
+        numbers["canary_errors"] >= 1 and numbers["e_value"] >= numbers["threshold"]
+    ) or numbers["canary_error_rate"] > 0.05
 
 
 def test_given_a_canary_50pct_slower_when_analysed_then_rolled_back(project):
-    project.configure(strategy={"type": "canary", "steps": [20, 100], "pause_s": 30},
-                      analysis=FAST)
+    project.configure(strategy={"type": "canary", "steps": [20, 100], "pause_s": 30}, analysis=FAST)
     project.release("1.0.0", faults={"delay_ms": [4, 12]})
     project.release("1.1.0", faults={"delay_ms": [4, 12], "delay_factor": 1.5})
     project.cli("deploy", "1.0.0", check=True)
@@ -73,8 +74,10 @@ def test_given_a_canary_50pct_slower_when_analysed_then_rolled_back(project):
 
 
 def test_given_a_noisy_canary_no_worse_than_stable_when_analysed_then_promoted(project):
-    project.configure(strategy={"type": "canary", "steps": [20, 50, 100], "pause_s": 6,
-                                "bake_s": 2}, analysis=FAST)
+    project.configure(
+        strategy={"type": "canary", "steps": [20, 50, 100], "pause_s": 6, "bake_s": 2},
+        analysis=FAST,
+    )
     noisy = {"order_error_rate": 0.01, "delay_ms": [1, 12]}
     project.release("1.0.0", "1.1.0", faults=noisy)
     project.cli("deploy", "1.0.0", check=True)
@@ -86,16 +89,20 @@ def test_given_a_noisy_canary_no_worse_than_stable_when_analysed_then_promoted(p
     assert s["live_version"] == "1.1.0" and router_version(project) == "1.1.0"
     assert [a["step"] for a in s["analysis"]] == ["canary:20", "canary:50", "bake"]
     assert {a["decision"] for a in s["analysis"]} == {"advance"}
-    errors_by = {v: sum(1 for r in results if r.version == v and r.status >= 500)
-                 for v in ("1.0.0", "1.1.0")}
+    errors_by = {
+        v: sum(1 for r in results if r.version == v and r.status >= 500) for v in ("1.0.0", "1.1.0")
+    }
     assert errors_by["1.1.0"] >= 1  # it was noisy, and still promoted
-    assert failed_not_by(results, "1.1.0") == [r for r in results if r.status >= 500
-                                               and r.version == "1.0.0"]
+    assert failed_not_by(results, "1.1.0") == [
+        r for r in results if r.status >= 500 and r.version == "1.0.0"
+    ]
 
 
 def test_given_dry_run_when_the_canary_is_bad_then_it_reports_and_does_not_act(project):
-    project.configure(strategy={"type": "canary", "steps": [50, 100], "pause_s": 6,
-                                "bake_s": 0}, analysis={**FAST, "dry_run": True})
+    project.configure(
+        strategy={"type": "canary", "steps": [50, 100], "pause_s": 6, "bake_s": 0},
+        analysis={**FAST, "dry_run": True},
+    )
     project.release("1.0.0")
     project.release("1.1.0", faults={"order_error_rate": 0.3})
     project.cli("deploy", "1.0.0", check=True)
@@ -109,16 +116,27 @@ def test_given_dry_run_when_the_canary_is_bad_then_it_reports_and_does_not_act(p
 
 
 def test_given_a_step_waiting_for_promote_when_promoted_then_it_completes(project):
-    project.configure(strategy={"type": "canary", "pause_s": 1, "bake_s": 0, "steps": [
-        {"weight": 10, "until_promote": True}, 100]}, analysis=FAST)
+    project.configure(
+        strategy={
+            "type": "canary",
+            "pause_s": 1,
+            "bake_s": 0,
+            "steps": [{"weight": 10, "until_promote": True}, 100],
+        },
+        analysis=FAST,
+    )
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     nothing = project.cli("promote")
     assert nothing.returncode == ExitCode.NOT_FOUND
     assert "nothing to promote" in nothing.stderr
     proc = run_in_background(project, "deploy", "1.1.0")
-    s = wait_for(project, lambda s: "canary:10" in str(s["weights"]) or
-                 len([w for w in s["weights"].values() if w]) == 2)
+    s = wait_for(
+        project,
+        lambda s: (
+            "canary:10" in str(s["weights"]) or len([w for w in s["weights"].values() if w]) == 2
+        ),
+    )
     assert s["live_version"] == "1.0.0" and s["in_progress"]["to"] == "1.1.0"
     time.sleep(2)
     assert proc.poll() is None  # still waiting
@@ -130,8 +148,7 @@ def test_given_a_step_waiting_for_promote_when_promoted_then_it_completes(projec
 
 
 def test_given_a_canary_in_progress_when_rollback_is_asked_then_traffic_goes_back(project):
-    project.configure(strategy={"type": "canary", "pause_s": 60, "steps": [30, 100]},
-                      analysis=FAST)
+    project.configure(strategy={"type": "canary", "pause_s": 60, "steps": [30, 100]}, analysis=FAST)
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     proc = run_in_background(project, "deploy", "1.1.0")
@@ -147,8 +164,10 @@ def test_given_a_canary_in_progress_when_rollback_is_asked_then_traffic_goes_bac
 
 
 def test_given_ask_mode_when_analysis_fails_then_it_waits_and_rollback_confirms(project):
-    project.configure(strategy={"type": "canary", "pause_s": 30, "steps": [50, 100],
-                                "on_failure": "ask"}, analysis=FAST)
+    project.configure(
+        strategy={"type": "canary", "pause_s": 30, "steps": [50, 100], "on_failure": "ask"},
+        analysis=FAST,
+    )
     project.release("1.0.0")
     project.release("1.1.0", faults={"order_error_rate": 0.5})
     project.cli("deploy", "1.0.0", check=True)
@@ -170,8 +189,9 @@ def test_given_invalid_steps_or_unknown_provider_then_config_error_and_state_unh
     bad = project.cli("deploy", "1.1.0")
     assert bad.returncode == ExitCode.CONFIG
     assert "rollwise.yaml" in bad.stderr and "must increase" in bad.stderr
-    project.configure(strategy={"type": "canary"},
-                      analysis={"checks": [{"type": "datadog", "name": "x"}]})
+    project.configure(
+        strategy={"type": "canary"}, analysis={"checks": [{"type": "datadog", "name": "x"}]}
+    )
     bad = project.cli("deploy", "1.1.0")
     assert bad.returncode == ExitCode.CONFIG and "datadog" in bad.stderr
     project.configure(analysis={})
@@ -180,8 +200,10 @@ def test_given_invalid_steps_or_unknown_provider_then_config_error_and_state_unh
 
 
 def test_given_a_json_report_when_status_then_analysis_numbers_are_there(project):
-    project.configure(strategy={"type": "canary", "steps": [50, 100], "pause_s": 3,
-                                "bake_s": 0}, analysis={**FAST, "router": {"min_requests": 20}})
+    project.configure(
+        strategy={"type": "canary", "steps": [50, 100], "pause_s": 3, "bake_s": 0},
+        analysis={**FAST, "router": {"min_requests": 20}},
+    )
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     load = start_load(project, 60)
@@ -192,14 +214,18 @@ def test_given_a_json_report_when_status_then_analysis_numbers_are_there(project
     assert decision["decision"] == "advance" and m["provider"] == "router"
     assert m["numbers"]["canary_requests"] >= 20
     assert {"stable_requests", "e_value", "threshold"} <= set(m["numbers"])
-    events = [json.loads(line) for line in project.cli(
-        "audit", "export", check=True).stdout.splitlines()]
+    events = [
+        json.loads(line) for line in project.cli("audit", "export", check=True).stdout.splitlines()
+    ]
     assert any(e["action"] == "analysis" for e in events)
 
 
 def test_given_rolling_batches_when_the_release_is_good_then_replaced_without_failures(project):
-    project.configure(instances=3, strategy={"type": "rolling", "batch_size": 2, "pause_s": 2},
-                      analysis={**FAST, "router": {"min_requests": 10}})
+    project.configure(
+        instances=3,
+        strategy={"type": "rolling", "batch_size": 2, "pause_s": 2},
+        analysis={**FAST, "router": {"min_requests": 10}},
+    )
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     load = start_load(project, 150)
@@ -214,8 +240,9 @@ def test_given_rolling_batches_when_the_release_is_good_then_replaced_without_fa
 
 
 def test_given_rolling_batches_when_a_batch_is_bad_then_old_instances_come_back(project):
-    project.configure(instances=3, strategy={"type": "rolling", "batch_size": 1,
-                                             "pause_s": 4}, analysis=FAST)
+    project.configure(
+        instances=3, strategy={"type": "rolling", "batch_size": 1, "pause_s": 4}, analysis=FAST
+    )
     project.release("1.0.0")
     project.release("1.1.0", faults={"order_error_rate": 0.3})
     project.cli("deploy", "1.0.0", check=True)
@@ -231,10 +258,12 @@ def test_given_rolling_batches_when_a_batch_is_bad_then_old_instances_come_back(
     assert {w for n, w in s["weights"].items() if n in old} == {1}
 
 
-def test_given_a_rolling_deploy_killed_after_a_batch_then_recovery_restarts_old_instances(
-        project):
-    project.configure(instances=3, strategy={"type": "rolling", "batch_size": 1, "pause_s": 0},
-                      analysis={**FAST, "router": {"enabled": False}})
+def test_given_a_rolling_deploy_killed_after_a_batch_then_recovery_restarts_old_instances(project):
+    project.configure(
+        instances=3,
+        strategy={"type": "rolling", "batch_size": 1, "pause_s": 0},
+        analysis={**FAST, "router": {"enabled": False}},
+    )
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     old = {i["name"] for i in status(project)["instances"]}
@@ -251,14 +280,20 @@ def test_given_a_rolling_deploy_killed_after_a_batch_then_recovery_restarts_old_
     assert router_version(project) == "1.0.0"
 
 
-def test_given_a_verify_checklist_when_deploying_and_rolling_back_then_it_runs_each_time(
-        project):
+def test_given_a_verify_checklist_when_deploying_and_rolling_back_then_it_runs_each_time(project):
     marker = project.root / "token-ok"
     marker.write_text("1")
-    project.configure(verify=[
-        {"type": "http", "name": "order sync lag", "url": "{router}/status",
-         "json": {"sync.lag_s": "< 60", "sync.ok": "== true"}},
-        {"type": "command", "name": "marketplace token valid", "run": f"test -f {marker}"}])
+    project.configure(
+        verify=[
+            {
+                "type": "http",
+                "name": "order sync lag",
+                "url": "{router}/status",
+                "json": {"sync.lag_s": "< 60", "sync.ok": "== true"},
+            },
+            {"type": "command", "name": "marketplace token valid", "run": f"test -f {marker}"},
+        ]
+    )
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     marker.unlink()  # the token check fails after the next deploy: it is rolled back
@@ -285,9 +320,17 @@ def test_given_a_verify_checklist_when_deploying_and_rolling_back_then_it_runs_e
 
 
 def test_given_blue_green_when_the_preview_fails_then_nothing_is_switched(project):
-    project.configure(strategy={"type": "blue-green", "bake_s": 1}, verify=[
-        {"type": "http", "name": "status", "url": "{router}/status",
-         "json": {"version": '== "1.0.0"'}}])
+    project.configure(
+        strategy={"type": "blue-green", "bake_s": 1},
+        verify=[
+            {
+                "type": "http",
+                "name": "status",
+                "url": "{router}/status",
+                "json": {"version": '== "1.0.0"'},
+            }
+        ],
+    )
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     res = project.cli("deploy", "1.1.0")
@@ -309,9 +352,10 @@ def test_given_blue_green_when_the_preview_fails_then_nothing_is_switched(projec
 def test_given_a_canary_that_no_request_reaches_then_it_says_why_it_waits_and_aborts(project):
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
-    project.configure(strategy={"type": "canary", "steps": [50, 100], "pause_s": 1,
-                                "max_pause_s": 2},
-                      analysis={**FAST, "router": {"min_requests": 20}})
+    project.configure(
+        strategy={"type": "canary", "steps": [50, 100], "pause_s": 1, "max_pause_s": 2},
+        analysis={**FAST, "router": {"min_requests": 20}},
+    )
 
     res = project.cli("deploy", "1.1.0")
 

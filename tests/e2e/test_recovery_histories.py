@@ -53,22 +53,35 @@ from tests.e2e.recovery_helpers import (
 )
 from tests.helpers import run_in_background, wait_for
 
-DATABASES = [pytest.param("sqlite", id="sqlite"),
-             pytest.param("postgresql", id="postgresql", marks=pytest.mark.service),
-             pytest.param("mariadb", id="mariadb", marks=pytest.mark.service)]
+DATABASES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.service),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.service),
+]
 every_database = pytest.mark.parametrize("database", DATABASES, indirect=True)
 CANARY = {"type": "canary", "steps": [50, 100], "pause_s": 600}  # paused until told
 USERS_R1 = {"columns": ["id", "email"], "fks": [], "indexes": []}
 USERS_R3 = {"columns": ["id", "email", "tier"], "fks": [], "indexes": []}
-ORDERS = {"columns": ["id", "user_id", "total"], "fks": [(("user_id",), "users", None)],
-          "indexes": []}
-ORDER_ITEMS = {"columns": ["id", "order_id", "sku", "qty"],
-               "fks": [(("order_id",), "orders", "CASCADE")],
-               "indexes": ["ix_order_items_order_id"]}
-PAYMENTS = {"columns": ["id", "order_id", "amount"], "fks": [(("order_id",), "orders", None)],
-            "indexes": []}
-SHIPMENTS = {"columns": ["id", "order_id", "carrier"],
-             "fks": [(("order_id",), "orders", None)], "indexes": []}
+ORDERS = {
+    "columns": ["id", "user_id", "total"],
+    "fks": [(("user_id",), "users", None)],
+    "indexes": [],
+}
+ORDER_ITEMS = {
+    "columns": ["id", "order_id", "sku", "qty"],
+    "fks": [(("order_id",), "orders", "CASCADE")],
+    "indexes": ["ix_order_items_order_id"],
+}
+PAYMENTS = {
+    "columns": ["id", "order_id", "amount"],
+    "fks": [(("order_id",), "orders", None)],
+    "indexes": [],
+}
+SHIPMENTS = {
+    "columns": ["id", "order_id", "carrier"],
+    "fks": [(("order_id",), "orders", None)],
+    "indexes": [],
+}
 
 
 @pytest.fixture(scope="module")
@@ -112,30 +125,47 @@ def given_a_b_c(p: Project) -> None:
     """1.0.0 -> 1.1.0 -> 1.2.0: 3 users (2 with a tier), 4 orders, 2 items, 2 payments."""
     deploy_history(p, "1.0.0", "1.1.0", "1.2.0")
     db = snapshot(app_db_url(p))
-    assert db == {"revision": "r5", "tables": {
-        "users": {**USERS_R3, "rows": 3}, "orders": {**ORDERS, "rows": 4},
-        "order_items": {**ORDER_ITEMS, "rows": 2}, "payments": {**PAYMENTS, "rows": 2}}}
+    assert db == {
+        "revision": "r5",
+        "tables": {
+            "users": {**USERS_R3, "rows": 3},
+            "orders": {**ORDERS, "rows": 4},
+            "order_items": {**ORDER_ITEMS, "rows": 2},
+            "payments": {**PAYMENTS, "rows": 2},
+        },
+    }
 
 
 def given_a_b_c_d(p: Project) -> None:
     """1.0.0 -> 1.1.0 -> 1.2.0 -> 1.3.0: 4 users, 6 orders, 4 items, 4 payments and the 2
     shipments of 1.3.0's orders; the schema at r6."""
     deploy_history(p, "1.0.0", "1.1.0", "1.2.0", "1.3.0")
-    assert snapshot(app_db_url(p)) == {"revision": "r6", "tables": {
-        "users": {**USERS_R3, "rows": 4}, "orders": {**ORDERS, "rows": 6},
-        "order_items": {**ORDER_ITEMS, "rows": 4}, "payments": {**PAYMENTS, "rows": 4},
-        "shipments": {**SHIPMENTS, "rows": 2}}}
+    assert snapshot(app_db_url(p)) == {
+        "revision": "r6",
+        "tables": {
+            "users": {**USERS_R3, "rows": 4},
+            "orders": {**ORDERS, "rows": 6},
+            "order_items": {**ORDER_ITEMS, "rows": 4},
+            "payments": {**PAYMENTS, "rows": 4},
+            "shipments": {**SHIPMENTS, "rows": 2},
+        },
+    }
 
 
-def orders_answered_by(p: Project, version: str, email: str, prefix: str, n: int,
-                       tries: int = 80) -> list[str]:
+def orders_answered_by(
+    p: Project, version: str, email: str, prefix: str, n: int, tries: int = 80
+) -> list[str]:
     """Write orders through the router (each answered 2xx) until `version` has taken `n`
     of them; the ids `version` took. During a canary the others go to the other release."""
     taken: list[str] = []
     for k in range(tries):
         order_id = f"{prefix}-{k}"
-        code, body, answered = request(p, "POST", "/orders", {
-            "id": order_id, "email": email, "total": "7.50", "carrier": "dhl"})
+        code, body, answered = request(
+            p,
+            "POST",
+            "/orders",
+            {"id": order_id, "email": email, "total": "7.50", "carrier": "dhl"},
+        )
         assert code in (200, 201), (order_id, code, answered, body)
         taken += [order_id] if answered == version else []
         if len(taken) == n:
@@ -175,12 +205,18 @@ def test_given_a_b_c_when_rolled_back_to_a_then_schema_r1_users_kept_and_nothing
     assert back.returncode == 0, output(back)
     assert snapshot(url) == {"revision": "r1", "tables": {"users": {**USERS_R1, "rows": 3}}}
     assert sorted(column_values(url, "SELECT email FROM users")) == [
-        "1.0.0@shop.test", "1.1.0@shop.test", "1.2.0@shop.test"]
+        "1.0.0@shop.test",
+        "1.1.0@shop.test",
+        "1.2.0@shop.test",
+    ]
     # what the down migrations dropped was kept first
     assert parked(shop) == {"payments": 2, "order_items": 2, "users.tier": 2, "orders": 4}
     s = assert_serving(shop, "1.0.0")
     assert (s["marks"]["1.2.0"], s["marks"]["1.1.0"], s["marks"]["1.0.0"]) == (
-        "bad", "good", "good")
+        "bad",
+        "good",
+        "good",
+    )
     assert newest(shop) == ("rollback", "1.2.0", "1.0.0", "succeeded")
 
     before = settled(shop)
@@ -208,10 +244,14 @@ def test_given_a_b_c_when_rolled_back_step_by_step_then_b_then_a_then_nothing(sh
 
     assert to_b.returncode == 0, output(to_b)
     assert "1.1.0" in to_b.stdout
-    assert snapshot(url) == {"revision": "r3", "tables": {
-        "users": {**USERS_R3, "rows": 3}, "orders": {**ORDERS, "rows": 4}}}
+    assert snapshot(url) == {
+        "revision": "r3",
+        "tables": {"users": {**USERS_R3, "rows": 3}, "orders": {**ORDERS, "rows": 4}},
+    }
     assert sorted(column_values(url, "SELECT tier FROM users WHERE tier IS NOT NULL")) == [
-        "standard", "standard"]
+        "standard",
+        "standard",
+    ]
     assert parked(shop) == {"payments": 2, "order_items": 2}
     s = assert_serving(shop, "1.1.0")
     assert (s["marks"]["1.2.0"], s["marks"]["1.1.0"]) == ("bad", "good")
@@ -264,7 +304,11 @@ def test_given_c_live_when_b_is_deployed_then_refused_pointing_to_rollback_and_c
     assert settled(shop) == before
     assert before["database"]["revision"] == "r5"
     assert {t: v["rows"] for t, v in before["database"]["tables"].items()} == {
-        "users": 3, "orders": 4, "order_items": 2, "payments": 2}
+        "users": 3,
+        "orders": 4,
+        "order_items": 2,
+        "payments": 2,
+    }
     s = assert_serving(shop, "1.2.0")
     assert s["marks"].get("1.1.0") == "good"
     assert newest(shop) == ("deploy", "1.1.0", "1.2.0", "succeeded")
@@ -287,7 +331,11 @@ def test_given_a_code_only_canary_when_aborted_then_the_schema_and_every_row_sta
     url = app_db_url(shop)
     during = snapshot(url)
     assert {t: v["rows"] for t, v in during["tables"].items()} == {
-        "users": 2, "orders": 14, "order_items": 14, "payments": 14}
+        "users": 2,
+        "orders": 14,
+        "order_items": 14,
+        "payments": 14,
+    }
 
     aborted = shop.cli("abort")
 
@@ -295,8 +343,7 @@ def test_given_a_code_only_canary_when_aborted_then_the_schema_and_every_row_sta
     _, err = proc.communicate(timeout=90)
     assert snapshot(url) == during, err
     assert during["revision"] == "r5"
-    assert set(column_values(url, "SELECT id FROM orders")) >= {
-        f"canary-{n}" for n in range(12)}
+    assert set(column_values(url, "SELECT id FROM orders")) >= {f"canary-{n}" for n in range(12)}
     assert parked(shop) == {}
     assert_serving(shop, "1.2.0")
     kind, _, to, state = newest(shop)
@@ -322,17 +369,24 @@ def test_given_c_marked_bad_when_deployed_then_refused_unless_forced_with_a_reas
     forced = shop.cli("deploy", "1.2.0", "--force", "--reason", "fixed config")
 
     assert forced.returncode == 0, output(forced)
-    assert snapshot(app_db_url(shop)) == {"revision": "r5", "tables": {
-        "users": {**USERS_R3, "rows": 2}, "orders": {**ORDERS, "rows": 4},
-        "order_items": {**ORDER_ITEMS, "rows": 0}, "payments": {**PAYMENTS, "rows": 0}}}
+    assert snapshot(app_db_url(shop)) == {
+        "revision": "r5",
+        "tables": {
+            "users": {**USERS_R3, "rows": 2},
+            "orders": {**ORDERS, "rows": 4},
+            "order_items": {**ORDER_ITEMS, "rows": 0},
+            "payments": {**PAYMENTS, "rows": 0},
+        },
+    }
     s = assert_serving(shop, "1.2.0")
     assert s["marks"]["1.2.0"] == "good"
     assert newest(shop) == ("deploy", "1.1.0", "1.2.0", "succeeded")
     events = audit_events(shop)
     forced_events = [e for e in events if "fixed config" in (e.get("reason") or "")]
     assert forced_events and forced_events[0]["version"] == "1.2.0", events[-5:]
-    assert [e["outcome"] for e in events if e["action"] == "deploy"
-            and e["version"] == "1.2.0"].count("refused") == 1
+    assert [
+        e["outcome"] for e in events if e["action"] == "deploy" and e["version"] == "1.2.0"
+    ].count("refused") == 1
 
 
 # g
@@ -355,7 +409,11 @@ def test_given_a_live_when_a_is_deployed_again_then_it_restarts_without_a_canary
     assert {i["name"] for i in s["instances"] if i["alive"]}.isdisjoint(old)
     h = history(shop)[0]
     assert (h["kind"], h["from_version"], h["to_version"], h["status"]) == (
-        "deploy", "1.0.0", "1.0.0", "succeeded")
+        "deploy",
+        "1.0.0",
+        "1.0.0",
+        "succeeded",
+    )
     assert not [step for step in deployment_steps(shop, h["id"]) if "canary" in step]
     assert snapshot(app_db_url(shop))["tables"]["users"]["rows"] == 1
 
@@ -395,8 +453,7 @@ def test_given_orders_flowing_when_c_is_deployed_and_rolled_back_then_no_ack_is_
 # i
 
 
-def test_given_a_canary_killed_when_status_is_read_then_it_changes_nothing_and_recover_does(
-        shop):
+def test_given_a_canary_killed_when_status_is_read_then_it_changes_nothing_and_recover_does(shop):
     deploy_history(shop, "1.2.0")
     shop.configure(strategy=CANARY)
     proc = run_in_background(shop, "deploy", "1.2.1")
@@ -418,8 +475,7 @@ def test_given_a_canary_killed_when_status_is_read_then_it_changes_nothing_and_r
     assert first["weights"] == second["weights"]
     assert len([w for w in second["weights"].values() if w]) == 2  # still split
     after = rollwise_state(shop)
-    assert (after["journal"], after["deployments"]) == (state["journal"],
-                                                        state["deployments"])
+    assert (after["journal"], after["deployments"]) == (state["journal"], state["deployments"])
     assert snapshot(app_db_url(shop)) == db
 
     recovered = shop.cli("recover")
@@ -436,8 +492,7 @@ def test_given_a_canary_killed_when_status_is_read_then_it_changes_nothing_and_r
 
 
 @every_database
-def test_given_d_live_on_an_expand_revision_when_an_older_canary_is_aborted_then_d_keeps_all(
-        shop):
+def test_given_d_live_on_an_expand_revision_when_an_older_canary_is_aborted_then_d_keeps_all(shop):
     """The reported defect: 1.3.0 live (r6), a canary of the older 1.2.1 (r5: no migration
     runs), aborted; abort's undo ran 1.2.1's down migration of r5 against the live database
     and 1.3.0 then answered its writes with 502 while /health and status said up."""
@@ -452,11 +507,16 @@ def test_given_d_live_on_an_expand_revision_when_an_older_canary_is_aborted_then
     by_d = orders_answered_by(shop, "1.3.0", "canary@shop.test", "canary", 6)
     during = snapshot(url)
     written = int(by_d[-1].rsplit("-", 1)[1]) + 1  # by both releases of the split
-    assert during == {"revision": "r6", "tables": {
-        "users": {**USERS_R3, "rows": 5}, "orders": {**ORDERS, "rows": 6 + written},
-        "order_items": {**ORDER_ITEMS, "rows": 4 + written},
-        "payments": {**PAYMENTS, "rows": 4 + written},
-        "shipments": {**SHIPMENTS, "rows": 2 + 6}}}
+    assert during == {
+        "revision": "r6",
+        "tables": {
+            "users": {**USERS_R3, "rows": 5},
+            "orders": {**ORDERS, "rows": 6 + written},
+            "order_items": {**ORDER_ITEMS, "rows": 4 + written},
+            "payments": {**PAYMENTS, "rows": 4 + written},
+            "shipments": {**SHIPMENTS, "rows": 2 + 6},
+        },
+    }
     assert set(column_values(url, "SELECT order_id FROM shipments")) >= set(by_d)
 
     aborted = shop.cli("abort")
@@ -469,13 +529,20 @@ def test_given_d_live_on_an_expand_revision_when_an_older_canary_is_aborted_then
     assert_serving(shop, "1.3.0")
     kind, _, to, state = newest(shop)
     assert (kind, to) == ("deploy", "1.2.1") and state != "succeeded"
-    after = [request(shop, "POST", "/orders", {"id": f"after-{n}", "email": "canary@shop.test",
-                                                "total": "3.00", "carrier": "ups"})
-             for n in range(6)]
+    after = [
+        request(
+            shop,
+            "POST",
+            "/orders",
+            {"id": f"after-{n}", "email": "canary@shop.test", "total": "3.00", "carrier": "ups"},
+        )
+        for n in range(6)
+    ]
     assert [(code, answered) for code, _, answered in after] == [(201, "1.3.0")] * 6, after
     assert snapshot(url)["tables"]["shipments"]["rows"] == 2 + 6 + 6
-    assert sorted(column_values(url, "SELECT order_id FROM shipments WHERE carrier = 'ups'")
-                  ) == [f"after-{n}" for n in range(6)]
+    assert sorted(column_values(url, "SELECT order_id FROM shipments WHERE carrier = 'ups'")) == [
+        f"after-{n}" for n in range(6)
+    ]
     assert_serving(shop, "1.3.0")
 
 

@@ -51,22 +51,40 @@ def refused(p: Project, words: list[str]) -> None:
 OUTSIDE = "point the link at a file inside the tree, copy the file in, or add the link's name"
 
 
-@pytest.mark.parametrize(("links", "message", "hint"), [
-    ([("hostname", "/etc/hostname")], "hostname is a link to the absolute path /etc/hostname",
-     "make it relative to a file inside `source`"),
-    ([("up", "../..")], "up is a link to ../.., which is outside `source`", OUTSIDE),
-    ([("lib/data", "../../shared/data")],
-     "lib/data is a link to ../../shared/data, which is outside `source`", OUTSIDE),
-    ([("a", "b"), ("b", "../outside")],
-     "a is a link to b, which leads outside `source` when the links on its way are followed",
-     OUTSIDE),
-    ([("deep/er/top", "../.."), ("deep/er/x", "top/../etc")],
-     "deep/er/x is a link to top/../etc, which leads outside `source`", OUTSIDE),
-    ([("loop1", "loop2"), ("loop2", "loop1")], "loop1 is a link in a loop of links",
-     "not back at itself"),
-])
+@pytest.mark.parametrize(
+    ("links", "message", "hint"),
+    [
+        (
+            [("hostname", "/etc/hostname")],
+            "hostname is a link to the absolute path /etc/hostname",
+            "make it relative to a file inside `source`",
+        ),
+        ([("up", "../..")], "up is a link to ../.., which is outside `source`", OUTSIDE),
+        (
+            [("lib/data", "../../shared/data")],
+            "lib/data is a link to ../../shared/data, which is outside `source`",
+            OUTSIDE,
+        ),
+        (
+            [("a", "b"), ("b", "../outside")],
+            "a is a link to b, which leads outside `source` when the links on its way are followed",
+            OUTSIDE,
+        ),
+        (
+            [("deep/er/top", "../.."), ("deep/er/x", "top/../etc")],
+            "deep/er/x is a link to top/../etc, which leads outside `source`",
+            OUTSIDE,
+        ),
+        (
+            [("loop1", "loop2"), ("loop2", "loop1")],
+            "loop1 is a link in a loop of links",
+            "not back at itself",
+        ),
+    ],
+)
 def test_given_a_link_that_leaves_the_tree_when_release_create_then_refused_and_nothing_stored(
-        project, links, message, hint):
+    project, links, message, hint
+):
     project.release("1.0.0")
     for name, target in links:
         link(project, name, target)
@@ -79,8 +97,10 @@ def test_given_a_link_back_in_through_the_project_folder_then_refused_as_outside
     project.release("1.0.0")
     link(project, "app-link.py", f"../{project.root.name}/app.py")
 
-    refused(project, [f"app-link.py is a link to ../{project.root.name}/app.py, which is "
-                      "outside `source`"])
+    refused(
+        project,
+        [f"app-link.py is a link to ../{project.root.name}/app.py, which is outside `source`"],
+    )
 
 
 def test_given_an_outside_link_in_build_exclude_then_the_release_is_created(project):
@@ -96,8 +116,7 @@ def test_given_an_outside_link_in_build_exclude_then_the_release_is_created(proj
 
 
 @pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
-def test_given_a_pipe_socket_or_device_in_the_tree_then_refused_by_name(project, kind,
-                                                                        monkeypatch):
+def test_given_a_pipe_socket_or_device_in_the_tree_then_refused_by_name(project, kind, monkeypatch):
     project.release("1.0.0")
     (project.root / "run").mkdir()
     path = project.root / "run" / f"app.{kind}"
@@ -119,8 +138,7 @@ def test_given_a_pipe_socket_or_device_in_the_tree_then_refused_by_name(project,
     refused(project, [f"{path}: run/app.{kind} is {what}", "add its name to build.exclude"])
 
 
-def test_given_links_inside_the_tree_and_a_hard_link_then_the_deployed_release_has_them(
-        project):
+def test_given_links_inside_the_tree_and_a_hard_link_then_the_deployed_release_has_them(project):
     (project.root / "static").mkdir()
     (project.root / "static" / "logo.txt").write_text("logo\n")
     link(project, "logo.txt", "static/logo.txt")
@@ -132,9 +150,13 @@ def test_given_links_inside_the_tree_and_a_hard_link_then_the_deployed_release_h
     project.cli("deploy", "1.0.0", check=True)
 
     m = members(project, "1.0.0")
-    assert {n: (m[n].issym(), m[n].linkname) for n in ("logo.txt", "assets", "static/again.txt")
-            } == {"logo.txt": (True, "static/logo.txt"), "assets": (True, "static"),
-                  "static/again.txt": (True, "../logo.txt")}
+    assert {
+        n: (m[n].issym(), m[n].linkname) for n in ("logo.txt", "assets", "static/again.txt")
+    } == {
+        "logo.txt": (True, "static/logo.txt"),
+        "assets": (True, "static"),
+        "static/again.txt": (True, "../logo.txt"),
+    }
     assert m["hard.txt"].isreg() and m["hard.txt"].size == len("logo\n")
     release = project.root / ".rollwise" / "envs" / "dev" / "releases" / "1.0.0"
     for name in ("logo.txt", "assets/logo.txt", "static/again.txt", "hard.txt"):

@@ -13,11 +13,16 @@ def test_given_deploys_and_a_rollback_then_the_report_counts_them(project):
     project.cli("deploy", "1.1.0", check=True)
     project.cli("rollback", "--yes", check=True)
     page = project.root / "report.html"
-    data = json.loads(project.cli("report", "--since", "1d", "--json", "--html", str(page),
-                                  check=True).stdout)
+    data = json.loads(
+        project.cli("report", "--since", "1d", "--json", "--html", str(page), check=True).stdout
+    )
     dev = data["environments"]["dev"]
-    assert (dev["deployments"], dev["changes"], dev["change_failures"], dev["rollbacks"]) == \
-        (2, 2, 1, 1)
+    assert (dev["deployments"], dev["changes"], dev["change_failures"], dev["rollbacks"]) == (
+        2,
+        2,
+        1,
+        1,
+    )
     assert dev["change_failure_rate"] == 0.5 and dev["per_day"] == 2.0
     assert dev["lead_time_s"]["count"] == 2 and dev["lead_time_s"]["median"] >= 0
     assert dev["restore_s"]["count"] == 1 and dev["restore_s"]["median"] > 0

@@ -17,9 +17,11 @@ from tests.component.conftest import mysql_url  # noqa: F401 (fixture)
 from tests.conftest import Project
 from tests.helpers import router_version, start_load, status
 
-ORDERS = ("-- the app also creates it, IF NOT EXISTS, for a start without migrations\n"
-          "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, sku TEXT NOT NULL,\n"
-          "  qty INTEGER NOT NULL, version TEXT NOT NULL);\n")
+ORDERS = (
+    "-- the app also creates it, IF NOT EXISTS, for a start without migrations\n"
+    "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, sku TEXT NOT NULL,\n"
+    "  qty INTEGER NOT NULL, version TEXT NOT NULL);\n"
+)
 
 
 def with_migrations(p: Project) -> None:
@@ -42,8 +44,12 @@ def with_channel_releases(p: Project) -> None:
     """1.0.0 with the orders table; 1.1.0 adds a column (not expand: rollback drops it)."""
     with_migrations(p)
     p.release("1.0.0")
-    add(p, "0002_channel", "ALTER TABLE orders ADD COLUMN channel TEXT;\n",
-        "ALTER TABLE orders DROP COLUMN channel;\n")
+    add(
+        p,
+        "0002_channel",
+        "ALTER TABLE orders ADD COLUMN channel TEXT;\n",
+        "ALTER TABLE orders DROP COLUMN channel;\n",
+    )
     p.release("1.1.0")
 
 
@@ -57,7 +63,8 @@ def columns(p: Project) -> list[str]:
 
 
 def test_given_a_release_with_a_migration_when_rolled_back_then_schema_back_and_no_order_lost(
-        project):
+    project,
+):
     with_channel_releases(project)
     project.cli("deploy", "1.0.0", check=True)
     assert columns(project) == ["id", "sku", "qty", "version"]
@@ -66,8 +73,9 @@ def test_given_a_release_with_a_migration_when_rolled_back_then_schema_back_and_
     assert "migrate" in deployed.stderr
     assert columns(project)[-1] == "channel"
     plan = project.cli("rollback", "--dry-run", check=True)
-    assert "schema:  down" in plan.stderr and "ALTER TABLE orders DROP COLUMN channel" \
-        in plan.stderr
+    assert (
+        "schema:  down" in plan.stderr and "ALTER TABLE orders DROP COLUMN channel" in plan.stderr
+    )
     assert "dropped: orders.channel:" in plan.stderr  # 1.1.0 filled it
     assert columns(project)[-1] == "channel"  # a dry run changes nothing
     project.cli("rollback", "--yes", check=True)
@@ -82,8 +90,11 @@ def test_given_a_release_with_a_migration_when_rolled_back_then_schema_back_and_
     assert stored == len(acked) and by.get("1.1.0", 0) > 0 and by.get("1.0.0", 0) > 0
     assert applied == ["0001"]
     # what only the dropped column held was kept first, with each row's key
-    parked = list((project.root / ".rollwise" / "envs" / "dev" / "parked").glob(
-        "*-1.1.0-to-1.0.0-orders.channel.jsonl"))
+    parked = list(
+        (project.root / ".rollwise" / "envs" / "dev" / "parked").glob(
+            "*-1.1.0-to-1.0.0-orders.channel.jsonl"
+        )
+    )
     assert len(parked) == 1
     rows = [json.loads(line) for line in parked[0].read_text().splitlines()]
     assert {r["channel"] for r in rows} == {"web"}
@@ -97,8 +108,12 @@ def test_given_a_release_with_a_migration_when_rolled_back_then_schema_back_and_
 def test_given_an_expand_migration_when_rolled_back_then_the_schema_is_kept(project):
     with_migrations(project)
     project.release("1.0.0")
-    add(project, "0002_channel", "-- rollwise: expand\nALTER TABLE orders ADD COLUMN channel "
-        "TEXT;\n", "ALTER TABLE orders DROP COLUMN channel;\n")
+    add(
+        project,
+        "0002_channel",
+        "-- rollwise: expand\nALTER TABLE orders ADD COLUMN channel TEXT;\n",
+        "ALTER TABLE orders DROP COLUMN channel;\n",
+    )
     project.release("1.1.0")
     listed = project.cli("release", "list", check=True).stdout.splitlines()
     assert "schema 0001 " in listed[0] and "code of schema" not in listed[0]
@@ -114,8 +129,12 @@ def test_given_an_expand_migration_when_rolled_back_then_the_schema_is_kept(proj
 def test_given_a_failing_migration_then_schema_unchanged_and_old_release_serving(project):
     with_migrations(project)
     project.release("1.0.0")
-    add(project, "0002_bad", "CREATE TABLE audit (id INTEGER);\n"
-        "ALTER TABLE no_such_table ADD COLUMN x TEXT;\n", "DROP TABLE audit;\n")
+    add(
+        project,
+        "0002_bad",
+        "CREATE TABLE audit (id INTEGER);\nALTER TABLE no_such_table ADD COLUMN x TEXT;\n",
+        "DROP TABLE audit;\n",
+    )
     project.release("1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     res = project.cli("deploy", "1.1.0")
@@ -135,7 +154,8 @@ def test_given_bad_migrations_then_release_or_deploy_is_refused_and_nothing_chan
     assert res.returncode == ExitCode.CONFIG and "has no down step" in res.stderr
     assert "0002_channel.down.sql" in res.stderr
     (project.root / "migrations" / "0002_channel.down.sql").write_text(
-        "ALTER TABLE orders DROP COLUMN channel;\n")
+        "ALTER TABLE orders DROP COLUMN channel;\n"
+    )
     (project.root / "migrations" / "0003_drop.up.sql").write_text("DROP TABLE orders;\n")
     (project.root / "migrations" / "0003_drop.down.sql").write_text(ORDERS)
     warned = project.cli("release", "create", "--version", "1.0.0", check=True)
@@ -145,8 +165,12 @@ def test_given_bad_migrations_then_release_or_deploy_is_refused_and_nothing_chan
     project.release("1.0.1")
     project.cli("deploy", "1.0.1", check=True)
     # an edited, already applied migration in a later release is refused before anything runs
-    add(project, "0002_channel", "ALTER TABLE orders ADD COLUMN channel VARCHAR(9);\n",
-        "ALTER TABLE orders DROP COLUMN channel;\n")
+    add(
+        project,
+        "0002_channel",
+        "ALTER TABLE orders ADD COLUMN channel VARCHAR(9);\n",
+        "ALTER TABLE orders DROP COLUMN channel;\n",
+    )
     project.release("1.0.2")
     res = project.cli("deploy", "1.0.2")
     assert res.returncode == ExitCode.ERROR and "was edited after it was applied" in res.stderr
@@ -154,14 +178,18 @@ def test_given_bad_migrations_then_release_or_deploy_is_refused_and_nothing_chan
     assert Path(project.root / "migrations").is_dir()
 
 
-def test_given_the_rollback_window_closed_then_down_migrations_need_force_and_a_reason(
-        project):
+def test_given_the_rollback_window_closed_then_down_migrations_need_force_and_a_reason(project):
     with_migrations(project)
-    project.configure(database={"url": "sqlite:///{shared}/orders.db"},
-                      rollback_window_h=0.0002)  # under a second
+    project.configure(
+        database={"url": "sqlite:///{shared}/orders.db"}, rollback_window_h=0.0002
+    )  # under a second
     project.release("1.0.0")
-    add(project, "0002_channel", "ALTER TABLE orders ADD COLUMN channel TEXT;\n",
-        "ALTER TABLE orders DROP COLUMN channel;\n")
+    add(
+        project,
+        "0002_channel",
+        "ALTER TABLE orders ADD COLUMN channel TEXT;\n",
+        "ALTER TABLE orders DROP COLUMN channel;\n",
+    )
     project.release("1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     project.cli("deploy", "1.1.0", check=True)
@@ -174,8 +202,7 @@ def test_given_the_rollback_window_closed_then_down_migrations_need_force_and_a_
     assert no_reason.returncode == ExitCode.USAGE and "--reason" in no_reason.stderr
     project.cli("rollback", "--force", "--reason", "INC-42: totals wrong", check=True)
     assert columns(project) == ["id", "sku", "qty", "version"]
-    events = [json.loads(x) for x in project.cli("audit", "export", check=True)
-              .stdout.splitlines()]
+    events = [json.loads(x) for x in project.cli("audit", "export", check=True).stdout.splitlines()]
     forced = [e for e in events if e["outcome"] == "forced"]
     assert forced and "INC-42: totals wrong" in forced[0]["reason"]
     assert [e["outcome"] for e in events if e["action"] == "rollback"][:1] == ["refused"]
@@ -199,8 +226,10 @@ def test_given_a_deploy_with_migrations_then_a_verified_backup_is_taken_first(pr
     with db(project) as conn:
         conn.execute("INSERT INTO orders (id, sku, qty, version) VALUES ('late', 's', 1, 'x')")
     with db(project) as conn:
-        since = conn.execute("SELECT count(*) FROM orders").fetchone()[0] - \
-            newest["tables"]["orders"]["rows"]
+        since = (
+            conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+            - newest["tables"]["orders"]["rows"]
+        )
     no = project.cli_tty("backup", "restore", newest["id"], answer="n")
     assert no.returncode == 0 and f"orders: {since} rows" in no.stdout
     assert "nothing changed" in no.stdout
@@ -218,16 +247,24 @@ def test_given_a_deploy_with_migrations_then_a_verified_backup_is_taken_first(pr
 
 
 def test_given_mariadb_when_a_migration_fails_halfway_then_the_backup_is_restored(
-        project, mysql_url):  # noqa: F811
+    project,
+    mysql_url,  # noqa: F811
+):
     with_migrations(project)
     project.configure(database={"url": mysql_url})
     (project.root / "migrations" / "0001_orders.up.sql").write_text(
         "CREATE TABLE orders (id VARCHAR(40) PRIMARY KEY, qty INTEGER);\n"
-        "INSERT INTO orders (id, qty) VALUES ('a', 1), ('b', 2);\n")
+        "INSERT INTO orders (id, qty) VALUES ('a', 1), ('b', 2);\n"
+    )
     project.release("1.0.0")
-    add(project, "0002_bad", "CREATE TABLE audit (id INTEGER);\n"
+    add(
+        project,
+        "0002_bad",
+        "CREATE TABLE audit (id INTEGER);\n"
         "ALTER TABLE orders ADD COLUMN channel VARCHAR(20);\n"
-        "ALTER TABLE no_such_table ADD COLUMN x INTEGER;\n", "DROP TABLE audit;\n")
+        "ALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
+        "DROP TABLE audit;\n",
+    )
     project.release("1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     res = project.cli("deploy", "1.1.0")
@@ -241,15 +278,17 @@ def test_given_mariadb_when_a_migration_fails_halfway_then_the_backup_is_restore
         assert [c["name"] for c in insp.get_columns("orders")] == ["id", "qty"]
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM orders")).scalar() == 2
-            assert [r[0] for r in conn.execute(text("SELECT version FROM rollwise_schema"))] \
-                == ["0001"]
+            assert [r[0] for r in conn.execute(text("SELECT version FROM rollwise_schema"))] == [
+                "0001"
+            ]
     finally:
         engine.dispose()
     assert status(project)["live_version"] == "1.0.0"
 
 
 def test_given_a_command_runner_when_deployed_and_rolled_back_then_the_tool_moves_the_schema(
-        project):
+    project,
+):
     """A Flyway-like tool (the one the component tests use) through rollwise.yaml only."""
     from tests.component.test_runners import TOOL
 
@@ -257,10 +296,14 @@ def test_given_a_command_runner_when_deployed_and_rolled_back_then_the_tool_move
     path = project.root / "rollwise.yaml"
     cfg = yaml.safe_load(path.read_text())
     tool = f"{sys.executable} tool.py"
-    cfg["migrations"] = {"type": "command", "version": "cat SCHEMA",
-                         "current": f"{tool} current", "up": f"{tool} up {{version}}",
-                         "down": f"{tool} down {{version}}",
-                         "preview": "echo would run: down to {version}"}
+    cfg["migrations"] = {
+        "type": "command",
+        "version": "cat SCHEMA",
+        "current": f"{tool} current",
+        "up": f"{tool} up {{version}}",
+        "down": f"{tool} down {{version}}",
+        "preview": "echo would run: down to {version}",
+    }
     cfg["environments"]["dev"]["database"] = {"url": "sqlite:///{shared}/orders.db"}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     for version, schema in (("1.0.0", "1"), ("1.1.0", "3")):
@@ -278,8 +321,7 @@ def test_given_a_command_runner_when_deployed_and_rolled_back_then_the_tool_move
     assert status(project)["live_version"] == "1.0.0"
 
 
-def test_given_a_backup_from_an_older_schema_when_restored_then_code_and_schema_meet_again(
-        project):
+def test_given_a_backup_from_an_older_schema_when_restored_then_code_and_schema_meet_again(project):
     with_channel_releases(project)
     project.cli("deploy", "1.0.0", check=True)
     with db(project) as conn:
@@ -294,8 +336,7 @@ def test_given_a_backup_from_an_older_schema_when_restored_then_code_and_schema_
     assert columns(project)[-1] == "channel"
     # default: the restored data is brought up to the live release's schema
     restored = project.cli("backup", "restore", taken["backup"], "--yes", check=True)
-    assert "backup taken under 1.0.0 (schema 0001); live: 1.1.0 (schema 0002)" in \
-        restored.stderr
+    assert "backup taken under 1.0.0 (schema 0001); live: 1.1.0 (schema 0002)" in restored.stderr
     assert "schema brought up to 1.1.0's: applied 1 migration(s)" in restored.stdout
     assert columns(project)[-1] == "channel"
     s = status(project)

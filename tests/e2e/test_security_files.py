@@ -59,17 +59,24 @@ def wrong_modes(top: Path) -> dict[str, str]:
     for path in [top, *top.rglob("*")]:
         st = path.lstat()
         mode = stat.S_IMODE(st.st_mode)
-        ok = (mode == 0o700 if stat.S_ISDIR(st.st_mode) else
-              mode == 0o600 if stat.S_ISREG(st.st_mode) else
-              stat.S_ISLNK(st.st_mode) or not mode & 0o077)
+        ok = (
+            mode == 0o700
+            if stat.S_ISDIR(st.st_mode)
+            else mode == 0o600
+            if stat.S_ISREG(st.st_mode)
+            else stat.S_ISLNK(st.st_mode) or not mode & 0o077
+        )
         if not ok:
             wrong[str(path.relative_to(top))] = oct(mode)
     return wrong
 
 
 def files_holding(top: Path, value: str) -> list[str]:
-    return [str(f.relative_to(top)) for f in top.rglob("*")
-            if f.is_file() and not f.is_symlink() and value.encode() in f.read_bytes()]
+    return [
+        str(f.relative_to(top))
+        for f in top.rglob("*")
+        if f.is_file() and not f.is_symlink() and value.encode() in f.read_bytes()
+    ]
 
 
 def agent(p: Project) -> AgentClient:
@@ -101,8 +108,9 @@ def kill_agent(p: Project) -> None:
     instance = serving_pid(p)
     os.kill(int(info["pid"]), signal.SIGKILL)
     deadline = time.monotonic() + 15
-    while (client.alive() is not None or Path(f"/proc/{instance}").exists()) and \
-            time.monotonic() < deadline:
+    while (
+        client.alive() is not None or Path(f"/proc/{instance}").exists()
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert client.alive() is None and not Path(f"/proc/{instance}").exists()
 
@@ -113,7 +121,8 @@ def live_version(p: Project) -> str:
 
 
 def test_given_deploys_a_rollback_and_a_backup_under_umask_022_then_every_file_is_0600_and_every_folder_0700(  # noqa: E501
-        project: Project, umask_022: None) -> None:
+    project: Project, umask_022: None
+) -> None:
     env = with_secret(project)
     deploy_and_roll_back(project, env)
     project.cli("backup", "create", env=env, check=True)
@@ -123,15 +132,23 @@ def test_given_deploys_a_rollback_and_a_backup_under_umask_022_then_every_file_i
         db.execute("BEGIN")
         db.execute("SELECT count(*) FROM deployments").fetchone()
         names = {p.name for p in state.rglob("*")}
-        assert {"state.db", "state.db-wal", "state.db-shm", "agent.json", "agent.log",
-                "orders.db", "dev.enc"} <= names
+        assert {
+            "state.db",
+            "state.db-wal",
+            "state.db-shm",
+            "agent.json",
+            "agent.log",
+            "orders.db",
+            "dev.enc",
+        } <= names
         folders = {p.parent.name for p in state.rglob("*") if p.is_file()}
         assert {"logs", "backups", "artifacts", "1.0.0", "shared"} <= folders, folders
         assert wrong_modes(state) == {}
 
 
 def test_given_a_secret_then_no_file_holds_it_and_the_app_gets_it_also_after_an_agent_crash(
-        project: Project, umask_022: None) -> None:
+    project: Project, umask_022: None
+) -> None:
     env = with_secret(project)
     deploy_and_roll_back(project, env)
     pid = serving_pid(project)
@@ -159,7 +176,8 @@ def test_given_a_secret_then_no_file_holds_it_and_the_app_gets_it_also_after_an_
 
 
 def test_given_a_state_folder_an_older_version_left_open_then_the_next_command_closes_it(
-        project: Project, umask_022: None) -> None:
+    project: Project, umask_022: None
+) -> None:
     env = with_secret(project)
     project.release("1.0.0")
     project.cli("deploy", "1.0.0", env=env, check=True)
@@ -176,9 +194,10 @@ def test_given_a_state_folder_an_older_version_left_open_then_the_next_command_c
 
 
 def test_given_hooks_then_they_get_neither_the_secrets_key_nor_secret_values_nor_the_store_url(
-        project, tmp_path):
+    project, tmp_path
+):
     seen = tmp_path / "hook-env.json"
-    dump = f"python3 -c 'import json, os; json.dump(dict(os.environ), open(\"{seen}\", \"w\"))'"
+    dump = f'python3 -c \'import json, os; json.dump(dict(os.environ), open("{seen}", "w"))\''
     cfg = yaml.safe_load((project.root / "rollwise.yaml").read_text())
     cfg["hooks"] = {"post_deploy": [dump]}
     (project.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -186,8 +205,12 @@ def test_given_hooks_then_they_get_neither_the_secrets_key_nor_secret_values_nor
     store = f"sqlite:///{project.root / '.rollwise' / 'state.db'}"
     project.release("1.0.0")
 
-    project.cli("deploy", "1.0.0", env={**env, "ROLLWISE_SECRET_OTHER": SECRET,
-                                        "ROLLWISE_DATABASE_URL": store}, check=True)
+    project.cli(
+        "deploy",
+        "1.0.0",
+        env={**env, "ROLLWISE_SECRET_OTHER": SECRET, "ROLLWISE_DATABASE_URL": store},
+        check=True,
+    )
 
     got = json.loads(seen.read_text())
     assert got["ROLLWISE_VERSION"] == "1.0.0" and got["ROLLWISE_ENV"] == "dev"

@@ -29,12 +29,18 @@ def unit(path: Path) -> configparser.ConfigParser:
     return parser
 
 
-def start(p: Project, exec_start: str, cwd: Path, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def start(
+    p: Project, exec_start: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Run a unit's ExecStart as systemd does: its own process group, in WorkingDirectory."""
-    proc = subprocess.Popen(shlex.split(exec_start), cwd=cwd, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        shlex.split(exec_start),
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
 
     def stop() -> None:
         if proc.poll() is None:
@@ -59,13 +65,15 @@ def test_given_the_units_then_the_agent_outlives_a_restart_and_serve_answers(pro
     units = project.root / "units"
     units.mkdir()
     serve_at = f"127.0.0.1:{free_port()}"
-    res = project.cli("agent", "install-service", "--to", str(units), "--serve-listen",
-                      serve_at, check=True)
+    res = project.cli(
+        "agent", "install-service", "--to", str(units), "--serve-listen", serve_at, check=True
+    )
     agent_file = units / "rollwise-order-sync-dev-agent.service"
     serve_file = units / "rollwise-order-sync-serve.service"
     assert f"wrote {agent_file}" in res.stdout and "systemctl daemon-reload" in res.stdout
-    check = subprocess.run([analyze, "verify", str(agent_file), str(serve_file)],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [analyze, "verify", str(agent_file), str(serve_file)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     agent_unit = unit(agent_file)["Service"]
     assert agent_unit["KillMode"] == "mixed" and agent_unit["Restart"] == "on-failure"
@@ -84,8 +92,9 @@ def test_given_the_units_then_the_agent_outlives_a_restart_and_serve_answers(pro
         wait(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 10)
     again = start(project, agent_unit["ExecStart"], Path(agent_unit["WorkingDirectory"]))
     wait(lambda: client.alive() is not None)
-    wait(lambda: all(i["alive"] for i in client.call("instances")) and
-         bool(client.call("instances")))
+    wait(
+        lambda: all(i["alive"] for i in client.call("instances")) and bool(client.call("instances"))
+    )
     alive = client.alive()
     assert alive is not None and alive["pid"] == again.pid
     assert router_version(project) == "1.0.0"  # back with no rollwise command run
@@ -93,8 +102,12 @@ def test_given_the_units_then_the_agent_outlives_a_restart_and_serve_answers(pro
     assert s["live_version"] == "1.0.0" and s["healthy"], s
     serve_unit = unit(serve_file)["Service"]
     assert serve_unit["EnvironmentFile"] == "/etc/rollwise/order-sync.env"
-    start(project, serve_unit["ExecStart"], Path(serve_unit["WorkingDirectory"]),
-          {"ROLLWISE_WEBHOOK_TOKEN": TOKEN})
+    start(
+        project,
+        serve_unit["ExecStart"],
+        Path(serve_unit["WorkingDirectory"]),
+        {"ROLLWISE_WEBHOOK_TOKEN": TOKEN},
+    )
     wait(lambda: _answers(f"http://{serve_at}/health"))
     assert "rollwise_live_release" in httpx.get(f"http://{serve_at}/metrics").text
 

@@ -26,13 +26,19 @@ def test_given_a_canary_with_sticky_carts_then_each_cart_keeps_its_version(proje
     project.cli("deploy", "1.0.0", check=True)
     router = status(project)["router"]
     project.configure(
-        router={"listen": router, "sticky": {"cookie": "cart"},
-                "canary_headers": [{"header": "X-Canary", "values": ["always"]}]},
-        strategy={"type": "canary", "steps": [30, 100], "pause_s": 120}, analysis=FAST)
+        router={
+            "listen": router,
+            "sticky": {"cookie": "cart"},
+            "canary_headers": [{"header": "X-Canary", "values": ["always"]}],
+        },
+        strategy={"type": "canary", "steps": [30, 100], "pause_s": 120},
+        analysis=FAST,
+    )
     deploy = run_in_background(project, "deploy", "1.1.0")
     wait_for(project, lambda s: len([w for w in s["weights"].values() if w]) == 2)
-    carts = {f"c{i}": [version(router, {"Cookie": f"cart=c{i}"}) for _ in range(8)]
-             for i in range(40)}
+    carts = {
+        f"c{i}": [version(router, {"Cookie": f"cart=c{i}"}) for _ in range(8)] for i in range(40)
+    }
     assert all(len(set(seen)) == 1 for seen in carts.values()), carts  # no flipping
     shares = Counter(seen[0] for seen in carts.values())
     assert set(shares) == {"1.0.0", "1.1.0"} and 3 <= shares["1.1.0"] <= 25, shares

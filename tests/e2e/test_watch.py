@@ -14,20 +14,46 @@ from tests.helpers import FAST, start_load, wait_for
 
 
 def test_given_a_canary_under_load_then_look_events_and_status_watch_show_it(project):
-    project.configure(strategy={"type": "canary", "steps": [25, 100], "pause_s": 60},
-                      analysis=FAST)
+    project.configure(strategy={"type": "canary", "steps": [25, 100], "pause_s": 60}, analysis=FAST)
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     load = start_load(project, 40)
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "rollwise", "--progress", "json", "deploy", "1.1.0",
-         "-C", str(project.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "rollwise",
+            "--progress",
+            "json",
+            "deploy",
+            "1.1.0",
+            "-C",
+            str(project.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     project.background.append(deploy)
     wait_for(project, lambda s: len([w for w in s["weights"].values() if w]) == 2)
     watch = subprocess.Popen(
-        [sys.executable, "-m", "rollwise", "status", "--watch", "--interval", "0.5", "-e",
-         "dev", "-C", str(project.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "rollwise",
+            "status",
+            "--watch",
+            "--interval",
+            "0.5",
+            "-e",
+            "dev",
+            "-C",
+            str(project.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     project.background.append(watch)
     time.sleep(4)
     watch.send_signal(signal.SIGINT)
@@ -44,8 +70,11 @@ def test_given_a_canary_under_load_then_look_events_and_status_watch_show_it(pro
     _, events_text = deploy.communicate(timeout=120)
     load.stop()
     assert deploy.returncode != 0 and "aborted by" in events_text, events_text[-2000:]
-    looks = [e for e in map(json.loads, events_text.splitlines())
-             if e.get("action") == "look" and e["data"]["step"] == "canary:25"]
+    looks = [
+        e
+        for e in map(json.loads, events_text.splitlines())
+        if e.get("action") == "look" and e["data"]["step"] == "canary:25"
+    ]
     assert looks, events_text[-2000:]
     d = looks[-1]["data"]
     assert (d["percent"], d["pause_s"], d["stable"]) == (25.0, 60.0, "1.0.0")

@@ -58,10 +58,22 @@ class Answer:
 def webhook(project: Project) -> Iterator[Webhook]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rollwise", "serve", "--listen", f"127.0.0.1:{port}",
-         "--timeout", str(TIMEOUT_S), "-C", str(project.root)],
+        [
+            sys.executable,
+            "-m",
+            "rollwise",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            str(TIMEOUT_S),
+            "-C",
+            str(project.root),
+        ],
         env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         hook = Webhook(port, proc.pid)
         _wait_until_up(hook)
@@ -92,8 +104,9 @@ def chunked(size: int, count: int) -> Iterator[bytes]:
         yield b"%x\r\n" % size + data + b"\r\n"
 
 
-def exchange(port: int, request: bytes, body: Iterable[bytes] = (), pace: float = 0.0,
-             limit_s: float = 20.0) -> Answer:
+def exchange(
+    port: int, request: bytes, body: Iterable[bytes] = (), pace: float = 0.0, limit_s: float = 20.0
+) -> Answer:
     """Send `request`, then `body` piece by piece (waiting `pace` seconds between pieces)
     until the server answers or closes; return what it answered."""
     start = time.monotonic()
@@ -135,15 +148,24 @@ def _parse(raw: bytes, sent: int, seconds: float) -> Answer:
 
 
 def alertmanager_resolved(padding: int) -> bytes:
-    alert = {"status": "resolved", "labels": {"rollwise_env": "dev"},
-             "annotations": {"description": "x" * padding}}
+    alert = {
+        "status": "resolved",
+        "labels": {"rollwise_env": "dev"},
+        "annotations": {"description": "x" * padding},
+    }
     return json.dumps({"version": "4", "status": "resolved", "alerts": [alert]}).encode()
 
 
 def test_given_a_60_mb_body_declared_when_only_its_headers_arrive_then_413_at_once(webhook):
-    answer = exchange(webhook.port, head(
-        "/hooks/alertmanager", f"Authorization: Bearer {TOKEN}", "Content-Type: application/json",
-        f"Content-Length: {60 * MIB}"))
+    answer = exchange(
+        webhook.port,
+        head(
+            "/hooks/alertmanager",
+            f"Authorization: Bearer {TOKEN}",
+            "Content-Type: application/json",
+            f"Content-Length: {60 * MIB}",
+        ),
+    )
     assert answer.status == 413, answer
     assert answer.headers["connection"] == "close"
     assert b"larger than 262144 bytes" in answer.body
@@ -151,8 +173,12 @@ def test_given_a_60_mb_body_declared_when_only_its_headers_arrive_then_413_at_on
 
 def test_given_a_60_mb_body_sent_with_its_length_then_413_and_memory_stays_flat(webhook):
     before = _warm(webhook)
-    request = head("/hooks/alertmanager", f"Authorization: Bearer {TOKEN}",
-                   "Content-Type: application/json", f"Content-Length: {60 * MIB}")
+    request = head(
+        "/hooks/alertmanager",
+        f"Authorization: Bearer {TOKEN}",
+        "Content-Type: application/json",
+        f"Content-Length: {60 * MIB}",
+    )
     answer = exchange(webhook.port, request, (b"x" * 65536 for _ in range(960)))
     assert answer.status == 413, answer
     assert answer.sent < 60 * MIB
@@ -161,8 +187,12 @@ def test_given_a_60_mb_body_sent_with_its_length_then_413_and_memory_stays_flat(
 
 def test_given_a_60_mb_chunked_body_then_reading_stops_past_the_limit_with_413(webhook):
     before = _warm(webhook)
-    request = head("/hooks/alertmanager", f"Authorization: Bearer {TOKEN}",
-                   "Content-Type: application/json", "Transfer-Encoding: chunked")
+    request = head(
+        "/hooks/alertmanager",
+        f"Authorization: Bearer {TOKEN}",
+        "Content-Type: application/json",
+        "Transfer-Encoding: chunked",
+    )
     answer = exchange(webhook.port, request, chunked(65536, 960))
     assert answer.status == 413, answer
     assert answer.sent < 16 * MIB  # the server stopped reading long before the end
@@ -176,23 +206,32 @@ def test_given_bodies_around_the_limit_then_below_is_accepted_and_above_refused(
     assert len(below) <= LIMIT < len(above)
     ok = httpx.post(hook, content=below, headers={**AUTH, "Content-Type": "application/json"})
     assert ok.status_code == 202 and ok.json() == {"results": []}
-    request = head("/hooks/alertmanager", f"Authorization: Bearer {TOKEN}",
-                   "Transfer-Encoding: chunked")
+    request = head(
+        "/hooks/alertmanager", f"Authorization: Bearer {TOKEN}", "Transfer-Encoding: chunked"
+    )
     pieces = [b"%x\r\n" % len(above) + above + b"\r\n", b"0\r\n\r\n"]
     assert exchange(webhook.port, request, pieces).status == 413
 
 
 @pytest.mark.parametrize("path", ["/hooks/alertmanager", "/hooks/generic"])
-def test_given_no_or_a_wrong_token_when_any_body_is_sent_then_401_before_it_is_read(
-        webhook, path):
-    bodies = [(f"{MARKER} not json", "text/plain"), (f"a={MARKER}", "application/x-www-form-"
-              "urlencoded"), (json.dumps({MARKER: [1, 2]}), "application/json"), ("", "")]
+def test_given_no_or_a_wrong_token_when_any_body_is_sent_then_401_before_it_is_read(webhook, path):
+    bodies = [
+        (f"{MARKER} not json", "text/plain"),
+        (f"a={MARKER}", "application/x-www-form-urlencoded"),
+        (json.dumps({MARKER: [1, 2]}), "application/json"),
+        ("", ""),
+    ]
     with httpx.Client(base_url=webhook.url) as client:
-        for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                     {"Authorization": f"Bearer {TOKEN}x"}):
+        for auth in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
             for body, kind in bodies:
-                r = client.post(path, content=body,
-                                headers={**auth, **({"Content-Type": kind} if kind else {})})
+                r = client.post(
+                    path, content=body, headers={**auth, **({"Content-Type": kind} if kind else {})}
+                )
                 assert r.status_code == 401, (auth, body, r.text)
                 assert MARKER not in r.text and r.headers["www-authenticate"] == "Bearer"
     huge = exchange(webhook.port, head(path, f"Content-Length: {60 * MIB}"))
@@ -200,13 +239,13 @@ def test_given_no_or_a_wrong_token_when_any_body_is_sent_then_401_before_it_is_r
 
 
 @pytest.mark.parametrize("path", ["/hooks/alertmanager", "/hooks/generic"])
-def test_given_the_token_when_the_body_is_not_valid_then_422_without_echoing_it(
-        webhook, path):
-    for body, kind in [(f"{MARKER} not json", "text/plain"),
-                       (f'{{"{MARKER}": "{MARKER}"', "application/json"),
-                       (json.dumps({"alerts": MARKER, "env": [MARKER]}), "application/json")]:
-        r = httpx.post(webhook.url + path, content=body,
-                       headers={**AUTH, "Content-Type": kind})
+def test_given_the_token_when_the_body_is_not_valid_then_422_without_echoing_it(webhook, path):
+    for body, kind in [
+        (f"{MARKER} not json", "text/plain"),
+        (f'{{"{MARKER}": "{MARKER}"', "application/json"),
+        (json.dumps({"alerts": MARKER, "env": [MARKER]}), "application/json"),
+    ]:
+        r = httpx.post(webhook.url + path, content=body, headers={**AUTH, "Content-Type": kind})
         assert r.status_code == 422, (body, r.text)
         assert MARKER not in r.text and r.json()["detail"][0]["msg"]
 
@@ -220,11 +259,21 @@ def test_given_the_api_pages_then_none_is_served_with_or_without_the_token(webho
 def test_given_every_page_the_webhook_answers_then_none_names_another_host(webhook):
     own = f"127.0.0.1:{webhook.port}"
     with httpx.Client(base_url=webhook.url) as client:
-        answers = [client.request(method, path, headers=headers)
-                   for method in ("GET", "POST")
-                   for path in ("/", "/health", "/docs", "/redoc", "/openapi.json",
-                                "/hooks/generic", "/hooks/alertmanager", "/nope")
-                   for headers in ({}, AUTH)]
+        answers = [
+            client.request(method, path, headers=headers)
+            for method in ("GET", "POST")
+            for path in (
+                "/",
+                "/health",
+                "/docs",
+                "/redoc",
+                "/openapi.json",
+                "/hooks/generic",
+                "/hooks/alertmanager",
+                "/nope",
+            )
+            for headers in ({}, AUTH)
+        ]
     seen = {r.status_code for r in answers}
     assert {200, 401, 404, 405, 422} <= seen
     for r in answers:
@@ -235,16 +284,19 @@ def test_given_every_page_the_webhook_answers_then_none_names_another_host(webho
 
 
 def test_given_a_client_that_trickles_its_body_then_408_within_the_timeout(webhook):
-    request = head("/hooks/generic", f"Authorization: Bearer {TOKEN}",
-                   "Content-Type: application/json", "Content-Length: 1000")
+    request = head(
+        "/hooks/generic",
+        f"Authorization: Bearer {TOKEN}",
+        "Content-Type: application/json",
+        "Content-Length: 1000",
+    )
     answer = exchange(webhook.port, request, (b" " for _ in range(1000)), pace=0.2)
     assert answer.status == 408, answer
     assert TIMEOUT_S - 0.5 < answer.seconds < TIMEOUT_S + 20  # the whole trickle takes 200 s
     assert answer.sent < 100
 
 
-def test_given_a_client_that_trickles_its_headers_then_it_is_closed_within_the_timeout(
-        webhook):
+def test_given_a_client_that_trickles_its_headers_then_it_is_closed_within_the_timeout(webhook):
     request = b"POST /hooks/generic HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
     answer = exchange(webhook.port, request, (b"a" for _ in range(1000)), pace=0.2)
     assert answer.status == 0 and answer.body == b""  # closed, nothing parsed or answered
@@ -271,6 +323,9 @@ def _warm(hook: Webhook) -> int:
     """The server's RSS (KiB) once the code paths a refusal uses have been loaded."""
     for body in (b"{}", b"x" * 1000):
         httpx.post(f"{hook.url}/hooks/generic", content=body, headers=AUTH)
-    exchange(hook.port, head("/hooks/generic", f"Authorization: Bearer {TOKEN}",
-                             "Transfer-Encoding: chunked"), chunked(65536, 8))
+    exchange(
+        hook.port,
+        head("/hooks/generic", f"Authorization: Bearer {TOKEN}", "Transfer-Encoding: chunked"),
+        chunked(65536, 8),
+    )
     return hook.rss_kib()

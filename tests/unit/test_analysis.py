@@ -43,9 +43,9 @@ def test_decide_any_failure_rolls_back_and_inconclusive_pauses_only_at_step_end(
     assert decide([m(PASS), m(FAIL, "y")], step_over=False) == Decision(ROLLBACK, "y: y fail")
     assert decide([m(PASS), m(INCONCLUSIVE)], step_over=False) == Decision(CONTINUE, "watching")
     assert decide([m(PASS), m(INCONCLUSIVE)], step_over=True) == Decision(
-        PAUSE, "x: x inconclusive")
-    assert decide([m(PASS), m(PASS, "y")], step_over=True) == Decision(
-        ADVANCE, "all checks passed")
+        PAUSE, "x: x inconclusive"
+    )
+    assert decide([m(PASS), m(PASS, "y")], step_over=True) == Decision(ADVANCE, "all checks passed")
     assert decide([], step_over=True) == Decision(PAUSE, "no measurement was made")
 
 
@@ -71,8 +71,14 @@ def test_ratio_test_rejects_equal_releases_rarely_however_often_it_looks():
         t = RatioTest(alpha=0.05)
         for _ in range(200):  # 200 looks, 10% canary share, both fail 2%
             c, s = 10, 90
-            t.update(Window(c, sum(rng.random() < 0.02 for _ in range(c)),
-                            s, sum(rng.random() < 0.02 for _ in range(s))))
+            t.update(
+                Window(
+                    c,
+                    sum(rng.random() < 0.02 for _ in range(c)),
+                    s,
+                    sum(rng.random() < 0.02 for _ in range(s)),
+                )
+            )
             if t.rejected:
                 false += 1
                 break
@@ -89,13 +95,21 @@ class Counters:
         self.v: dict[str, dict[str, Any]] = {}
 
     def add(self, version: str, n: int, bad: int, buckets: list[int] | None = None) -> None:
-        cur = self.v.setdefault(version, {"requests": 0, "status_5xx": 0, "conn_errors": 0,
-                                          "buckets_ms": [1, 2, 5, "inf"],
-                                          "bucket_counts": [0, 0, 0, 0]})
+        cur = self.v.setdefault(
+            version,
+            {
+                "requests": 0,
+                "status_5xx": 0,
+                "conn_errors": 0,
+                "buckets_ms": [1, 2, 5, "inf"],
+                "bucket_counts": [0, 0, 0, 0],
+            },
+        )
         cur["requests"] = int(cur["requests"]) + n
         cur["status_5xx"] = int(cur["status_5xx"]) + bad
-        cur["bucket_counts"] = [a + b for a, b in zip(
-            cur["bucket_counts"], buckets or [0, n, 0, 0], strict=True)]
+        cur["bucket_counts"] = [
+            a + b for a, b in zip(cur["bucket_counts"], buckets or [0, n, 0, 0], strict=True)
+        ]
 
     def read(self) -> dict[str, object]:
         return {"versions": self.v}
@@ -112,7 +126,8 @@ def test_router_provider_is_inconclusive_with_few_samples_then_passes_then_fails
     idle = p.measure(LOOK)
     assert idle.verdict == INCONCLUSIVE and idle.reason == (
         "too few samples: 0 of 50 requests (no request reached the new release: is anything "
-        "sending traffic through the router?)")
+        "sending traffic through the router?)"
+    )
     c.add("1.1.0", 20, 0)
     c.add("1.0.0", 180, 0)
     got = p.measure(LOOK)
@@ -130,8 +145,9 @@ def test_router_provider_is_inconclusive_with_few_samples_then_passes_then_fails
 
 def test_router_provider_guard_rail_and_unreadable_router():
     c = Counters()
-    p = RouterProvider(RouterAnalysisConfig(min_requests=20, max_error_rate=0.05,
-                                            latency=False), c.read)
+    p = RouterProvider(
+        RouterAnalysisConfig(min_requests=20, max_error_rate=0.05, latency=False), c.read
+    )
     p.measure(LOOK)
     c.add("1.1.0", 40, 4)
     got = p.measure(Look("prod", "1.1.0", None))  # solo: no old release traffic (bake)
@@ -170,8 +186,12 @@ def test_router_provider_detects_a_slower_canary_above_latency_min_ms():
 def test_a_new_release_slow_only_while_warming_up_is_not_judged_for_latency():
     def cold_start(warmup: int) -> Measurement:
         c = Counters()
-        p = RouterProvider(RouterAnalysisConfig(latency_quantiles=[0.5], min_requests=10,
-                                                latency_warmup_requests=warmup), c.read)
+        p = RouterProvider(
+            RouterAnalysisConfig(
+                latency_quantiles=[0.5], min_requests=10, latency_warmup_requests=warmup
+            ),
+            c.read,
+        )
         p.measure(LOOK)
         c.add("1.0.0", 300, 0, [0, 150, 140, 10])  # baseline: p50 in the 5 ms bucket
         p.measure(LOOK)
@@ -188,15 +208,19 @@ def test_a_new_release_slow_only_while_warming_up_is_not_judged_for_latency():
 
 
 def test_prometheus_result_parsing_and_query_rendering():
-    assert scalar({"data": {"resultType": "vector", "result": [
-        {"metric": {}, "value": [1, "0.5"]}]}}) == 0.5
+    assert (
+        scalar({"data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "0.5"]}]}})
+        == 0.5
+    )
     assert scalar({"data": {"resultType": "vector", "result": []}}) is None
     assert scalar({"data": {"resultType": "scalar", "result": [1, "3"]}}) == 3.0
     with pytest.raises(ValueError, match="aggregate"):
-        scalar({"data": {"resultType": "vector", "result": [
-            {"value": [1, "1"]}, {"value": [1, "2"]}]}})
-    assert render_query('x{version="{canary}",env="{env}"}', LOOK) == \
-        'x{version="1.1.0",env="prod"}'
+        scalar(
+            {"data": {"resultType": "vector", "result": [{"value": [1, "1"]}, {"value": [1, "2"]}]}}
+        )
+    assert (
+        render_query('x{version="{canary}",env="{env}"}', LOOK) == 'x{version="1.1.0",env="prod"}'
+    )
 
 
 def test_json_expectations():
@@ -211,8 +235,12 @@ def test_json_expectations():
 
 def test_command_check_exit_codes(tmp_path):
     def run(cmd: str) -> str:
-        return CommandProvider(CommandCheck(type="command", name="c", run=cmd, timeout_s=2),
-                               tmp_path).measure(LOOK).verdict
+        return (
+            CommandProvider(CommandCheck(type="command", name="c", run=cmd, timeout_s=2), tmp_path)
+            .measure(LOOK)
+            .verdict
+        )
+
     assert run("true") == PASS
     assert run("exit 1") == FAIL
     assert run("exit 75") == INCONCLUSIVE
@@ -221,14 +249,22 @@ def test_command_check_exit_codes(tmp_path):
 
 
 def test_alertmanager_payload_names_the_environments_to_roll_back():
-    payload = AlertmanagerPayload.model_validate({"status": "firing", "alerts": [
-        {"status": "firing", "labels": {"alertname": "Errors", "rollwise_env": "prod"},
-         "annotations": {"summary": "5xx"}},
-        {"status": "resolved", "labels": {"env": "staging"}},
-        {"status": "firing", "labels": {"env": "dev", "app": "someone-else"}},
-        {"status": "firing", "labels": {"environment": "prod"}},
-        {"status": "firing", "labels": {"alertname": "NoEnv"}},
-    ]})
+    payload = AlertmanagerPayload.model_validate(
+        {
+            "status": "firing",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "Errors", "rollwise_env": "prod"},
+                    "annotations": {"summary": "5xx"},
+                },
+                {"status": "resolved", "labels": {"env": "staging"}},
+                {"status": "firing", "labels": {"env": "dev", "app": "someone-else"}},
+                {"status": "firing", "labels": {"environment": "prod"}},
+                {"status": "firing", "labels": {"alertname": "NoEnv"}},
+            ],
+        }
+    )
     assert triggers(payload, "order-sync") == [Trigger("prod", "alert Errors: 5xx")]
 
 
@@ -271,9 +307,16 @@ def limited_server():
 
 def test_http_check_backs_off_on_429_and_never_repeats_a_non_idempotent_call(limited_server):
     def check(idempotent: bool) -> HttpCheck:
-        return HttpCheck.model_validate({
-            "type": "http", "name": "token", "url": "{router}/verify", "method": "POST",
-            "idempotent": idempotent, "json": {"token.valid": "== true"}})
+        return HttpCheck.model_validate(
+            {
+                "type": "http",
+                "name": "token",
+                "url": "{router}/verify",
+                "method": "POST",
+                "idempotent": idempotent,
+                "json": {"token.valid": "== true"},
+            }
+        )
 
     look = Look("prod", "1.1.0", "1.0.0", router_url=limited_server)
     waits: list[float] = []
@@ -292,8 +335,9 @@ def test_an_alert_is_acted_on_once():
     rollback = {"kind": "rollback", "created_at": 1000.0}
     assert already_handled(rollback, Trigger("prod", "x", 900.0), now=2000.0)
     assert not already_handled(rollback, Trigger("prod", "x", 1100.0), now=2000.0)
-    assert not already_handled({"kind": "deploy", "created_at": 1000.0},
-                               Trigger("prod", "x", 900.0), now=2000.0)
+    assert not already_handled(
+        {"kind": "deploy", "created_at": 1000.0}, Trigger("prod", "x", 900.0), now=2000.0
+    )
     assert already_handled(rollback, Trigger("prod", "x"), now=1500.0)  # cooldown
     assert not already_handled(rollback, Trigger("prod", "x"), now=5000.0)
     assert not already_handled(None, Trigger("prod", "x"), now=5000.0)

@@ -19,8 +19,17 @@ from tests.unit.test_audit_checkpoints import rewrite_from
 def engine(tmp_path):
     e = open_engine(f"sqlite:///{tmp_path / 'state.db'}")
     for i in range(5):
-        audit.append(e, Event(action="deploy", outcome="ok", actor="ana", env="prod",
-                              version=f"1.0.{i}", data={"n": i}))
+        audit.append(
+            e,
+            Event(
+                action="deploy",
+                outcome="ok",
+                actor="ana",
+                env="prod",
+                version=f"1.0.{i}",
+                data={"n": i},
+            ),
+        )
     return e
 
 
@@ -30,17 +39,38 @@ def test_given_an_untouched_log_then_verify_passes(engine):
 
 def test_given_a_known_event_then_its_hash_never_changes():
     """Logs written by earlier versions must keep verifying."""
-    row = {"seq": 7, "ts": 1700000000.25, "actor": "ana", "action": "deploy", "env": "prod",
-           "version": "1.2.3", "git_commit": None, "outcome": "ok", "reason": "é ✓",
-           "data": '{"n": 1}'}
-    assert audit.digest(audit.GENESIS, row) == \
-        "fdc2eabc0a1aba9fad0355383461177d2327ef2f0bf5f4e8d1e6f3df60b2b339"
+    row = {
+        "seq": 7,
+        "ts": 1700000000.25,
+        "actor": "ana",
+        "action": "deploy",
+        "env": "prod",
+        "version": "1.2.3",
+        "git_commit": None,
+        "outcome": "ok",
+        "reason": "é ✓",
+        "data": '{"n": 1}',
+    }
+    assert (
+        audit.digest(audit.GENESIS, row)
+        == "fdc2eabc0a1aba9fad0355383461177d2327ef2f0bf5f4e8d1e6f3df60b2b339"
+    )
 
 
 @pytest.mark.parametrize("text", ['say "hi"\n\t\\', "\x00\x1f\x7f", "ünï ✓ \u2028 😀", ""])
 def test_given_any_text_then_the_digest_is_the_canonical_json_one(text):
-    row = {"seq": 2**40, "ts": 0.1, "actor": text, "action": "deploy", "env": None,
-           "version": text, "git_commit": None, "outcome": "ok", "reason": text, "data": "{}"}
+    row = {
+        "seq": 2**40,
+        "ts": 0.1,
+        "actor": text,
+        "action": "deploy",
+        "env": None,
+        "version": text,
+        "git_commit": None,
+        "outcome": "ok",
+        "reason": text,
+        "data": "{}",
+    }
     body = {**row, "ts": repr(0.1)}
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     expected = hashlib.sha256(f"{'a' * 64}\n{canon}".encode()).hexdigest()
@@ -49,18 +79,31 @@ def test_given_any_text_then_the_digest_is_the_canonical_json_one(text):
 
 @pytest.mark.parametrize("text", ['say "hi"\n\t\\', "ünï ✓ \u2028 😀", "", None, 42, 2.5, True])
 def test_given_any_value_then_verify_hashes_a_row_as_digest_does(text):
-    row = {"seq": 9, "ts": 1700000000.25, "actor": text, "action": "deploy", "env": text,
-           "version": text, "git_commit": None, "outcome": "ok", "reason": text, "data": "{}"}
+    row = {
+        "seq": 9,
+        "ts": 1700000000.25,
+        "actor": text,
+        "action": "deploy",
+        "env": text,
+        "version": text,
+        "git_commit": None,
+        "outcome": "ok",
+        "reason": text,
+        "data": "{}",
+    }
     prev = "b" * 64
     stored = (*(row[k] for k in audit._FIELDS), prev, "")
     assert audit._hash(stored) == audit.digest(prev, row)
 
 
-@pytest.mark.parametrize(("change", "first_bad"), [
-    (update(events).where(events.c.seq == 3).values(version="6.6.6"), 3),
-    (update(events).where(events.c.seq == 2).values(outcome="error"), 2),
-    (delete(events).where(events.c.seq == 4), 4),
-])
+@pytest.mark.parametrize(
+    ("change", "first_bad"),
+    [
+        (update(events).where(events.c.seq == 3).values(version="6.6.6"), 3),
+        (update(events).where(events.c.seq == 2).values(outcome="error"), 2),
+        (delete(events).where(events.c.seq == 4), 4),
+    ],
+)
 def test_given_a_tampered_log_then_verify_names_the_first_bad_event(engine, change, first_bad):
     with engine.begin() as conn:
         conn.execute(change)
@@ -94,18 +137,28 @@ def test_given_a_checkpoint_when_the_tail_is_cut_then_verify_fails(engine, tmp_p
     assert result.problem.endswith("covers 5 events: events 4\N{EN DASH}5 were removed")
 
 
-
 def add(engine, n):
     for i in range(n):
-        audit.append(engine, Event(action="deploy", outcome="ok", actor="zoë", env=None,
-                                   version=f"1.0.{i}", reason="é ✓" if i % 3 else None,
-                                   data={"n": i}))
+        audit.append(
+            engine,
+            Event(
+                action="deploy",
+                outcome="ok",
+                actor="zoë",
+                env=None,
+                version=f"1.0.{i}",
+                reason="é ✓" if i % 3 else None,
+                data={"n": i},
+            ),
+        )
 
 
 def swap(a, b):
-    return [update(events).where(events.c.seq == a).values(seq=-1),
-            update(events).where(events.c.seq == b).values(seq=a),
-            update(events).where(events.c.seq == -1).values(seq=b)]
+    return [
+        update(events).where(events.c.seq == a).values(seq=-1),
+        update(events).where(events.c.seq == b).values(seq=a),
+        update(events).where(events.c.seq == -1).values(seq=b),
+    ]
 
 
 def change(at, **values):
@@ -141,7 +194,8 @@ def twelve(tmp_path):
 @pytest.mark.parametrize("processes", [2, 3, 5])
 @pytest.mark.parametrize("tampering", TAMPERINGS)
 def test_given_a_tampered_log_when_read_by_several_processes_then_the_result_is_one_readers(
-        twelve, tampering, processes):
+    twelve, tampering, processes
+):
     with twelve.begin() as conn:
         for statement in TAMPERINGS[tampering]:
             conn.execute(statement)
@@ -151,13 +205,17 @@ def test_given_a_tampered_log_when_read_by_several_processes_then_the_result_is_
 
 
 @pytest.mark.parametrize("processes", [2, 3])
-@pytest.mark.parametrize(("rewritten", "agreed", "span"), [
-    (2, 0, "at least one of events 1\N{EN DASH}4 was"),
-    (7, 4, "at least one of events 5\N{EN DASH}8 was"),
-    (12, 11, "event 12 was"),
-])
+@pytest.mark.parametrize(
+    ("rewritten", "agreed", "span"),
+    [
+        (2, 0, "at least one of events 1\N{EN DASH}4 was"),
+        (7, 4, "at least one of events 5\N{EN DASH}8 was"),
+        (12, 11, "event 12 was"),
+    ],
+)
 def test_given_checkpoints_when_several_processes_read_a_rewritten_chain_then_they_name_the_span(
-        tmp_path, rewritten, agreed, span, processes):
+    tmp_path, rewritten, agreed, span, processes
+):
     engine = open_engine(f"sqlite:///{tmp_path / 'state.db'}")
     settings = Settings("shop", tmp_path / "audit.key", tmp_path / "trail" / "audit.jsonl")
     for n in (4, 4, 3, 1):  # checkpoints at 4, 8, 11 and 12 events
@@ -174,8 +232,13 @@ def test_given_checkpoints_when_several_processes_read_a_rewritten_chain_then_th
 def in_children(monkeypatch, then):
     """Reading any span but the first (a forked child's) does `then` instead."""
     read = audit._read
-    monkeypatch.setattr(audit, "_read", lambda engine, span, signed: read(engine, span, signed)
-                        if span.after is None else then(span))
+    monkeypatch.setattr(
+        audit,
+        "_read",
+        lambda engine, span, signed: (
+            read(engine, span, signed) if span.after is None else then(span)
+        ),
+    )
 
 
 def test_given_a_reader_process_that_fails_then_verify_raises_its_error(twelve, monkeypatch):

@@ -40,14 +40,24 @@ def engine(tmp_path):
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings("shop", tmp_path / "keys" / "audit-shop.key",
-                    tmp_path / "trail" / "audit-shop.jsonl")
+    return Settings(
+        "shop", tmp_path / "keys" / "audit-shop.key", tmp_path / "trail" / "audit-shop.jsonl"
+    )
 
 
 def add_events(engine, n, action="deploy", outcome="succeeded"):
     for i in range(n):
-        audit.append(engine, Event(action=action, outcome=outcome, actor="ana", env="prod",
-                                   version=f"1.0.{i}", data={"n": i}))
+        audit.append(
+            engine,
+            Event(
+                action=action,
+                outcome=outcome,
+                actor="ana",
+                env="prod",
+                version=f"1.0.{i}",
+                data={"n": i},
+            ),
+        )
 
 
 def delete_events(engine, first):
@@ -61,7 +71,7 @@ def rewrite_from(engine, seq, **changes):
     with engine.begin() as conn:
         rows = [dict(r) for r in conn.execute(select(events).order_by(events.c.seq)).mappings()]
         prev = rows[seq - 2]["hash"] if seq > 1 else audit.GENESIS
-        for row in rows[seq - 1:]:
+        for row in rows[seq - 1 :]:
             row.update(changes if row["seq"] == seq else {}, prev_hash=prev)
             row["hash"] = prev = audit.digest(prev, row)
             conn.execute(update(events).where(events.c.seq == row["seq"]).values(**row))
@@ -72,8 +82,9 @@ def lines(path):
 
 
 def write_lines(path, cps):
-    path.write_text("".join(json.dumps(c, sort_keys=True, separators=(",", ":")) + "\n"
-                            for c in cps))
+    path.write_text(
+        "".join(json.dumps(c, sort_keys=True, separators=(",", ":")) + "\n" for c in cps)
+    )
 
 
 def verify(engine, settings, public_key=None):
@@ -84,7 +95,8 @@ def verify(engine, settings, public_key=None):
 
 
 def test_given_a_checkpoint_when_the_tail_is_cut_then_verify_names_the_removed_events(
-        engine, settings):
+    engine, settings
+):
     add_events(engine, 52)
     cp = audit.checkpoint(engine, settings)
     delete_events(engine, 42)
@@ -92,12 +104,13 @@ def test_given_a_checkpoint_when_the_tail_is_cut_then_verify_names_the_removed_e
     res = verify(engine, settings)
 
     assert (res.ok, res.count, res.first_bad_seq) == (False, 41, 42)
-    assert res.problem == (f"the log ends at event 41 but {cp.label()} covers 57 events: "
-                           "events 42\N{EN DASH}57 were removed")
+    assert res.problem == (
+        f"the log ends at event 41 but {cp.label()} covers 57 events: "
+        "events 42\N{EN DASH}57 were removed"
+    )
 
 
-def test_given_a_checkpoint_when_only_the_last_event_is_removed_then_verify_fails(
-        engine, settings):
+def test_given_a_checkpoint_when_only_the_last_event_is_removed_then_verify_fails(engine, settings):
     audit.checkpoint(engine, settings)
     delete_events(engine, 5)
 
@@ -114,31 +127,36 @@ def test_given_a_checkpoint_when_the_log_is_emptied_then_verify_fails(engine, se
     res = verify(engine, settings)
 
     assert (res.ok, res.count, res.first_bad_seq) == (False, 0, 1)
-    assert res.problem == (f"the log is empty but {cp.label()} covers 5 events: "
-                           "events 1\N{EN DASH}5 were removed")
+    assert res.problem == (
+        f"the log is empty but {cp.label()} covers 5 events: events 1\N{EN DASH}5 were removed"
+    )
 
 
 def test_given_a_checkpoint_when_more_events_follow_then_verify_passes_and_says_so(
-        engine, settings):
+    engine, settings
+):
     cp = audit.checkpoint(engine, settings)
     add_events(engine, 2)
 
     res = verify(engine, settings)
 
     assert (res.ok, res.count, res.checkpoint) == (True, 7, cp)
-    assert res.note.endswith("covers 5 events and matches; events 6\N{EN DASH}7 were "
-                             "written after it")
+    assert res.note.endswith(
+        "covers 5 events and matches; events 6\N{EN DASH}7 were written after it"
+    )
 
 
 def test_given_no_checkpoint_then_verify_passes_and_says_truncation_cannot_be_detected(
-        engine, settings):
+    engine, settings
+):
     delete_events(engine, 4)
 
     res = verify(engine, settings)
 
     assert (res.ok, res.count, res.checkpoint) == (True, 3, None)
-    assert res.note.startswith("no checkpoint: truncation cannot be detected; "
-                               "`rollwise audit checkpoint`")
+    assert res.note.startswith(
+        "no checkpoint: truncation cannot be detected; `rollwise audit checkpoint`"
+    )
 
 
 def test_given_an_empty_log_when_checkpointed_then_verify_passes(tmp_path, settings):
@@ -150,7 +168,8 @@ def test_given_an_empty_log_when_checkpointed_then_verify_passes(tmp_path, setti
 
 
 def test_given_checkpoints_when_rows_are_rewritten_and_rehashed_then_verify_names_the_span(
-        engine, settings):
+    engine, settings
+):
     audit.checkpoint(engine, settings)  # covers 1-5
     add_events(engine, 5)
     second = audit.checkpoint(engine, settings)  # covers 1-10
@@ -160,16 +179,19 @@ def test_given_checkpoints_when_rows_are_rewritten_and_rehashed_then_verify_name
     res = verify(engine, settings)
 
     assert (res.ok, res.count, res.first_bad_seq) == (False, 5, None)
-    assert res.problem == (f"event 10 is not the one {second.label()} signed: at least one "
-                           "of events 6\N{EN DASH}10 was changed and the chain recomputed "
-                           "after it")
+    assert res.problem == (
+        f"event 10 is not the one {second.label()} signed: at least one "
+        "of events 6\N{EN DASH}10 was changed and the chain recomputed "
+        "after it"
+    )
 
 
 # --- the checkpoint file --------------------------------------------------------------
 
 
 def test_given_no_key_when_the_first_checkpoint_is_written_then_key_and_file_are_0600(
-        engine, settings):
+    engine, settings
+):
     assert not settings.key_file.exists()
 
     audit.checkpoint(engine, settings)
@@ -185,8 +207,9 @@ def test_given_a_key_when_keygen_runs_again_then_it_refuses_to_replace_it(settin
 
     with pytest.raises(ConfigError, match="already there"):
         checkpoints.create_key(settings.key_file)
-    assert checkpoints.key_id(checkpoints.load_key(settings.key_file).public_key()) == \
-        checkpoints.key_id(first)
+    assert checkpoints.key_id(
+        checkpoints.load_key(settings.key_file).public_key()
+    ) == checkpoints.key_id(first)
 
 
 def test_given_a_key_readable_by_others_then_it_is_refused(engine, settings):
@@ -207,14 +230,19 @@ def test_given_checkpoints_when_their_key_is_lost_then_no_new_key_is_made(engine
     assert not settings.key_file.exists()
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda cps: cps[-1].update(count=99), "is not signed by the audit key"),
-    (lambda cps: cps[1].update(count=7), "checkpoint #3 of .* does not link to checkpoint #2"),
-    (lambda cps: cps[1].update(count=4), "covers 4 events, fewer than the 5 of the checkpoint "
-                                         "before it"),
-    (lambda cps: cps.pop(1), "checkpoint #3 of .* does not link to checkpoint #1"),
-    (lambda cps: cps.pop(0), "checkpoint #2 of .* does not link to the start of the chain"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda cps: cps[-1].update(count=99), "is not signed by the audit key"),
+        (lambda cps: cps[1].update(count=7), "checkpoint #3 of .* does not link to checkpoint #2"),
+        (
+            lambda cps: cps[1].update(count=4),
+            "covers 4 events, fewer than the 5 of the checkpoint before it",
+        ),
+        (lambda cps: cps.pop(1), "checkpoint #3 of .* does not link to checkpoint #1"),
+        (lambda cps: cps.pop(0), "checkpoint #2 of .* does not link to the start of the chain"),
+    ],
+)
 def test_given_a_tampered_checkpoint_file_then_verify_fails(engine, settings, edit, message):
     for _ in range(3):
         audit.checkpoint(engine, settings)
@@ -241,8 +269,7 @@ def test_given_a_line_that_is_no_checkpoint_then_verify_names_it(engine, setting
     assert f"{settings.checkpoint_file}:2: not a checkpoint" in res.problem
 
 
-def test_given_checkpoints_when_the_checkpoint_file_is_removed_then_verify_fails(
-        engine, settings):
+def test_given_checkpoints_when_the_checkpoint_file_is_removed_then_verify_fails(engine, settings):
     audit.checkpoint(engine, settings)
     settings.checkpoint_file.unlink()
 
@@ -253,7 +280,8 @@ def test_given_checkpoints_when_the_checkpoint_file_is_removed_then_verify_fails
 
 
 def test_given_a_key_when_checkpoint_file_and_public_key_are_deleted_then_verify_says_so(
-        engine, settings):
+    engine, settings
+):
     audit.checkpoint(engine, settings)
     settings.checkpoint_file.unlink()
     settings.public_key_file.unlink()
@@ -266,13 +294,23 @@ def test_given_a_key_when_checkpoint_file_and_public_key_are_deleted_then_verify
 
 
 def test_given_a_checkpoint_signed_with_another_key_then_verify_refuses_it(
-        engine, settings, tmp_path):
+    engine, settings, tmp_path
+):
     first = audit.checkpoint(engine, settings)
     add_events(engine, 1)
     other = checkpoints.create_key(tmp_path / "other.key")
-    forged = checkpoints.sign(other, Checkpoint(
-        seq=2, count=6, head=_last_hash(engine), ts=first.ts + 1, prev=first.digest(),
-        app="shop", key_id=checkpoints.key_id(other.public_key())))
+    forged = checkpoints.sign(
+        other,
+        Checkpoint(
+            seq=2,
+            count=6,
+            head=_last_hash(engine),
+            ts=first.ts + 1,
+            prev=first.digest(),
+            app="shop",
+            key_id=checkpoints.key_id(other.public_key()),
+        ),
+    )
     with settings.checkpoint_file.open("a") as f:
         f.write(forged.line())  # well linked, matching the log, signed by the wrong key
 
@@ -282,18 +320,19 @@ def test_given_a_checkpoint_signed_with_another_key_then_verify_refuses_it(
     assert f"was signed with key {forged.key_id}, not with the audit key" in res.problem
 
 
-def test_given_checkpoints_when_another_key_signs_then_checkpoint_refuses(engine, settings,
-                                                                         tmp_path):
+def test_given_checkpoints_when_another_key_signs_then_checkpoint_refuses(
+    engine, settings, tmp_path
+):
     audit.checkpoint(engine, settings)
     checkpoints.create_key(tmp_path / "other.key")
 
     with pytest.raises(IntegrityError, match="is not the key that signed the checkpoints"):
-        audit.checkpoint(engine, Settings("shop", tmp_path / "other.key",
-                                          settings.checkpoint_file))
+        audit.checkpoint(engine, Settings("shop", tmp_path / "other.key", settings.checkpoint_file))
 
 
 def test_given_rows_rewritten_when_the_checkpoint_head_is_edited_without_the_key_then_verify_fails(
-        engine, settings):
+    engine, settings
+):
     audit.checkpoint(engine, settings)
     rewrite_from(engine, 3, version="6.6.6")
     cps = lines(settings.checkpoint_file)
@@ -307,7 +346,8 @@ def test_given_rows_rewritten_when_the_checkpoint_head_is_edited_without_the_key
 
 
 def test_given_rows_rewritten_when_checkpoints_are_resigned_with_another_key_then_verify_fails(
-        engine, settings, tmp_path):
+    engine, settings, tmp_path
+):
     audit.checkpoint(engine, settings)
     rewrite_from(engine, 3, version="6.6.6")
     # the editor signs a fresh chain with a key of their own and swaps the public key
@@ -339,14 +379,18 @@ def test_given_a_cut_log_then_the_next_checkpoint_refuses_to_sign_over_it(engine
     delete_events(engine, 4)
     add_events(engine, 3)  # the log is as long as before, and more
 
-    with pytest.raises(IntegrityError, match=r"event 5, the last one checkpoint #1 of .* "
-                       r"covers, changed; not signing"):
+    with pytest.raises(
+        IntegrityError,
+        match=r"event 5, the last one checkpoint #1 of .* "
+        r"covers, changed; not signing",
+    ):
         audit.checkpoint(engine, settings)
     assert len(lines(settings.checkpoint_file)) == 1
 
 
 def test_given_a_forged_newest_line_then_the_next_checkpoint_does_not_chain_onto_it(
-        engine, settings):
+    engine, settings
+):
     audit.checkpoint(engine, settings)
     cps = lines(settings.checkpoint_file)
     cps[-1]["count"] = 3
@@ -360,7 +404,8 @@ def test_given_a_forged_newest_line_then_the_next_checkpoint_does_not_chain_onto
 
 
 def test_given_the_checkpointer_when_an_operation_ends_then_a_checkpoint_covers_it(
-        engine, settings):
+    engine, settings
+):
     emitted: list[Event] = []
     after = audit.checkpointer(engine, settings, emitted.append)
 
@@ -374,13 +419,15 @@ def test_given_the_checkpointer_when_an_operation_ends_then_a_checkpoint_covers_
 
 
 def test_given_a_failing_checkpoint_when_an_operation_ends_then_it_is_reported_not_raised(
-        engine, settings):
+    engine, settings
+):
     audit.checkpoint(engine, settings)
     settings.key_file.unlink()
     emitted: list[Event] = []
 
     audit.checkpointer(engine, settings, emitted.append)(
-        Event(action="rollback", outcome="succeeded", actor="ana", env="prod"))
+        Event(action="rollback", outcome="succeeded", actor="ana", env="prod")
+    )
 
     [ev] = emitted
     assert (ev.action, ev.outcome, ev.env, ev.actor) == ("checkpoint", "error", "prod", "ana")
@@ -388,7 +435,8 @@ def test_given_a_failing_checkpoint_when_an_operation_ends_then_it_is_reported_n
 
 
 def test_given_a_bus_wired_like_the_context_when_a_deploy_ends_then_its_last_event_is_covered(
-        engine, settings):
+    engine, settings
+):
     bus = EventBus()
     bus.subscribe(audit.recorder(engine))
     bus.subscribe(audit.checkpointer(engine, settings, bus.emit))
@@ -408,7 +456,8 @@ def test_given_a_bus_wired_like_the_context_when_a_deploy_ends_then_its_last_eve
 
 
 def test_given_a_webhook_then_each_checkpoint_is_posted_with_the_bearer_token(
-        engine, settings, monkeypatch):
+    engine, settings, monkeypatch
+):
     seen = []
 
     def handler(request):
@@ -416,8 +465,9 @@ def test_given_a_webhook_then_each_checkpoint_is_posted_with_the_bearer_token(
         return httpx.Response(204)
 
     monkeypatch.setenv("AUDIT_HOOK_TOKEN", "tok-123")
-    sink = checkpoints.WebhookSink("https://audit.example/cp", "AUDIT_HOOK_TOKEN",
-                                   transport=httpx.MockTransport(handler))
+    sink = checkpoints.WebhookSink(
+        "https://audit.example/cp", "AUDIT_HOOK_TOKEN", transport=httpx.MockTransport(handler)
+    )
     cp = audit.checkpoint(engine, settings)
     sink.write(cp)
 
@@ -425,16 +475,21 @@ def test_given_a_webhook_then_each_checkpoint_is_posted_with_the_bearer_token(
 
 
 def test_given_a_failing_copy_then_the_file_keeps_the_checkpoint_and_the_error_names_the_sink(
-        engine, settings):
+    engine, settings
+):
     def refuse(request):
         return httpx.Response(503)
 
     cp = audit.checkpoint(engine, settings)
-    sink = checkpoints.WebhookSink("https://audit.example/cp",
-                                   transport=httpx.MockTransport(refuse))
+    sink = checkpoints.WebhookSink(
+        "https://audit.example/cp", transport=httpx.MockTransport(refuse)
+    )
 
-    with pytest.raises(RollwiseError, match=r"checkpoint #1 of .* was written but not sent to "
-                       r"webhook https://audit.example/cp: .*503"):
+    with pytest.raises(
+        RollwiseError,
+        match=r"checkpoint #1 of .* was written but not sent to "
+        r"webhook https://audit.example/cp: .*503",
+    ):
         checkpoints.ship(cp, [sink])
 
 
@@ -443,9 +498,15 @@ def test_given_syslog_over_udp_then_each_checkpoint_is_sent(engine, settings):
         listener.bind(("127.0.0.1", 0))
         listener.settimeout(5)
         port = listener.getsockname()[1]
-        cp = audit.checkpoint(engine, Settings(settings.app, settings.key_file,
-                                               settings.checkpoint_file,
-                                               syslog_address=f"127.0.0.1:{port}"))
+        cp = audit.checkpoint(
+            engine,
+            Settings(
+                settings.app,
+                settings.key_file,
+                settings.checkpoint_file,
+                syslog_address=f"127.0.0.1:{port}",
+            ),
+        )
         message = listener.recv(4096).decode()
 
     assert message.startswith("<14>rollwise-audit: ")  # facility user, severity info
@@ -460,7 +521,8 @@ def config(audit_yaml=""):
 
 
 def test_given_no_config_then_key_and_checkpoints_live_under_xdg_outside_the_project(
-        tmp_path, engine):
+    tmp_path, engine
+):
     s = checkpoints.settings(config(), tmp_path / "proj" / ".rollwise", engine)
 
     assert s.key_file == tmp_path / "xdg-config" / "rollwise" / "audit-shop.key"
@@ -480,21 +542,23 @@ def test_given_env_vars_then_they_beat_the_config(tmp_path, engine, monkeypatch)
     assert s.syslog_address == "/dev/log"
 
 
-def test_given_relative_paths_in_the_config_then_they_are_relative_to_the_project(
-        tmp_path, engine):
-    cfg = config("audit:\n  key_file: ../keys/shop.key\n  checkpoint_file: ../trail/cp\n"
-                 "  webhook_url: https://audit.example/cp\n  webhook_token_env: HOOK_TOKEN\n")
+def test_given_relative_paths_in_the_config_then_they_are_relative_to_the_project(tmp_path, engine):
+    cfg = config(
+        "audit:\n  key_file: ../keys/shop.key\n  checkpoint_file: ../trail/cp\n"
+        "  webhook_url: https://audit.example/cp\n  webhook_token_env: HOOK_TOKEN\n"
+    )
 
     s = checkpoints.settings(cfg, tmp_path / "proj" / ".rollwise", engine)
 
-    assert (s.key_file, s.checkpoint_file) == (tmp_path / "keys" / "shop.key",
-                                               tmp_path / "trail" / "cp")
+    assert (s.key_file, s.checkpoint_file) == (
+        tmp_path / "keys" / "shop.key",
+        tmp_path / "trail" / "cp",
+    )
     assert s.public_key_file == tmp_path / "trail" / "cp.pub"
     assert [sink.name for sink in checkpoints.copies(s)] == ["webhook https://audit.example/cp"]
 
 
-def test_given_a_checkpoint_file_inside_the_state_dir_then_the_config_is_refused(
-        tmp_path, engine):
+def test_given_a_checkpoint_file_inside_the_state_dir_then_the_config_is_refused(tmp_path, engine):
     cfg = config("audit:\n  checkpoint_file: .rollwise/cp.jsonl\n")
 
     with pytest.raises(ConfigError, match="inside the state directory"):
@@ -505,7 +569,8 @@ def test_given_a_checkpoint_file_inside_the_state_dir_then_the_config_is_refused
 
 
 def test_given_a_project_when_operations_end_then_each_is_checkpointed_and_a_cut_tail_fails(
-        project):
+    project,
+):
     """No `audit checkpoint` needed: each operation that ends signs one (the fixture keeps
     XDG_CONFIG_HOME and XDG_STATE_HOME in the test's own directory)."""
     project.release("1.0.0", "1.0.1")
@@ -523,4 +588,3 @@ def test_given_a_project_when_operations_end_then_each_is_checkpointed_and_a_cut
     assert "event 2 was removed" in cut.stderr
     refused = project.cli("audit", "keygen")
     assert refused.returncode == 3 and "already there" in refused.stderr
-

@@ -8,8 +8,12 @@ from rollwise.config.load import load_bundle
 from rollwise.domain import Move, bundle_moves, bundle_order
 from rollwise.errors import ConfigError
 
-SHOP = {"orders": ("pricing", "inventory"), "pricing": ("inventory",), "inventory": (),
-        "mailer": ()}
+SHOP = {
+    "orders": ("pricing", "inventory"),
+    "pricing": ("inventory",),
+    "inventory": (),
+    "mailer": (),
+}
 
 
 def test_dependencies_come_first_and_the_rest_keep_their_written_order():
@@ -18,12 +22,15 @@ def test_dependencies_come_first_and_the_rest_keep_their_written_order():
     assert bundle_order({"web": ("api",), "api": ("db",), "db": ()}) == ["db", "api", "web"]
 
 
-@pytest.mark.parametrize(("deps", "message"), [
-    ({"a": ("b",), "b": ("a",)}, "depends_on goes round in a circle: a -> b -> a"),
-    ({"a": ("a",)}, "depends_on goes round in a circle: a -> a"),
-    ({"a": ("b",), "b": ("c",), "c": ("a",)}, "circle: a -> b -> c -> a"),
-    ({"a": ("ghost",)}, "a depends on ghost, which is not a service of the bundle"),
-])
+@pytest.mark.parametrize(
+    ("deps", "message"),
+    [
+        ({"a": ("b",), "b": ("a",)}, "depends_on goes round in a circle: a -> b -> a"),
+        ({"a": ("a",)}, "depends_on goes round in a circle: a -> a"),
+        ({"a": ("b",), "b": ("c",), "c": ("a",)}, "circle: a -> b -> c -> a"),
+        ({"a": ("ghost",)}, "a depends on ghost, which is not a service of the bundle"),
+    ],
+)
 def test_a_cycle_or_an_unknown_service_is_named(deps, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         bundle_order(deps)
@@ -33,8 +40,10 @@ def test_moves_are_the_named_services_not_already_there_in_dependency_order():
     order = bundle_order(SHOP)
     live = {"inventory": "1.0.0", "pricing": "2.0.0", "orders": None, "mailer": "1.0.0"}
     wanted = {"orders": "3.0.0", "inventory": "1.1.0", "pricing": "2.0.0"}
-    assert bundle_moves(order, live, wanted) == [Move("inventory", "1.0.0", "1.1.0"),
-                                                 Move("orders", None, "3.0.0")]
+    assert bundle_moves(order, live, wanted) == [
+        Move("inventory", "1.0.0", "1.1.0"),
+        Move("orders", None, "3.0.0"),
+    ]
     assert bundle_moves(order, live, {"pricing": "2.0.0"}) == []
 
 
@@ -64,7 +73,9 @@ def test_every_example_loads_and_the_shop_bundle_deploys_inventory_first():
     for path in configs:
         assert load_config(path).environments, path
     shop = load_bundle(examples / "shop" / "rollwise-bundle.yaml")
-    assert bundle_order({n: tuple(s.depends_on) for n, s in shop.services.items()}) == \
-        ["inventory", "order-sync"]
+    assert bundle_order({n: tuple(s.depends_on) for n, s in shop.services.items()}) == [
+        "inventory",
+        "order-sync",
+    ]
     for s in shop.services.values():
         assert "prod" in load_config(examples / "shop" / s.dir / "rollwise.yaml").environments

@@ -3,12 +3,19 @@
 from rollwise.config.schema import RouterConfig
 from rollwise.traffic.haproxy import backend_config, commands_canary, commands_set_weights
 
-CFG = RouterConfig.model_validate({
-    "type": "haproxy", "admin": "/run/haproxy/admin.sock", "backend": "app",
-    "sticky": {"cookie": "cart", "max_clients": 5000},
-    "canary_headers": [{"header": "X-Canary", "values": ["always"]},
-                       {"header": "X-Staff", "values": ["alice", "bob"]}],
-    "canary_map": "/etc/haproxy/rollwise-app.map"})
+CFG = RouterConfig.model_validate(
+    {
+        "type": "haproxy",
+        "admin": "/run/haproxy/admin.sock",
+        "backend": "app",
+        "sticky": {"cookie": "cart", "max_clients": 5000},
+        "canary_headers": [
+            {"header": "X-Canary", "values": ["always"]},
+            {"header": "X-Staff", "values": ["alice", "bob"]},
+        ],
+        "canary_map": "/etc/haproxy/rollwise-app.map",
+    }
+)
 
 
 def test_given_sticky_and_header_rules_then_the_backend_has_a_stick_table_and_use_server():
@@ -44,7 +51,8 @@ def test_given_no_rules_then_only_the_server_slots():
 def test_given_sticky_clients_then_a_slot_losing_its_weight_goes_to_maintenance():
     assert commands_set_weights("app", {"blue": 0, "green": 10}, evict=True) == (
         "set server app/green state ready; set server app/green weight 10; "
-        "set server app/blue weight 0; set server app/blue state maint")
+        "set server app/blue weight 0; set server app/blue state maint"
+    )
 
 
 def test_given_a_canary_slot_then_the_map_names_it():

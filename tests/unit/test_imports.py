@@ -10,8 +10,10 @@ SRC = Path(rollwise.__file__).parent
 
 
 def imports() -> dict[str, set[str]]:
-    mods = {".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in SRC.rglob("*.py")}
+    mods = {
+        ".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in SRC.rglob("*.py")
+    }
     out: dict[str, set[str]] = {}
     for mod, path in mods.items():
         names = set()

@@ -10,73 +10,131 @@ DIGEST = "registry.example.com/shop/stock@sha256:" + "ab" * 32
 
 
 def rel(version: str, **kw) -> kube.KubeRelease:
-    return kube.KubeRelease(app="stock", env="prod", version=version, image=DIGEST,
-                            namespace="shop", replicas=3, port=8080, health_path="/health",
-                            env_vars={"LOG_LEVEL": "info"}, secret_names=("DB_PASSWORD",),
-                            memory="256m", cpus=0.5, **kw)
+    return kube.KubeRelease(
+        app="stock",
+        env="prod",
+        version=version,
+        image=DIGEST,
+        namespace="shop",
+        replicas=3,
+        port=8080,
+        health_path="/health",
+        env_vars={"LOG_LEVEL": "info"},
+        secret_names=("DB_PASSWORD",),
+        memory="256m",
+        cpus=0.5,
+        **kw,
+    )
 
 
 def test_a_canary_at_ten_percent_is_a_deployment_a_service_and_route_weights():
-    objects = kube.manifests(rel("1.5.0"), "1.4.2", 10, traffic="gateway-api",
-                             gateway="public", hostnames=("stock.example.com",))
+    objects = kube.manifests(
+        rel("1.5.0"),
+        "1.4.2",
+        10,
+        traffic="gateway-api",
+        gateway="public",
+        hostnames=("stock.example.com",),
+    )
     assert [o["kind"] for o in objects] == ["Deployment", "Service", "HTTPRoute"]
-    labels = {"rollwise.io/app": "stock", "rollwise.io/env": "prod",
-              "rollwise.io/version": "1-5-0"}
+    labels = {"rollwise.io/app": "stock", "rollwise.io/env": "prod", "rollwise.io/version": "1-5-0"}
     container = objects[0]["spec"]["template"]["spec"]["containers"][0]
-    assert objects[0]["metadata"] == {"name": "stock-prod-1-5-0", "namespace": "shop",
-                                      "labels": labels}
+    assert objects[0]["metadata"] == {
+        "name": "stock-prod-1-5-0",
+        "namespace": "shop",
+        "labels": labels,
+    }
     assert objects[0]["spec"]["replicas"] == 3
     assert container == {
-        "name": "stock", "image": DIGEST, "ports": [{"containerPort": 8080, "name": "http"}],
-        "env": [{"name": "PORT", "value": "8080"}, {"name": "HOST", "value": "0.0.0.0"},
-                {"name": "ROLLWISE_VERSION", "value": "1.5.0"},
-                {"name": "ROLLWISE_ENV", "value": "prod"},
-                {"name": "LOG_LEVEL", "value": "info"},
-                {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {
-                    "name": "stock-prod", "key": "DB_PASSWORD"}}}],
+        "name": "stock",
+        "image": DIGEST,
+        "ports": [{"containerPort": 8080, "name": "http"}],
+        "env": [
+            {"name": "PORT", "value": "8080"},
+            {"name": "HOST", "value": "0.0.0.0"},
+            {"name": "ROLLWISE_VERSION", "value": "1.5.0"},
+            {"name": "ROLLWISE_ENV", "value": "prod"},
+            {"name": "LOG_LEVEL", "value": "info"},
+            {
+                "name": "DB_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "stock-prod", "key": "DB_PASSWORD"}},
+            },
+        ],
         "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 2},
-        "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}}}
-    assert objects[1]["spec"] == {"selector": labels,
-                                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
+    }
+    assert objects[1]["spec"] == {
+        "selector": labels,
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+    }
     assert objects[2] == {
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": "stock-prod", "namespace": "shop",
-                     "labels": {"rollwise.io/app": "stock", "rollwise.io/env": "prod"}},
-        "spec": {"parentRefs": [{"name": "public"}], "hostnames": ["stock.example.com"],
-                 "rules": [{"backendRefs": [
-                     {"name": "stock-prod-1-4-2", "port": 80, "weight": 90},
-                     {"name": "stock-prod-1-5-0", "port": 80, "weight": 10}]}]}}
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": "stock-prod",
+            "namespace": "shop",
+            "labels": {"rollwise.io/app": "stock", "rollwise.io/env": "prod"},
+        },
+        "spec": {
+            "parentRefs": [{"name": "public"}],
+            "hostnames": ["stock.example.com"],
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": "stock-prod-1-4-2", "port": 80, "weight": 90},
+                        {"name": "stock-prod-1-5-0", "port": 80, "weight": 10},
+                    ]
+                }
+            ],
+        },
+    }
 
 
 def test_a_rollback_reapplies_the_older_release_and_moves_every_weight_back():
-    objects = kube.manifests(rel("1.4.2"), "1.5.0", 100, traffic="gateway-api",
-                             gateway="public")
+    objects = kube.manifests(rel("1.4.2"), "1.5.0", 100, traffic="gateway-api", gateway="public")
     assert objects[0]["metadata"]["name"] == "stock-prod-1-4-2"
-    assert objects[2]["spec"]["rules"] == [{"backendRefs": [
-        {"name": "stock-prod-1-5-0", "port": 80, "weight": 0},
-        {"name": "stock-prod-1-4-2", "port": 80, "weight": 100}]}]
+    assert objects[2]["spec"]["rules"] == [
+        {
+            "backendRefs": [
+                {"name": "stock-prod-1-5-0", "port": 80, "weight": 0},
+                {"name": "stock-prod-1-4-2", "port": 80, "weight": 100},
+            ]
+        }
+    ]
     first = kube.manifests(rel("1.0.0"), None, 100, traffic="gateway-api", gateway="g")
     assert first[2]["spec"]["rules"][0]["backendRefs"] == [
-        {"name": "stock-prod-1-0-0", "port": 80, "weight": 100}]
+        {"name": "stock-prod-1-0-0", "port": 80, "weight": 100}
+    ]
 
 
 def test_ingress_nginx_gets_the_new_version_as_a_weighted_canary():
-    objects = kube.manifests(rel("1.5.0"), "1.4.2", 25, traffic="ingress-nginx",
-                             hostnames=("stock.example.com",))
+    objects = kube.manifests(
+        rel("1.5.0"), "1.4.2", 25, traffic="ingress-nginx", hostnames=("stock.example.com",)
+    )
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
-        ("Deployment", "stock-prod-1-5-0"), ("Service", "stock-prod-1-5-0"),
-        ("Ingress", "stock-prod-1-4-2"), ("Ingress", "stock-prod-1-5-0")]
+        ("Deployment", "stock-prod-1-5-0"),
+        ("Service", "stock-prod-1-5-0"),
+        ("Ingress", "stock-prod-1-4-2"),
+        ("Ingress", "stock-prod-1-5-0"),
+    ]
     assert "annotations" not in objects[2]["metadata"]
     assert objects[3]["metadata"]["annotations"] == {
         "nginx.ingress.kubernetes.io/canary": "true",
-        "nginx.ingress.kubernetes.io/canary-weight": "25"}
+        "nginx.ingress.kubernetes.io/canary-weight": "25",
+    }
     assert objects[3]["spec"]["rules"][0]["host"] == "stock.example.com"
 
 
 def test_every_object_passes_the_published_schemas_and_a_broken_one_is_named():
     for traffic in ("gateway-api", "ingress-nginx"):
-        objects = kube.manifests(rel("1.5.0+build.7"), "1.4.2", 10, traffic=traffic,
-                                 gateway="public", hostnames=("stock.example.com",))
+        objects = kube.manifests(
+            rel("1.5.0+build.7"),
+            "1.4.2",
+            10,
+            traffic=traffic,
+            gateway="public",
+            hostnames=("stock.example.com",),
+        )
         assert kube.validate(objects, "1.37.0") == []
     broken = kube.deployment(rel("1.5.0"))
     broken["spec"]["replicas"] = "three"
@@ -85,8 +143,10 @@ def test_every_object_passes_the_published_schemas_and_a_broken_one_is_named():
     assert len(problems) == 1 and problems[0].startswith("Deployment stock-prod-1-5-0: ")
 
 
-@pytest.mark.parametrize(("given", "k8s"), [("256m", "256Mi"), ("1g", "1Gi"), ("512k", "512Ki"),
-                                            ("1048576", "1048576"), ("64M", "64Mi")])
+@pytest.mark.parametrize(
+    ("given", "k8s"),
+    [("256m", "256Mi"), ("1g", "1Gi"), ("512k", "512Ki"), ("1048576", "1048576"), ("64M", "64Mi")],
+)
 def test_memory_limits_become_kubernetes_quantities(given, k8s):
     assert kube.quantity(given) == k8s
 

@@ -33,7 +33,7 @@ def test_environments_lock_independently(engine):
 
 def test_a_secret_never_shows_its_value():
     s = secrets.Secret("hunter2")
-    assert "hunter2" not in f"{s} {s!r} {[s]} {({'k': s})}"
+    assert "hunter2" not in f"{s} {s!r} {[s]} { ({'k': s}) }"
     assert s.reveal() == "hunter2"
 
 

@@ -102,7 +102,9 @@ def test_given_too_few_free_ports_in_the_range_then_refused_with_the_range_named
 
     assert (e.value.message, e.value.where, e.value.hint) == (
         f"1 of the 3 ports needed are not free in {span[0]}-{span[-1]} on {HOST}",
-        "target.ports", "widen target.ports, or stop what listens in that range")
+        "target.ports",
+        "widen target.ports, or stop what listens in that range",
+    )
 
 
 def test_target_ports_is_a_range_with_both_ends_included():
@@ -111,5 +113,10 @@ def test_target_ports_is_a_range_with_both_ends_included():
     with pytest.raises(ValidationError, match=r"first \(20010\) is above last \(20009\)"):
         TargetConfig.model_validate({"ports": {"first": 20010, "last": 20009}})
     with pytest.raises(ValidationError, match="supported with `type: local` only"):
-        TargetConfig.model_validate({"type": "ssh", "hosts": [{"address": "10.0.0.2"}],
-                                     "ports": {"first": 20000, "last": 20009}})
+        TargetConfig.model_validate(
+            {
+                "type": "ssh",
+                "hosts": [{"address": "10.0.0.2"}],
+                "ports": {"first": 20000, "last": 20009},
+            }
+        )

@@ -27,6 +27,8 @@ def test_given_an_unknown_target_type_then_a_config_error_names_the_key(tmp_path
     cfg = EnvironmentConfig(target=TargetConfig.model_construct(type="k8s"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as e:
         make_target(cfg, "app", tmp_path, "prod", lambda v: {})
-    assert (e.value.message, e.value.where) == ("unknown type 'k8s'",
-                                                "environments.prod.target.type")
+    assert (e.value.message, e.value.where) == (
+        "unknown type 'k8s'",
+        "environments.prod.target.type",
+    )
     assert "local" in e.value.hint

@@ -27,21 +27,47 @@ def history(seed: int, n: int) -> tuple[list[dict], dict[str, float]]:
         t += rng.uniform(600, 60 * DAY_S / n * 2 - 600)
         took = rng.uniform(20, 900)
         if live[env] and rng.random() < 0.1:
-            prev = [r for r in rows if r["env"] == env and r["kind"] == "deploy"
-                    and r["status"] == "succeeded" and r["to_version"] != live[env]]
+            prev = [
+                r
+                for r in rows
+                if r["env"] == env
+                and r["kind"] == "deploy"
+                and r["status"] == "succeeded"
+                and r["to_version"] != live[env]
+            ]
             if prev:
                 back_to = prev[-1]["to_version"]
-                rows.append(dict(id=i + 1, env=env, kind="rollback", from_version=live[env],
-                                 to_version=back_to, status="succeeded", created_at=t,
-                                 updated_at=t + took))
+                rows.append(
+                    dict(
+                        id=i + 1,
+                        env=env,
+                        kind="rollback",
+                        from_version=live[env],
+                        to_version=back_to,
+                        status="succeeded",
+                        created_at=t,
+                        updated_at=t + took,
+                    )
+                )
                 live[env] = back_to
                 continue
         version = f"1.{i}.0"
         commits[version] = t - rng.uniform(3600, 5 * DAY_S)
-        status = rng.choices(["succeeded", "rolled_back", "failed", "aborted"],
-                             [0.75, 0.12, 0.08, 0.05])[0]
-        rows.append(dict(id=i + 1, env=env, kind="deploy", from_version=live[env],
-                         to_version=version, status=status, created_at=t, updated_at=t + took))
+        status = rng.choices(
+            ["succeeded", "rolled_back", "failed", "aborted"], [0.75, 0.12, 0.08, 0.05]
+        )[0]
+        rows.append(
+            dict(
+                id=i + 1,
+                env=env,
+                kind="deploy",
+                from_version=live[env],
+                to_version=version,
+                status=status,
+                created_at=t,
+                updated_at=t + took,
+            )
+        )
         if status == "succeeded":
             live[env] = version
     return rows, commits
@@ -58,8 +84,11 @@ def expected(rows: list[dict], commits: dict[str, float], period: Period, env: s
         inside = period.since <= r["created_at"] < period.until
         if r["kind"] == "rollback":
             rollbacks += inside
-            if (open_change is not None and open_change["to_version"] == r["from_version"]
-                    and period.since <= open_change["created_at"] < period.until):
+            if (
+                open_change is not None
+                and open_change["to_version"] == r["from_version"]
+                and period.since <= open_change["created_at"] < period.until
+            ):
                 failures += 1
                 restore.append(r["updated_at"] - open_change["updated_at"])
             open_change = None
@@ -84,10 +113,17 @@ def expected(rows: list[dict], commits: dict[str, float], period: Period, env: s
             k += 1
         return round(xs[k], 1)
 
-    return {"deployments": deploys, "changes": changes, "change_failures": failures,
-            "rollbacks": rollbacks, "lead_p50": q(lead, 0.5), "lead_p90": q(lead, 0.9),
-            "restore_p50": q(restore, 0.5), "restore_p90": q(restore, 0.9),
-            "restore_n": len(restore)}
+    return {
+        "deployments": deploys,
+        "changes": changes,
+        "change_failures": failures,
+        "rollbacks": rollbacks,
+        "lead_p50": q(lead, 0.5),
+        "lead_p90": q(lead, 0.9),
+        "restore_p50": q(restore, 0.5),
+        "restore_p90": q(restore, 0.9),
+        "restore_n": len(restore),
+    }
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -98,12 +134,21 @@ def test_figures_match_an_independent_walk_of_300_operations(seed: int):
     assert got["days"] == 40.0
     for env in ("prod", "staging"):
         f, want = got["environments"][env], expected(rows, commits, period, env)
-        assert (f["deployments"], f["changes"], f["change_failures"], f["rollbacks"]) == \
-            (want["deployments"], want["changes"], want["change_failures"], want["rollbacks"])
-        assert (f["lead_time_s"]["median"], f["lead_time_s"]["p90"]) == \
-            (want["lead_p50"], want["lead_p90"])
-        assert (f["restore_s"]["median"], f["restore_s"]["p90"], f["restore_s"]["count"]) == \
-            (want["restore_p50"], want["restore_p90"], want["restore_n"])
+        assert (f["deployments"], f["changes"], f["change_failures"], f["rollbacks"]) == (
+            want["deployments"],
+            want["changes"],
+            want["change_failures"],
+            want["rollbacks"],
+        )
+        assert (f["lead_time_s"]["median"], f["lead_time_s"]["p90"]) == (
+            want["lead_p50"],
+            want["lead_p90"],
+        )
+        assert (f["restore_s"]["median"], f["restore_s"]["p90"], f["restore_s"]["count"]) == (
+            want["restore_p50"],
+            want["restore_p90"],
+            want["restore_n"],
+        )
         assert f["change_failure_rate"] == round(want["change_failures"] / want["changes"], 4)
         assert f["per_day"] == round(want["deployments"] / 40, 3)
         assert f["deployments"] > 20 and f["change_failures"] > 0
@@ -113,8 +158,12 @@ def test_quantile_is_nearest_rank_and_durations_parse():
     assert quantile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
     assert quantile([1.0, 2.0, 3.0, 4.0], 0.9) == 4.0
     assert quantile([], 0.5) is None
-    assert [parse_duration_s(x) for x in ("90m", "12h", "30d", "2w")] == \
-        [5400.0, 43200.0, 30 * DAY_S, 14 * DAY_S]
+    assert [parse_duration_s(x) for x in ("90m", "12h", "30d", "2w")] == [
+        5400.0,
+        43200.0,
+        30 * DAY_S,
+        14 * DAY_S,
+    ]
     for bad in ("30", "d", "3x", "-1d", "1.5d"):
         with pytest.raises(ValueError, match="is not a duration"):
             parse_duration_s(bad)

@@ -81,18 +81,23 @@ POOL = Pool(database_url())
 
 def store(order: dict[str, Any]) -> bool:
     """Insert the order (and its event) in one transaction; False when it was there."""
-    cols, vals = ["id", "sku", "qty", "version"], [str(order["id"]), str(order["sku"]),
-                                                   int(order["qty"]), VERSION]
+    cols, vals = (
+        ["id", "sku", "qty", "version"],
+        [str(order["id"]), str(order["sku"]), int(order["qty"]), VERSION],
+    )
     if CHANNEL:
         cols.append("channel")
         vals.append(str(order.get("channel", "web")))
-    sql = (f"INSERT INTO orders ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-           "ON CONFLICT (id) DO NOTHING")
+    sql = (
+        f"INSERT INTO orders ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
+        "ON CONFLICT (id) DO NOTHING"
+    )
     with POOL.conn() as c, c.transaction():
         created = c.execute(sql, vals).rowcount == 1
         if created and EVENTS:
-            c.execute("INSERT INTO order_events (order_id, kind) VALUES (%s, 'created')",
-                      (vals[0],))
+            c.execute(
+                "INSERT INTO order_events (order_id, kind) VALUES (%s, 'created')", (vals[0],)
+            )
     return created
 
 
@@ -143,8 +148,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def get_order(self, order_id: str) -> None:
         with POOL.conn() as c:
-            row = c.execute("SELECT id, sku, qty, version FROM orders WHERE id = %s",
-                            (order_id,)).fetchone()
+            row = c.execute(
+                "SELECT id, sku, qty, version FROM orders WHERE id = %s", (order_id,)
+            ).fetchone()
         if row is None:
             self.reply(404, {"error": "no such order"})
         else:

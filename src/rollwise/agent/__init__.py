@@ -24,9 +24,10 @@ def socket_path(env_dir: Path) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     st = folder.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise RollwiseError(f"{folder} is not a private folder of this user",
-                            where=str(folder), hint="remove it (rollwise recreates it, mode "
-                            "0700), or use a shorter project path")
+        raise RollwiseError(
+            f"{folder} is not a private folder of this user",
+            where=str(folder),
+            hint="remove it (rollwise recreates it, mode 0700), or use a shorter project path",
+        )
     name = hashlib.sha256(os.fsencode(natural.resolve())).hexdigest()[:24]
     return folder / f"{name}.sock"
-

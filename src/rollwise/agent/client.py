@@ -38,9 +38,11 @@ class AgentClient:
                         raise ConnectionError("agent closed the connection")
                     buf += chunk
         except OSError as e:
-            raise RollwiseError(f"agent of environment {self.env!r} did not answer {op!r}: {e}",
-                                where=str(self.sock_path),
-                                hint="`rollwise status` restarts it") from e
+            raise RollwiseError(
+                f"agent of environment {self.env!r} did not answer {op!r}: {e}",
+                where=str(self.sock_path),
+                hint="`rollwise status` restarts it",
+            ) from e
         reply = json.loads(buf)
         if not reply["ok"]:
             raise RollwiseError(f"agent refused {op!r}: {reply['error']}", where=self.env)
@@ -70,7 +72,10 @@ class AgentClient:
         # is nobody's child to reap here
         launcher = subprocess.run(
             ["/bin/sh", "-c", 'exec "$@" </dev/null >>"$0" 2>&1 &', str(log), *cmd],
-            start_new_session=True, env=without_secrets(os.environ), check=False)
+            start_new_session=True,
+            env=without_secrets(os.environ),
+            check=False,
+        )
         if launcher.returncode != 0:
             raise RollwiseError(f"could not start the agent of {self.env!r}", where=str(log))
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -80,32 +85,34 @@ class AgentClient:
             if "agent failed" in (new := _read_from(log, offset)):
                 raise self._start_error(new, listen, log)
             time.sleep(0.05)
-        raise RollwiseError(f"agent of environment {self.env!r} did not start in "
-                            f"{START_TIMEOUT_S:.0f} s", where=str(log))
+        raise RollwiseError(
+            f"agent of environment {self.env!r} did not start in {START_TIMEOUT_S:.0f} s",
+            where=str(log),
+        )
 
     def _moved(self, info: dict[str, Any], listen: str | None) -> dict[str, Any]:
-        if not listen or info.get("listen") is None or \
-                tuple(info["listen"]) == parse_address(listen):
+        if (
+            not listen
+            or info.get("listen") is None
+            or tuple(info["listen"]) == parse_address(listen)
+        ):
             return info
         try:
             self.call("listen", address=listen)
         except RollwiseError as e:
-            raise self._start_error(f"agent failed: {e.message}", listen, self.sock_path) \
-                from None
+            raise self._start_error(f"agent failed: {e.message}", listen, self.sock_path) from None
         return {**info, "listen": list(parse_address(listen))}
 
     def _start_error(self, output: str, listen: str | None, log: Path) -> RollwiseError:
         tail = [ln for ln in output.splitlines() if "agent failed" in ln][-1:] or ["?"]
         if "address already in use" in tail[0].lower() or "errno 98" in tail[0].lower():
             return ConfigError(
-                f"router address {listen} of environment {self.env!r} is in use by another "
-                "process",
+                f"router address {listen} of environment {self.env!r} is in use by another process",
                 where=f"environments.{self.env}.router.listen",
                 hint="stop that process or choose another address in rollwise.yaml; "
                 "nothing was changed",
             )
-        return RollwiseError(f"agent of environment {self.env!r} failed: {tail[0]}",
-                             where=str(log))
+        return RollwiseError(f"agent of environment {self.env!r} failed: {tail[0]}", where=str(log))
 
 
 def _read_from(path: Path, offset: int) -> str:

@@ -33,9 +33,28 @@ from rollwise.agent.router import (
 class Client(asyncio.Protocol):
     """One client connection: parses requests, runs their exchanges one at a time."""
 
-    __slots__ = ("closing", "current", "deadline", "early", "exchanges", "feeding",
-                 "head_bytes", "head_raw", "headers", "in_head", "limits", "out", "parser",
-                 "paused", "peer", "router", "transport", "tunnel", "upgrading", "url")
+    __slots__ = (
+        "closing",
+        "current",
+        "deadline",
+        "early",
+        "exchanges",
+        "feeding",
+        "head_bytes",
+        "head_raw",
+        "headers",
+        "in_head",
+        "limits",
+        "out",
+        "parser",
+        "paused",
+        "peer",
+        "router",
+        "transport",
+        "tunnel",
+        "upgrading",
+        "url",
+    )
     transport: asyncio.Transport
 
     def __init__(self, router: Router) -> None:
@@ -87,7 +106,7 @@ class Client(asyncio.Protocol):
                 raise Refused(431, "request head too large")
         except httptools.HttpParserUpgrade as e:
             self.upgrading = True
-            self.early += data[int(e.args[0]):]
+            self.early += data[int(e.args[0]) :]
         except Refused as e:
             self.refuse(e)
         except httptools.HttpParserCallbackError as e:
@@ -249,14 +268,46 @@ class Client(asyncio.Protocol):
 class Exchange:
     """One request and its response, between a client and an upstream connection."""
 
-    __slots__ = ("attempts", "body_bytes", "chunked", "client", "client_keep", "conn",
-                 "deadline", "deferred", "done", "http10", "interim", "keep", "kept",
-                 "kept_bytes", "method", "pending", "pending_bytes", "rechunk", "request_done",
-                 "responded", "router", "start_t", "started", "status", "task", "until_close",
-                 "up", "upgrade")
+    __slots__ = (
+        "attempts",
+        "body_bytes",
+        "chunked",
+        "client",
+        "client_keep",
+        "conn",
+        "deadline",
+        "deferred",
+        "done",
+        "http10",
+        "interim",
+        "keep",
+        "kept",
+        "kept_bytes",
+        "method",
+        "pending",
+        "pending_bytes",
+        "rechunk",
+        "request_done",
+        "responded",
+        "router",
+        "start_t",
+        "started",
+        "status",
+        "task",
+        "until_close",
+        "up",
+        "upgrade",
+    )
 
-    def __init__(self, client: Client, up: Upstream | None, head: bytes, method: bytes,
-                 chunked: bool, upgrade: bool) -> None:
+    def __init__(
+        self,
+        client: Client,
+        up: Upstream | None,
+        head: bytes,
+        method: bytes,
+        chunked: bool,
+        upgrade: bool,
+    ) -> None:
         self.client, self.router, self.up = client, client.router, up
         self.method, self.chunked, self.upgrade = method, chunked, upgrade
         parser = client.parser  # what it says now is about this request's head
@@ -284,8 +335,9 @@ class Exchange:
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_request(cls, client: Client, method: bytes, url: bytes,
-                     headers: list[tuple[bytes, bytes]]) -> Exchange:
+    def from_request(
+        cls, client: Client, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Exchange:
         router, limits = client.router, client.limits
         wanted, found = router.wanted, dict[bytes, list[bytes]]()
         out = [method, b" ", url, b" HTTP/1.1\r\n"]
@@ -294,8 +346,9 @@ class Exchange:
         for name, value in headers:
             ln = name.lower()
             if ln in wanted:
-                found.setdefault(ln, []).extend(v.strip() for v in value.split(b";" if ln ==
-                                                b"cookie" else b","))
+                found.setdefault(ln, []).extend(
+                    v.strip() for v in value.split(b";" if ln == b"cookie" else b",")
+                )
             if ln in HOP:
                 if ln == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
@@ -318,11 +371,20 @@ class Exchange:
         for t in conn_tokens.split(b","):  # headers the client meant for this hop only
             if (t := t.strip()) and t not in HOP:
                 out = _without(out, t)
-        xff = fwd[b"x-forwarded-for"] + b", " + client.peer if b"x-forwarded-for" in fwd \
+        xff = (
+            fwd[b"x-forwarded-for"] + b", " + client.peer
+            if b"x-forwarded-for" in fwd
             else client.peer
-        out += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ",
-                fwd.get(b"x-forwarded-proto", b"http"), b"\r\nx-forwarded-host: ",
-                fwd.get(b"x-forwarded-host", host), b"\r\n")
+        )
+        out += (
+            b"x-forwarded-for: ",
+            xff,
+            b"\r\nx-forwarded-proto: ",
+            fwd.get(b"x-forwarded-proto", b"http"),
+            b"\r\nx-forwarded-host: ",
+            fwd.get(b"x-forwarded-host", host),
+            b"\r\n",
+        )
         # llhttp says `upgrade` only after this callback: read it from the headers
         upgrade_to = next((v for n, v in headers if n.lower() == b"upgrade"), b"")
         upgrade = bool(upgrade_to) and b"upgrade" in conn_tokens
@@ -357,7 +419,8 @@ class Exchange:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: Conn(up), up.host, up.port),
-                self.client.limits.connect_timeout_s)
+                self.client.limits.connect_timeout_s,
+            )
         except (OSError, TimeoutError) as e:
             self.upstream_failed(f"connect: {e or 'timed out'}")
             return
@@ -394,8 +457,9 @@ class Exchange:
     def flush_pending(self) -> None:
         """Write what the upstream was not sent yet: head and body in one write."""
         if self.pending and self.conn is not None:
-            self.conn.transport.write(b"".join(self.pending) if len(self.pending) > 1
-                                      else self.pending[0])
+            self.conn.transport.write(
+                b"".join(self.pending) if len(self.pending) > 1 else self.pending[0]
+            )
             self.pending.clear()
             self.pending_bytes = 0
 
@@ -415,8 +479,9 @@ class Exchange:
             self._arm_response()
 
     # -- response side (called by Conn) --
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                      keep_alive: bool) -> None:
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
         self._disarm()
         self.status = status
         if 100 <= status < 200 and status != 101:
@@ -609,7 +674,7 @@ class Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            ex.upgraded(data[int(e.args[0]):])
+            ex.upgraded(data[int(e.args[0]) :])
         except httptools.HttpParserError as e:
             self.transport.close()
             ex.upstream_lost(f"bad response: {e}")
@@ -659,8 +724,12 @@ class Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self.ex is not None and self.parser is not None:
-            self.ex.response_head(self.parser.get_status_code(), self.reason, self.headers,
-                                  self.parser.should_keep_alive())
+            self.ex.response_head(
+                self.parser.get_status_code(),
+                self.reason,
+                self.headers,
+                self.parser.should_keep_alive(),
+            )
 
     def on_body(self, body: bytes) -> None:
         if self.ex is not None:
@@ -671,8 +740,12 @@ class Conn(asyncio.Protocol):
             self.ex.response_done(self.parser.should_keep_alive())
 
 
-def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-          extra: tuple[bytes, ...] | list[bytes]) -> bytes:
+def _head(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    extra: tuple[bytes, ...] | list[bytes],
+) -> bytes:
     out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
     for name, value in headers:
         if name.lower() not in HOP:
@@ -688,21 +761,24 @@ def _without(parts: list[bytes], name: bytes) -> list[bytes]:
     out, i = parts[:4], 4
     while i < len(parts):
         if parts[i].lower() != name:
-            out += parts[i:i + 4]
+            out += parts[i : i + 4]
         i += 4
     return out
 
 
 def error_response(status: int, text: str, close: bool = True) -> bytes:
     body = f"rollwise router: {text}\n".encode()
-    return (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: text/plain\r\n"
-            f"content-length: {len(body)}\r\nx-rollwise-router: 1\r\n"
-            f"{'connection: close' + chr(13) + chr(10) if close else ''}\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: text/plain\r\n"
+        f"content-length: {len(body)}\r\nx-rollwise-router: 1\r\n"
+        f"{'connection: close' + chr(13) + chr(10) if close else ''}\r\n"
+    ).encode() + body
 
 
 async def serve(router: Router, host: str, port: int) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     if router.sweeper is None:
         router.sweeper = loop.create_task(router.sweep())
-    return await loop.create_server(lambda: Client(router), host, port, reuse_address=True,
-                                    backlog=1024)
+    return await loop.create_server(
+        lambda: Client(router), host, port, reuse_address=True, backlog=1024
+    )

@@ -30,12 +30,27 @@ RETRY_BYTES = 64 * 1024
 POOL_MAX = 64  # idle upstream connections kept per upstream
 TICK_S = 0.25  # how often deadlines are checked (one sweep, not a timer per request)
 BUFFER_MAX = 256 * 1024  # request bytes held while connecting before the client is paused
-HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                 b"transfer-encoding", b"upgrade"})
+HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
-           431: "Request Header Fields Too Large", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
+REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +83,11 @@ class Routing:
             sticky_cookie=(sticky.get("cookie") or "").encode(),
             sticky_header=(sticky.get("header") or "").lower().encode(),
             max_clients=int(sticky.get("max_clients") or 100_000),
-            canary_headers=tuple((r["header"].lower().encode(),
-                                  frozenset(v.encode() for v in r["values"]))
-                                 for r in d.get("canary_headers") or ()))
+            canary_headers=tuple(
+                (r["header"].lower().encode(), frozenset(v.encode() for v in r["values"]))
+                for r in d.get("canary_headers") or ()
+            ),
+        )
 
     def wanted(self) -> frozenset[bytes]:
         """Request headers the rules read."""
@@ -104,10 +121,13 @@ class VersionStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "requests": self.requests, "status_5xx": self.status_5xx,
-            "status_4xx": self.status_4xx, "conn_errors": self.conn_errors,
+            "requests": self.requests,
+            "status_5xx": self.status_5xx,
+            "status_4xx": self.status_4xx,
+            "conn_errors": self.conn_errors,
             "latency_ms_sum": round(self.latency_ms_sum, 3),
-            "buckets_ms": [*BUCKETS_MS, "inf"], "bucket_counts": list(self.buckets),
+            "buckets_ms": [*BUCKETS_MS, "inf"],
+            "bucket_counts": list(self.buckets),
         }
 
 
@@ -183,8 +203,9 @@ class Router:
         """Rules and limits shaped as `router.sticky`, `router.canary_headers`,
         `router.limits` and `router.trust_forwarded` in rollwise.yaml."""
         self.set_routing(Routing.from_dict(settings))
-        self.limits = Limits(**settings.get("limits") or {},
-                             trust_forwarded=bool(settings.get("trust_forwarded")))
+        self.limits = Limits(
+            **settings.get("limits") or {}, trust_forwarded=bool(settings.get("trust_forwarded"))
+        )
         self.settings = settings
 
     def set_routing(self, routing: Routing) -> None:
@@ -213,8 +234,10 @@ class Router:
         self._refresh()
 
     def metrics(self) -> dict[str, Any]:
-        return {"versions": {v: s.as_dict() for v, s in self.stats.items()},
-                "inflight": {u.name: u.inflight for u in self.upstreams.values()}}
+        return {
+            "versions": {v: s.as_dict() for v, s in self.stats.items()},
+            "inflight": {u.name: u.inflight for u in self.upstreams.values()},
+        }
 
     async def sweep(self) -> None:
         """Time out stalled clients and upstreams, every TICK_S."""
@@ -237,8 +260,7 @@ class Router:
             self.canary = None
 
     # -- selection -------------------------------------------------------------
-    def pick(self, exclude: Upstream | None = None, version: str | None = None
-             ) -> Upstream | None:
+    def pick(self, exclude: Upstream | None = None, version: str | None = None) -> Upstream | None:
         """Smooth weighted round robin: deterministic, evenly interleaved."""
         best, total = None, 0
         for up in self.upstreams.values():
@@ -254,8 +276,9 @@ class Router:
 
     def route(self, found: dict[bytes, list[bytes]]) -> Upstream | None:
         """The upstream for a request whose headers named in `wanted` are `found`."""
-        if self.canary and any(v in values for name, values in self.routing.canary_headers
-                               for v in found.get(name, ())):
+        if self.canary and any(
+            v in values for name, values in self.routing.canary_headers for v in found.get(name, ())
+        ):
             return self.pick(version=self.canary)
         key = self._sticky_key(found)
         if key is None:

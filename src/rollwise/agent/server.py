@@ -43,20 +43,35 @@ class Agent:
         self.routes: dict[str, dict[str, Any]] = {}
         self.stopped = asyncio.Event()
         self.ops: dict[str, Handler] = {
-            "ping": self.op_ping, "start": self.op_start, "stop": self.op_stop,
-            "instances": self.op_instances, "set_weights": self.op_set_weights,
-            "weights": self.op_weights, "drain": self.op_drain, "metrics": self.op_metrics,
-            "shutdown": self.op_shutdown, "listen": self.op_listen, "resume": self.op_resume,
-            "prepare": self.op_prepare, "ports": self.op_ports, "route": self.op_route,
+            "ping": self.op_ping,
+            "start": self.op_start,
+            "stop": self.op_stop,
+            "instances": self.op_instances,
+            "set_weights": self.op_set_weights,
+            "weights": self.op_weights,
+            "drain": self.op_drain,
+            "metrics": self.op_metrics,
+            "shutdown": self.op_shutdown,
+            "listen": self.op_listen,
+            "resume": self.op_resume,
+            "prepare": self.op_prepare,
+            "ports": self.op_ports,
+            "route": self.op_route,
             "unroute": self.op_unroute,
         }
 
     # -- operations ----------------------------------------------------------------
     async def op_ping(self, _: dict[str, Any]) -> Any:
-        waiting = [{"name": r["name"], "version": r["version"], "secrets": r["secret_names"]}
-                   for r in self.waiting.values()]
-        return {"pid": os.getpid(), "listen": self.listen, "waiting": waiting,
-                "version": __version__}
+        waiting = [
+            {"name": r["name"], "version": r["version"], "secrets": r["secret_names"]}
+            for r in self.waiting.values()
+        ]
+        return {
+            "pid": os.getpid(),
+            "listen": self.listen,
+            "waiting": waiting,
+            "version": __version__,
+        }
 
     async def op_prepare(self, msg: dict[str, Any]) -> Any:
         """Unpack an uploaded artifact into `releases/<version>` once its sha256 matches
@@ -66,8 +81,9 @@ class Agent:
 
         def unpack() -> str:
             if artifacts.sha256_file(artifact) != sha256:
-                raise ValueError(f"{artifact} does not have sha256 {sha256}: the upload was "
-                                 "cut or altered")
+                raise ValueError(
+                    f"{artifact} does not have sha256 {sha256}: the upload was cut or altered"
+                )
             close_tree(artifacts.unpack(artifact, sha256, release))
             return str(release)
 
@@ -127,14 +143,23 @@ class Agent:
         return {"exit": code}
 
     async def op_instances(self, _: dict[str, Any]) -> Any:
-        return [*(i.status() for i in self.supervisor.instances.values()),
-                *(self._waiting_status(r) for r in self.waiting.values())]
+        return [
+            *(i.status() for i in self.supervisor.instances.values()),
+            *(self._waiting_status(r) for r in self.waiting.values()),
+        ]
 
     def _waiting_status(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {"name": record["name"], "version": record["version"], "port": record["port"],
-                "pid": None, "alive": False, "restarts": 0, "last_exit": None,
-                "log": str(self.supervisor.log_dir / f"{record['name']}.log"),
-                "waiting_for": record["secret_names"]}
+        return {
+            "name": record["name"],
+            "version": record["version"],
+            "port": record["port"],
+            "pid": None,
+            "alive": False,
+            "restarts": 0,
+            "last_exit": None,
+            "log": str(self.supervisor.log_dir / f"{record['name']}.log"),
+            "waiting_for": record["secret_names"],
+        }
 
     async def op_set_weights(self, msg: dict[str, Any]) -> Any:
         if "router" in msg:  # sticky and header rules, limits: applied with the weights
@@ -151,8 +176,10 @@ class Agent:
 
     async def op_metrics(self, _: dict[str, Any]) -> Any:
         inflight = {u.name: u.inflight for u in self.router.upstreams.values()}
-        return {"versions": {v: s.as_dict() for v, s in self.router.stats.items()},
-                "inflight": inflight}
+        return {
+            "versions": {v: s.as_dict() for v, s in self.router.stats.items()},
+            "inflight": inflight,
+        }
 
     async def op_listen(self, msg: dict[str, Any]) -> Any:
         """Move the router to another address: the new one is bound first (an address in use
@@ -173,9 +200,12 @@ class Agent:
     # -- persistence ---------------------------------------------------------------
     def save(self) -> None:
         records = [i.spec.record() for i in self.supervisor.instances.values()]
-        state = {"instances": [*records, *self.waiting.values()],
-                 "routes": list(self.routes.values()), "weights": self.router.weights(),
-                 "router": self.router.settings}
+        state = {
+            "instances": [*records, *self.waiting.values()],
+            "routes": list(self.routes.values()),
+            "weights": self.router.weights(),
+            "router": self.router.settings,
+        }
         # commands and environments, secrets by name only: readable by the owner only
         replace_private(self.state_file, json.dumps(state).encode())
 
@@ -187,16 +217,18 @@ class Agent:
         for record in state["instances"]:  # all waiting first, so that each save keeps all
             record.setdefault("secret_names", [])  # a file an older version wrote
             self.waiting[record["name"]] = record
-            self.router.add(record["name"], record["version"], record.get("host", "127.0.0.1"),
-                            record["port"])
+            self.router.add(
+                record["name"], record["version"], record.get("host", "127.0.0.1"), record["port"]
+            )
         for r in state.get("routes", []):
             self.routes[r["name"]] = r
             self.router.add(r["name"], r["version"], r["host"], int(r["port"]))
         for record in list(self.waiting.values()):
             if not record["secret_names"]:
                 await self._start(InstanceSpec.from_record(record, {}))
-        self.router.set_weights({k: v for k, v in state["weights"].items()
-                                 if k in self.router.upstreams})
+        self.router.set_weights(
+            {k: v for k, v in state["weights"].items() if k in self.router.upstreams}
+        )
 
     # -- control socket --------------------------------------------------------------
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

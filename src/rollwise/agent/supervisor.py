@@ -34,17 +34,26 @@ class InstanceSpec:
 
     def record(self) -> dict[str, Any]:
         """What may be written to disk: the secrets by name, never their values."""
-        return {"name": self.name, "version": self.version, "command": self.command,
-                "cwd": self.cwd, "port": self.port, "host": self.host, "env": dict(self.env),
-                "ports": self.ports, "secret_names": sorted(self.secrets)}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "command": self.command,
+            "cwd": self.cwd,
+            "port": self.port,
+            "host": self.host,
+            "env": dict(self.env),
+            "ports": self.ports,
+            "secret_names": sorted(self.secrets),
+        }
 
     @classmethod
     def from_record(cls, record: dict[str, Any], secrets: dict[str, str]) -> InstanceSpec:
         """The spec `record()` wrote, with the values of its secrets given again."""
         missing = sorted(set(record.get("secret_names", ())) - set(secrets))
         if missing:
-            raise ValueError(f"no value given for secret(s) {', '.join(missing)} of instance "
-                           f"{record['name']}")
+            raise ValueError(
+                f"no value given for secret(s) {', '.join(missing)} of instance {record['name']}"
+            )
         fields = {k: v for k, v in record.items() if k != "secret_names"}
         return cls(**fields, secrets={n: secrets[n] for n in record.get("secret_names", ())})
 
@@ -63,10 +72,17 @@ class Instance:
 
     def status(self) -> dict[str, Any]:
         alive = self.proc is not None and self.proc.returncode is None
-        return {"name": self.spec.name, "version": self.spec.version, "port": self.spec.port,
-                "pid": self.proc.pid if self.proc else None, "alive": alive,
-                "restarts": self.restarts, "moves": self.moves, "last_exit": self.last_exit,
-                "log": str(self.log)}
+        return {
+            "name": self.spec.name,
+            "version": self.spec.version,
+            "port": self.spec.port,
+            "pid": self.proc.pid if self.proc else None,
+            "alive": alive,
+            "restarts": self.restarts,
+            "moves": self.moves,
+            "last_exit": self.last_exit,
+            "log": str(self.log),
+        }
 
 
 def _die_with_parent() -> None:
@@ -75,8 +91,7 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path,
-                 moved: Callable[[InstanceSpec], None] | None = None) -> None:
+    def __init__(self, log_dir: Path, moved: Callable[[InstanceSpec], None] | None = None) -> None:
         self.log_dir = log_dir
         self.instances: dict[str, Instance] = {}
         self.moved = moved  # told when an instance moves to another port
@@ -94,15 +109,21 @@ class Supervisor:
 
     async def _spawn(self, inst: Instance) -> None:
         spec = inst.spec
-        env = {**os.environ, **spec.env, **spec.secrets, "PORT": str(spec.port),
-               "HOST": spec.host}
+        env = {**os.environ, **spec.env, **spec.secrets, "PORT": str(spec.port), "HOST": spec.host}
         command = spec.command.replace("{port}", str(spec.port)).replace("{host}", spec.host)
         fd = os.open(inst.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "ab") as log:
             inst.proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", f"exec {command}", cwd=inst.spec.cwd, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                "/bin/sh",
+                "-c",
+                f"exec {command}",
+                cwd=inst.spec.cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         inst.started_at = time.monotonic()
 
@@ -117,7 +138,7 @@ class Supervisor:
             if inst.restarts >= MAX_RESTARTS:
                 return
             inst.restarts += 1
-            await asyncio.sleep(min(5.0, 0.2 * 2 ** inst.restarts))
+            await asyncio.sleep(min(5.0, 0.2 * 2**inst.restarts))
             if inst.stopping:
                 return
             await self._spawn(inst)

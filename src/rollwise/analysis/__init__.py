@@ -20,8 +20,21 @@ from rollwise.analysis.base import (
 )
 from rollwise.config.schema import Check, CommandCheck, HttpCheck, PrometheusCheck
 
-__all__ = ["ADVANCE", "CONTINUE", "FAIL", "INCONCLUSIVE", "PASS", "PAUSE", "ROLLBACK",
-           "Decision", "Look", "Measurement", "MetricProvider", "decide", "make_provider"]
+__all__ = [
+    "ADVANCE",
+    "CONTINUE",
+    "FAIL",
+    "INCONCLUSIVE",
+    "PASS",
+    "PAUSE",
+    "ROLLBACK",
+    "Decision",
+    "Look",
+    "Measurement",
+    "MetricProvider",
+    "decide",
+    "make_provider",
+]
 
 
 def make_provider(check: Check, cwd: Path) -> MetricProvider:

@@ -14,8 +14,11 @@ from rollwise.errors import ConfigError
 
 
 def render_query(query: str, look: Look) -> str:
-    return (query.replace("{env}", look.env).replace("{canary}", look.canary)
-            .replace("{stable}", look.stable or ""))
+    return (
+        query.replace("{env}", look.env)
+        .replace("{canary}", look.canary)
+        .replace("{stable}", look.stable or "")
+    )
 
 
 def scalar(payload: dict[str, Any]) -> float | None:
@@ -26,8 +29,10 @@ def scalar(payload: dict[str, Any]) -> float | None:
         return float(result[1])
     if data.get("resultType") == "vector" and result:
         if len(result) > 1:
-            raise ValueError(f"query returned {len(result)} series; aggregate it to one "
-                             "(for example with sum() or max())")
+            raise ValueError(
+                f"query returned {len(result)} series; aggregate it to one "
+                "(for example with sum() or max())"
+            )
         return float(result[0]["value"][1])
     return None
 
@@ -42,8 +47,11 @@ class PrometheusProvider:
         return self.check.name
 
     def query(self, promql: str) -> dict[str, Any]:
-        r = httpx.get(f"{self.check.url.rstrip('/')}/api/v1/query", params={"query": promql},
-                      timeout=self.check.timeout_s)
+        r = httpx.get(
+            f"{self.check.url.rstrip('/')}/api/v1/query",
+            params={"query": promql},
+            timeout=self.check.timeout_s,
+        )
         body: dict[str, Any] = r.json()
         if body.get("status") != "success":
             raise ValueError(f"{body.get('errorType')}: {body.get('error')}")
@@ -56,9 +64,11 @@ class PrometheusProvider:
         except httpx.HTTPError as e:
             return f"check {self.name!r}: Prometheus at {self.check.url} unreachable ({e})"
         except ValueError as e:
-            raise ConfigError(f"check {self.name!r}: Prometheus refused the query: {e}",
-                              where=f"analysis check {self.name!r}",
-                              hint=f"query was: {self.check.query}") from None
+            raise ConfigError(
+                f"check {self.name!r}: Prometheus refused the query: {e}",
+                where=f"analysis check {self.name!r}",
+                hint=f"query was: {self.check.query}",
+            ) from None
         return None
 
     def measure(self, look: Look) -> Measurement:
@@ -67,15 +77,16 @@ class PrometheusProvider:
         try:
             value = scalar(self.query(promql))
         except (httpx.HTTPError, ValueError, KeyError) as e:
-            return Measurement(self.kind, self.name, INCONCLUSIVE,
-                               f"query failed: {e}", numbers)
+            return Measurement(self.kind, self.name, INCONCLUSIVE, f"query failed: {e}", numbers)
         numbers["value"] = value
         if value is None or math.isnan(value):
             return Measurement(self.kind, self.name, INCONCLUSIVE, "no data", numbers)
         if self.check.max is not None and value > self.check.max:
-            return Measurement(self.kind, self.name, FAIL,
-                               f"{value:g} above max {self.check.max:g}", numbers)
+            return Measurement(
+                self.kind, self.name, FAIL, f"{value:g} above max {self.check.max:g}", numbers
+            )
         if self.check.min is not None and value < self.check.min:
-            return Measurement(self.kind, self.name, FAIL,
-                               f"{value:g} below min {self.check.min:g}", numbers)
+            return Measurement(
+                self.kind, self.name, FAIL, f"{value:g} below min {self.check.min:g}", numbers
+            )
         return Measurement(self.kind, self.name, PASS, f"{value:g} within bounds", numbers)

@@ -51,15 +51,17 @@ class RatioTest:
         share = w.canary_n / (w.canary_n + w.stable_n)
         for k, r in enumerate(RATIOS):
             alt = r * w.canary_n / (r * w.canary_n + w.stable_n)
-            self.log_lr[k] += (w.canary_bad * math.log(alt / share)
-                               + w.stable_bad * math.log((1 - alt) / (1 - share)))
+            self.log_lr[k] += w.canary_bad * math.log(alt / share) + w.stable_bad * math.log(
+                (1 - alt) / (1 - share)
+            )
 
     @property
     def e_value(self) -> float:
         """The mixture likelihood ratio: evidence that the canary is worse (1 = none)."""
         top = max(self.log_lr)
-        return math.exp(top) * sum(wt * math.exp(x - top)
-                                   for wt, x in zip(WEIGHTS, self.log_lr, strict=True))
+        return math.exp(top) * sum(
+            wt * math.exp(x - top) for wt, x in zip(WEIGHTS, self.log_lr, strict=True)
+        )
 
     @property
     def threshold(self) -> float:

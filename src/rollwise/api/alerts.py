@@ -112,8 +112,9 @@ def triggers(payload: AlertmanagerPayload, app: str) -> list[Trigger]:
         if env and env not in out:
             name = a.labels.get("alertname", "alert")
             summary = a.annotations.get("summary", "")
-            out[env] = Trigger(env, f"alert {name}" + (f": {summary}" if summary else ""),
-                               parse_time(a.startsAt))
+            out[env] = Trigger(
+                env, f"alert {name}" + (f": {summary}" if summary else ""), parse_time(a.startsAt)
+            )
     return list(out.values())
 
 
@@ -121,8 +122,9 @@ def make_app(root: Path, token: str, limits: Limits, listen: str = "127.0.0.1:97
     """The routes behind `Guard`: /health, /metrics and /sd answer without the token."""
     # No /docs, /redoc or /openapi.json: they answered anyone, and the docs pages load
     # scripts from a public CDN.
-    api = FastAPI(title="rollwise alerts", version="1",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    api = FastAPI(
+        title="rollwise alerts", version="1", docs_url=None, redoc_url=None, openapi_url=None
+    )
     api.add_exception_handler(RequestValidationError, _invalid)
     lock = threading.Lock()
     with _opened(root) as ctx:
@@ -143,9 +145,12 @@ def make_app(root: Path, token: str, limits: Limits, listen: str = "127.0.0.1:97
             last = next(iter(repo.list_deployments(ctx.engine, trigger.env, 1)), None)
             if already_handled(last, trigger, time.time()):
                 assert last is not None
-                return {"env": trigger.env, "action": "ignored",
-                        "reason": f"already rolled back to {last['to_version']} "
-                        f"(deployment {last['id']}) after this alert began"}
+                return {
+                    "env": trigger.env,
+                    "action": "ignored",
+                    "reason": f"already rolled back to {last['to_version']} "
+                    f"(deployment {last['id']}) after this alert began",
+                }
             if ops.running(ctx, trigger.env):
                 res = ops.rollback(ctx, trigger.env, None, reason=trigger.reason)
                 return {"env": trigger.env, "action": "requested", "message": res.message}
@@ -208,8 +213,13 @@ def metrics_targets(ctx: Context, listen: str) -> dict[str, dict[str, str]]:
 
 def metrics_app(root: Path, env: str, listen: str) -> ASGIApp:
     """An environment's own `metrics.listen`: its /metrics and /sd, and /health."""
-    api = FastAPI(title=f"rollwise metrics {env}", version="1",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    api = FastAPI(
+        title=f"rollwise metrics {env}",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
 
     @api.get("/health")
     def health() -> dict[str, str]:
@@ -240,15 +250,23 @@ class _RequestLog:
         try:
             await self.app(scope, receive, sent)
         finally:
-            log_line("request", method=scope["method"], path=scope["path"], status=status,
-                     ms=round((time.monotonic() - began) * 1000, 2),
-                     client=(scope.get("client") or ["?"])[0])
+            log_line(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.monotonic() - began) * 1000, 2),
+                client=(scope.get("client") or ["?"])[0],
+            )
 
 
 def log_line(event: str, **fields: Any) -> None:
     """A structured log line (JSON) on stderr, where a service manager collects it."""
-    print(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}),
-          file=sys.stderr, flush=True)
+    print(
+        json.dumps({"ts": round(time.time(), 3), "event": event, **fields}),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -267,8 +285,7 @@ def _rollback(root: Path, trigger: Trigger) -> None:
             log_line("rollback", env=trigger.env, alert=trigger.reason, message=res.message)
         except RollwiseError as e:
             log_line("rollback", env=trigger.env, alert=trigger.reason, error=e.message)
-            ctx.emit("rollback", "error", env=trigger.env,
-                     reason=f"{trigger.reason}: {e.message}")
+            ctx.emit("rollback", "error", env=trigger.env, reason=f"{trigger.reason}: {e.message}")
 
 
 @contextmanager
@@ -289,22 +306,39 @@ def serve(root: Path, listen: str, limits: Limits | None = None) -> None:
 
     token = os.environ.get(TOKEN_ENV, "")
     if len(token) < 16:
-        raise ConfigError("not set or shorter than 16 characters",
-                          where=TOKEN_ENV, hint="set it to a long random value, e.g. "
-                          "`export ROLLWISE_WEBHOOK_TOKEN=$(openssl rand -hex 24)`")
+        raise ConfigError(
+            "not set or shorter than 16 characters",
+            where=TOKEN_ENV,
+            hint="set it to a long random value, e.g. "
+            "`export ROLLWISE_WEBHOOK_TOKEN=$(openssl rand -hex 24)`",
+        )
     limits = limits or Limits()
     # a bad rollwise.yaml fails here, not at the first alert
     apps = [(make_app(root, token, limits, listen), listen)]
     with _opened(root) as ctx:
-        apps += [(metrics_app(root, name, listen), env.metrics.listen)
-                 for name, env in sorted(ctx.config.environments.items()) if env.metrics.listen]
+        apps += [
+            (metrics_app(root, name, listen), env.metrics.listen)
+            for name, env in sorted(ctx.config.environments.items())
+            if env.metrics.listen
+        ]
     servers = []
     for api, address in apps:
         host, port = parse_address(address)
-        servers.append(uvicorn.Server(uvicorn.Config(
-            api, host=host, port=port, log_level="warning", http=HeaderDeadline, ws="none",
-            server_header=False, timeout_keep_alive=limits.timeout_s,
-            limit_concurrency=limits.max_connections)))
+        servers.append(
+            uvicorn.Server(
+                uvicorn.Config(
+                    api,
+                    host=host,
+                    port=port,
+                    log_level="warning",
+                    http=HeaderDeadline,
+                    ws="none",
+                    server_header=False,
+                    timeout_keep_alive=limits.timeout_s,
+                    limit_concurrency=limits.max_connections,
+                )
+            )
+        )
     log_line("serve", listen=[address for _, address in apps], pid=os.getpid())
 
     async def run_all() -> None:

@@ -51,8 +51,9 @@ class Refused(Exception):
 class Guard:
     """ASGI middleware: authenticate, then read a bounded body within a deadline."""
 
-    def __init__(self, app: ASGIApp, token: str, limits: Limits,
-                 public: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str, limits: Limits, public: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.token = token.encode()
         self.limits = limits
@@ -147,8 +148,11 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 async def _refuse(send: Send, refusal: Refused) -> None:
     body = json.dumps({"detail": refusal.detail}).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     if refusal.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})

@@ -20,8 +20,12 @@ from rollwise.errors import ConfigError, ExitCode, RollwiseError, UsageError
 from rollwise.events import EventBus
 
 T = TypeVar("T")
-app = typer.Typer(help="Deploy progressively; roll back in seconds.", no_args_is_help=True,
-                  rich_markup_mode="markdown", pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Deploy progressively; roll back in seconds.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
 
 
 def _group(name: str, help: str) -> typer.Typer:
@@ -39,16 +43,21 @@ backup_app = _group("backup", "Back up, verify and restore the app's database.")
 config_app = _group("config", "Configuration schema and reference.")
 agent_app = _group("agent", "The per-environment agent (router and supervisor).")
 hosts_app = _group("hosts", "The hosts of a fleet environment (`target: {type: ssh}`).")
-bundle_app = _group("bundle", "Several services deployed and rolled back together in "
-                    "dependency order (rollwise-bundle.yaml).")
+bundle_app = _group(
+    "bundle",
+    "Several services deployed and rolled back together in "
+    "dependency order (rollwise-bundle.yaml).",
+)
 kube_app = _group("kube", "Kubernetes objects of a release (docs/kubernetes.md).")
-PercentOpt = Annotated[int, typer.Option("--percent", min=0, max=100,
-                                         help="Share of traffic for this version.")]
+PercentOpt = Annotated[
+    int, typer.Option("--percent", min=0, max=100, help="Share of traffic for this version.")
+]
 
 # No console markup: names, reasons and messages print as written (a `[a-z]` in a pattern
 # stays); colour comes from Text styles.
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
+
 
 def _complete_env(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of --env: the environments in rollwise.yaml (read, not validated)."""
@@ -64,13 +73,24 @@ def _complete_env(ctx: typer.Context, incomplete: str) -> list[str]:
     return [e for e in envs if str(e).startswith(incomplete)]
 
 
-EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment name.",
-                                     autocompletion=_complete_env)]
-AnyEnvOpt = Annotated[str | None, typer.Option(
-    "--env", "-e", help="One environment (default: all).", autocompletion=_complete_env)]
+EnvOpt = Annotated[
+    str, typer.Option("--env", "-e", help="Environment name.", autocompletion=_complete_env)
+]
+AnyEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--env", "-e", help="One environment (default: all).", autocompletion=_complete_env
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-LockWait = Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for the "
-                                         "environment's deploy lock (default: refuse at once).")]
+LockWait = Annotated[
+    float,
+    typer.Option(
+        "--lock-wait",
+        min=0,
+        help="Seconds to wait for the environment's deploy lock (default: refuse at once).",
+    ),
+]
 DirOpt = Annotated[Path, typer.Option("--dir", "-C", help="Project directory.")]
 
 
@@ -88,26 +108,39 @@ def _progress(ev: Event) -> None:
         d = dict(ev.data)
         host, what = d.pop("host", "?"), d.pop("step", "?")
         mark = ("✓", "green") if ev.outcome in (reasons.OK, "started") else ("✗", "red")
-        err.print(Text.assemble("    ", mark, (f" {host:<14}", "bold"), f" {what} ",
-                                (_fmt(d), "dim")))
+        err.print(
+            Text.assemble("    ", mark, (f" {host:<14}", "bold"), f" {what} ", (_fmt(d), "dim"))
+        )
     elif ev.action == "analysis":
         mark = {"advance": ("✓", "green"), "rollback": ("✗", "red")}.get(
-            ev.outcome, ("!", "yellow"))
-        err.print(Text.assemble("    ", mark,
-                                f" analysis {ev.data.get('step')}: {ev.outcome}: {ev.reason}"))
+            ev.outcome, ("!", "yellow")
+        )
+        err.print(
+            Text.assemble(
+                "    ", mark, f" analysis {ev.data.get('step')}: {ev.outcome}: {ev.reason}"
+            )
+        )
     elif ev.action in ("promote", "preflight") and ev.outcome != reasons.REFUSED:
         err.print(Text.assemble("    ", ("!", "yellow"), f" {ev.action}: {ev.reason}"))
     elif ev.action == "bundle":
         d = ev.data
-        mark = {"started": ("▶", "bold"), reasons.OK: ("✓", "green")}.get(
-            ev.outcome, ("✗", "red"))
-        what = {"started": f"{d.get('previous') or '-'} -> {ev.version}",
-                reasons.OK: f"at {ev.version}", "rolled_back": f"back to {ev.version}"}.get(
-            ev.outcome, f"{ev.outcome}: {ev.reason}")
-        err.print(Text.assemble(mark, (f" {d.get('service')}", "bold"),
-                                f" (bundle {d.get('bundle')}) {what}"))
+        mark = {"started": ("▶", "bold"), reasons.OK: ("✓", "green")}.get(ev.outcome, ("✗", "red"))
+        what = {
+            "started": f"{d.get('previous') or '-'} -> {ev.version}",
+            reasons.OK: f"at {ev.version}",
+            "rolled_back": f"back to {ev.version}",
+        }.get(ev.outcome, f"{ev.outcome}: {ev.reason}")
+        err.print(
+            Text.assemble(
+                mark, (f" {d.get('service')}", "bold"), f" (bundle {d.get('bundle')}) {what}"
+            )
+        )
     elif ev.action in ("deploy", "rollback", "recover") and ev.outcome not in (
-            "started", reasons.SUCCEEDED, reasons.NOOP, reasons.REFUSED):
+        "started",
+        reasons.SUCCEEDED,
+        reasons.NOOP,
+        reasons.REFUSED,
+    ):
         err.print(Text.assemble("  ", ("!", "yellow"), f" {ev.action} {ev.outcome}"))
 
 
@@ -150,10 +183,18 @@ def _ctx(directory: Path, quiet: bool = False) -> Any:
 
 
 @app.callback()
-def _options(progress: Annotated[str, typer.Option(
-        "--progress", help="How progress is shown on stderr: auto (a live hosts table on a "
-        "terminal, lines elsewhere), lines, or json (every event as one JSON object per "
-        "line, for CI and scripts).", case_sensitive=False)] = "auto") -> None:
+def _options(
+    progress: Annotated[
+        str,
+        typer.Option(
+            "--progress",
+            help="How progress is shown on stderr: auto (a live hosts table on a "
+            "terminal, lines elsewhere), lines, or json (every event as one JSON object per "
+            "line, for CI and scripts).",
+            case_sensitive=False,
+        ),
+    ] = "auto",
+) -> None:
     if progress.lower() not in ("auto", "lines", "json"):
         raise typer.BadParameter("auto, lines or json", param_hint="--progress")
     PROGRESS["mode"] = progress.lower()
@@ -174,8 +215,9 @@ class LookPrinter:
         if ev.ts - self.last.setdefault(step, ev.ts) < self.every_s:
             return
         self.last[step] = ev.ts
-        parts = [f"{m['name']}: {m['verdict']} ({m['reason']})"
-                 for m in ev.data.get("measurements", [])]
+        parts = [
+            f"{m['name']}: {m['verdict']} ({m['reason']})" for m in ev.data.get("measurements", [])
+        ]
         err.print(Text(f"    … {step}: {'; '.join(parts) or 'no measurement'}", style="dim"))
 
 
@@ -191,39 +233,58 @@ def _run(fn: Callable[[], T], as_json: bool = False) -> T:
             raise missing from e
     except RollwiseError as e:
         if PROGRESS["mode"] == "json":
-            sys.stderr.write(json.dumps({"error": e.message, "where": e.where or None,
-                                         "hint": e.hint or None,
-                                         "exit_code": int(e.code)}) + "\n")
+            sys.stderr.write(
+                json.dumps(
+                    {
+                        "error": e.message,
+                        "where": e.where or None,
+                        "hint": e.hint or None,
+                        "exit_code": int(e.code),
+                    }
+                )
+                + "\n"
+            )
             PROGRESS["ended"] = "error"
         else:
             err.print(Text.assemble(("error:", "red"), " ", str(e)))
         if as_json:
-            _emit_json({"ok": False, "error": e.message, "where": e.where or None,
-                        "hint": e.hint or None, "exit_code": int(e.code)})
+            _emit_json(
+                {
+                    "ok": False,
+                    "error": e.message,
+                    "where": e.where or None,
+                    "hint": e.hint or None,
+                    "exit_code": int(e.code),
+                }
+            )
         raise typer.Exit(int(e.code)) from None
     except KeyboardInterrupt:
-        err.print(Text.assemble(("interrupted", "yellow"),
-                                ": run `rollwise status` to see the state"))
+        err.print(
+            Text.assemble(("interrupted", "yellow"), ": run `rollwise status` to see the state")
+        )
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
-DRIVERS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql",
-           "MySQLdb": "mysql"}
+DRIVERS = {"psycopg": "postgres", "psycopg2": "postgres", "pymysql": "mysql", "MySQLdb": "mysql"}
 
 
 def _missing_driver(e: ModuleNotFoundError) -> ConfigError | None:
     """A database driver rollwise installs as an extra, as a ConfigError saying which."""
     top = (e.name or "").partition(".")[0]
     if top in ("kubernetes", "kubernetes_validate"):
-        return ConfigError(f"the Python package {top!r} is not installed",
-                           hint="pip install 'rollwise[kubernetes]' kubernetes-validate "
-                           "(in rollwise's environment)")
+        return ConfigError(
+            f"the Python package {top!r} is not installed",
+            hint="pip install 'rollwise[kubernetes]' kubernetes-validate "
+            "(in rollwise's environment)",
+        )
     extra = DRIVERS.get(top)
     if extra is None:
         return None
-    return ConfigError(f"the database driver {e.name!r} is not installed",
-                       hint=f"pip install 'rollwise[{extra}]' (in rollwise's environment), "
-                       "or use a database URL whose driver is installed")
+    return ConfigError(
+        f"the database driver {e.name!r} is not installed",
+        hint=f"pip install 'rollwise[{extra}]' (in rollwise's environment), "
+        "or use a database URL whose driver is installed",
+    )
 
 
 def _public_key(path: Path) -> None:
@@ -248,11 +309,13 @@ def _emit_json(data: Any) -> None:
 
 
 @app.command()
-def init(directory: DirOpt = Path("."),
-         app_name: Annotated[str, typer.Option("--app", help="Application name.")] = "",
-         run: Annotated[str, typer.Option("--run", help="Command that starts one instance; "
-                                          "{port} is its port.")] = "python3 app.py --port {port}",
-         ) -> None:
+def init(
+    directory: DirOpt = Path("."),
+    app_name: Annotated[str, typer.Option("--app", help="Application name.")] = "",
+    run: Annotated[
+        str, typer.Option("--run", help="Command that starts one instance; {port} is its port.")
+    ] = "python3 app.py --port {port}",
+) -> None:
     """Create a commented rollwise.yaml in the project directory."""
     from rollwise.config.reference import json_schema
     from rollwise.config.schema import NAME_RE
@@ -266,24 +329,33 @@ def init(directory: DirOpt = Path("."),
     suggested = re.sub(r"^[^a-z]+", "", suggested).strip("-")[:40] or "app"
     name = app_name or suggested
     if not NAME_RE.match(name):
-        _run(lambda: _fail(UsageError(
-            f"--app {name!r}: an app name is lowercase letters, digits and dashes, starting "
-            "with a letter, at most 40 characters", hint=f"for example --app {suggested}")))
+        _run(
+            lambda: _fail(
+                UsageError(
+                    f"--app {name!r}: an app name is lowercase letters, digits and dashes, "
+                    "starting with a letter, at most 40 characters",
+                    hint=f"for example --app {suggested}",
+                )
+            )
+        )
     path.write_text(render(name, run))
     (directory / SCHEMA_FILE).write_text(json.dumps(json_schema(), indent=2) + "\n")
     gi = directory / ".gitignore"
     if ".rollwise/" not in (gi.read_text() if gi.exists() else ""):
         with gi.open("a") as f:
             f.write(".rollwise/\n")
-    out.print(f"wrote {path} and {SCHEMA_FILE} (its JSON Schema, for editors); next: "
-              "`rollwise release create --version 1.0.0`")
+    out.print(
+        f"wrote {path} and {SCHEMA_FILE} (its JSON Schema, for editors); next: "
+        "`rollwise release create --version 1.0.0`"
+    )
 
 
 @release_app.command("create")
 def release_create(
     version: Annotated[str, typer.Option("--version", "-v", help="Semantic version.")],
     changelog: Annotated[str | None, typer.Option(help="What changed.")] = None,
-    directory: DirOpt = Path("."), as_json: JsonOpt = False,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Package the app into an immutable, content-addressed release."""
     from rollwise.controller import ops
@@ -293,9 +365,11 @@ def release_create(
 
 
 @release_app.command("list")
-def release_list(directory: DirOpt = Path("."), as_json: JsonOpt = False,
-                 all_: Annotated[bool, typer.Option("--all", help="Include pruned.")] = False,
-                 ) -> None:
+def release_list(
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include pruned.")] = False,
+) -> None:
     """List releases, newest last, with each environment's marks."""
     from rollwise.store import repo
 
@@ -313,23 +387,38 @@ def release_list(directory: DirOpt = Path("."), as_json: JsonOpt = False,
         _emit_json(rels)
         return
     for r in rels:
-        live = (f" live in {extra['lives'][r['version']]}", "green") \
-            if r["version"] in extra["lives"] else ("", "")
+        live = (
+            (f" live in {extra['lives'][r['version']]}", "green")
+            if r["version"] in extra["lives"]
+            else ("", "")
+        )
         pruned = (" (pruned)", "dim") if r["pruned"] else ("", "")
         commit = (r["git_commit"] or "-")[:12]
         schema = r.get("schema") or {}
         needs = f" schema {schema['version']}" if schema else ""
-        floor = f" (code of schema {schema['floor']} and later runs on it)" \
-            if schema.get("floor") not in (None, schema.get("version")) else ""
-        out.print(Text.assemble(
-            f"{r['version']:<12} {r['sha256'][:12]} commit {commit:<12}{needs}{floor} "
-            f"{' '.join(extra['marks'].get(r['version'], []))}", live, pruned))
+        floor = (
+            f" (code of schema {schema['floor']} and later runs on it)"
+            if schema.get("floor") not in (None, schema.get("version"))
+            else ""
+        )
+        out.print(
+            Text.assemble(
+                f"{r['version']:<12} {r['sha256'][:12]} commit {commit:<12}{needs}{floor} "
+                f"{' '.join(extra['marks'].get(r['version'], []))}",
+                live,
+                pruned,
+            )
+        )
 
 
-ForceOpt = Annotated[bool, typer.Option("--force", help="Override a refusal that protects "
-                                        "you (needs --reason; recorded in the audit log).")]
-ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit "
-                                               "log).")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Override a refusal that protects you (needs --reason; recorded in the audit log).",
+    ),
+]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit log).")]
 
 
 def _force_reason(force: bool, reason: str | None) -> str | None:
@@ -340,10 +429,15 @@ def _force_reason(force: bool, reason: str | None) -> str | None:
 
 
 @app.command()
-def deploy(version: Annotated[str, typer.Argument(help="Release version to deploy.")],
-           env: EnvOpt = "dev", lock_wait: LockWait = 0.0, force: ForceOpt = False,
-           reason: ReasonOpt = None, directory: DirOpt = Path("."),
-           as_json: JsonOpt = False) -> None:
+def deploy(
+    version: Annotated[str, typer.Argument(help="Release version to deploy.")],
+    env: EnvOpt = "dev",
+    lock_wait: LockWait = 0.0,
+    force: ForceOpt = False,
+    reason: ReasonOpt = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Start the release beside the live one, check it, switch traffic, stop the old one.
 
     Refused for a release marked bad (unless --force --reason) and for an older release
@@ -351,23 +445,40 @@ def deploy(version: Annotated[str, typer.Argument(help="Release version to deplo
     from rollwise.controller import ops
 
     why = _force_reason(force, reason)
-    res = _run(lambda: ops.deploy(_ctx(directory), env, version, lock_wait=lock_wait,
-                                  force_reason=why), as_json)
+    res = _run(
+        lambda: ops.deploy(_ctx(directory), env, version, lock_wait=lock_wait, force_reason=why),
+        as_json,
+    )
     _emit_json({"ok": True, **res.data}) if as_json else out.print(res.message)
 
 
 @app.command()
 def rollback(
-    to: Annotated[str | None, typer.Option("--to", help="Release to go back to (default: the "
-                                           "last known-good one).")] = None,
-    env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Release to go back to (default: the last known-good one)."),
+    ] = None,
+    env: EnvOpt = "dev",
+    lock_wait: LockWait = 0.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what changes.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Past the rollback window: run the "
-                                        "down migrations anyway (needs --reason).")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Past the rollback window: run the down migrations anyway (needs --reason).",
+        ),
+    ] = False,
     reason: ReasonOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before dropping data "
-                                      "(needed without a terminal, e.g. in CI).")] = False,
-    directory: DirOpt = Path("."), as_json: JsonOpt = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Do not ask before dropping data (needed without a terminal, e.g. in CI).",
+        ),
+    ] = False,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Put an older release back (default: the newest known-good one deployed before the
     live one); the release left is marked bad. Never moves forward."""
@@ -381,11 +492,15 @@ def rollback(
         live, target = ops.rollback_plan(ctx, env, to)
         dropped = _preview(ctx, env, live, target, f"rollback of {env}", as_json)
         if dry_run:
-            return ops.Outcome("dry run: nothing changed", {"dropped": dropped},
-                               changed=False)
-        if dropped and not yes and not _confirm(
+            return ops.Outcome("dry run: nothing changed", {"dropped": dropped}, changed=False)
+        if (
+            dropped
+            and not yes
+            and not _confirm(
                 f"the down migrations drop {sum(dropped.values())} values (kept in parked "
-                "files first); roll back?"):
+                "files first); roll back?"
+            )
+        ):
             return ops.Outcome("nothing changed", {"dropped": dropped}, changed=False)
         return ops.rollback(ctx, env, to, lock_wait, force_reason=why)
 
@@ -396,8 +511,9 @@ def rollback(
         out.print(res.message)
 
 
-def _preview(ctx: Any, env: str, live: Any, target: Any, title: str,
-             as_json: bool) -> dict[str, int]:
+def _preview(
+    ctx: Any, env: str, live: Any, target: Any, title: str, as_json: bool
+) -> dict[str, int]:
     """What a rollback changes (release, config, hosts, schema with its SQL), printed unless
     --json; returns the values its down migrations drop."""
     from rollwise.controller import ops
@@ -413,15 +529,21 @@ def _preview(ctx: Any, env: str, live: Any, target: Any, title: str,
 def _confirm(question: str) -> bool:
     """Ask on a terminal; without one (CI), refuse and say to pass --yes."""
     if not sys.stdin.isatty():
-        raise UsageError(f"{question.rstrip('?')}: no terminal to ask on",
-                         hint="pass --yes to confirm (what is dropped is listed above)")
+        raise UsageError(
+            f"{question.rstrip('?')}: no terminal to ask on",
+            hint="pass --yes to confirm (what is dropped is listed above)",
+        )
     return typer.confirm(question, default=False, err=True)
 
 
 @app.command()
-def promote(env: EnvOpt = "dev", directory: DirOpt = Path("."),
-            full: Annotated[bool, typer.Option("--full", help="Skip every remaining pause and "
-                                               "go to 100% now.")] = False) -> None:
+def promote(
+    env: EnvOpt = "dev",
+    directory: DirOpt = Path("."),
+    full: Annotated[
+        bool, typer.Option("--full", help="Skip every remaining pause and go to 100% now.")
+    ] = False,
+) -> None:
     """Continue a canary paused at a step (analysis goes on at the next steps)."""
     from rollwise.controller import ops
 
@@ -431,11 +553,17 @@ def promote(env: EnvOpt = "dev", directory: DirOpt = Path("."),
 @app.command()
 def serve(
     listen: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:9747",
-    max_body_kib: Annotated[int, typer.Option(
-        min=1, help="Largest request body accepted, in KiB (413 beyond).")] = 256,
-    timeout: Annotated[int, typer.Option(
-        min=1, help="Seconds a client has to send a request's headers, and as long for its "
-        "body (408 or closed after).")] = 10,
+    max_body_kib: Annotated[
+        int, typer.Option(min=1, help="Largest request body accepted, in KiB (413 beyond).")
+    ] = 256,
+    timeout: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds a client has to send a request's headers, and as long for its "
+            "body (408 or closed after).",
+        ),
+    ] = 10,
     directory: DirOpt = Path("."),
 ) -> None:
     """Accept alerts (Alertmanager webhook, generic JSON) that roll back an environment.
@@ -449,8 +577,10 @@ def serve(
         try:
             parse_address(listen)
         except ValueError:
-            raise UsageError(f"--listen {listen!r} is not host:port with a port from 1 to 65535",
-                             hint="for example --listen 127.0.0.1:9747") from None
+            raise UsageError(
+                f"--listen {listen!r} is not host:port with a port from 1 to 65535",
+                hint="for example --listen 127.0.0.1:9747",
+            ) from None
         run_server(directory, listen, Limits(max_body_kib * 1024, timeout))
 
     _run(go)
@@ -465,27 +595,42 @@ def abort(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 
 
 @app.command()
-def recover(env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = Path("."),
-            as_json: JsonOpt = False) -> None:
+def recover(
+    env: EnvOpt = "dev",
+    lock_wait: LockWait = 0.0,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Finish or undo a deployment whose process died (a split canary goes back to the
     stable release) and restart a dead agent. `status` reports when this is needed."""
     from rollwise.controller import ops
 
     res = _run(lambda: ops.recover(_ctx(directory), env, lock_wait), as_json)
-    _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed}) \
-        if as_json else out.print(res.message)
+    _emit_json(
+        {"ok": True, **res.data, "message": res.message, "changed": res.changed}
+    ) if as_json else out.print(res.message)
 
 
 @app.command()
-def status(env: AnyEnvOpt = None,
-           directory: DirOpt = Path("."), as_json: JsonOpt = False,
-           watch: Annotated[bool, typer.Option(
-               "--watch", "-w", help="Keep showing it, with each version's traffic, "
-               "requests, errors and latency and the analysis decision, until Ctrl-C: a live "
-               "panel on a terminal, a line per environment per refresh elsewhere.")] = False,
-           interval: Annotated[float, typer.Option(
-               "--interval", min=0.2, max=3600, help="--watch: seconds between refreshes."
-           )] = 1.0) -> None:
+def status(
+    env: AnyEnvOpt = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Keep showing it, with each version's traffic, "
+            "requests, errors and latency and the analysis decision, until Ctrl-C: a live "
+            "panel on a terminal, a line per environment per refresh elsewhere.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.2, max=3600, help="--watch: seconds between refreshes."),
+    ] = 1.0,
+) -> None:
     """What serves each environment, whether it answers its health check, and what an
     interrupted deployment left to do. Only reads: `rollwise recover` acts."""
     from rollwise.controller import ops
@@ -516,8 +661,10 @@ def _watch_status(directory: Path, env: str | None, interval: float) -> None:
 
     def boards() -> list[Any]:
         data = ops.status(ctx, env)["environments"]
-        return [board_from_status(name, s, metrics.snapshot(ctx, name).router.get(
-            "versions", {})) for name, s in data.items()]
+        return [
+            board_from_status(name, s, metrics.snapshot(ctx, name).router.get("versions", {}))
+            for name, s in data.items()
+        ]
 
     try:
         if live is not None:
@@ -540,10 +687,20 @@ def _watch_status(directory: Path, env: str | None, interval: float) -> None:
 def _print_env(name: str, s: dict[str, Any]) -> None:
     """One environment's status (`rollwise status`, and each service of `bundle status`)."""
     health = s["health"]
-    verdict = ("", "") if health is None else (" healthy", "green") if s["healthy"] \
+    verdict = (
+        ("", "")
+        if health is None
+        else (" healthy", "green")
+        if s["healthy"]
         else (" NOT HEALTHY", "red")
-    out.print(Text.assemble((name, "bold"), f": {s['live_version'] or 'nothing deployed'} "
-                            f"on {s['router']} (agent {s['agent']})", verdict))
+    )
+    out.print(
+        Text.assemble(
+            (name, "bold"),
+            f": {s['live_version'] or 'nothing deployed'} on {s['router']} (agent {s['agent']})",
+            verdict,
+        )
+    )
     if health and not health["ok"]:
         answers = ", ".join(f"{k}: {v}" for k, v in health["instances"].items())
         out.print(f"  health {health['path']}: {answers or 'no instance takes traffic'}")
@@ -551,33 +708,44 @@ def _print_env(name: str, s: dict[str, Any]) -> None:
         out.print(Text.assemble("  ", ("interrupted:", "yellow"), f" {s['interrupted']}"))
     for i in s["instances"]:
         w = s["weights"].get(i["name"], 0)
-        where = f"port {i['port']}" if i["host"] == "127.0.0.1" else \
-            f"on {i['host']}:{i['port']}"
+        where = f"port {i['port']}" if i["host"] == "127.0.0.1" else f"on {i['host']}:{i['port']}"
         image = f" image {str(i['image'])[:19]}" if i.get("image") else ""
-        out.print(f"  {i['name']} {where} weight {w} "
-                  f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}{image}")
+        out.print(
+            f"  {i['name']} {where} weight {w} "
+            f"{'up' if i['alive'] else 'down'} restarts {i['restarts']}{image}"
+        )
     if s["lock"]:
         out.print(f"  locked by {s['lock']['holder']} (token {s['lock']['token']})")
     if s["in_progress"]:
         p = s["in_progress"]
-        out.print(f"  in progress: {p['kind']} {p['id']} to {p['to']}, done "
-                  f"{', '.join(p['steps_done']) or 'nothing'}; if interrupted: "
-                  f"{p['on_recovery']}")
+        out.print(
+            f"  in progress: {p['kind']} {p['id']} to {p['to']}, done "
+            f"{', '.join(p['steps_done']) or 'nothing'}; if interrupted: "
+            f"{p['on_recovery']}"
+        )
     for a in s.get("analysis", [])[-5:]:
         out.print(f"  analysis {a['step']}: {a['decision']}: {a['reason']}")
     if last := s["last_deployment"]:
-        out.print(f"  last: {last['kind']} {last['id']} {last['from_version'] or '-'} -> "
-                  f"{last['to_version']} {last['status']}"
-                  + (f" ({last['reason']})" if last["reason"] else ""))
+        out.print(
+            f"  last: {last['kind']} {last['id']} {last['from_version'] or '-'} -> "
+            f"{last['to_version']} {last['status']}"
+            + (f" ({last['reason']})" if last["reason"] else "")
+        )
 
 
 @app.command()
-def logs(env: EnvOpt = "dev",
-         instance: Annotated[str | None, typer.Option(
-             "--instance", help="Only this instance (`rollwise status` names them).")] = None,
-         lines: Annotated[int, typer.Option("--lines", "-n", min=1, max=100_000,
-                                            help="Lines per instance.")] = 50,
-         directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def logs(
+    env: EnvOpt = "dev",
+    instance: Annotated[
+        str | None,
+        typer.Option("--instance", help="Only this instance (`rollwise status` names them)."),
+    ] = None,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=1, max=100_000, help="Lines per instance.")
+    ] = 50,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """The last lines each instance wrote, read where it runs (this machine, its SSH host,
     or its container). Only reads."""
     from rollwise.controller import ops
@@ -587,8 +755,13 @@ def logs(env: EnvOpt = "dev",
         _emit_json(rows)
         return
     for r in rows:
-        out.print(Text(f"== {r['instance']} ({r['version']}) on {r['host']}:{r['port']}"
-                       f"{'' if r['alive'] else ' (not running)'}", style="bold"))
+        out.print(
+            Text(
+                f"== {r['instance']} ({r['version']}) on {r['host']}:{r['port']}"
+                f"{'' if r['alive'] else ' (not running)'}",
+                style="bold",
+            )
+        )
         out.print(r["log"].rstrip() or "(nothing written)")
 
 
@@ -607,14 +780,26 @@ def metrics(env: AnyEnvOpt = None, directory: DirOpt = Path(".")) -> None:
 
 
 @app.command()
-def sd(env: AnyEnvOpt = None,
-       serve_at: Annotated[str, typer.Option(
-           "--serve", help="Address of `rollwise serve`, listed as where metrics are "
-           "scraped for environments without `metrics.listen`.")] = "127.0.0.1:9747",
-       out_file: Annotated[Path | None, typer.Option(
-           "--out", help="Write the JSON to this file (atomically), for Prometheus' "
-           "file_sd_configs, instead of printing it.")] = None,
-       directory: DirOpt = Path(".")) -> None:
+def sd(
+    env: AnyEnvOpt = None,
+    serve_at: Annotated[
+        str,
+        typer.Option(
+            "--serve",
+            help="Address of `rollwise serve`, listed as where metrics are "
+            "scraped for environments without `metrics.listen`.",
+        ),
+    ] = "127.0.0.1:9747",
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the JSON to this file (atomically), for Prometheus' "
+            "file_sd_configs, instead of printing it.",
+        ),
+    ] = None,
+    directory: DirOpt = Path("."),
+) -> None:
     """Print the Prometheus HTTP service discovery JSON `rollwise serve` answers at /sd:
     every instance with its environment, app, version and role (stable or canary). Only
     reads."""
@@ -635,12 +820,18 @@ def sd(env: AnyEnvOpt = None,
 
 
 @app.command()
-def report(env: AnyEnvOpt = None,
-           since: Annotated[str, typer.Option(
-               "--since", help="Period: the last 30d, 12h, 2w... up to now.")] = "30d",
-           html_file: Annotated[Path | None, typer.Option(
-               "--html", help="Also write a self-contained HTML page with charts here.")] = None,
-           directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def report(
+    env: AnyEnvOpt = None,
+    since: Annotated[
+        str, typer.Option("--since", help="Period: the last 30d, 12h, 2w... up to now.")
+    ] = "30d",
+    html_file: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a self-contained HTML page with charts here."),
+    ] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Delivery figures per environment: deployments per day, lead time for changes,
     change failure rate and time to restore (median, p90), from rollwise's records
     (docs/report.md). Only reads."""
@@ -664,8 +855,7 @@ def report(env: AnyEnvOpt = None,
 
     figures, deps = _run(go, as_json)
     if html_file is not None:
-        html_file.write_text(rp.html_page(figures, deps, f"rollwise delivery report, last "
-                                                          f"{since}"))
+        html_file.write_text(rp.html_page(figures, deps, f"rollwise delivery report, last {since}"))
     if as_json:
         _emit_json(figures)
         return
@@ -676,10 +866,12 @@ def report(env: AnyEnvOpt = None,
 
 
 @app.command()
-def history(env: AnyEnvOpt = None,
-            limit: Annotated[int, typer.Option(min=1, max=100_000,
-                                               help="How many, newest first.")] = 20,
-            directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def history(
+    env: AnyEnvOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="How many, newest first.")] = 20,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Deployments and rollbacks, newest first."""
     from rollwise.controller import ops
 
@@ -688,15 +880,20 @@ def history(env: AnyEnvOpt = None,
         _emit_json(rows)
         return
     for r in rows:
-        out.print(f"{r['id']:>4} {r['env']:<8} {r['kind']:<8} {r['from_version'] or '-':>10} "
-                  f"-> {r['to_version']:<10} {r['status']:<11} {r['actor']} "
-                  f"{r['reason'] or ''}")
+        out.print(
+            f"{r['id']:>4} {r['env']:<8} {r['kind']:<8} {r['from_version'] or '-':>10} "
+            f"-> {r['to_version']:<10} {r['status']:<11} {r['actor']} "
+            f"{r['reason'] or ''}"
+        )
 
 
 @backup_app.command("create")
-def backup_create(env: EnvOpt = "dev", directory: DirOpt = Path("."),
-                  reason: Annotated[str, typer.Option(help="Recorded with it.")] = "manual",
-                  as_json: JsonOpt = False) -> None:
+def backup_create(
+    env: EnvOpt = "dev",
+    directory: DirOpt = Path("."),
+    reason: Annotated[str, typer.Option(help="Recorded with it.")] = "manual",
+    as_json: JsonOpt = False,
+) -> None:
     """Dump the environment's database with a manifest (sha256, rows and checksums)."""
     from rollwise.controller import ops
 
@@ -705,8 +902,9 @@ def backup_create(env: EnvOpt = "dev", directory: DirOpt = Path("."),
 
 
 @backup_app.command("list")
-def backup_list(env: EnvOpt = "dev", directory: DirOpt = Path("."),
-                as_json: JsonOpt = False) -> None:
+def backup_list(
+    env: EnvOpt = "dev", directory: DirOpt = Path("."), as_json: JsonOpt = False
+) -> None:
     """Backups of the environment, oldest first."""
     from rollwise.controller import ops
 
@@ -716,13 +914,17 @@ def backup_list(env: EnvOpt = "dev", directory: DirOpt = Path("."),
         return
     for m in rows:
         rows_n = sum(t["rows"] for t in m["tables"].values())
-        out.print(f"{m['id']}  {m['engine']:<10} {m['size']:>12} bytes  {rows_n} rows  "
-                  f"{m['reason']}")
+        out.print(
+            f"{m['id']}  {m['engine']:<10} {m['size']:>12} bytes  {rows_n} rows  {m['reason']}"
+        )
 
 
 @backup_app.command("verify")
-def backup_verify(backup_id: Annotated[str | None, typer.Argument(help="Default: newest.")]
-                  = None, env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
+def backup_verify(
+    backup_id: Annotated[str | None, typer.Argument(help="Default: newest.")] = None,
+    env: EnvOpt = "dev",
+    directory: DirOpt = Path("."),
+) -> None:
     """Restore into a scratch database and compare every table with the source at backup
     time; exit 6 when the file is damaged or restores to something else."""
     from rollwise.controller import ops
@@ -731,14 +933,23 @@ def backup_verify(backup_id: Annotated[str | None, typer.Argument(help="Default:
 
 
 @backup_app.command("restore")
-def backup_restore(backup_id: Annotated[str, typer.Argument(help="Backup id.")],
-                   env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
-                   then: Annotated[str, typer.Option(
-                       "--then", help="After the data: `migrate` (default) brings it up to "
-                       "the live release's schema; `release` deploys the release the backup "
-                       "was taken under.")] = "migrate",
-                   yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
-                   directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def backup_restore(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    env: EnvOpt = "dev",
+    lock_wait: LockWait = 0.0,
+    then: Annotated[
+        str,
+        typer.Option(
+            "--then",
+            help="After the data: `migrate` (default) brings it up to "
+            "the live release's schema; `release` deploys the release the backup "
+            "was taken under.",
+        ),
+    ] = "migrate",
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Put the database back as it was at the backup, all or nothing; bring code and schema
     together again; check the live release's health. First shows the rows that would be
     lost (written since), by table, and the schema plan, and asks."""
@@ -755,9 +966,11 @@ def backup_restore(backup_id: Annotated[str, typer.Argument(help="Backup id.")],
         err.print(f"  {table}: {n} rows")
     if not lost:
         err.print("  none (by row count)")
-    err.print(f"  backup taken under {plan['backup_release'] or '?'} (schema "
-              f"{plan['backup_schema'] or '-'}); live: {plan['live'] or 'nothing'} (schema "
-              f"{plan['live_schema'] or '-'}); then: {plan['then']}")
+    err.print(
+        f"  backup taken under {plan['backup_release'] or '?'} (schema "
+        f"{plan['backup_schema'] or '-'}); live: {plan['live'] or 'nothing'} (schema "
+        f"{plan['live_schema'] or '-'}); then: {plan['then']}"
+    )
     if not yes and not _run(lambda: _confirm("restore?"), as_json):
         out.print("nothing changed")
         return
@@ -767,9 +980,14 @@ def backup_restore(backup_id: Annotated[str, typer.Argument(help="Backup id.")],
 
 @audit_app.command("verify")
 def audit_verify(
-    public_key: Annotated[Path | None, typer.Option(
-        "--public-key", help="Check the checkpoints with this public key (one you keep "
-        "elsewhere) instead of the one beside them.")] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="Check the checkpoints with this public key (one you keep "
+            "elsewhere) instead of the one beside them.",
+        ),
+    ] = None,
     directory: DirOpt = Path("."),
 ) -> None:
     """Check the hash chain and the newest signed checkpoint; name the first changed,
@@ -785,8 +1003,11 @@ def audit_verify(
 
     res = _run(check)
     if not res.ok:
-        where = "" if res.first_bad_seq is None else (
-            f" (first bad event: {res.first_bad_seq}; {res.count} events before it ok)")
+        where = (
+            ""
+            if res.first_bad_seq is None
+            else (f" (first bad event: {res.first_bad_seq}; {res.count} events before it ok)")
+        )
         err.print(Text.assemble(("audit log tampered:", "red"), " ", res.problem + where))
         raise typer.Exit(int(ExitCode.INTEGRITY))
     out.print(f"audit log ok: {res.count} events, chain intact")
@@ -802,8 +1023,12 @@ def audit_checkpoint(directory: DirOpt = Path(".")) -> None:
     ctx = _run(lambda: _ctx(directory, quiet=True))
     settings = _run(lambda: checkpoints.settings(ctx.config, ctx.state_dir, ctx.engine))
     cp = _run(lambda: audit.checkpoint(ctx.engine, settings))
-    out.print(Text(f"{cp.label()}: {cp.count} events, head {cp.head[:16]}…, key {cp.key_id}, "
-                   f"written to {settings.checkpoint_file}"))
+    out.print(
+        Text(
+            f"{cp.label()}: {cp.count} events, head {cp.head[:16]}…, key {cp.key_id}, "
+            f"written to {settings.checkpoint_file}"
+        )
+    )
 
 
 @audit_app.command("keygen")
@@ -815,15 +1040,20 @@ def audit_keygen(directory: DirOpt = Path(".")) -> None:
     ctx = _run(lambda: _ctx(directory, quiet=True))
     settings = _run(lambda: checkpoints.settings(ctx.config, ctx.state_dir, ctx.engine))
     key = _run(lambda: checkpoints.create_key(settings.key_file))
-    out.print(Text(f"created {settings.key_file} (mode 0600), key "
-                   f"{checkpoints.key_id(key.public_key())}; keep it out of the repository "
-                   "and out of copies of .rollwise/"))
+    out.print(
+        Text(
+            f"created {settings.key_file} (mode 0600), key "
+            f"{checkpoints.key_id(key.public_key())}; keep it out of the repository "
+            "and out of copies of .rollwise/"
+        )
+    )
 
 
 @audit_app.command("export")
 def audit_export(
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                help="File (default: stdout).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default: stdout).")
+    ] = None,
     directory: DirOpt = Path("."),
 ) -> None:
     """Write every event as JSON lines."""
@@ -837,8 +1067,11 @@ def audit_export(
             with output.open("w") as f:
                 return audit.export(engine, f)
         except OSError as e:
-            raise UsageError(f"cannot write the export: {e.strerror}", where=str(output),
-                             hint="name a file in a folder that exists") from None
+            raise UsageError(
+                f"cannot write the export: {e.strerror}",
+                where=str(output),
+                hint="name a file in a folder that exists",
+            ) from None
 
     err.print(f"wrote {_run(write)} events to {output}")
 
@@ -860,8 +1093,11 @@ def secrets_set(name: str, env: EnvOpt = "dev", directory: DirOpt = Path(".")) -
         secrets.check_name(name)
         ctx = _ctx(directory, quiet=True)
         ctx.env(env)
-        value = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else \
-            typer.prompt(f"value of {name}", hide_input=True)
+        value = (
+            sys.stdin.readline().rstrip("\n")
+            if not sys.stdin.isatty()
+            else typer.prompt(f"value of {name}", hide_input=True)
+        )
         path = secrets.secrets_file(ctx.state_dir, env)
         secrets.write_file(path, secrets.read_file(path) | {name: secrets.Secret(value)})
         ctx.emit("secret", reasons.OK, env=env, data={"name": name})
@@ -885,12 +1121,19 @@ def secrets_list(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 
 
 @config_app.command("schema")
-def config_schema(bundle: Annotated[bool, typer.Option(
-        "--bundle", help="The schema of rollwise-bundle.yaml instead.")] = False,
-        out_file: Annotated[Path | None, typer.Option(
-            "--out", help="Write it to this file (what `init` writes and the "
-            "`yaml-language-server` comment names) instead of printing it.")] = None,
-        ) -> None:
+def config_schema(
+    bundle: Annotated[
+        bool, typer.Option("--bundle", help="The schema of rollwise-bundle.yaml instead.")
+    ] = False,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write it to this file (what `init` writes and the "
+            "`yaml-language-server` comment names) instead of printing it.",
+        ),
+    ] = None,
+) -> None:
     """Print the JSON Schema of rollwise.yaml, for editors (completion, hover docs,
     checks as you type)."""
     from rollwise.config.reference import json_schema
@@ -924,8 +1167,9 @@ def config_check(directory: DirOpt = Path(".")) -> None:
 
 
 @agent_app.command("run", hidden=True)
-def agent_run(env_dir: Annotated[str, typer.Option()],
-              listen: Annotated[str | None, typer.Option()] = None) -> None:
+def agent_run(
+    env_dir: Annotated[str, typer.Option()], listen: Annotated[str | None, typer.Option()] = None
+) -> None:
     """Run an agent in the foreground (rollwise starts it for you)."""
     from rollwise.agent.server import main as agent_main
 
@@ -934,16 +1178,21 @@ def agent_run(env_dir: Annotated[str, typer.Option()],
 
 @agent_app.command("install-service")
 def agent_install_service(
-        env: EnvOpt = "dev",
-        to: Annotated[Path, typer.Option(
-            "--to", help="Folder the unit files are written to.")] = Path("/etc/systemd/system"),
-        user: Annotated[str | None, typer.Option(
-            "--user", help="User the services run as (default: root).")] = None,
-        serve_listen: Annotated[str, typer.Option(
-            "--serve-listen", help="Address of `rollwise serve`.")] = "127.0.0.1:9747",
-        print_only: Annotated[bool, typer.Option(
-            "--print", help="Print the units instead of writing them.")] = False,
-        directory: DirOpt = Path(".")) -> None:
+    env: EnvOpt = "dev",
+    to: Annotated[Path, typer.Option("--to", help="Folder the unit files are written to.")] = Path(
+        "/etc/systemd/system"
+    ),
+    user: Annotated[
+        str | None, typer.Option("--user", help="User the services run as (default: root).")
+    ] = None,
+    serve_listen: Annotated[
+        str, typer.Option("--serve-listen", help="Address of `rollwise serve`.")
+    ] = "127.0.0.1:9747",
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the units instead of writing them.")
+    ] = False,
+    directory: DirOpt = Path("."),
+) -> None:
     """Write systemd units for the environment's agent (router and instances, back after a
     reboot) and for `rollwise serve` (docs/service.md)."""
     from rollwise.service import ServiceSpec, unit_names, units
@@ -952,14 +1201,22 @@ def agent_install_service(
         ctx = _ctx(directory, quiet=True)
         cfg = ctx.env(env)
         if cfg.target.type == "ssh":
-            raise UsageError(f"environment {env!r} runs on SSH hosts: their agents are started "
-                             "by rollwise on each host", where=f"environments.{env}.target",
-                             hint="install-service is for an environment on this machine")
+            raise UsageError(
+                f"environment {env!r} runs on SSH hosts: their agents are started "
+                "by rollwise on each host",
+                where=f"environments.{env}.target",
+                hint="install-service is for an environment on this machine",
+            )
         return ServiceSpec(
-            app=ctx.config.app, env=env, root=ctx.root.resolve(),
-            env_dir=ctx.env_dir(env).resolve(), python=sys.executable,
+            app=ctx.config.app,
+            env=env,
+            root=ctx.root.resolve(),
+            env_dir=ctx.env_dir(env).resolve(),
+            python=sys.executable,
             router_listen=cfg.router.listen if cfg.router.type == "builtin" else None,
-            serve_listen=serve_listen, user=user)
+            serve_listen=serve_listen,
+            user=user,
+        )
 
     spec = _run(go)
     files = units(spec)
@@ -971,9 +1228,11 @@ def agent_install_service(
         (to / name).write_text(text)
         out.print(f"wrote {to / name}")
     agent, serve_unit = unit_names(spec)
-    out.print(f"next: put ROLLWISE_WEBHOOK_TOKEN=... in /etc/rollwise/{spec.app}.env (mode "
-              f"600), then `systemctl daemon-reload && systemctl enable --now {agent} "
-              f"{serve_unit}`")
+    out.print(
+        f"next: put ROLLWISE_WEBHOOK_TOKEN=... in /etc/rollwise/{spec.app}.env (mode "
+        f"600), then `systemctl daemon-reload && systemctl enable --now {agent} "
+        f"{serve_unit}`"
+    )
 
 
 @agent_app.command("stop")
@@ -993,8 +1252,9 @@ def agent_stop(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
 
 
 @hosts_app.command("list")
-def hosts_list(env: EnvOpt = "dev", directory: DirOpt = Path("."),
-               as_json: JsonOpt = False) -> None:
+def hosts_list(
+    env: EnvOpt = "dev", directory: DirOpt = Path("."), as_json: JsonOpt = False
+) -> None:
     """The environment's hosts as configured (no connection)."""
     from rollwise.controller import hosts
 
@@ -1004,13 +1264,16 @@ def hosts_list(env: EnvOpt = "dev", directory: DirOpt = Path("."),
         return
     for h in rows:
         labels = " ".join(f"{k}={v}" for k, v in h["labels"].items())
-        out.print(f"{h['name']:<16} {h['user']}@{h['address']}:{h['port']}  instances on "
-                  f"{h['bind']}  {labels}".rstrip())
+        out.print(
+            f"{h['name']:<16} {h['user']}@{h['address']}:{h['port']}  instances on "
+            f"{h['bind']}  {labels}".rstrip()
+        )
 
 
 @hosts_app.command("check")
-def hosts_check(env: EnvOpt = "dev", directory: DirOpt = Path("."),
-                as_json: JsonOpt = False) -> None:
+def hosts_check(
+    env: EnvOpt = "dev", directory: DirOpt = Path("."), as_json: JsonOpt = False
+) -> None:
     """Connect to every host (keys verified) and report its Python, whether the agent is
     installed and running, and free disk under `ssh.root`; exit 1 when a host is not
     ready. Changes nothing."""
@@ -1023,65 +1286,90 @@ def hosts_check(env: EnvOpt = "dev", directory: DirOpt = Path("."),
     else:
         for r in rows:
             if not r["reachable"]:
-                out.print(Text.assemble((f"{r['name']:<16} ", "bold"), ("NOT READY", "red"),
-                                        f"  {r['error']}"))
+                out.print(
+                    Text.assemble(
+                        (f"{r['name']:<16} ", "bold"), ("NOT READY", "red"), f"  {r['error']}"
+                    )
+                )
                 continue
-            out.print(Text.assemble(
-                (f"{r['name']:<16} ", "bold"), f"python {r['python']}  agent ",
-                ("installed", "green") if r["agent_installed"] else ("NOT installed", "red"),
-                ", running" if r["agent_running"] else ", not running",
-                f"  free {r['free_mb']} MB" if r["free_mb"] is not None else ""))
+            out.print(
+                Text.assemble(
+                    (f"{r['name']:<16} ", "bold"),
+                    f"python {r['python']}  agent ",
+                    ("installed", "green") if r["agent_installed"] else ("NOT installed", "red"),
+                    ", running" if r["agent_running"] else ", not running",
+                    f"  free {r['free_mb']} MB" if r["free_mb"] is not None else "",
+                )
+            )
         if bad:
-            err.print(f"{len(bad)} host(s) not ready: run `rollwise hosts setup -e {env}` "
-                      "for missing agents; see the errors above for unreachable ones")
+            err.print(
+                f"{len(bad)} host(s) not ready: run `rollwise hosts setup -e {env}` "
+                "for missing agents; see the errors above for unreachable ones"
+            )
     if bad:
         raise typer.Exit(int(ExitCode.ERROR))
 
 
 @hosts_app.command("run")
-def hosts_run(command: Annotated[str, typer.Argument(help="Shell command, quoted.")],
-              env: EnvOpt = "dev",
-              host: Annotated[list[str] | None, typer.Option(
-                  "--host", help="Only this host (repeat for more). Default: every host.")]
-              = None,
-              directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def hosts_run(
+    command: Annotated[str, typer.Argument(help="Shell command, quoted.")],
+    env: EnvOpt = "dev",
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Only this host (repeat for more). Default: every host."),
+    ] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Run a command on every host of the environment at once and print each host's
     output; exit 1 when it failed on any host. The command is recorded in the audit log."""
     from rollwise.controller import hosts
 
-    rows = _run(lambda: hosts.hosts_run(_ctx(directory, quiet=True), env, command, host),
-                as_json)
+    rows = _run(lambda: hosts.hosts_run(_ctx(directory, quiet=True), env, command, host), as_json)
     if as_json:
         _emit_json(rows)
     else:
         for r in rows:
             if r["error"]:
-                out.print(Text.assemble((f"{r['name']}: ", "bold"), ("failed", "red"),
-                                        f" {r['error']}"))
+                out.print(
+                    Text.assemble((f"{r['name']}: ", "bold"), ("failed", "red"), f" {r['error']}")
+                )
                 continue
             status = ("", "") if r["exit"] == 0 else (f" (exit {r['exit']})", "red")
             text = (r["stdout"] + r["stderr"]).rstrip("\n")
-            out.print(Text.assemble((f"{r['name']}", "bold"), status, ":",
-                                    "\n" if "\n" in text else " ", text))
+            out.print(
+                Text.assemble(
+                    (f"{r['name']}", "bold"), status, ":", "\n" if "\n" in text else " ", text
+                )
+            )
     if any(r["exit"] != 0 for r in rows):
         raise typer.Exit(int(ExitCode.ERROR))
 
 
 @hosts_app.command("trust")
-def hosts_trust(host: Annotated[str, typer.Argument(help="Host name or address.")],
-                env: EnvOpt = "dev",
-                fingerprint: Annotated[str | None, typer.Option(
-                    "--fingerprint", help="The key's SHA256 fingerprint as its owner gave it; "
-                    "without it, asks on a terminal.")] = None,
-                directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def hosts_trust(
+    host: Annotated[str, typer.Argument(help="Host name or address.")],
+    env: EnvOpt = "dev",
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--fingerprint",
+            help="The key's SHA256 fingerprint as its owner gave it; "
+            "without it, asks on a terminal.",
+        ),
+    ] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Record the host's SSH key in `ssh.known_hosts`, on purpose: only when it matches
     --fingerprint, or you confirm it at a terminal. A host whose key is already there with
     another key is refused."""
     from rollwise.controller import hosts
 
     ask = (lambda q: typer.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
-    res = _run(lambda: hosts.hosts_trust(_ctx(directory, quiet=True), env, host, fingerprint,
-                                         ask), as_json)
+    res = _run(
+        lambda: hosts.hosts_trust(_ctx(directory, quiet=True), env, host, fingerprint, ask), as_json
+    )
     if as_json:
         _emit_json(res)
     elif res["trusted"]:
@@ -1091,8 +1379,9 @@ def hosts_trust(host: Annotated[str, typer.Argument(help="Host name or address."
 
 
 @hosts_app.command("setup")
-def hosts_setup(env: EnvOpt = "dev", directory: DirOpt = Path("."),
-                as_json: JsonOpt = False) -> None:
+def hosts_setup(
+    env: EnvOpt = "dev", directory: DirOpt = Path("."), as_json: JsonOpt = False
+) -> None:
     """Install rollwise's agent on every host of the environment (its modules, under
     `ssh.root`; the host needs Python 3.11+). Idempotent: a host that has this version's
     agent is left as it is."""
@@ -1108,12 +1397,15 @@ def hosts_setup(env: EnvOpt = "dev", directory: DirOpt = Path("."),
 
 
 @app.command()
-def demo(as_json: JsonOpt = False,
-         example: Annotated[Path, typer.Option(help="Example app to deploy.")] = Path(
-             "examples/order-sync"),
-         rate: Annotated[float, typer.Option(min=1, max=5000,
-                                             help="Load, requests per second.")] = 250.0,
-         ) -> None:
+def demo(
+    as_json: JsonOpt = False,
+    example: Annotated[Path, typer.Option(help="Example app to deploy.")] = Path(
+        "examples/order-sync"
+    ),
+    rate: Annotated[
+        float, typer.Option(min=1, max=5000, help="Load, requests per second.")
+    ] = 250.0,
+) -> None:
     """Under load: deploy order-sync 1.0.0, send 1.1.0 (fails 8% of orders) out as a canary
     that analysis rolls back, then promote 1.1.1; print a report. Exits 1 if a request
     failed because of a switch, an order was lost, or the bad release was not stopped."""
@@ -1126,8 +1418,12 @@ def demo(as_json: JsonOpt = False,
         from rollwise.demo import render
 
         out.print(render(report))
-    if report["requests_failed_by_switch"] or report["orders_lost"] or \
-            not report["rolled_back"] or report["live_version"] != "1.1.1":
+    if (
+        report["requests_failed_by_switch"]
+        or report["orders_lost"]
+        or not report["rolled_back"]
+        or report["live_version"] != "1.1.1"
+    ):
         raise typer.Exit(int(ExitCode.ERROR))
 
 
@@ -1139,9 +1435,13 @@ def _bundle(directory: Path) -> Any:
 
 @bundle_app.command("deploy")
 def bundle_deploy(
-    versions: Annotated[list[str], typer.Argument(help="SERVICE=VERSION, one per service "
-                                                  "to move (others stay as they are).")],
-    env: EnvOpt = "dev", lock_wait: LockWait = 0.0, directory: DirOpt = Path("."),
+    versions: Annotated[
+        list[str],
+        typer.Argument(help="SERVICE=VERSION, one per service to move (others stay as they are)."),
+    ],
+    env: EnvOpt = "dev",
+    lock_wait: LockWait = 0.0,
+    directory: DirOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy the named services, each after the services it depends on, each with its own
@@ -1154,17 +1454,26 @@ def bundle_deploy(
         return bundle.deploy(b, env, bundle.parse_versions(b, versions), lock_wait)
 
     res = _run(go, as_json)
-    _emit_json({"ok": True, **res.data, "message": res.message}) if as_json \
-        else out.print(res.message)
+    _emit_json({"ok": True, **res.data, "message": res.message}) if as_json else out.print(
+        res.message
+    )
 
 
 @bundle_app.command("rollback")
 def bundle_rollback(
-    env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
+    env: EnvOpt = "dev",
+    lock_wait: LockWait = 0.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what changes.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before dropping data "
-                                      "(needed without a terminal, e.g. in CI).")] = False,
-    directory: DirOpt = Path("."), as_json: JsonOpt = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Do not ask before dropping data (needed without a terminal, e.g. in CI).",
+        ),
+    ] = False,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Put back what the last bundle deploy moved, dependents first; each release left is
     marked bad. Refused when a service has been deployed by itself since."""
@@ -1180,34 +1489,47 @@ def bundle_rollback(
             title = f"{m['service']} ({b.config.services[m['service']].dir}), {env}"
             dropped_total += sum(_preview(ctx, env, live, target, title, as_json).values())
         if dry_run:
-            return ops.Outcome("dry run: nothing changed", {"dropped": dropped_total},
-                               changed=False)
-        if dropped_total and not yes and not _confirm(
+            return ops.Outcome(
+                "dry run: nothing changed", {"dropped": dropped_total}, changed=False
+            )
+        if (
+            dropped_total
+            and not yes
+            and not _confirm(
                 f"the down migrations drop {dropped_total} values (kept in parked files "
-                "first); roll the bundle back?"):
+                "first); roll the bundle back?"
+            )
+        ):
             return ops.Outcome("nothing changed", {"dropped": dropped_total}, changed=False)
         return bundle.rollback(b, env, lock_wait)
 
     res = _run(go, as_json)
-    _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed}) \
-        if as_json else out.print(res.message)
+    _emit_json(
+        {"ok": True, **res.data, "message": res.message, "changed": res.changed}
+    ) if as_json else out.print(res.message)
 
 
 @bundle_app.command("recover")
-def bundle_recover(env: EnvOpt = "dev", lock_wait: LockWait = 0.0,
-                   directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def bundle_recover(
+    env: EnvOpt = "dev",
+    lock_wait: LockWait = 0.0,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """After a bundle command was killed: finish or undo each service's own deployment,
     then put back what the interrupted deploy moved (an interrupted rollback is finished)."""
     from rollwise.controller import bundle
 
     res = _run(lambda: bundle.recover(_bundle(directory), env, lock_wait), as_json)
-    _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed}) \
-        if as_json else out.print(res.message)
+    _emit_json(
+        {"ok": True, **res.data, "message": res.message, "changed": res.changed}
+    ) if as_json else out.print(res.message)
 
 
 @bundle_app.command("status")
-def bundle_status(env: EnvOpt = "dev", directory: DirOpt = Path("."),
-                  as_json: JsonOpt = False) -> None:
+def bundle_status(
+    env: EnvOpt = "dev", directory: DirOpt = Path("."), as_json: JsonOpt = False
+) -> None:
     """Each service of the bundle on each host, in dependency order, and the last bundle
     operation. Only reads."""
     from rollwise.controller import bundle
@@ -1222,27 +1544,40 @@ def bundle_status(env: EnvOpt = "dev", directory: DirOpt = Path("."),
         out.print(Text.assemble(("service ", "dim"), (s["service"], "bold"), deps))
         _print_env(f"  {env}", s)
     if last := data["last"]:
-        moves = ", ".join(f"{m['service']} {m['from_version'] or '-'} -> {m['to_version']} "
-                          f"({m['state']})" for m in last["moves"])
-        out.print(f"last: {last['kind']} {last['id']} {last['state']} by {last['actor']}: "
-                  f"{moves}" + (f"; {last['error']}" if last["error"] else ""))
+        moves = ", ".join(
+            f"{m['service']} {m['from_version'] or '-'} -> {m['to_version']} ({m['state']})"
+            for m in last["moves"]
+        )
+        out.print(
+            f"last: {last['kind']} {last['id']} {last['state']} by {last['actor']}: "
+            f"{moves}" + (f"; {last['error']}" if last["error"] else "")
+        )
 
 
 @kube_app.command("manifests")
-def kube_manifests(version: Annotated[str, typer.Argument(help="Release version.")],
-                   env: EnvOpt = "dev", percent: PercentOpt = 100,
-                   live: Annotated[str | None, typer.Option(
-                       "--live", help="The version serving now (default: the environment's "
-                       "live release).")] = None,
-                   directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def kube_manifests(
+    version: Annotated[str, typer.Argument(help="Release version.")],
+    env: EnvOpt = "dev",
+    percent: PercentOpt = 100,
+    live: Annotated[
+        str | None,
+        typer.Option(
+            "--live", help="The version serving now (default: the environment's live release)."
+        ),
+    ] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Print the Deployment, Service and traffic objects that put VERSION in front of
     --percent of the traffic, checked against the published Kubernetes schemas."""
     import yaml
 
     from rollwise.controller import kubernetes
 
-    objects = _run(lambda: kubernetes.manifests(_ctx(directory, quiet=True), env, version,
-                                                percent, live), as_json)
+    objects = _run(
+        lambda: kubernetes.manifests(_ctx(directory, quiet=True), env, version, percent, live),
+        as_json,
+    )
     if as_json:
         _emit_json(objects)
     else:
@@ -1250,16 +1585,21 @@ def kube_manifests(version: Annotated[str, typer.Argument(help="Release version.
 
 
 @kube_app.command("apply")
-def kube_apply(version: Annotated[str, typer.Argument(help="Release version.")],
-               env: EnvOpt = "dev", percent: PercentOpt = 100,
-               directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+def kube_apply(
+    version: Annotated[str, typer.Argument(help="Release version.")],
+    env: EnvOpt = "dev",
+    percent: PercentOpt = 100,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Apply those objects to the cluster KUBECONFIG names (server-side apply, field
     manager `rollwise`); needs `pip install 'rollwise[kubernetes]'`."""
     from rollwise.controller import kubernetes
 
     done = _run(lambda: kubernetes.apply(_ctx(directory), env, version, percent), as_json)
-    _emit_json({"ok": True, "applied": done}) if as_json else \
-        out.print("applied: " + ", ".join(done))
+    _emit_json({"ok": True, "applied": done}) if as_json else out.print(
+        "applied: " + ", ".join(done)
+    )
 
 
 def main() -> None:
@@ -1270,6 +1610,7 @@ def main() -> None:
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if PROGRESS["mode"] == "json" and not PROGRESS.get("ended"):
             # the stream always ends with one result object (an error wrote its own)
-            sys.stderr.write(json.dumps({"result": "ok" if code == 0 else "error",
-                                         "exit_code": code}) + "\n")
+            sys.stderr.write(
+                json.dumps({"result": "ok" if code == 0 else "error", "exit_code": code}) + "\n"
+            )
         raise

@@ -22,8 +22,12 @@ from rollwise.audit import Event
 
 ENDS = ("deploy", "rollback", "recover")
 HOST_COLUMNS = ("agent", "prepare", "start", "health", "stop")
-MARKS = {"advance": ("✓", "green"), "continue": ("…", "dim"), "rollback": ("✗", "red"),
-         "pause": ("!", "yellow")}
+MARKS = {
+    "advance": ("✓", "green"),
+    "continue": ("…", "dim"),
+    "rollback": ("✗", "red"),
+    "pause": ("!", "yellow"),
+}
 
 
 @dataclass
@@ -50,8 +54,10 @@ def render(b: Board) -> Panel:
     if b.elapsed_s is not None:
         head.append(f"  {b.elapsed_s:.0f} s", style="dim")
         if b.pause_s:
-            head.append(f" of {b.pause_s:.0f} s, {max(0.0, b.pause_s - b.elapsed_s):.0f} s "
-                        "left", style="dim")
+            head.append(
+                f" of {b.pause_s:.0f} s, {max(0.0, b.pause_s - b.elapsed_s):.0f} s left",
+                style="dim",
+            )
         elif b.pause_s is None:
             head.append(" (until promoted)", style="dim")
     rows: list[Any] = [head]
@@ -62,9 +68,15 @@ def render(b: Board) -> Panel:
         role = "new" if version == b.canary else "live"
         share = _share(b, version)
         n, bad = int(v.get("requests", 0)), int(v.get("errors", 0))
-        table.add_row(f"{version} ({role})", _num(share, "%"), str(n), str(bad),
-                      f"{100 * bad / n:.2f}%" if n else "-", _num(v.get("p50_ms")),
-                      _num(v.get("p99_ms")))
+        table.add_row(
+            f"{version} ({role})",
+            _num(share, "%"),
+            str(n),
+            str(bad),
+            f"{100 * bad / n:.2f}%" if n else "-",
+            _num(v.get("p50_ms")),
+            _num(v.get("p99_ms")),
+        )
     if b.versions:
         rows.append(table)
     if b.decision:
@@ -75,7 +87,8 @@ def render(b: Board) -> Panel:
         done = Text()
         for name, outcome in b.steps:
             mark, style = {reasons.OK: ("✓", "green"), "started": ("…", "dim")}.get(
-                outcome, ("✗", "red"))
+                outcome, ("✗", "red")
+            )
             done.append(f"{mark} ", style=style).append(f"{name}  ")
         rows.append(done)
     if b.hosts:
@@ -162,8 +175,9 @@ class DeployView:
 
     def _show(self) -> None:
         if self.live is None:
-            self.live = Live(render(self.board), console=self.console, auto_refresh=False,
-                             transient=False)
+            self.live = Live(
+                render(self.board), console=self.console, auto_refresh=False, transient=False
+            )
             self.live.start()
         self.live.update(render(self.board), refresh=True)
 
@@ -190,11 +204,14 @@ def board_from_status(env: str, s: dict[str, Any], versions: dict[str, Any]) -> 
         if name in names:
             by_version[names[name]] = by_version.get(names[name], 0) + int(w)
     total = sum(by_version.values())
-    b = Board(title=f"{env}: {live or 'nothing'} live" + (
-        f", {moving['kind']} to {new} in progress" if moving else ""),
+    b = Board(
+        title=f"{env}: {live or 'nothing'} live"
+        + (f", {moving['kind']} to {new} in progress" if moving else ""),
         step=str(moving.get("step") or "starting") if moving else "idle",
-        canary=new, stable=live,
-        percent=round(100 * by_version.get(new, 0) / total, 1) if new and total else None)
+        canary=new,
+        stable=live,
+        percent=round(100 * by_version.get(new, 0) / total, 1) if new and total else None,
+    )
     b.versions = {v: version_summary(versions.get(v)) for v in (new, live) if v}
     if s.get("analysis"):
         last = s["analysis"][-1]
@@ -207,8 +224,10 @@ def line(b: Board) -> str:
     parts = [b.title, b.step]
     for version, v in b.versions.items():
         share = _share(b, version)
-        parts.append(f"{version} {_num(share, '%')} {v.get('requests', 0)} requests "
-                     f"{v.get('errors', 0)} errors p99 {_num(v.get('p99_ms'), ' ms')}")
+        parts.append(
+            f"{version} {_num(share, '%')} {v.get('requests', 0)} requests "
+            f"{v.get('errors', 0)} errors p99 {_num(v.get('p99_ms'), ' ms')}"
+        )
     if b.decision:
         parts.append(f"analysis {b.decision[0]}: {b.decision[1]}")
     return " | ".join(parts)

@@ -22,15 +22,19 @@ def lint(cfg: ProjectConfig, env: str | None = None) -> list[str]:
         found += _variables(f"environments.{name}.env", e.env)
         host = e.router.host
         if host in ALL_INTERFACES:
-            found.append(f"environments.{name}.router.listen is {e.router.listen}: the router "
-                         "takes requests on every network interface, from other machines too; "
-                         "write 127.0.0.1:<port> unless that is meant")
+            found.append(
+                f"environments.{name}.router.listen is {e.router.listen}: the router "
+                "takes requests on every network interface, from other machines too; "
+                "write 127.0.0.1:<port> unless that is meant"
+            )
     return found
 
 
 def _variables(key: str, values: Mapping[str, str]) -> Iterator[str]:
     for name, value in values.items():
         if m := VARIABLE.search(value):
-            yield (f"{key}.{name} contains {m[0]}, which is passed as written: rollwise does "
-                   "not expand variables; put secret values in `secrets:` (docs/secrets.md) "
-                   "and write others out")
+            yield (
+                f"{key}.{name} contains {m[0]}, which is passed as written: rollwise does "
+                "not expand variables; put secret values in `secrets:` (docs/secrets.md) "
+                "and write others out"
+            )

@@ -24,12 +24,17 @@ MAX_ALIASED = 10_000  # values aliases may add; a whole configuration is a few h
 MAX_DEPTH = 64  # levels of nesting, aliases expanded; a configuration has fewer than ten
 PLAIN_TAGS = {None, "!", "tag:yaml.org,2002:str"}  # none, or `!!str` to keep text as text
 HINT_TEXT = f"{CONFIG_FILE} is UTF-8 text: is this the right file? save it as UTF-8"
-HINT_TAG = ("remove the tag; write a value as plain text, quoted when it starts with `!` "
-            "(for example '!secret')")
-HINT_ALIAS = ("write the values out, or use each anchor (&name) a few times only and never "
-              "inside itself")
-HINT_CONSTRUCT = ("quote a value that YAML reads as something other than text (such as `=`), "
-                  "and merge (`<<:`) only mappings")
+HINT_TAG = (
+    "remove the tag; write a value as plain text, quoted when it starts with `!` "
+    "(for example '!secret')"
+)
+HINT_ALIAS = (
+    "write the values out, or use each anchor (&name) a few times only and never inside itself"
+)
+HINT_CONSTRUCT = (
+    "quote a value that YAML reads as something other than text (such as `=`), "
+    "and merge (`<<:`) only mappings"
+)
 
 
 def find_config(start: Path) -> Path:
@@ -39,10 +44,12 @@ def find_config(start: Path) -> Path:
         if candidate.is_file():
             return candidate
         if os.path.lexists(candidate):
-            raise ConfigError(f"{CONFIG_FILE} is {_kind(candidate)}, not a file",
-                              where=str(candidate),
-                              hint=f"move it away and write the settings to a file named "
-                              f"{CONFIG_FILE} (`rollwise init` writes a template)")
+            raise ConfigError(
+                f"{CONFIG_FILE} is {_kind(candidate)}, not a file",
+                where=str(candidate),
+                hint=f"move it away and write the settings to a file named "
+                f"{CONFIG_FILE} (`rollwise init` writes a template)",
+            )
     raise ConfigError(
         f"no {CONFIG_FILE} in {start.resolve()} or any parent directory",
         hint="run `rollwise init` to create one",
@@ -73,8 +80,11 @@ def _read(path: Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"not UTF-8 text: byte 0x{data[e.start]:02x} cannot be read",
-                          where=f"{path}:{line}", hint=HINT_TEXT) from None
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{data[e.start]:02x} cannot be read",
+            where=f"{path}:{line}",
+            hint=HINT_TEXT,
+        ) from None
     return text
 
 
@@ -92,11 +102,13 @@ def _load(text: str, name: str, model: type[M]) -> M:
     if data is None:  # a document marker and nothing else
         raise _empty(name)
     if not isinstance(data, dict):
-        raise ConfigError("top level must be a mapping of keys",
-                          where=f"{name}:{node.start_mark.line + 1}",
-                          hint="start with `app: <name>`; `rollwise init` writes a template"
-                          if model is ProjectConfig else
-                          "start with `bundle: <name>` and `services:` (docs/bundles.md)")
+        raise ConfigError(
+            "top level must be a mapping of keys",
+            where=f"{name}:{node.start_mark.line + 1}",
+            hint="start with `app: <name>`; `rollwise init` writes a template"
+            if model is ProjectConfig
+            else "start with `bundle: <name>` and `services:` (docs/bundles.md)",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -128,12 +140,19 @@ def _construct(node: yaml.Node, text: str, name: str) -> Any:
         loader.dispose()
 
 
-def _malformed(e: yaml.YAMLError, text: str, name: str,
-               hint: str = "check indentation and quoting on that line") -> ConfigError:
+def _malformed(
+    e: yaml.YAMLError,
+    text: str,
+    name: str,
+    hint: str = "check indentation and quoting on that line",
+) -> ConfigError:
     if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
         line = text.count("\n", 0, e.position) + 1
-        return ConfigError(f"not text: character #x{e.character:04x} is not allowed in YAML",
-                           where=f"{name}:{line}", hint=HINT_TEXT)
+        return ConfigError(
+            f"not text: character #x{e.character:04x} is not allowed in YAML",
+            where=f"{name}:{line}",
+            hint=HINT_TEXT,
+        )
     mark = getattr(e, "problem_mark", None)
     where = f"{name}:{mark.line + 1}" if mark else name
     return ConfigError(f"malformed YAML: {_problem(e)}", where=where, hint=hint)
@@ -183,8 +202,9 @@ class _Measure:
     def _node(self, event: yaml.ScalarEvent | yaml.CollectionStartEvent) -> None:
         if event.tag not in PLAIN_TAGS:
             tag = str(event.tag).replace("tag:yaml.org,2002:", "!!", 1)
-            raise self._refused(event, f"the tag {tag} is not allowed: {CONFIG_FILE} holds "
-                                "plain data", HINT_TAG)
+            raise self._refused(
+                event, f"the tag {tag} is not allowed: {CONFIG_FILE} holds plain data", HINT_TAG
+            )
         self.values += 1
         if isinstance(event, yaml.ScalarEvent):
             if event.anchor:
@@ -197,27 +217,33 @@ class _Measure:
     def _end(self) -> None:
         done = self.open.pop()
         if done.anchor:
-            self.anchors[done.anchor] = (self.values - done.start,
-                                         done.deepest - done.level + 1)
+            self.anchors[done.anchor] = (self.values - done.start, done.deepest - done.level + 1)
         if self.open:
             self.open[-1].deepest = max(self.open[-1].deepest, done.deepest)
 
     def _alias(self, event: yaml.AliasEvent) -> None:
         if any(o.anchor == event.anchor for o in self.open):
-            raise self._refused(event, f"the alias *{event.anchor} is inside its own anchor",
-                                HINT_ALIAS)
+            raise self._refused(
+                event, f"the alias *{event.anchor} is inside its own anchor", HINT_ALIAS
+            )
         values, levels = self.anchors.get(str(event.anchor), (1, 0))  # unknown: compose says
         self.values += values
         self.aliased += values
         if self.aliased > MAX_ALIASED:
-            raise self._refused(event, f"aliases add more than {MAX_ALIASED} values to the "
-                                "document (an alias bomb?)", HINT_ALIAS)
+            raise self._refused(
+                event,
+                f"aliases add more than {MAX_ALIASED} values to the document (an alias bomb?)",
+                HINT_ALIAS,
+            )
         self._reach(len(self.open) + levels, event)
 
     def _reach(self, level: int, event: yaml.Event) -> None:
         if level > MAX_DEPTH:
-            raise self._refused(event, f"nested more than {MAX_DEPTH} levels deep",
-                                "a configuration is a few levels deep; flatten it")
+            raise self._refused(
+                event,
+                f"nested more than {MAX_DEPTH} levels deep",
+                "a configuration is a few levels deep; flatten it",
+            )
         if self.open:
             self.open[-1].deepest = max(self.open[-1].deepest, level)
 
@@ -233,9 +259,11 @@ def _index(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: str
         for key, value in node.value:
             k = str(key.value)
             if k in seen:
-                raise ConfigError(f"key {'.'.join(map(str, (*path, k)))!r} appears twice",
-                                  where=f"{name}:{key.start_mark.line + 1}",
-                                  hint="remove one of them")
+                raise ConfigError(
+                    f"key {'.'.join(map(str, (*path, k)))!r} appears twice",
+                    where=f"{name}:{key.start_mark.line + 1}",
+                    hint="remove one of them",
+                )
             seen.add(k)
             lines[(*path, k)] = key.start_mark.line + 1
             _index(value, (*path, k), lines, name)
@@ -245,8 +273,7 @@ def _index(node: yaml.Node, path: tuple[str | int, ...], lines: Lines, name: str
             _index(item, (*path, i), lines, name)
 
 
-def _explain(e: ValidationError, lines: Lines, name: str, model: type[BaseModel]
-             ) -> ConfigError:
+def _explain(e: ValidationError, lines: Lines, name: str, model: type[BaseModel]) -> ConfigError:
     messages = []
     for err in e.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
@@ -255,8 +282,11 @@ def _explain(e: ValidationError, lines: Lines, name: str, model: type[BaseModel]
         messages.append(f"{name}:{line}: {key}: {_expected(err, model, loc)}")
     first, *rest = messages
     where, _, msg = first.partition(": ")
-    return ConfigError("\n".join([msg, *rest]), where=where,
-                       hint="see docs/config.md or `rollwise config schema` for every key")
+    return ConfigError(
+        "\n".join([msg, *rest]),
+        where=where,
+        hint="see docs/config.md or `rollwise config schema` for every key",
+    )
 
 
 def _nearest_line(loc: tuple[Any, ...], lines: Lines) -> int:
@@ -274,7 +304,8 @@ def _expected(err: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         if close:
             return f"unknown key; did you mean `{close[0]}`?"
         return "unknown key; remove it or check its spelling" + (
-            f" (keys here: {', '.join(known)})" if known else "")
+            f" (keys here: {', '.join(known)})" if known else ""
+        )
     if kind == "missing":
         return "required key is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")

@@ -68,7 +68,9 @@ class HealthConfig(Strict):
 
 class StopConfig(Strict):
     drain_timeout_s: float = Field(
-        15.0, ge=0, description="How long to wait for in-flight requests on the old "
+        15.0,
+        ge=0,
+        description="How long to wait for in-flight requests on the old "
         "instances leaving at once (one wait for all of them, not one each).",
     )
     grace_s: float = Field(
@@ -81,16 +83,20 @@ HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"  # an HTTP token
 
 class StickyConfig(Strict):
     cookie: str | None = Field(
-        None, pattern=HEADER_NAME_RE,
+        None,
+        pattern=HEADER_NAME_RE,
         description="Cookie whose value names a client (a cart or session id): requests "
         "with the same value stay on one version while it has weight.",
     )
     header: str | None = Field(
-        None, pattern=HEADER_NAME_RE,
+        None,
+        pattern=HEADER_NAME_RE,
         description="Or a request header whose value names a client (e.g. X-User-Id).",
     )
     max_clients: int = Field(
-        100_000, ge=1, le=10_000_000,
+        100_000,
+        ge=1,
+        le=10_000_000,
         description="Clients remembered (builtin: least recently seen forgotten first; "
         "haproxy: the stick table's size). A forgotten client is placed again.",
     )
@@ -115,28 +121,39 @@ class CanaryHeader(Strict):
     def _plain(cls, v: list[str]) -> list[str]:
         bad = [x for x in v if not re.fullmatch(r"[!$-&(-+\-.-\[\]-~]+", x)]
         if bad:
-            raise ValueError(f"{bad}: values are printable, without spaces, quotes, '#', "
-                             "',' or backslash")
+            raise ValueError(
+                f"{bad}: values are printable, without spaces, quotes, '#', ',' or backslash"
+            )
         return v
 
 
 class RouterLimits(Strict):
     max_head_bytes: int = Field(
-        65536, ge=1024, le=1 << 20, description="Largest request head (431 above it).",
+        65536,
+        ge=1024,
+        le=1 << 20,
+        description="Largest request head (431 above it).",
     )
     max_body_bytes: int = Field(
-        100 << 20, ge=0, description="Largest request body (413 above it); streamed, not "
-        "held in memory.",
+        100 << 20,
+        ge=0,
+        description="Largest request body (413 above it); streamed, not held in memory.",
     )
     header_timeout_s: float = Field(
-        10.0, gt=0, description="Time for a request head to arrive once started (408).",
+        10.0,
+        gt=0,
+        description="Time for a request head to arrive once started (408).",
     )
     idle_timeout_s: float = Field(
-        75.0, gt=0, description="A keep-alive client connection idle this long is closed.",
+        75.0,
+        gt=0,
+        description="A keep-alive client connection idle this long is closed.",
     )
     connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to an instance.")
     response_timeout_s: float = Field(
-        60.0, gt=0, description="From a request sent to its response head (504); a "
+        60.0,
+        gt=0,
+        description="From a request sent to its response head (504); a "
         "streamed body (SSE) may then take as long as it needs.",
     )
 
@@ -181,7 +198,8 @@ class RouterConfig(Strict):
         "canary's server from (rollwise writes it and updates it at run time).",
     )
     limits: RouterLimits = Field(
-        default_factory=RouterLimits, description="builtin: sizes and timeouts.",
+        default_factory=RouterLimits,
+        description="builtin: sizes and timeouts.",
     )
     trust_forwarded: bool = Field(
         False,
@@ -201,11 +219,13 @@ class RouterConfig(Strict):
         if self.type != "builtin" and not self.admin:
             raise ValueError(f"router type {self.type!r} needs `admin`")
         if self.type == "caddy" and (self.sticky or self.canary_headers):
-            raise ValueError("the caddy router does not support sticky or canary_headers: "
-                             "use builtin or haproxy")
+            raise ValueError(
+                "the caddy router does not support sticky or canary_headers: use builtin or haproxy"
+            )
         if self.type == "haproxy" and self.canary_headers and not self.canary_map:
-            raise ValueError("haproxy with canary_headers needs `canary_map` (a map file "
-                             "haproxy.cfg reads)")
+            raise ValueError(
+                "haproxy with canary_headers needs `canary_map` (a map file haproxy.cfg reads)"
+            )
         return self
 
     @property
@@ -223,12 +243,14 @@ HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 class HostConfig(Strict):
     address: str = Field(description="Host name or IP address the controller connects to.")
     name: str | None = Field(
-        None, description="Short name shown in progress and status (default: `address`).",
+        None,
+        description="Short name shown in progress and status (default: `address`).",
     )
     port: int = Field(22, ge=1, le=65535, description="SSH port.")
     user: str | None = Field(None, description="SSH user (default: `ssh.user`).")
     key_file: str | None = Field(
-        None, description="Private key for this host (default: `ssh.key_file`).",
+        None,
+        description="Private key for this host (default: `ssh.key_file`).",
     )
     bind: str | None = Field(
         None,
@@ -236,15 +258,17 @@ class HostConfig(Strict):
         "checks reach (default: `address`). `{host}` in `run.command` is replaced by it.",
     )
     labels: dict[str, str] = Field(
-        default_factory=dict, description="Free-form labels (zone, rack), shown in status.",
+        default_factory=dict,
+        description="Free-form labels (zone, rack), shown in status.",
     )
 
     @field_validator("address", "name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         if v is not None and not HOST_NAME_RE.match(v):
-            raise ValueError(f"{v!r}: use letters, digits, '.', '-' and '_' (a DNS name or "
-                             "an IPv4 address)")
+            raise ValueError(
+                f"{v!r}: use letters, digits, '.', '-' and '_' (a DNS name or an IPv4 address)"
+            )
         return v
 
     @property
@@ -270,18 +294,26 @@ class SSHConfig(Strict):
     )
     connect_timeout_s: float = Field(10.0, gt=0, description="Timeout of one SSH connect.")
     command_timeout_s: float = Field(
-        120.0, gt=0, description="Timeout of one command or agent call on a host.",
+        120.0,
+        gt=0,
+        description="Timeout of one command or agent call on a host.",
     )
     connect_attempts: int = Field(
-        3, ge=1, le=10,
+        3,
+        ge=1,
+        le=10,
         description="Attempts to connect to a host, with backoff (connecting is idempotent; "
         "commands are not retried).",
     )
     concurrency: int = Field(
-        50, ge=1, le=1000, description="Hosts worked on at once (connects, uploads).",
+        50,
+        ge=1,
+        le=1000,
+        description="Hosts worked on at once (connects, uploads).",
     )
     jump_host: str | None = Field(
-        None, description="`[user@]host[:port]` every connection goes through (a bastion).",
+        None,
+        description="`[user@]host[:port]` every connection goes through (a bastion).",
     )
     root: str = Field(
         "/srv/rollwise",
@@ -293,8 +325,10 @@ class SSHConfig(Strict):
     @classmethod
     def _root(cls, v: str) -> str:
         if not v.startswith("/") or len(v) > 60:
-            raise ValueError(f"{v!r}: must be an absolute path of at most 60 characters "
-                             "(the agent's socket lives under it)")
+            raise ValueError(
+                f"{v!r}: must be an absolute path of at most 60 characters "
+                "(the agent's socket lives under it)"
+            )
         return v.rstrip("/") or "/"
 
 
@@ -346,13 +380,16 @@ class TargetConfig(Strict):
         if self.type != "local" and self.ports:
             raise ValueError("`ports` is supported with `type: local` only, so far")
         if self.type == "ssh" and not self.hosts:
-            raise ValueError("target type 'ssh' needs `hosts`, e.g. "
-                             "[{address: 10.0.0.2}, {address: 10.0.0.3}]")
+            raise ValueError(
+                "target type 'ssh' needs `hosts`, e.g. [{address: 10.0.0.2}, {address: 10.0.0.3}]"
+            )
         if self.type != "ssh" and self.hosts:
             raise ValueError("`hosts` needs `type: ssh`")
         if self.type != "ssh" and self.runtime != "process":
-            raise ValueError("`runtime` is for SSH hosts (`type: ssh`); containers on this "
-                             "machine are `type: container`")
+            raise ValueError(
+                "`runtime` is for SSH hosts (`type: ssh`); containers on this "
+                "machine are `type: container`"
+            )
         labels = [h.label for h in self.hosts]
         if dup := sorted({x for x in labels if labels.count(x) > 1}):
             raise ValueError(f"host {dup[0]!r} is listed twice")
@@ -372,12 +409,13 @@ def parse_expectation(text: str) -> tuple[str, Any]:
     """'< 60' -> ('<', 60); the right side is a JSON literal (number, true, "text", null)."""
     for op in COMPARISONS:
         if text.strip().startswith(op):
-            raw = text.strip()[len(op):].strip()
+            raw = text.strip()[len(op) :].strip()
             try:
                 return op, json.loads(raw)
             except ValueError:
-                raise ValueError(f"{text!r}: {raw!r} is not a JSON value; quote text as "
-                                 '\'== "ok"\'') from None
+                raise ValueError(
+                    f"{text!r}: {raw!r} is not a JSON value; quote text as '== \"ok\"'"
+                ) from None
     raise ValueError(f"{text!r} must start with one of {' '.join(COMPARISONS)}, e.g. '< 60'")
 
 
@@ -413,12 +451,14 @@ class HttpCheck(CheckBase):
     body: str | None = Field(None, description="Request body (POST).")
     expect_status: int = Field(200, ge=100, le=599, description="Status that passes.")
     json_fields: dict[str, str] = Field(
-        default_factory=dict, alias="json",
-        description="Dotted JSON path -> comparison, e.g. `sync.lag_s: \"< 60\"`, "
-        "`token.valid: \"== true\"`.",
+        default_factory=dict,
+        alias="json",
+        description='Dotted JSON path -> comparison, e.g. `sync.lag_s: "< 60"`, '
+        '`token.valid: "== true"`.',
     )
     idempotent: bool = Field(
-        True, description="false: the request is never repeated (a 429 or error is final).",
+        True,
+        description="false: the request is never repeated (a 429 or error is final).",
     )
 
     @field_validator("json_fields")
@@ -443,10 +483,13 @@ Check = Annotated[PrometheusCheck | HttpCheck | CommandCheck, Field(discriminato
 class CanaryStep(Strict):
     weight: int = Field(ge=1, le=100, description="Percent of requests sent to the new release.")
     pause_s: float | None = Field(
-        None, ge=0, description="How long this step is watched; default `strategy.pause_s`.",
+        None,
+        ge=0,
+        description="How long this step is watched; default `strategy.pause_s`.",
     )
     until_promote: bool = Field(
-        False, description="Wait at this step for `rollwise promote` (analysis keeps running).",
+        False,
+        description="Wait at this step for `rollwise promote` (analysis keeps running).",
     )
 
 
@@ -460,7 +503,10 @@ class StrategyConfig(Strict):
         "before an old one leaves, so capacity never drops), analysing each batch.",
     )
     batch_size: int = Field(
-        1, ge=1, le=10000, description="rolling: instances replaced per batch.",
+        1,
+        ge=1,
+        le=10000,
+        description="rolling: instances replaced per batch.",
     )
     batches: list[int | str] = Field(
         default_factory=list,
@@ -482,19 +528,25 @@ class StrategyConfig(Strict):
         if not v:
             return v
         for b in v:
-            if (isinstance(b, int) and b < 1) or (isinstance(b, str) and not (
-                    re.fullmatch(r"\d{1,3}%", b) and 0 < int(b[:-1]) <= 100)):
-                raise ValueError(f"{b!r}: each batch is a count of instances (1 or more) or a "
-                                 "percent such as '10%'")
+            if (isinstance(b, int) and b < 1) or (
+                isinstance(b, str) and not (re.fullmatch(r"\d{1,3}%", b) and 0 < int(b[:-1]) <= 100)
+            ):
+                raise ValueError(
+                    f"{b!r}: each batch is a count of instances (1 or more) or a "
+                    "percent such as '10%'"
+                )
         if v[-1] != "100%":
             raise ValueError(f"{v} must end with '100%' (every instance replaced)")
         pct = [int(b[:-1]) for b in v if isinstance(b, str)]
         if pct != sorted(set(pct)) or [b for b in v if isinstance(b, int)] != sorted(
-                {b for b in v if isinstance(b, int)}):
+            {b for b in v if isinstance(b, int)}
+        ):
             raise ValueError(f"{v}: batches must increase, e.g. [1, '10%', '100%']")
         return v
+
     bake_s: float | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="After the switch, the old release stays running this long, ready to take "
         "traffic back at once, while analysis goes on. Default 0 for all-at-once and "
         "rolling, else 60.",
@@ -506,7 +558,8 @@ class StrategyConfig(Strict):
     )
     confirm_timeout_s: float = Field(300.0, gt=0, description="ask: time to answer.")
     max_pause_s: float = Field(
-        3600.0, gt=0,
+        3600.0,
+        gt=0,
         description="Longest wait at one step for a promote or for conclusive analysis; then "
         "the deployment is aborted and the old release keeps serving.",
     )
@@ -514,8 +567,7 @@ class StrategyConfig(Strict):
     @field_validator("steps", mode="before")
     @classmethod
     def _short_steps(cls, v: Any) -> Any:
-        return [{"weight": x} if isinstance(x, int) else x for x in v] if isinstance(v, list) \
-            else v
+        return [{"weight": x} if isinstance(x, int) else x for x in v] if isinstance(v, list) else v
 
     @field_validator("steps")
     @classmethod
@@ -529,24 +581,33 @@ class StrategyConfig(Strict):
 
     @property
     def bake(self) -> float:
-        return self.bake_s if self.bake_s is not None else (
-            0.0 if self.type in ("all-at-once", "rolling") else 60.0)
+        return (
+            self.bake_s
+            if self.bake_s is not None
+            else (0.0 if self.type in ("all-at-once", "rolling") else 60.0)
+        )
 
 
 class RouterAnalysisConfig(Strict):
     enabled: bool = Field(True, description="Compare the new release with the old one.")
     alpha: float = Field(
-        0.01, gt=0, lt=0.5,
+        0.01,
+        gt=0,
+        lt=0.5,
         description="Chance of rolling back a release that is no worse (the sequential test "
         "holds this at every look).",
     )
     max_error_rate: float = Field(
-        0.05, gt=0, le=1,
+        0.05,
+        gt=0,
+        le=1,
         description="Guard rail: fail at once when the new release's error rate (5xx and "
         "connection errors) is above this, once it has `min_requests`.",
     )
     min_requests: int = Field(
-        50, ge=1, description="Requests the new release needs before a step can pass.",
+        50,
+        ge=1,
+        description="Requests the new release needs before a step can pass.",
     )
     latency: bool = Field(True, description="Also test for slower responses.")
     latency_quantiles: list[float] = Field(
@@ -558,13 +619,15 @@ class RouterAnalysisConfig(Strict):
     )
 
     latency_min_ms: float = Field(
-        5.0, ge=0,
+        5.0,
+        ge=0,
         description="A request is never counted slow below this: differences under it (a new "
         "process's first requests, a busy host's scheduling) are not judged.",
     )
 
     latency_warmup_requests: int = Field(
-        50, ge=0,
+        50,
+        ge=0,
         description="The new release's first requests are not judged for latency: a new "
         "process warms its imports, caches and connections. Errors are judged from the first "
         "request.",
@@ -581,7 +644,9 @@ class RouterAnalysisConfig(Strict):
 class AnalysisConfig(Strict):
     interval_s: float = Field(1.0, gt=0, le=60, description="Time between looks.")
     checks_every_s: float = Field(
-        10.0, gt=0, description="Time between runs of `checks` (and at the end of a step).",
+        10.0,
+        gt=0,
+        description="Time between runs of `checks` (and at the end of a step).",
     )
     dry_run: bool = Field(
         False,
@@ -589,10 +654,12 @@ class AnalysisConfig(Strict):
         "would have happened). For tuning thresholds.",
     )
     router: RouterAnalysisConfig = Field(
-        default_factory=RouterAnalysisConfig, description="Router metrics analysis.",
+        default_factory=RouterAnalysisConfig,
+        description="Router metrics analysis.",
     )
     checks: list[Check] = Field(
-        default_factory=list, description="Prometheus, HTTP and command checks.",
+        default_factory=list,
+        description="Prometheus, HTTP and command checks.",
     )
 
 
@@ -618,7 +685,8 @@ class MigrationsConfig(Strict):
         "`flask db ... -d <dir>` (set `FLASK_APP` in `env` unless the app is `app.py`).",
     )
     config: str = Field(
-        "alembic.ini", description="`alembic`, `layout: plain`: the app's alembic.ini.",
+        "alembic.ini",
+        description="`alembic`, `layout: plain`: the app's alembic.ini.",
     )
     command: str | None = Field(
         None,
@@ -632,18 +700,22 @@ class MigrationsConfig(Strict):
         "source at `release create`.",
     )
     current: str | None = Field(
-        None, description="`command`: prints the database's current schema version.",
+        None,
+        description="`command`: prints the database's current schema version.",
     )
     up: str | None = Field(
-        None, description="`command`: migrates up to `{version}`, e.g. "
+        None,
+        description="`command`: migrates up to `{version}`, e.g. "
         "`flyway migrate -target={version}`.",
     )
     down: str | None = Field(
-        None, description="`command`: migrates down to `{version}`, e.g. "
+        None,
+        description="`command`: migrates down to `{version}`, e.g. "
         "`flyway undo -target={version}`.",
     )
     preview: str | None = Field(
-        None, description="`command`: prints the SQL `down` would run (`rollback --dry-run`).",
+        None,
+        description="`command`: prints the SQL `down` would run (`rollback --dry-run`).",
     )
     transactional: bool = Field(
         False,
@@ -665,7 +737,8 @@ class MigrationsConfig(Strict):
     )
     timeout_s: float = Field(600.0, gt=0, description="Longest run of one migration command.")
     table_lock_timeout_s: float = Field(
-        5.0, gt=0,
+        5.0,
+        gt=0,
         description="`sql`: longest wait of one migration statement for a table lock "
         "(PostgreSQL `lock_timeout`; MySQL/MariaDB `lock_wait_timeout` and "
         "`innodb_lock_wait_timeout`, in whole seconds). While an `ALTER TABLE` waits, the "
@@ -673,7 +746,8 @@ class MigrationsConfig(Strict):
         "the file and statement, and the deploy stops.",
     )
     version_table: str = Field(
-        "alembic_version", description="`alembic`: the app's version table.",
+        "alembic_version",
+        description="`alembic`: the app's version table.",
     )
 
     @model_validator(mode="after")
@@ -690,7 +764,8 @@ class UrlOrSecret(Strict):
 
     url: str | None = Field(None, description="The URL.")
     url_secret: str | None = Field(
-        None, description="Name of a secret holding the URL (it is never printed).",
+        None,
+        description="Name of a secret holding the URL (it is never printed).",
     )
 
     @model_validator(mode="after")
@@ -708,7 +783,9 @@ class DatabaseConfig(UrlOrSecret):
         "the environment's shared directory. Put passwords in `url_secret` instead.",
     )
     lock_timeout_s: float = Field(
-        10.0, ge=0, description="How long to wait for another migration's lock.",
+        10.0,
+        ge=0,
+        description="How long to wait for another migration's lock.",
     )
     app_scheme: str = Field(
         "plain",
@@ -740,16 +817,19 @@ class RedisCache(UrlOrSecret):
     def _not_everything(cls, v: list[str]) -> list[str]:
         for p in v:
             if p.strip("*?[]") == "":
-                raise ValueError(f"pattern {p!r} matches every key; name a prefix, "
-                                 "e.g. 'order-sync:*'")
+                raise ValueError(
+                    f"pattern {p!r} matches every key; name a prefix, e.g. 'order-sync:*'"
+                )
         return v
 
 
 class CdnPurge(Strict):
-    url: str = Field(description="Purge webhook; rollwise POSTs JSON "
-                     "{app, env, version, previous} to it.")
+    url: str = Field(
+        description="Purge webhook; rollwise POSTs JSON {app, env, version, previous} to it."
+    )
     token_secret: str | None = Field(
-        None, description="Secret sent as `Authorization: Bearer <value>`.",
+        None,
+        description="Secret sent as `Authorization: Bearer <value>`.",
     )
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one call.")
 
@@ -767,18 +847,26 @@ class CachesConfig(Strict):
 class KubernetesConfig(Strict):
     """`rollwise kube manifests|apply` (docs/kubernetes.md)."""
 
-    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-                           description="Namespace of the objects.")
+    namespace: str = Field(
+        "default",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of the objects.",
+    )
     traffic: Literal["gateway-api", "ingress-nginx"] = Field(
-        "gateway-api", description="How traffic is split between versions: an HTTPRoute's "
-        "backendRefs weights (Gateway API), or ingress-nginx canary annotations.")
+        "gateway-api",
+        description="How traffic is split between versions: an HTTPRoute's "
+        "backendRefs weights (Gateway API), or ingress-nginx canary annotations.",
+    )
     gateway: str = Field("", description="gateway-api: the Gateway the HTTPRoute attaches to.")
-    hostnames: list[str] = Field(default_factory=list,
-                                 description="Host names the route or Ingress serves.")
+    hostnames: list[str] = Field(
+        default_factory=list, description="Host names the route or Ingress serves."
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port the app listens on in its pod.")
     context: str | None = Field(None, description="kubeconfig context (default: current).")
-    schema_version: str = Field("1.37.0", description="Kubernetes version whose published "
-                                "schemas the manifests are checked against.")
+    schema_version: str = Field(
+        "1.37.0",
+        description="Kubernetes version whose published schemas the manifests are checked against.",
+    )
 
 
 class MetricsConfig(Strict):
@@ -812,10 +900,12 @@ class EnvironmentConfig(Strict):
         "`ROLLWISE_SECRET_<NAME>` or the environment's encrypted secrets file.",
     )
     strategy: StrategyConfig = Field(
-        default_factory=StrategyConfig, description="How traffic moves to a new release.",
+        default_factory=StrategyConfig,
+        description="How traffic moves to a new release.",
     )
     analysis: AnalysisConfig = Field(
-        default_factory=AnalysisConfig, description="How a new release is judged.",
+        default_factory=AnalysisConfig,
+        description="How a new release is judged.",
     )
     caches: CachesConfig = Field(
         default_factory=CachesConfig,
@@ -823,18 +913,20 @@ class EnvironmentConfig(Strict):
         "automatic rollback), so no entry computed by the other release is served.",
     )
     database: DatabaseConfig | None = Field(
-        None, description="The app's database, migrated with each release (`migrations`).",
+        None,
+        description="The app's database, migrated with each release (`migrations`).",
     )
     rollback_window_h: float = Field(
-        24.0, gt=0,
+        24.0,
+        gt=0,
         description="How long after a release went live rolling it back may run down "
         "migrations (which drop what was written to the new schema since). After it, such "
         "a rollback needs `--force --reason TEXT`, recorded in the audit log; fix forward "
         "is the default.",
     )
     kubernetes: KubernetesConfig | None = Field(
-        None, description="Kubernetes objects for this environment's releases "
-        "(`rollwise kube`).",
+        None,
+        description="Kubernetes objects for this environment's releases (`rollwise kube`).",
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig,
@@ -885,7 +977,8 @@ class AuditConfig(Strict):
         pattern=r"^(/.*|[^/:\s]+:\d{1,5})$",
     )
     webhook_url: str | None = Field(
-        None, description="Also POST every checkpoint as JSON to this URL.",
+        None,
+        description="Also POST every checkpoint as JSON to this URL.",
     )
     webhook_token_env: str | None = Field(
         None,
@@ -907,31 +1000,44 @@ class ImageConfig(Strict):
     """Releases as container images (docs/containers.md)."""
 
     build: str | None = Field(
-        None, description="Containerfile or Dockerfile (relative to `source`) that "
-        "`release create` builds; the release records the image's ID.")
+        None,
+        description="Containerfile or Dockerfile (relative to `source`) that "
+        "`release create` builds; the release records the image's ID.",
+    )
     ref: str | None = Field(
-        None, description="Instead of building: an existing image (`name:tag` or "
+        None,
+        description="Instead of building: an existing image (`name:tag` or "
         "`name@sha256:...`), pulled when absent; the release records the ID it has then, so "
-        "a tag that moves later changes nothing.")
+        "a tag that moves later changes nothing.",
+    )
     cli: Literal["auto", "podman", "docker"] = Field(
-        "auto", description="Container CLI; `auto`: podman if installed, else docker.")
+        "auto", description="Container CLI; `auto`: podman if installed, else docker."
+    )
     push: str | None = Field(
-        None, description="Registry repository (`registry.example.com/shop/stock`) that "
+        None,
+        description="Registry repository (`registry.example.com/shop/stock`) that "
         "`release create` pushes the image to, as `<push>:<version>`; the release records "
-        "the pushed digest, and a machine without the image pulls it by that digest.")
-    tls_verify: bool = Field(True, description="Verify the registry's TLS certificate "
-                             "(false only for a registry on loopback).")
+        "the pushed digest, and a machine without the image pulls it by that digest.",
+    )
+    tls_verify: bool = Field(
+        True,
+        description="Verify the registry's TLS certificate "
+        "(false only for a registry on loopback).",
+    )
     memory: str | None = Field(
-        None, pattern=r"^\d+[bkmg]?$", description="Memory limit per container, e.g. 256m.")
+        None, pattern=r"^\d+[bkmg]?$", description="Memory limit per container, e.g. 256m."
+    )
     cpus: float | None = Field(None, gt=0, description="CPU limit per container, e.g. 0.5.")
     stop_timeout_s: float = Field(
-        10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a container stops.")
+        10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a container stops."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageConfig:
         if (self.build is None) == (self.ref is None):
-            raise ValueError("name exactly one of `build` (a Containerfile) and `ref` (an "
-                             "existing image)")
+            raise ValueError(
+                "name exactly one of `build` (a Containerfile) and `ref` (an existing image)"
+            )
         return self
 
 
@@ -952,10 +1058,12 @@ class ProjectConfig(Strict):
     )
     hooks: HooksConfig = Field(default_factory=HooksConfig, description="Deploy hooks.")
     migrations: MigrationsConfig | None = Field(
-        None, description="Database migrations shipped in each release.",
+        None,
+        description="Database migrations shipped in each release.",
     )
     image: ImageConfig | None = Field(
-        None, description="Build (or take) a container image with each release; "
+        None,
+        description="Build (or take) a container image with each release; "
         "environments with `target: {type: container}` (or `runtime: container` on SSH "
         "hosts) run it.",
     )
@@ -973,11 +1081,17 @@ class ProjectConfig(Strict):
 
     @model_validator(mode="after")
     def _image_for_containers(self) -> ProjectConfig:
-        if self.image is None and (names := [n for n, e in self.environments.items()
-                                             if e.target.type == "container"
-                                             or e.target.runtime == "container"]):
-            raise ValueError(f"environment {names[0]!r} runs containers: add `image: {{build: "
-                             "Containerfile}}` (or `ref:`) so releases carry an image")
+        if self.image is None and (
+            names := [
+                n
+                for n, e in self.environments.items()
+                if e.target.type == "container" or e.target.runtime == "container"
+            ]
+        ):
+            raise ValueError(
+                f"environment {names[0]!r} runs containers: add `image: {{build: "
+                "Containerfile}}` (or `ref:`) so releases carry an image"
+            )
         return self
 
     @model_validator(mode="after")
@@ -994,8 +1108,10 @@ class ProjectConfig(Strict):
 
 
 class ServiceConfig(Strict):
-    dir: str = Field(description="The service's project directory (its rollwise.yaml), "
-                     "relative to the bundle file.")
+    dir: str = Field(
+        description="The service's project directory (its rollwise.yaml), "
+        "relative to the bundle file."
+    )
     depends_on: list[str] = Field(
         default_factory=list,
         description="Services of the bundle this one needs: deployed before it, rolled "

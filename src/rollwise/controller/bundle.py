@@ -77,16 +77,20 @@ class Bundle:
         if service not in self.contexts:
             where = (self.path.parent / self.config.services[service].dir).resolve()
             if not (where / "rollwise.yaml").is_file():
-                raise ConfigError(f"service {service}: no rollwise.yaml in {where}",
-                                  where=f"{self.path}: services.{service}.dir",
-                                  hint="point `dir` at the service's project directory")
+                raise ConfigError(
+                    f"service {service}: no rollwise.yaml in {where}",
+                    where=f"{self.path}: services.{service}.dir",
+                    hint="point `dir` at the service's project directory",
+                )
             self.contexts[service] = Context.open(where, self.new_bus())
         ctx = self.contexts[service]
         if env not in ctx.config.environments:
-            raise ConfigError(f"service {service} has no environment {env!r}",
-                              where=str(ctx.config_path),
-                              hint="every service of a bundle needs the environments the "
-                              f"bundle deploys to (it has: {', '.join(ctx.config.environments)})")
+            raise ConfigError(
+                f"service {service} has no environment {env!r}",
+                where=str(ctx.config_path),
+                hint="every service of a bundle needs the environments the "
+                f"bundle deploys to (it has: {', '.join(ctx.config.environments)})",
+            )
         return ctx
 
     def live(self, service: str, env: str) -> str | None:
@@ -111,8 +115,18 @@ class Bundle:
             os.fsync(f.fileno())
         tmp.replace(p)
         with (p.parent / f"{j.env}.history.jsonl").open("a") as f:
-            f.write(json.dumps({"id": j.id, "state": j.state, "at": time.time(),
-                                "moves": j.moves, "error": j.error}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": j.id,
+                        "state": j.state,
+                        "at": time.time(),
+                        "moves": j.moves,
+                        "error": j.error,
+                    }
+                )
+                + "\n"
+            )
 
     @contextlib.contextmanager
     def lock(self, env: str) -> Iterator[None]:
@@ -124,10 +138,12 @@ class Bundle:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
-                raise LockHeld(f"bundle {self.config.bundle} {env}: another bundle command "
-                               f"is running ({f.read().strip() or 'unknown process'})",
-                               where=str(self.path),
-                               hint="wait for it; `rollwise bundle status` shows it") from None
+                raise LockHeld(
+                    f"bundle {self.config.bundle} {env}: another bundle command "
+                    f"is running ({f.read().strip() or 'unknown process'})",
+                    where=str(self.path),
+                    hint="wait for it; `rollwise bundle status` shows it",
+                ) from None
             f.truncate(0)
             f.write(f"pid {os.getpid()}, {actor()}\n")
             f.flush()
@@ -136,16 +152,23 @@ class Bundle:
     def emit(self, service: str, env: str, outcome: str, j: Journal, **data: Any) -> None:
         """A bundle step, in the service's own event stream and audit log."""
         ctx = self.context(service, env)
-        ctx.emit("bundle", outcome, env=env, version=data.pop("version", None),
-                 data={"bundle": self.config.bundle, "id": j.id, "service": service, **data})
+        ctx.emit(
+            "bundle",
+            outcome,
+            env=env,
+            version=data.pop("version", None),
+            data={"bundle": self.config.bundle, "id": j.id, "service": service, **data},
+        )
 
 
 def find_bundle(start: Path) -> Path:
     for folder in (start.resolve(), *start.resolve().parents):
         if (folder / BUNDLE_FILE).is_file():
             return folder / BUNDLE_FILE
-    raise ConfigError(f"no {BUNDLE_FILE} in {start.resolve()} or any parent directory",
-                      hint="write one (docs/bundles.md) or pass -C DIR")
+    raise ConfigError(
+        f"no {BUNDLE_FILE} in {start.resolve()} or any parent directory",
+        hint="write one (docs/bundles.md) or pass -C DIR",
+    )
 
 
 def parse_versions(b: Bundle, pairs: list[str]) -> dict[str, str]:
@@ -154,31 +177,36 @@ def parse_versions(b: Bundle, pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         service, sep, version = pair.partition("=")
         if not sep or not service or not version:
-            raise UsageError(f"{pair!r}: expected SERVICE=VERSION",
-                             hint=f"for example {b.order[0]}=1.2.0")
+            raise UsageError(
+                f"{pair!r}: expected SERVICE=VERSION", hint=f"for example {b.order[0]}=1.2.0"
+            )
         if service not in b.config.services:
-            raise UsageError(f"{service!r} is not a service of bundle {b.config.bundle}",
-                             where=str(b.path),
-                             hint=f"services: {', '.join(b.config.services)}")
+            raise UsageError(
+                f"{service!r} is not a service of bundle {b.config.bundle}",
+                where=str(b.path),
+                hint=f"services: {', '.join(b.config.services)}",
+            )
         wanted[service] = version.removeprefix("v")
     if not wanted:
-        raise UsageError("name at least one SERVICE=VERSION",
-                         hint=f"services: {', '.join(b.order)}")
+        raise UsageError(
+            "name at least one SERVICE=VERSION", hint=f"services: {', '.join(b.order)}"
+        )
     return wanted
 
 
 def _refuse_interrupted(b: Bundle, env: str) -> None:
     j = b.read(env)
     if j is not None and j.state == RUNNING:
-        raise RollwiseError(f"bundle {b.config.bundle} {env}: operation {j.id} was "
-                            "interrupted; its services may be half moved",
-                            where=str(b.journal_path(env)),
-                            hint="`rollwise bundle recover` finishes each service's own "
-                            "deployment and puts back what the bundle moved")
+        raise RollwiseError(
+            f"bundle {b.config.bundle} {env}: operation {j.id} was "
+            "interrupted; its services may be half moved",
+            where=str(b.journal_path(env)),
+            hint="`rollwise bundle recover` finishes each service's own "
+            "deployment and puts back what the bundle moved",
+        )
 
 
-def deploy(b: Bundle, env: str, wanted: dict[str, str], lock_wait: float = 0.0
-           ) -> ops.Outcome:
+def deploy(b: Bundle, env: str, wanted: dict[str, str], lock_wait: float = 0.0) -> ops.Outcome:
     """Move the named services to their versions, dependencies first. When one fails (its
     own deploy has put it back), the services already moved go back, dependents first."""
     with b.lock(env):
@@ -187,18 +215,32 @@ def deploy(b: Bundle, env: str, wanted: dict[str, str], lock_wait: float = 0.0
             ops.check_deployable(b.context(service, env), env, version)
         moves = d.bundle_moves(b.order, {s: b.live(s, env) for s in wanted}, wanted)
         if not moves:
-            return ops.Outcome(f"bundle {b.config.bundle} {env}: every service named is "
-                               "already at that version; nothing to do", changed=False)
-        j = Journal(_new_id(), d.DEPLOY, env, actor(), RUNNING,
-                    [{**asdict(m), "state": PENDING} for m in moves])
+            return ops.Outcome(
+                f"bundle {b.config.bundle} {env}: every service named is "
+                "already at that version; nothing to do",
+                changed=False,
+            )
+        j = Journal(
+            _new_id(),
+            d.DEPLOY,
+            env,
+            actor(),
+            RUNNING,
+            [{**asdict(m), "state": PENDING} for m in moves],
+        )
         b.write(j)
         for m in moves:
             j.move(m.service)["state"] = MOVING
             b.write(j)
             b.emit(m.service, env, "started", j, version=m.to_version, previous=m.from_version)
             try:
-                ops.deploy(b.context(m.service, env), env, m.to_version,
-                           lock_wait=lock_wait, reason=f"bundle {b.config.bundle} {j.id}")
+                ops.deploy(
+                    b.context(m.service, env),
+                    env,
+                    m.to_version,
+                    lock_wait=lock_wait,
+                    reason=f"bundle {b.config.bundle} {j.id}",
+                )
             except RollwiseError as e:
                 j.move(m.service)["state"] = FAILED
                 j.error = f"{m.service} {m.to_version}: {e.message}"
@@ -207,16 +249,20 @@ def deploy(b: Bundle, env: str, wanted: dict[str, str], lock_wait: float = 0.0
                 back = _put_back(b, env, j, because=f"{m.service} {m.to_version} failed")
                 raise RollwiseError(
                     f"bundle {b.config.bundle} {env}: {m.service} {m.to_version} failed "
-                    f"({e.message}); {back}", where=f"service {m.service}",
-                    hint=e.hint or "`rollwise bundle status` shows each service") from e
+                    f"({e.message}); {back}",
+                    where=f"service {m.service}",
+                    hint=e.hint or "`rollwise bundle status` shows each service",
+                ) from e
             j.move(m.service)["state"] = MOVED
             b.write(j)
             b.emit(m.service, env, reasons.OK, j, version=m.to_version)
         j.state = DONE
         b.write(j)
     moved = ", ".join(f"{m.service} {m.from_version or '-'} -> {m.to_version}" for m in moves)
-    return ops.Outcome(f"bundle {b.config.bundle} {env}: {moved}",
-                       {"bundle": b.config.bundle, "id": j.id, "moves": j.moves})
+    return ops.Outcome(
+        f"bundle {b.config.bundle} {env}: {moved}",
+        {"bundle": b.config.bundle, "id": j.id, "moves": j.moves},
+    )
 
 
 def _put_back(b: Bundle, env: str, j: Journal, because: str) -> str:
@@ -235,21 +281,32 @@ def _put_back(b: Bundle, env: str, j: Journal, because: str) -> str:
             continue
         ctx = b.context(service, env)
         try:
-            ops.deploy(ctx, env, before, kind=d.ROLLBACK,
-                       reason=f"bundle {b.config.bundle} {j.id}: {because}")
+            ops.deploy(
+                ctx,
+                env,
+                before,
+                kind=d.ROLLBACK,
+                reason=f"bundle {b.config.bundle} {j.id}: {because}",
+            )
         except RollwiseError as e:
             stuck.append(f"{service} could not go back to {before}: {e.message}")
             continue
         with ctx.engine.begin() as conn:
-            repo.set_mark(conn, env, m["to_version"], reasons.GOOD,
-                          f"passed its checks; rolled back with bundle {j.id}: {because}")
+            repo.set_mark(
+                conn,
+                env,
+                m["to_version"],
+                reasons.GOOD,
+                f"passed its checks; rolled back with bundle {j.id}: {because}",
+            )
         m["state"] = BACK
         done.append(f"{service} {m['to_version']} -> {before}")
         b.emit(service, env, "rolled_back", j, version=before, reason=because)
     j.state = FAILED if any("could not" in s for s in stuck) else ROLLED_BACK
     b.write(j)
-    words = (f"put back, dependents first: {', '.join(done)}" if done
-             else "no other service had moved")
+    words = (
+        f"put back, dependents first: {', '.join(done)}" if done else "no other service had moved"
+    )
     return words + (f"; {'; '.join(stuck)}" if stuck else "")
 
 
@@ -260,10 +317,11 @@ def rollback_plan(b: Bundle, env: str) -> tuple[Journal, list[dict[str, Any]]]:
     j = b.read(env)
     if j is None or j.state != DONE or j.kind != d.DEPLOY:
         last = f" (the last operation, {j.kind} {j.id}, is {j.state})" if j else ""
-        raise NotFound(f"bundle {b.config.bundle} {env}: no completed bundle deploy to roll "
-                       f"back{last}",
-                       hint="`rollwise bundle status` shows the last bundle operation; "
-                       "`rollwise rollback -C SERVICE_DIR` rolls back one service")
+        raise NotFound(
+            f"bundle {b.config.bundle} {env}: no completed bundle deploy to roll back{last}",
+            hint="`rollwise bundle status` shows the last bundle operation; "
+            "`rollwise rollback -C SERVICE_DIR` rolls back one service",
+        )
     undo = [m for m in reversed(j.moves) if m["state"] == MOVED and m["from_version"]]
     for m in undo:
         if (live := b.live(m["service"], env)) != m["to_version"]:
@@ -272,10 +330,14 @@ def rollback_plan(b: Bundle, env: str) -> tuple[Journal, list[dict[str, Any]]]:
                 f"{m['to_version']} the bundle deployed; it has moved since",
                 where=f"service {m['service']}",
                 hint=f"roll it back by itself (`rollwise rollback -C "
-                f"{b.config.services[m['service']].dir}`); nothing was changed")
+                f"{b.config.services[m['service']].dir}`); nothing was changed",
+            )
     if not undo:
-        raise NotFound(f"bundle {b.config.bundle} {env}: deploy {j.id} moved nothing that "
-                       "has an earlier release", hint="nothing was changed")
+        raise NotFound(
+            f"bundle {b.config.bundle} {env}: deploy {j.id} moved nothing that "
+            "has an earlier release",
+            hint="nothing was changed",
+        )
     return j, undo
 
 
@@ -285,13 +347,28 @@ def rollback(b: Bundle, env: str, lock_wait: float = 0.0) -> ops.Outcome:
     with b.lock(env):
         _refuse_interrupted(b, env)
         j, undo = rollback_plan(b, env)
-        r = Journal(_new_id(), d.ROLLBACK, env, actor(), RUNNING,
-                    [{"service": m["service"], "from_version": m["to_version"],
-                      "to_version": m["from_version"], "state": PENDING} for m in undo])
+        r = Journal(
+            _new_id(),
+            d.ROLLBACK,
+            env,
+            actor(),
+            RUNNING,
+            [
+                {
+                    "service": m["service"],
+                    "from_version": m["to_version"],
+                    "to_version": m["from_version"],
+                    "state": PENDING,
+                }
+                for m in undo
+            ],
+        )
         b.write(r)
         _go_back(b, env, r, lock_wait, f"bundle {b.config.bundle} rollback of {j.id}")
-    return ops.Outcome(f"bundle {b.config.bundle} {env}: rolled back, dependents first: "
-                       f"{_listed(r, MOVED)}", {"id": r.id, "moves": r.moves})
+    return ops.Outcome(
+        f"bundle {b.config.bundle} {env}: rolled back, dependents first: {_listed(r, MOVED)}",
+        {"id": r.id, "moves": r.moves},
+    )
 
 
 def _go_back(b: Bundle, env: str, r: Journal, lock_wait: float, reason: str) -> None:
@@ -302,16 +379,24 @@ def _go_back(b: Bundle, env: str, r: Journal, lock_wait: float, reason: str) -> 
         m["state"] = MOVING
         b.write(r)
         try:
-            ops.deploy(b.context(m["service"], env), env, m["to_version"], kind=d.ROLLBACK,
-                       lock_wait=lock_wait, reason=reason)
+            ops.deploy(
+                b.context(m["service"], env),
+                env,
+                m["to_version"],
+                kind=d.ROLLBACK,
+                lock_wait=lock_wait,
+                reason=reason,
+            )
         except RollwiseError as e:
             m["state"], r.state, r.error = FAILED, FAILED, f"{m['service']}: {e.message}"
             b.write(r)
             raise RollwiseError(
                 f"bundle {b.config.bundle} {env}: {m['service']} did not go back to "
                 f"{m['to_version']} ({e.message}); went back before it: "
-                f"{_listed(r, MOVED) or 'none'}", where=f"service {m['service']}",
-                hint=e.hint or "fix it and run `rollwise bundle rollback` again") from e
+                f"{_listed(r, MOVED) or 'none'}",
+                where=f"service {m['service']}",
+                hint=e.hint or "fix it and run `rollwise bundle rollback` again",
+            ) from e
         m["state"] = MOVED
         b.write(r)
     r.state = DONE
@@ -319,8 +404,11 @@ def _go_back(b: Bundle, env: str, r: Journal, lock_wait: float, reason: str) -> 
 
 
 def _listed(j: Journal, state: str) -> str:
-    return ", ".join(f"{m['service']} {m['from_version']} -> {m['to_version']}"
-                     for m in j.moves if m["state"] == state)
+    return ", ".join(
+        f"{m['service']} {m['from_version']} -> {m['to_version']}"
+        for m in j.moves
+        if m["state"] == state
+    )
 
 
 def recover(b: Bundle, env: str, lock_wait: float = 0.0) -> ops.Outcome:
@@ -330,8 +418,7 @@ def recover(b: Bundle, env: str, lock_wait: float = 0.0) -> ops.Outcome:
     with b.lock(env):
         j = b.read(env)
         if j is None or j.state != RUNNING:
-            return ops.Outcome(f"bundle {b.config.bundle} {env}: nothing to recover",
-                               changed=False)
+            return ops.Outcome(f"bundle {b.config.bundle} {env}: nothing to recover", changed=False)
         for m in j.moves:
             if m["state"] != MOVING:
                 continue
@@ -341,13 +428,20 @@ def recover(b: Bundle, env: str, lock_wait: float = 0.0) -> ops.Outcome:
             m["state"] = MOVED if at else (PENDING if j.kind == d.ROLLBACK else FAILED)
         b.write(j)
         if j.kind == d.ROLLBACK:  # a rollback is finished, never undone
-            _go_back(b, env, j, lock_wait, f"bundle {b.config.bundle}: finishing "
-                     f"interrupted rollback {j.id}")
+            _go_back(
+                b,
+                env,
+                j,
+                lock_wait,
+                f"bundle {b.config.bundle}: finishing interrupted rollback {j.id}",
+            )
             done = f"finished the rollback, dependents first: {_listed(j, MOVED)}"
         else:
             done = _put_back(b, env, j, because=f"bundle operation {j.id} was interrupted")
-    return ops.Outcome(f"bundle {b.config.bundle} {env}: recovered {j.id}; {done}",
-                       {"id": j.id, "kind": j.kind, "moves": j.moves})
+    return ops.Outcome(
+        f"bundle {b.config.bundle} {env}: recovered {j.id}; {done}",
+        {"id": j.id, "kind": j.kind, "moves": j.moves},
+    )
 
 
 def status(b: Bundle, env: str) -> dict[str, Any]:
@@ -356,11 +450,21 @@ def status(b: Bundle, env: str) -> dict[str, Any]:
     services = []
     for name in b.order:
         s = ops.status(b.context(name, env), env)["environments"][env]
-        services.append({"service": name, "dir": b.config.services[name].dir,
-                         "depends_on": b.config.services[name].depends_on, **s})
+        services.append(
+            {
+                "service": name,
+                "dir": b.config.services[name].dir,
+                "depends_on": b.config.services[name].depends_on,
+                **s,
+            }
+        )
     j = b.read(env)
-    return {"bundle": b.config.bundle, "env": env, "services": services,
-            "last": asdict(j) if j else None}
+    return {
+        "bundle": b.config.bundle,
+        "env": env,
+        "services": services,
+        "last": asdict(j) if j else None,
+    }
 
 
 def _new_id() -> str:

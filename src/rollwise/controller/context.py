@@ -61,8 +61,9 @@ class Context:
         engine = open_engine(default_url(state_dir))
         bus = bus or EventBus()
         bus.subscribe(audit.recorder(engine))
-        bus.subscribe(audit.checkpointer(engine, checkpoints.settings(config, state_dir, engine),
-                                         bus.emit))
+        bus.subscribe(
+            audit.checkpointer(engine, checkpoints.settings(config, state_dir, engine), bus.emit)
+        )
         return cls(root, config_path, config, state_dir, engine, bus, actor())
 
     def env(self, name: str) -> EnvironmentConfig:
@@ -70,8 +71,11 @@ class Context:
             return self.config.environments[name]
         except KeyError:
             known = ", ".join(self.config.environments)
-            raise ConfigError(f"unknown environment {name!r}", where=str(self.config_path),
-                              hint=f"environments in this file: {known}") from None
+            raise ConfigError(
+                f"unknown environment {name!r}",
+                where=str(self.config_path),
+                hint=f"environments in this file: {known}",
+            ) from None
 
     def env_dir(self, name: str) -> Path:
         return self.state_dir / "envs" / name
@@ -82,14 +86,27 @@ class Context:
     def environment(self, name: str) -> Environment:
         """Resolve `name` once per operation (an unknown one is a ConfigError)."""
         cfg, folder = self.env(name), self.env_dir(name)
-        return Environment(name, cfg, folder,
-                           make_target(cfg, self.config.app, folder, name,
-                                       lambda version: self.instance_env(name, version),
-                                       lambda host, what, outcome, data: self.emit(
-                                           "host", outcome, env=name, record=False,
-                                           data={"host": host, "step": what, **data}),
-                                       self.config.image),
-                           make_router(cfg.router, folder, name))
+        return Environment(
+            name,
+            cfg,
+            folder,
+            make_target(
+                cfg,
+                self.config.app,
+                folder,
+                name,
+                lambda version: self.instance_env(name, version),
+                lambda host, what, outcome, data: self.emit(
+                    "host",
+                    outcome,
+                    env=name,
+                    record=False,
+                    data={"host": host, "step": what, **data},
+                ),
+                self.config.image,
+            ),
+            make_router(cfg.router, folder, name),
+        )
 
     def url(self, env: str, cfg: UrlOrSecret) -> str:
         """`cfg.url`, or the value of its `url_secret` for `env`."""
@@ -118,8 +135,11 @@ class Context:
         if url is not None and "DATABASE_URL" not in values:
             scheme = env_cfg.database.app_scheme  # type: ignore[union-attr]
             values["DATABASE_URL"] = secrets.Secret(app_url(url, scheme))
-        return values | {"ROLLWISE_ENV": env, "ROLLWISE_VERSION": version,
-                         "ROLLWISE_SHARED_DIR": str(shared)}
+        return values | {
+            "ROLLWISE_ENV": env,
+            "ROLLWISE_VERSION": version,
+            "ROLLWISE_SHARED_DIR": str(shared),
+        }
 
     def config_sha256(self) -> str:
         return hashlib.sha256(self.config_path.read_bytes()).hexdigest()

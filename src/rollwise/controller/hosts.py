@@ -22,9 +22,12 @@ from rollwise.targets.ssh import MIN_PYTHON, Layout, agent_bundle
 def fleet(ctx: Context, env: str) -> EnvironmentConfig:
     cfg = ctx.env(env)
     if cfg.target.type != "ssh":
-        raise ConfigError(f"environment {env!r} runs on this machine (target type "
-                          f"{cfg.target.type!r}), not on hosts", where=f"environments.{env}."
-                          "target", hint="set `type: ssh` and list `hosts` (docs/fleet.md)")
+        raise ConfigError(
+            f"environment {env!r} runs on this machine (target type "
+            f"{cfg.target.type!r}), not on hosts",
+            where=f"environments.{env}.target",
+            hint="set `type: ssh` and list `hosts` (docs/fleet.md)",
+        )
     return cfg
 
 
@@ -33,20 +36,32 @@ def pick(cfg: EnvironmentConfig, env: str, label: str) -> HostConfig:
         return cfg.target.host(label)
     except KeyError:
         known = ", ".join(h.label for h in cfg.target.hosts)
-        raise NotFound(f"no host {label!r} in environment {env!r}",
-                       where=f"environments.{env}.target.hosts",
-                       hint=f"hosts: {known}") from None
+        raise NotFound(
+            f"no host {label!r} in environment {env!r}",
+            where=f"environments.{env}.target.hosts",
+            hint=f"hosts: {known}",
+        ) from None
 
 
 def hosts_list(ctx: Context, env: str) -> list[dict[str, Any]]:
     cfg = fleet(ctx, env)
     ssh = cfg.target.ssh
-    return [{"name": h.label, "address": h.address, "port": h.port, "user": h.user or ssh.user,
-             "bind": h.listen_host, "labels": h.labels} for h in cfg.target.hosts]
+    return [
+        {
+            "name": h.label,
+            "address": h.address,
+            "port": h.port,
+            "user": h.user or ssh.user,
+            "bind": h.listen_host,
+            "labels": h.labels,
+        }
+        for h in cfg.target.hosts
+    ]
 
 
-def hosts_trust(ctx: Context, env: str, label: str, expected: str | None,
-                ask: Any = None) -> dict[str, Any]:
+def hosts_trust(
+    ctx: Context, env: str, label: str, expected: str | None, ask: Any = None
+) -> dict[str, Any]:
     """Add the key the host offers to `ssh.known_hosts`, when it matches `expected` (the
     fingerprint checked out of band) or the person at the terminal says yes (`ask`)."""
     cfg = fleet(ctx, env)
@@ -55,23 +70,28 @@ def hosts_trust(ctx: Context, env: str, label: str, expected: str | None,
     path = known_hosts_path(cfg.target.ssh)
     data = {"host": host.label, "fingerprint": key.fingerprint, "known_hosts": str(path)}
     if expected is not None and expected != key.fingerprint:
-        raise IntegrityError(f"it offers {key.fingerprint}, not {expected}",
-                             where=f"host {host.label} ({host.address}:{host.port})",
-                             hint="nothing was recorded; find out why before trusting it")
+        raise IntegrityError(
+            f"it offers {key.fingerprint}, not {expected}",
+            where=f"host {host.label} ({host.address}:{host.port})",
+            hint="nothing was recorded; find out why before trusting it",
+        )
     if expected is None:
         if ask is None:
             raise UsageError(
                 f"host {host.label} offers {key.fingerprint}; check it with the host's owner "
                 "(on the host: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)",
                 hint=f"then `rollwise hosts trust {host.label} -e {env} --fingerprint "
-                f"{key.fingerprint}`; nothing was recorded")
+                f"{key.fingerprint}`; nothing was recorded",
+            )
         if not ask(f"host {host.label} ({host.address}) offers {key.fingerprint}. Trust it?"):
             return {**data, "trusted": False}
     if known_entry(path, host):
         raise IntegrityError(
-            f"{path} already has another key for it", where=f"host {host.label}",
+            f"{path} already has another key for it",
+            where=f"host {host.label}",
             hint=f"if the host was reinstalled, remove its old line (ssh-keygen -R "
-            f"{host.address} -f {path}) and trust it again; nothing was recorded")
+            f"{host.address} -f {path}) and trust it again; nothing was recorded",
+        )
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(key.line + "\n")
@@ -90,19 +110,26 @@ def hosts_setup(ctx: Context, env: str) -> dict[str, Any]:
         with open_private(local) as f:
             f.write(bundle)
         with Hosts(cfg.target.hosts, cfg.target.ssh, env) as hosts:
+
             async def setup(host: HostConfig) -> str:
                 await _python(hosts, host, cfg.target.ssh.python)
                 lib = shlex.quote(layout.lib)
                 if (await hosts.arun(host, f"test -f {lib}/.complete", check=False)).exit == 0:
                     return "up to date"
                 remote = f"{layout.root}/lib/{digest[:16]}.tar.gz"
-                await hosts.arun(host, f"umask 077 && mkdir -p {shlex.quote(layout.root)}/lib "
-                                 f"{shlex.quote(layout.env_dir)}")
+                await hosts.arun(
+                    host,
+                    f"umask 077 && mkdir -p {shlex.quote(layout.root)}/lib "
+                    f"{shlex.quote(layout.env_dir)}",
+                )
                 await hosts.put(host, local, remote)
-                await hosts.arun(host, f"umask 077 && rm -rf {lib}.tmp && mkdir {lib}.tmp && "
-                                 f"tar -xzf {shlex.quote(remote)} -C {lib}.tmp && "
-                                 f"touch {lib}.tmp/.complete && rm -rf {lib} && "
-                                 f"mv {lib}.tmp {lib} && rm -f {shlex.quote(remote)}")
+                await hosts.arun(
+                    host,
+                    f"umask 077 && rm -rf {lib}.tmp && mkdir {lib}.tmp && "
+                    f"tar -xzf {shlex.quote(remote)} -C {lib}.tmp && "
+                    f"touch {lib}.tmp/.complete && rm -rf {lib} && "
+                    f"mv {lib}.tmp {lib} && rm -f {shlex.quote(remote)}",
+                )
                 return "installed"
 
             done = hosts.all(setup)
@@ -113,20 +140,25 @@ def hosts_setup(ctx: Context, env: str) -> dict[str, Any]:
 
 async def _python(hosts: Hosts, host: HostConfig, python: str) -> None:
     want = ".".join(map(str, MIN_PYTHON))
-    got = await hosts.arun(host, f"{shlex.quote(python)} -c 'import sys; "
-                           "print(\"%d.%d\" % sys.version_info[:2])'", check=False)
+    got = await hosts.arun(
+        host,
+        f"{shlex.quote(python)} -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
+        check=False,
+    )
     version = got.stdout.strip()
     parts = version.split(".")
-    if got.exit != 0 or not all(p.isdigit() for p in parts) \
-            or tuple(map(int, parts)) < MIN_PYTHON:
+    if got.exit != 0 or not all(p.isdigit() for p in parts) or tuple(map(int, parts)) < MIN_PYTHON:
         raise ConfigError(
             f"its {python} is {version or 'missing'} ({got.tail()}); rollwise's agent needs "
-            f"Python {want}+", where=f"host {host.label} ({host.address})",
-            hint="install python3 (3.11+) on the host, or point `ssh.python` at one")
+            f"Python {want}+",
+            where=f"host {host.label} ({host.address})",
+            hint="install python3 (3.11+) on the host, or point `ssh.python` at one",
+        )
 
 
-def hosts_run(ctx: Context, env: str, command: str, only: list[str] | None = None
-              ) -> list[dict[str, Any]]:
+def hosts_run(
+    ctx: Context, env: str, command: str, only: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Run a shell command on every host (or those named in `only`) at once; per host its
     exit status and output. Recorded in the audit log (the command, not its output)."""
     cfg = fleet(ctx, env)
@@ -136,13 +168,24 @@ def hosts_run(ctx: Context, env: str, command: str, only: list[str] | None = Non
     rows: list[dict[str, Any]] = []
     for h in chosen:
         r = got[h.label]
-        rows.append({"name": h.label, "exit": None, "stdout": "", "stderr": "", "error": str(r)}
-                    if isinstance(r, Exception) else
-                    {"name": h.label, "exit": r.exit, "stdout": r.stdout, "stderr": r.stderr,
-                     "error": None})
+        rows.append(
+            {"name": h.label, "exit": None, "stdout": "", "stderr": "", "error": str(r)}
+            if isinstance(r, Exception)
+            else {
+                "name": h.label,
+                "exit": r.exit,
+                "stdout": r.stdout,
+                "stderr": r.stderr,
+                "error": None,
+            }
+        )
     failed = [r["name"] for r in rows if r["exit"] != 0]
-    ctx.emit("hosts_run", reasons.OK if not failed else "error", env=env,
-             data={"command": command, "hosts": [h.label for h in chosen], "failed": failed})
+    ctx.emit(
+        "hosts_run",
+        reasons.OK if not failed else "error",
+        env=env,
+        data={"command": command, "hosts": [h.label for h in chosen], "failed": failed},
+    )
     return rows
 
 
@@ -152,13 +195,16 @@ def hosts_check(ctx: Context, env: str) -> list[dict[str, Any]]:
     cfg = fleet(ctx, env)
     layout = Layout(cfg.target, ctx.config.app, env)
     with Hosts(cfg.target.hosts, cfg.target.ssh, env) as hosts:
+
         async def check(host: HostConfig) -> dict[str, Any]:
             q = shlex.quote
-            script = (f"{q(cfg.target.ssh.python)} -c 'import sys; print(\"%d.%d\" % "
-                      f"sys.version_info[:2])' 2>/dev/null || echo -; "
-                      f"test -f {q(layout.lib)}/.complete && echo yes || echo no; "
-                      f"df -Pk {q(layout.root)} 2>/dev/null | tail -1 | awk '{{print $4}}' "
-                      "|| echo -")
+            script = (
+                f'{q(cfg.target.ssh.python)} -c \'import sys; print("%d.%d" % '
+                f"sys.version_info[:2])' 2>/dev/null || echo -; "
+                f"test -f {q(layout.lib)}/.complete && echo yes || echo no; "
+                f"df -Pk {q(layout.root)} 2>/dev/null | tail -1 | awk '{{print $4}}' "
+                "|| echo -"
+            )
             r = await hosts.arun(host, script, check=False)
             py, installed, free = [*r.stdout.split(), "-", "-", "-"][:3]
             try:
@@ -166,14 +212,23 @@ def hosts_check(ctx: Context, env: str) -> list[dict[str, Any]]:
                 running = True
             except HostError:
                 running = False
-            return {"reachable": True, "python": py, "agent_installed": installed == "yes",
-                    "agent_running": running,
-                    "free_mb": int(free) // 1024 if free.isdigit() else None}
+            return {
+                "reachable": True,
+                "python": py,
+                "agent_installed": installed == "yes",
+                "agent_running": running,
+                "free_mb": int(free) // 1024 if free.isdigit() else None,
+            }
 
         got = hosts.each(check)
     rows = []
     for h in cfg.target.hosts:
         r = got[h.label]
-        rows.append({"name": h.label, "address": h.address, **(
-            {"reachable": False, "error": str(r)} if isinstance(r, Exception) else r)})
+        rows.append(
+            {
+                "name": h.label,
+                "address": h.address,
+                **({"reachable": False, "error": str(r)} if isinstance(r, Exception) else r),
+            }
+        )
     return rows

@@ -18,8 +18,13 @@ def start(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...])
     """Start instances at their endpoints (idempotent by name)."""
     env.target.ensure()
     for i in instances:
-        env.target.start(i.name, i.version, i.endpoint, ctx.config.run.command,
-                         ctx.instance_env(env.name, i.version))
+        env.target.start(
+            i.name,
+            i.version,
+            i.endpoint,
+            ctx.config.run.command,
+            ctx.instance_env(env.name, i.version),
+        )
 
 
 def wait_ready(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...]) -> float:
@@ -35,13 +40,13 @@ def start_ready(ctx: Context, env: Environment, instances: tuple[d.InstancePlan,
     return wait_ready(ctx, env, instances)
 
 
-def drain(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...]
-          ) -> dict[str, int]:
+def drain(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...]) -> dict[str, int]:
     """Wait until no request is in flight on the instances (already out of rotation), all
     within one `stop.drain_timeout_s`; returns what each still had when it ended."""
     deadline = time.monotonic() + ctx.config.stop.drain_timeout_s
-    return {i.name: env.router.drain(i.name, max(0.0, deadline - time.monotonic()))
-            for i in instances}
+    return {
+        i.name: env.router.drain(i.name, max(0.0, deadline - time.monotonic())) for i in instances
+    }
 
 
 def switch(ctx: Context, env: Environment, to: tuple[d.InstancePlan, ...]) -> dict[str, Any]:
@@ -49,8 +54,9 @@ def switch(ctx: Context, env: Environment, to: tuple[d.InstancePlan, ...]) -> di
     return shift(ctx, env, to, {i.name: 1 for i in to})
 
 
-def shift(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...],
-          weights: dict[str, int]) -> dict[str, Any]:
+def shift(
+    ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...], weights: dict[str, int]
+) -> dict[str, Any]:
     """Apply `weights` (others get 0), then read them back to verify."""
     router = env.router
     router.register([Backend(i.name, i.version, i.host, i.port) for i in instances])
@@ -60,12 +66,18 @@ def shift(ctx: Context, env: Environment, instances: tuple[d.InstancePlan, ...],
     ms = (time.perf_counter() - t0) * 1000
     got = {k: v for k, v in router.weights().items() if v > 0}
     if got != want:
-        raise RollwiseError(f"router did not apply the weights: want {want}, has {got}",
-                            where=f"router of {env.name}")
+        raise RollwiseError(
+            f"router did not apply the weights: want {want}, has {got}",
+            where=f"router of {env.name}",
+        )
     versions = {i.name: i.version for i in instances}
-    ctx.emit("switch", reasons.OK, env=env.name,
-             version=next((versions[n] for n in want if n in versions), None),
-             data={"switch_ms": round(ms, 3), "to": list(want), "weights": want})
+    ctx.emit(
+        "switch",
+        reasons.OK,
+        env=env.name,
+        version=next((versions[n] for n in want if n in versions), None),
+        data={"switch_ms": round(ms, 3), "to": list(want), "weights": want},
+    )
     return {"switch_ms": round(ms, 3), "weights": want}
 
 

@@ -16,10 +16,11 @@ from rollwise.store import repo
 def settings(ctx: Context, env: str) -> KubernetesConfig:
     cfg = ctx.env(env).kubernetes
     if cfg is None:
-        raise ConfigError(f"environment {env!r} has no `kubernetes` settings",
-                          where=f"environments.{env}.kubernetes",
-                          hint="add `kubernetes: {namespace: shop, gateway: public}` "
-                          "(docs/kubernetes.md)")
+        raise ConfigError(
+            f"environment {env!r} has no `kubernetes` settings",
+            where=f"environments.{env}.kubernetes",
+            hint="add `kubernetes: {namespace: shop, gateway: public}` (docs/kubernetes.md)",
+        )
     return cfg
 
 
@@ -27,45 +28,69 @@ def release(ctx: Context, env: str, version: str) -> kube.KubeRelease:
     """The release as Kubernetes needs it: its image by registry digest."""
     cfg, env_cfg = settings(ctx, env), ctx.env(env)
     rel = release_record(ctx, version)
-    meta = containers.read_archive(artifacts.artifact_path(ctx.artifacts_dir(), rel["sha256"]),
-                                   rel["version"])
-    digests = [d for d in meta.get("repo_digests", [])
-               if "@sha256:" in d and not d.startswith("localhost/")]  # local: no node has it
+    meta = containers.read_archive(
+        artifacts.artifact_path(ctx.artifacts_dir(), rel["sha256"]), rel["version"]
+    )
+    digests = [
+        d
+        for d in meta.get("repo_digests", [])
+        if "@sha256:" in d and not d.startswith("localhost/")
+    ]  # local: no node has it
     if not digests:
         raise ConfigError(
             f"release {rel['version']}'s image {meta['id'][:19]} has no registry digest: "
-            "nodes cannot pull it", where=f"release {rel['version']}",
+            "nodes cannot pull it",
+            where=f"release {rel['version']}",
             hint="push the image to a registry and make releases from it with "
-            "`image: {ref: registry/name@sha256:...}`")
+            "`image: {ref: registry/name@sha256:...}`",
+        )
     plain = {**ctx.config.run.env, **env_cfg.env}
     image = ctx.config.image
     return kube.KubeRelease(
-        app=ctx.config.app, env=env, version=rel["version"], image=digests[0],
-        namespace=cfg.namespace, replicas=env_cfg.instances, port=cfg.port,
-        health_path=ctx.config.health.path, env_vars=plain,
-        secret_names=tuple(env_cfg.secrets), memory=image.memory if image else None,
-        cpus=image.cpus if image else None)
+        app=ctx.config.app,
+        env=env,
+        version=rel["version"],
+        image=digests[0],
+        namespace=cfg.namespace,
+        replicas=env_cfg.instances,
+        port=cfg.port,
+        health_path=ctx.config.health.path,
+        env_vars=plain,
+        secret_names=tuple(env_cfg.secrets),
+        memory=image.memory if image else None,
+        cpus=image.cpus if image else None,
+    )
 
 
-def manifests(ctx: Context, env: str, version: str, percent: int,
-              live: str | None = None) -> list[dict[str, Any]]:
+def manifests(
+    ctx: Context, env: str, version: str, percent: int, live: str | None = None
+) -> list[dict[str, Any]]:
     """The objects for `version` taking `percent` of traffic beside the live release (or
     `live`), checked against the published schemas."""
     cfg = settings(ctx, env)
     if live is None:
         live = repo.env_state(ctx.engine, env)["live_version"]
-    objects = kube.manifests(release(ctx, env, version), live, percent, traffic=cfg.traffic,
-                             gateway=cfg.gateway, hostnames=tuple(cfg.hostnames))
+    objects = kube.manifests(
+        release(ctx, env, version),
+        live,
+        percent,
+        traffic=cfg.traffic,
+        gateway=cfg.gateway,
+        hostnames=tuple(cfg.hostnames),
+    )
     if problems := kube.validate(objects, cfg.schema_version):
-        raise RollwiseError("the manifests do not pass the Kubernetes schemas: "
-                            + "; ".join(problems), where=f"environments.{env}.kubernetes",
-                            hint="this is a rollwise bug if the settings are valid")
+        raise RollwiseError(
+            "the manifests do not pass the Kubernetes schemas: " + "; ".join(problems),
+            where=f"environments.{env}.kubernetes",
+            hint="this is a rollwise bug if the settings are valid",
+        )
     return objects
 
 
 def apply(ctx: Context, env: str, version: str, percent: int) -> list[str]:
     objects = manifests(ctx, env, version, percent)
     done = kube.apply(objects, settings(ctx, env).context)
-    ctx.emit("kube-apply", "ok", env=env, version=version,
-             data={"percent": percent, "objects": done})
+    ctx.emit(
+        "kube-apply", "ok", env=env, version=version, data={"percent": percent, "objects": done}
+    )
     return done

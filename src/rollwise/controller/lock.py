@@ -65,15 +65,17 @@ def try_acquire(engine: Engine, env: str, holder: str, ttl: float = TTL_S) -> in
     with engine.begin() as conn:
         try:
             with conn.begin_nested():
-                conn.execute(insert(locks).values(env=env, holder="", token=0,
-                                                  acquired_at=0.0, expires_at=0.0))
+                conn.execute(
+                    insert(locks).values(
+                        env=env, holder="", token=0, acquired_at=0.0, expires_at=0.0
+                    )
+                )
         except SAIntegrityError:
             pass
         res = conn.execute(
             update(locks)
             .where(locks.c.env == env, locks.c.expires_at < now)
-            .values(holder=holder, token=locks.c.token + 1, acquired_at=now,
-                    expires_at=now + ttl)
+            .values(holder=holder, token=locks.c.token + 1, acquired_at=now, expires_at=now + ttl)
         )
         if res.rowcount != 1:
             return None
@@ -82,15 +84,19 @@ def try_acquire(engine: Engine, env: str, holder: str, ttl: float = TTL_S) -> in
 
 def renew(engine: Engine, env: str, token: int, ttl: float = TTL_S) -> bool:
     with engine.begin() as conn:
-        res = conn.execute(update(locks).where(locks.c.env == env, locks.c.token == token)
-                           .values(expires_at=time.time() + ttl))
+        res = conn.execute(
+            update(locks)
+            .where(locks.c.env == env, locks.c.token == token)
+            .values(expires_at=time.time() + ttl)
+        )
         return res.rowcount == 1
 
 
 def release(engine: Engine, env: str, token: int) -> None:
     with engine.begin() as conn:
-        conn.execute(update(locks).where(locks.c.env == env, locks.c.token == token)
-                     .values(expires_at=0.0))
+        conn.execute(
+            update(locks).where(locks.c.env == env, locks.c.token == token).values(expires_at=0.0)
+        )
 
 
 class Lease:
@@ -108,11 +114,17 @@ class Lease:
         while (token := try_acquire(self.engine, self.env, self.holder)) is None:
             if time.monotonic() >= deadline:
                 info = current(self.engine, self.env)
-                who = f"{info.holder} (token {info.token}, expires in "\
-                      f"{max(0.0, info.expires_at - time.time()):.0f} s)" if info else "?"
-                raise LockHeld(f"environment {self.env!r} is locked by {who}",
-                               hint="wait for it to finish, or pass --lock-wait SECONDS; a "
-                               "lock whose holder died expires by itself")
+                who = (
+                    f"{info.holder} (token {info.token}, expires in "
+                    f"{max(0.0, info.expires_at - time.time()):.0f} s)"
+                    if info
+                    else "?"
+                )
+                raise LockHeld(
+                    f"environment {self.env!r} is locked by {who}",
+                    hint="wait for it to finish, or pass --lock-wait SECONDS; a "
+                    "lock whose holder died expires by itself",
+                )
             time.sleep(0.2)
         self.token = token
         self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -130,4 +142,3 @@ class Lease:
         if self._thread:
             self._thread.join()
         release(self.engine, self.env, self.token)
-

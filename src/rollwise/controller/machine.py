@@ -46,24 +46,49 @@ def run_plan(ctx: Context, env: Environment, dep_id: int, plan: d.Plan, lease: L
             if repo.pending_request(ctx.engine, dep_id) in (pg.ABORT, pg.ROLLBACK):
                 run.watch.taken()
             repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, name, "started")
-            ctx.emit("step", "started", env=plan.env, version=plan.to_version,
-                     data={"deployment": dep_id, "step": name})
+            ctx.emit(
+                "step",
+                "started",
+                env=plan.env,
+                version=plan.to_version,
+                data={"deployment": dep_id, "step": name},
+            )
             failpoint(name, "before")
             data = run_step(run, step)
             failpoint(name, "after")
             repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, name, "done", data)
-            ctx.emit("step", reasons.OK, env=plan.env, version=plan.to_version,
-                     data={"deployment": dep_id, "step": name, **data})
+            ctx.emit(
+                "step",
+                reasons.OK,
+                env=plan.env,
+                version=plan.to_version,
+                data={"deployment": dep_id, "step": name, **data},
+            )
             done.add(name)
         except Exception as e:
             switched = plan.traffic_moving(done | {name})
             reason = f"step {name}: {e}"
-            repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, name, "failed",
-                               {"error": str(e)})
-            ctx.emit("step", reasons.ERROR, env=plan.env, version=plan.to_version,
-                     reason=reason, data={"deployment": dep_id, "step": name})
-            status = undo(ctx, env, dep_id, plan, lease, switched=switched, reason=reason,
-                          blame_new=not isinstance(e, pg.Aborted | ConfigError))
+            repo.journal_write(
+                ctx.engine, plan.env, lease.token, dep_id, name, "failed", {"error": str(e)}
+            )
+            ctx.emit(
+                "step",
+                reasons.ERROR,
+                env=plan.env,
+                version=plan.to_version,
+                reason=reason,
+                data={"deployment": dep_id, "step": name},
+            )
+            status = undo(
+                ctx,
+                env,
+                dep_id,
+                plan,
+                lease,
+                switched=switched,
+                reason=reason,
+                blame_new=not isinstance(e, pg.Aborted | ConfigError),
+            )
             if isinstance(e, RollwiseError):
                 e.message = f"{e.message}\n(deployment {dep_id} {status})"
                 raise
@@ -109,9 +134,14 @@ def _backup(run: Run) -> dict[str, Any]:
 def _migrate(run: Run) -> dict[str, Any]:
     """Up, with the backup this deployment took first (restored if a non-transactional
     migration fails halfway)."""
-    backup = next((j["data"].get("backup") for j in repo.journal_rows(run.ctx.engine,
-                                                                      run.watch.dep_id)
-                   if j["step"] == d.BACKUP and j["phase"] == "done"), None)
+    backup = next(
+        (
+            j["data"].get("backup")
+            for j in repo.journal_rows(run.ctx.engine, run.watch.dep_id)
+            if j["step"] == d.BACKUP and j["phase"] == "done"
+        ),
+        None,
+    )
     return schema.migrate_up(run.ctx, run.env, run.plan, backup)
 
 
@@ -149,16 +179,27 @@ def _finalize(run: Run) -> dict[str, Any]:
 
 def _hooks(run: Run, commands: list[str]) -> dict[str, Any]:
     plan = run.plan
-    variables = {**without_secrets(os.environ), "ROLLWISE_ENV": plan.env,
-                 "ROLLWISE_VERSION": plan.to_version,
-                 "ROLLWISE_PREVIOUS_VERSION": plan.from_version or ""}
+    variables = {
+        **without_secrets(os.environ),
+        "ROLLWISE_ENV": plan.env,
+        "ROLLWISE_VERSION": plan.to_version,
+        "ROLLWISE_PREVIOUS_VERSION": plan.from_version or "",
+    }
     for cmd in commands:
-        proc = subprocess.run(cmd, shell=True, cwd=run.env.release_dir(plan.to_version),
-                              env=variables, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            cmd,
+            shell=True,
+            cwd=run.env.release_dir(plan.to_version),
+            env=variables,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise RollwiseError(f"hook exited with {proc.returncode}: {cmd}",
-                                where="hooks", hint="\n".join(tail))
+            raise RollwiseError(
+                f"hook exited with {proc.returncode}: {cmd}", where="hooks", hint="\n".join(tail)
+            )
     return {"hooks": len(commands)}
 
 
@@ -187,14 +228,23 @@ def finalize(ctx: Context, plan: d.Plan) -> None:
     with ctx.engine.begin() as conn:
         repo.set_env_state(conn, plan.env, plan.to_version, [vars(i) for i in plan.new])
         repo.set_mark(conn, plan.env, plan.to_version, reasons.GOOD, "passed its checks")
-        if plan.kind == d.ROLLBACK and plan.from_version and \
-                plan.from_version != plan.to_version:
-            repo.set_mark(conn, plan.env, plan.from_version, reasons.BAD,
-                          reasons.ROLLED_BACK_BY_USER)
+        if plan.kind == d.ROLLBACK and plan.from_version and plan.from_version != plan.to_version:
+            repo.set_mark(
+                conn, plan.env, plan.from_version, reasons.BAD, reasons.ROLLED_BACK_BY_USER
+            )
 
 
-def undo(ctx: Context, env: Environment, dep_id: int, plan: d.Plan, lease: Lease, *,
-         switched: bool, reason: str, blame_new: bool) -> str:
+def undo(
+    ctx: Context,
+    env: Environment,
+    dep_id: int,
+    plan: d.Plan,
+    lease: Lease,
+    *,
+    switched: bool,
+    reason: str,
+    blame_new: bool,
+) -> str:
     """Traffic back on the old instances first, then stop the new ones."""
     repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "started")
     if plan.old or not switched:
@@ -205,8 +255,11 @@ def undo(ctx: Context, env: Environment, dep_id: int, plan: d.Plan, lease: Lease
             stop(ctx, env, plan.new)
         except RollwiseError as e:  # nothing to stop where the target never came up
             ctx.emit("stop", reasons.ERROR, env=plan.env, reason=str(e))
-        status = reasons.ABORTED if not blame_new else (
-            reasons.ROLLED_BACK if switched else reasons.FAILED)
+        status = (
+            reasons.ABORTED
+            if not blame_new
+            else (reasons.ROLLED_BACK if switched else reasons.FAILED)
+        )
     else:  # first release of the environment: nothing to go back to, keep it serving
         finalize(ctx, plan)
         status = reasons.FAILED
@@ -216,19 +269,35 @@ def undo(ctx: Context, env: Environment, dep_id: int, plan: d.Plan, lease: Lease
         if blame_new and (plan.old or not switched):
             repo.set_mark(conn, plan.env, plan.to_version, reasons.BAD, reason)
     schema_back = _schema_back(ctx, env, dep_id, plan) if plan.old else None
-    purged = caches.purge_quietly(ctx, env, plan.from_version or "", plan.to_version) \
-        if plan.old and switched else None
+    purged = (
+        caches.purge_quietly(ctx, env, plan.from_version or "", plan.to_version)
+        if plan.old and switched
+        else None
+    )
     checks = pg.verify_after_undo(ctx, env, plan, dep_id) if plan.old else None
-    repo.journal_write(ctx.engine, plan.env, lease.token, dep_id, "undo", "done",
-                       {"status": status, "checks": checks, "schema": schema_back,
-                        "purged": purged})
-    ctx.emit(plan.kind, status, env=plan.env, version=plan.to_version, reason=reason,
-             data={"deployment": dep_id, "serving": plan.from_version})
+    repo.journal_write(
+        ctx.engine,
+        plan.env,
+        lease.token,
+        dep_id,
+        "undo",
+        "done",
+        {"status": status, "checks": checks, "schema": schema_back, "purged": purged},
+    )
+    ctx.emit(
+        plan.kind,
+        status,
+        env=plan.env,
+        version=plan.to_version,
+        reason=reason,
+        data={"deployment": dep_id, "serving": plan.from_version},
+    )
     return status
 
 
-def _schema_back(ctx: Context, env: Environment, dep_id: int, plan: d.Plan
-                 ) -> dict[str, Any] | None:
+def _schema_back(
+    ctx: Context, env: Environment, dep_id: int, plan: d.Plan
+) -> dict[str, Any] | None:
     """With traffic back on the old release, undo exactly what this deployment's schema
     step did: a deploy's migrations down (the ones it applied, nothing else); a rollback's
     down migrations, run before the older release started, up again."""
@@ -236,16 +305,24 @@ def _schema_back(ctx: Context, env: Environment, dep_id: int, plan: d.Plan
     ran = {j["step"]: j["data"] for j in rows if j["phase"] == "done"}
     started = {j["step"] for j in rows if j["phase"] == "started"}
     try:
-        if plan.kind == d.ROLLBACK and d.MIGRATE_DOWN in ran and \
-                plan.names().index(d.MIGRATE_DOWN) < plan.names().index(d.SWITCH):
+        if (
+            plan.kind == d.ROLLBACK
+            and d.MIGRATE_DOWN in ran
+            and plan.names().index(d.MIGRATE_DOWN) < plan.names().index(d.SWITCH)
+        ):
             assert plan.from_version is not None  # the older release never took traffic
             return schema.upgrade(ctx, env, plan.from_version, plan.from_version)
         if plan.kind == d.DEPLOY and d.MIGRATE in started:
             applied = ran[d.MIGRATE].get("versions") if d.MIGRATE in ran else None
             return schema.undo_upgrade(ctx, env, plan.to_version, applied, plan.from_version)
     except RollwiseError as e:
-        ctx.emit("migrate", reasons.ERROR, env=plan.env, version=plan.from_version,
-                 reason=f"schema not taken back: {e}")
+        ctx.emit(
+            "migrate",
+            reasons.ERROR,
+            env=plan.env,
+            version=plan.from_version,
+            reason=f"schema not taken back: {e}",
+        )
         return {"schema": "error", "error": str(e)}
     return None
 
@@ -269,8 +346,13 @@ def restore(ctx: Context, env: Environment, plan: d.Plan) -> None:
         except Unreachable as e:  # its host is down: it serves nothing, as before
             ctx.emit("restore", reasons.ERROR, env=plan.env, reason=f"{i.name}: {e}")
     if started:
-        ctx.emit("restore", reasons.OK, env=plan.env, version=plan.from_version,
-                 data={"instances": started, "ready_ms": round(ms, 1)})
+        ctx.emit(
+            "restore",
+            reasons.OK,
+            env=plan.env,
+            version=plan.from_version,
+            data={"instances": started, "ready_ms": round(ms, 1)},
+        )
 
 
 def recover(ctx: Context, env: Environment, lease: Lease) -> str | None:
@@ -281,26 +363,47 @@ def recover(ctx: Context, env: Environment, lease: Lease) -> str | None:
         return None
     agent_back = env.target.ensure()  # a dead agent comes back with its instances
     if dep is None:
-        return "the agent was not running; started it with its instances" if agent_back \
-            else None
+        return "the agent was not running; started it with its instances" if agent_back else None
     plan = d.Plan.from_dict(dep["plan"])
     at, switched = interrupted_at(ctx, dep["id"])
     who = f"recovered by {ctx.actor} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}Z"
     if switched:
-        ctx.emit("recover", "resume", env=env.name, version=plan.to_version,
-                 reason=reasons.INTERRUPTED_AFTER_SWITCH, data={"deployment": dep["id"]})
+        ctx.emit(
+            "recover",
+            "resume",
+            env=env.name,
+            version=plan.to_version,
+            reason=reasons.INTERRUPTED_AFTER_SWITCH,
+            data={"deployment": dep["id"]},
+        )
         run_plan(ctx, env, dep["id"], plan, lease)
-        complete(ctx, dep["id"], plan, lease,
-                 note=f"interrupted at step {at}, after the switch; resumed and completed, "
-                 f"{who}")
-        return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
-                f"at step {at}, after the switch; resumed and completed it")
+        complete(
+            ctx,
+            dep["id"],
+            plan,
+            lease,
+            note=f"interrupted at step {at}, after the switch; resumed and completed, {who}",
+        )
+        return (
+            f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
+            f"at step {at}, after the switch; resumed and completed it"
+        )
     serving = plan.from_version or "nothing"
-    undo(ctx, env, dep["id"], plan, lease, switched=False,
-         reason=f"interrupted at step {at}, before the switch; undone, {serving} keeps "
-         f"serving; {who}", blame_new=False)
-    return (f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
-            f"at step {at}, before the switch; rolled it back, {serving} keeps serving")
+    undo(
+        ctx,
+        env,
+        dep["id"],
+        plan,
+        lease,
+        switched=False,
+        reason=f"interrupted at step {at}, before the switch; undone, {serving} keeps "
+        f"serving; {who}",
+        blame_new=False,
+    )
+    return (
+        f"deployment {dep['id']} ({plan.kind} to {plan.to_version}) was interrupted "
+        f"at step {at}, before the switch; rolled it back, {serving} keeps serving"
+    )
 
 
 def interrupted_at(ctx: Context, dep_id: int) -> tuple[str, bool]:
@@ -311,10 +414,17 @@ def interrupted_at(ctx: Context, dep_id: int) -> tuple[str, bool]:
     return (rows[-1]["step"] if rows else "start"), d.SWITCH in done
 
 
-def complete(ctx: Context, dep_id: int, plan: d.Plan, lease: Lease,
-             note: str | None = None) -> None:
+def complete(
+    ctx: Context, dep_id: int, plan: d.Plan, lease: Lease, note: str | None = None
+) -> None:
     with ctx.engine.begin() as conn:
         repo.fence(conn, plan.env, lease.token)
         repo.set_status(conn, dep_id, reasons.SUCCEEDED, note)
-    ctx.emit(plan.kind, reasons.SUCCEEDED, env=plan.env, version=plan.to_version, reason=note,
-             data={"deployment": dep_id, "from": plan.from_version})
+    ctx.emit(
+        plan.kind,
+        reasons.SUCCEEDED,
+        env=plan.env,
+        version=plan.to_version,
+        reason=note,
+        data={"deployment": dep_id, "from": plan.from_version},
+    )

@@ -30,51 +30,83 @@ class Outcome:
 def create_release(ctx: Context, version: str, changelog: str | None) -> Outcome:
     version = d.check_version(version)
     if (old := repo.get_release(ctx.engine, version)) is not None:
-        raise RollwiseError(f"release {version} already exists (sha256 {old['sha256'][:12]})",
-                            hint="releases are immutable; create a new version")
+        raise RollwiseError(
+            f"release {version} already exists (sha256 {old['sha256'][:12]})",
+            hint="releases are immutable; create a new version",
+        )
     source, build = (ctx.root / ctx.config.source).resolve(), ctx.config.build
     with artifacts.built(source, build.command, build.exclude) as tree:  # a copy, if built
         db_schema, warnings = schema.release_schema(ctx, tree.root)  # refuses a missing down
         warnings += caches.static_warnings(ctx, tree.root)
-        image = containers.release_image(ctx.config.image, tree.root, ctx.config.app,
-                                         version) if ctx.config.image else None
+        image = (
+            containers.release_image(ctx.config.image, tree.root, ctx.config.app, version)
+            if ctx.config.image
+            else None
+        )
         sha, size, _ = artifacts.pack(
-            tree, build.exclude, ctx.artifacts_dir(),
-            {containers.IMAGE_FILE: containers.encode(image)} if image else None)
+            tree,
+            build.exclude,
+            ctx.artifacts_dir(),
+            {containers.IMAGE_FILE: containers.encode(image)} if image else None,
+        )
     meta = artifacts.ReleaseMeta(
-        app=ctx.config.app, version=version, sha256=sha, size=size,
-        git_commit=artifacts.git_commit(source), built_at=artifacts.now(),
-        builder=artifacts.builder(), changelog=changelog, config_sha256=ctx.config_sha256(),
-        schema=db_schema)
+        app=ctx.config.app,
+        version=version,
+        sha256=sha,
+        size=size,
+        git_commit=artifacts.git_commit(source),
+        built_at=artifacts.now(),
+        builder=artifacts.builder(),
+        changelog=changelog,
+        config_sha256=ctx.config_sha256(),
+        schema=db_schema,
+    )
     repo.add_release(ctx.engine, meta)
-    ctx.emit("release", reasons.OK, version=version, git_commit=meta.git_commit,
-             data={"sha256": sha, "size": size, "schema": (db_schema or {}).get("version"),
-                   "image": image, "warnings": warnings})
+    ctx.emit(
+        "release",
+        reasons.OK,
+        version=version,
+        git_commit=meta.git_commit,
+        data={
+            "sha256": sha,
+            "size": size,
+            "schema": (db_schema or {}).get("version"),
+            "image": image,
+            "warnings": warnings,
+        },
+    )
     pruned = gc(ctx)
     note = f"; pruned {', '.join(pruned)}" if pruned else ""
     warn = "".join(f"\nwarning: {w}" for w in warnings)
     shown = f", image {image['id'][:19]} ({image['ref']})" if image else ""
-    return Outcome(f"release {version} created: sha256 {sha[:12]}, {size} bytes{shown}{note}"
-                   f"{warn}",
-                   {"version": version, "sha256": sha, "size": size, "pruned": pruned,
-                    "image": image,
-                    "schema": (db_schema or {}).get("version"), "warnings": warnings})
+    return Outcome(
+        f"release {version} created: sha256 {sha[:12]}, {size} bytes{shown}{note}{warn}",
+        {
+            "version": version,
+            "sha256": sha,
+            "size": size,
+            "pruned": pruned,
+            "image": image,
+            "schema": (db_schema or {}).get("version"),
+            "warnings": warnings,
+        },
+    )
 
 
 def protected_versions(ctx: Context) -> set[str]:
     """Never pruned: live releases and each environment's newest known-good ones."""
     keep = {s["live_version"] for s in repo.all_env_states(ctx.engine) if s["live_version"]}
     for env in ctx.config.environments:
-        good = [m["version"] for m in repo.get_marks(ctx.engine, env)
-                if m["mark"] == reasons.GOOD]
+        good = [m["version"] for m in repo.get_marks(ctx.engine, env) if m["mark"] == reasons.GOOD]
         keep.update(good[:2])  # the last known-good and the rollback target before it
     return keep
 
 
 def gc(ctx: Context) -> list[str]:
     rels = repo.list_releases(ctx.engine)
-    doomed = artifacts.prune_plan([r["version"] for r in rels], ctx.config.keep_releases,
-                                  protected_versions(ctx))
+    doomed = artifacts.prune_plan(
+        [r["version"] for r in rels], ctx.config.keep_releases, protected_versions(ctx)
+    )
     in_use = {r["sha256"] for r in rels if r["version"] not in doomed}
     for r in rels:
         if r["version"] in doomed:
@@ -96,15 +128,24 @@ def _release(ctx: Context, version: str, flag: str = "version") -> dict[str, Any
     if rel is None or rel["pruned"]:
         known = [r["version"] for r in repo.list_releases(ctx.engine)]
         state = "was pruned" if rel else "does not exist"
-        raise NotFound(f"release {version} {state}", where=flag,
-                       hint=f"releases you can use: {', '.join(known) or 'none'} "
-                       "(`rollwise release list`)")
+        raise NotFound(
+            f"release {version} {state}",
+            where=flag,
+            hint=f"releases you can use: {', '.join(known) or 'none'} (`rollwise release list`)",
+        )
     return rel
 
 
-def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
-           lock_wait: float = 0.0, force_reason: str | None = None,
-           reason: str | None = None) -> Outcome:
+def deploy(
+    ctx: Context,
+    env: str,
+    version: str,
+    *,
+    kind: str = d.DEPLOY,
+    lock_wait: float = 0.0,
+    force_reason: str | None = None,
+    reason: str | None = None,
+) -> Outcome:
     """Deploy `version` (or, with kind rollback, go back to it). `force_reason` overrides a
     refusal that protects the user (a release marked bad, a closed rollback window) and is
     recorded; `reason` (an alert's, say) is recorded on the deployment and its events."""
@@ -114,10 +155,14 @@ def deploy(ctx: Context, env: str, version: str, *, kind: str = d.DEPLOY,
         recovered = machine.recover(ctx, environment, lease)
         state = repo.env_state(ctx.engine, env)
         if kind == d.ROLLBACK and state["live_version"] == rel["version"]:
-            ctx.emit(kind, reasons.NOOP, env=env, version=rel["version"],
-                     reason=reasons.ALREADY_SERVING)
-            return Outcome(f"{rel['version']} is already serving {env}; nothing to do",
-                           {"recovered": recovered}, changed=False)
+            ctx.emit(
+                kind, reasons.NOOP, env=env, version=rel["version"], reason=reasons.ALREADY_SERVING
+            )
+            return Outcome(
+                f"{rel['version']} is already serving {env}; nothing to do",
+                {"recovered": recovered},
+                changed=False,
+            )
         if kind == d.DEPLOY:
             _check_not_bad(ctx, env, rel["version"], force_reason)
         return _run(ctx, environment, kind, rel, state, lease, recovered, force_reason, reason)
@@ -135,19 +180,36 @@ def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | Non
     if mark is None or mark["mark"] != reasons.BAD:
         return
     if not force_reason:
-        ctx.emit(d.DEPLOY, reasons.REFUSED, env=env, version=version,
-                 reason=f"marked bad: {mark['reason']}")
+        ctx.emit(
+            d.DEPLOY,
+            reasons.REFUSED,
+            env=env,
+            version=version,
+            reason=f"marked bad: {mark['reason']}",
+        )
         raise RollwiseError(
             f"{env}: {version} is marked bad ({mark['reason']}); not deployed",
             hint="fix forward with a new release, or deploy it "
             f"anyway: rollwise deploy {version} --env {env} --force --reason '...' (recorded "
-            "in the audit log)")
-    ctx.emit(d.DEPLOY, "forced", env=env, version=version,
-             reason=f"deploying a release marked bad ({mark['reason']}): {force_reason}")
+            "in the audit log)",
+        )
+    ctx.emit(
+        d.DEPLOY,
+        "forced",
+        env=env,
+        version=version,
+        reason=f"deploying a release marked bad ({mark['reason']}): {force_reason}",
+    )
 
 
-def _schema_steps(ctx: Context, environment: Environment, kind: str, rel: dict[str, Any],
-                  state: dict[str, Any], force_reason: str | None) -> tuple[bool, bool, bool]:
+def _schema_steps(
+    ctx: Context,
+    environment: Environment,
+    kind: str,
+    rel: dict[str, Any],
+    state: dict[str, Any],
+    force_reason: str | None,
+) -> tuple[bool, bool, bool]:
     """(migrate up, migrate down, down before the older release starts). A deploy never
     runs down migrations: to an older release whose schema must go back, it is refused and
     points to `rollback --to`, which previews the down path and the data it drops."""
@@ -155,9 +217,11 @@ def _schema_steps(ctx: Context, environment: Environment, kind: str, rel: dict[s
     if kind == d.ROLLBACK:
         change, _ = schema.rollback_change_for(ctx, environment, live, rel)
         if change.action == "restore":
-            raise RollwiseError(f"rollback to {version}: {change.reason}",
-                                where=f"environment {env}", hint="restore the database from "
-                                "its backup first; nothing was changed")
+            raise RollwiseError(
+                f"rollback to {version}: {change.reason}",
+                where=f"environment {env}",
+                hint="restore the database from its backup first; nothing was changed",
+            )
         if change.action != "down":
             return False, False, False
         _check_window(ctx, environment, state, version, force_reason)
@@ -165,91 +229,153 @@ def _schema_steps(ctx: Context, environment: Environment, kind: str, rel: dict[s
     if live and live != version and d.is_newer(live, version, release_order(ctx, env)):
         change, _ = schema.rollback_change_for(ctx, environment, live, rel)
         if change.action in ("down", "restore"):
-            ctx.emit(kind, reasons.REFUSED, env=env, version=version,
-                     reason=f"older release needs the schema taken back: {change.reason}")
+            ctx.emit(
+                kind,
+                reasons.REFUSED,
+                env=env,
+                version=version,
+                reason=f"older release needs the schema taken back: {change.reason}",
+            )
             raise RollwiseError(
                 f"{env}: {version} is older than the live release {live} and its schema is "
                 f"behind the database ({change.reason}); a deploy never runs down migrations",
-                where=f"release {version}", hint=f"`rollwise rollback --to {version} --env "
+                where=f"release {version}",
+                hint=f"`rollwise rollback --to {version} --env "
                 f"{env}` previews the down migrations and the data they drop, then runs them; "
-                "nothing was changed")
+                "nothing was changed",
+            )
         return False, False, False
     return bool(schema.pending(ctx, environment, version, live)), False, False
 
 
-def _run(ctx: Context, environment: Environment, kind: str, rel: dict[str, Any],
-         state: dict[str, Any], lease: Lease, recovered: str | None,
-         force_reason: str | None = None, reason: str | None = None) -> Outcome:
+def _run(
+    ctx: Context,
+    environment: Environment,
+    kind: str,
+    rel: dict[str, Any],
+    state: dict[str, Any],
+    lease: Lease,
+    recovered: str | None,
+    force_reason: str | None = None,
+    reason: str | None = None,
+) -> Outcome:
     env, env_cfg, target = environment.name, environment.config, environment.target
     hooks = ctx.config.hooks
     ctx.instance_env(env, rel["version"])  # pre-flight: a secret without a value fails here
     target.ensure()  # pre-flight: a busy router port fails here, before any record
     # the release's migrations are read before planning: its checked artifact is unpacked
-    target.prepare(artifacts.verify(ctx.artifacts_dir(), rel["sha256"], rel["version"]),
-                   rel["sha256"], rel["version"])
+    target.prepare(
+        artifacts.verify(ctx.artifacts_dir(), rel["sha256"], rel["version"]),
+        rel["sha256"],
+        rel["version"],
+    )
     restart = kind == d.DEPLOY and state["live_version"] == rel["version"]
-    warnings = preflight_checks(ctx, environment, rel["version"], state["live_version"],
-                                restart)
+    warnings = preflight_checks(ctx, environment, rel["version"], state["live_version"], restart)
     strategy = env_cfg.strategy
-    migrate, migrate_down, down_first = _schema_steps(ctx, environment, kind, rel, state,
-                                                      force_reason)
+    migrate, migrate_down, down_first = _schema_steps(
+        ctx, environment, kind, rel, state, force_reason
+    )
     backup = schema.wants_backup(ctx, environment, migrate)
     plan = d.plan_deployment(
-        env=env, kind=kind, to_version=rel["version"], sha256=rel["sha256"],
+        env=env,
+        kind=kind,
+        to_version=rel["version"],
+        sha256=rel["sha256"],
         from_version=state["live_version"],
         old=[d.InstancePlan.from_dict(i) for i in state["instances"]],
-        endpoints=target.endpoints(env_cfg.instances), suffix=pysecrets.token_hex(3),
-        pre_hooks=bool(hooks.pre_deploy), post_hooks=bool(hooks.post_deploy),
+        endpoints=target.endpoints(env_cfg.instances),
+        suffix=pysecrets.token_hex(3),
+        pre_hooks=bool(hooks.pre_deploy),
+        post_hooks=bool(hooks.post_deploy),
         strategy="all-at-once" if restart else strategy.type,
-        bake_s=0.0 if restart else strategy.bake, checks=bool(env_cfg.verify),
-        batch_size=strategy.batch_size, pause_s=strategy.pause_s,
+        bake_s=0.0 if restart else strategy.bake,
+        checks=bool(env_cfg.verify),
+        batch_size=strategy.batch_size,
+        pause_s=strategy.pause_s,
         batches=tuple(strategy.batches),
-        migrate=migrate, migrate_down=migrate_down, down_first=down_first,
-        backup=backup, purge=caches.configured(environment),
-        stages=tuple(d.Stage(s.weight, strategy.pause_s if s.pause_s is None else s.pause_s,
-                             s.until_promote) for s in strategy.steps))
+        migrate=migrate,
+        migrate_down=migrate_down,
+        down_first=down_first,
+        backup=backup,
+        purge=caches.configured(environment),
+        stages=tuple(
+            d.Stage(s.weight, strategy.pause_s if s.pause_s is None else s.pause_s, s.until_promote)
+            for s in strategy.steps
+        ),
+    )
     dep_id = repo.create_deployment(ctx.engine, plan.as_dict(), ctx.actor)
-    ctx.emit(kind, "started", env=env, version=plan.to_version, git_commit=rel["git_commit"],
-             reason=reason, data={"deployment": dep_id, "from": plan.from_version,
-                                  "steps": list(plan.names()), "warnings": warnings,
-                                  "restart": restart})
+    ctx.emit(
+        kind,
+        "started",
+        env=env,
+        version=plan.to_version,
+        git_commit=rel["git_commit"],
+        reason=reason,
+        data={
+            "deployment": dep_id,
+            "from": plan.from_version,
+            "steps": list(plan.names()),
+            "warnings": warnings,
+            "restart": restart,
+        },
+    )
     machine.run_plan(ctx, environment, dep_id, plan, lease)
     machine.complete(ctx, dep_id, plan, lease, note=reason)
-    done = {j["step"]: j["data"] for j in repo.journal_rows(ctx.engine, dep_id)
-            if j["phase"] == "done"}
+    done = {
+        j["step"]: j["data"] for j in repo.journal_rows(ctx.engine, dep_id) if j["phase"] == "done"
+    }
     switch_ms = done.get(d.SWITCH, {}).get("switch_ms")
-    backup_note = _backup_note(ctx, environment, kind, migrate,
-                               done.get(d.BACKUP) if backup else None)
+    backup_note = _backup_note(
+        ctx, environment, kind, migrate, done.get(d.BACKUP) if backup else None
+    )
     verb = "rolled back" if kind == d.ROLLBACK else "restarted" if restart else "deployed"
-    what = f"{plan.to_version} (already live; new instances replace the old ones)" if restart \
+    what = (
+        f"{plan.to_version} (already live; new instances replace the old ones)"
+        if restart
         else f"{plan.to_version} (from {plan.from_version or 'nothing'})"
-    return Outcome(f"{env}: {verb}{'' if restart else ' to'} {what}, traffic "
-                   f"switched in {switch_ms} ms" + (f"; {backup_note}" if backup_note else ""),
-                   {"deployment": dep_id, "env": env, "version": plan.to_version,
-                    "from": plan.from_version, "switch_ms": switch_ms,
-                    "recovered": recovered, "restart": restart, "backup": backup_note,
-                    "warnings": warnings})
+    )
+    return Outcome(
+        f"{env}: {verb}{'' if restart else ' to'} {what}, traffic "
+        f"switched in {switch_ms} ms" + (f"; {backup_note}" if backup_note else ""),
+        {
+            "deployment": dep_id,
+            "env": env,
+            "version": plan.to_version,
+            "from": plan.from_version,
+            "switch_ms": switch_ms,
+            "recovered": recovered,
+            "restart": restart,
+            "backup": backup_note,
+            "warnings": warnings,
+        },
+    )
 
 
-def _backup_note(ctx: Context, environment: Environment, kind: str, migrate: bool,
-                 backup: dict[str, Any] | None) -> str | None:
+def _backup_note(
+    ctx: Context, environment: Environment, kind: str, migrate: bool, backup: dict[str, Any] | None
+) -> str | None:
     """Why a deploy took a backup or not, in words, from its `backup` step's journal (None:
     the environment has none)."""
     db = environment.config.database
-    if kind != d.DEPLOY or db is None or db.backup == "never" or \
-            schema.database_url(ctx, environment) is None:
+    if (
+        kind != d.DEPLOY
+        or db is None
+        or db.backup == "never"
+        or schema.database_url(ctx, environment) is None
+    ):
         return None
     if backup is not None and backup.get("backup") is None:
         return f"no backup: {backup.get('skipped')}"
     if backup is not None:
         return f"backup {backup['backup']} taken first: " + (
-            "database.backup is `always`" if not migrate else "the deploy changes the schema")
-    return "no backup: the deploy changes no schema (database.backup: always takes one " \
-        "every time)"
+            "database.backup is `always`" if not migrate else "the deploy changes the schema"
+        )
+    return "no backup: the deploy changes no schema (database.backup: always takes one every time)"
 
 
-def preflight_checks(ctx: Context, environment: Environment, version: str, live: str | None,
-                     restart: bool = False) -> list[str]:
+def preflight_checks(
+    ctx: Context, environment: Environment, version: str, live: str | None, restart: bool = False
+) -> list[str]:
     """Refuse a malformed Prometheus query before anything moves; an unreachable Prometheus
     is only a warning (its checks will be inconclusive, which pauses the rollout), and so is
     a canary that nothing watches."""
@@ -260,58 +386,82 @@ def preflight_checks(ctx: Context, environment: Environment, version: str, live:
 
     env, cfg = environment.name, environment.config
     look = Look(env, version, live)
-    warnings = [w for c in [*cfg.analysis.checks, *cfg.verify] if isinstance(c, PrometheusCheck)
-                if (w := PrometheusProvider(c).validate(look))]
-    if cfg.strategy.type == "canary" and live and not restart and \
-            not (cfg.analysis.router.enabled or cfg.analysis.checks):
-        warnings.append("canary with no analysis (analysis.router.enabled is false and "
-                        "analysis.checks is empty): each step only waits its pause; nothing "
-                        "rolls back a bad release automatically")
+    warnings = [
+        w
+        for c in [*cfg.analysis.checks, *cfg.verify]
+        if isinstance(c, PrometheusCheck)
+        if (w := PrometheusProvider(c).validate(look))
+    ]
+    if (
+        cfg.strategy.type == "canary"
+        and live
+        and not restart
+        and not (cfg.analysis.router.enabled or cfg.analysis.checks)
+    ):
+        warnings.append(
+            "canary with no analysis (analysis.router.enabled is false and "
+            "analysis.checks is empty): each step only waits its pause; nothing "
+            "rolls back a bad release automatically"
+        )
     warnings += lint(ctx.config, env)
     for w in warnings:
         ctx.emit("preflight", "warning", env=env, version=version, reason=w)
     return warnings
 
 
-def rollback_plan(ctx: Context, env: str, to: str | None) -> tuple[dict[str, Any] | None,
-                                                                   dict[str, Any]]:
+def rollback_plan(
+    ctx: Context, env: str, to: str | None
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(current live release, release a rollback goes to). Refuses a rollback that would
     move forward, and one with nothing older to go to."""
     ctx.env(env)
     live = repo.env_state(ctx.engine, env)["live_version"]
     marks = repo.get_marks(ctx.engine, env)
-    good = {m["version"] for m in marks if m["mark"] == reasons.GOOD
-            if (r := repo.get_release(ctx.engine, m["version"])) and not r["pruned"]}
+    good = {
+        m["version"]
+        for m in marks
+        if m["mark"] == reasons.GOOD
+        if (r := repo.get_release(ctx.engine, m["version"])) and not r["pruned"]
+    }
     bad = {m["version"] for m in marks if m["mark"] == reasons.BAD}
     requested = _release(ctx, to, "--to")["version"] if to else None  # unknown: exit 7
     choice = d.rollback_target(live, release_order(ctx, env), good, bad, requested)
     if choice.version is None:
         ctx.emit(d.ROLLBACK, reasons.REFUSED, env=env, version=to, reason=choice.refusal)
         if choice.why == d.NEWER_THAN_LIVE:
-            raise RollwiseError(f"{env}: {choice.refusal}", where="--to",
-                                hint=f"`rollwise deploy {to} --env {env}` deploys it (with "
-                                "its checks and canary); nothing was changed")
-        raise NotFound(f"{choice.refusal}; nothing to roll back to",
-                       where=f"environment {env}",
-                       hint="`rollwise history` shows what went live when; `rollwise rollback "
-                       "--to VERSION` names an older release; nothing was changed")
-    return (repo.get_release(ctx.engine, live) if live else None,
-            _release(ctx, choice.version, "--to"))
+            raise RollwiseError(
+                f"{env}: {choice.refusal}",
+                where="--to",
+                hint=f"`rollwise deploy {to} --env {env}` deploys it (with "
+                "its checks and canary); nothing was changed",
+            )
+        raise NotFound(
+            f"{choice.refusal}; nothing to roll back to",
+            where=f"environment {env}",
+            hint="`rollwise history` shows what went live when; `rollwise rollback "
+            "--to VERSION` names an older release; nothing was changed",
+        )
+    return (
+        repo.get_release(ctx.engine, live) if live else None,
+        _release(ctx, choice.version, "--to"),
+    )
 
 
 def release_order(ctx: Context, env: str) -> list[str]:
     """Versions in the order they first went live in `env`."""
     deps = repo.list_deployments(ctx.engine, env, 100_000)
-    return d.release_order([(x["kind"], x["to_version"], x["status"])
-                            for x in reversed(deps)])
+    return d.release_order([(x["kind"], x["to_version"], x["status"]) for x in reversed(deps)])
 
 
 def describe_change(live: dict[str, Any] | None, target: dict[str, Any]) -> list[str]:
     def val(r: dict[str, Any] | None, k: str) -> str:
         return str(r[k]) if r and r[k] else "-"
-    rows = [f"version: {val(live, 'version')} -> {target['version']}",
-            f"commit:  {val(live, 'git_commit')[:12]} -> {val(target, 'git_commit')[:12]}",
-            f"sha256:  {val(live, 'sha256')[:12]} -> {target['sha256'][:12]}"]
+
+    rows = [
+        f"version: {val(live, 'version')} -> {target['version']}",
+        f"commit:  {val(live, 'git_commit')[:12]} -> {val(target, 'git_commit')[:12]}",
+        f"sha256:  {val(live, 'sha256')[:12]} -> {target['sha256'][:12]}",
+    ]
     same = live is not None and live["config_sha256"] == target["config_sha256"]
     rows.append("config:  " + ("unchanged" if same else "differs (rollwise.yaml at release time)"))
     return rows
@@ -322,12 +472,19 @@ def describe_hosts(ctx: Context, env: str) -> list[str]:
     target = ctx.env(env).target
     if target.type != "ssh":
         return []
-    return [f"hosts:   {len(target.hosts)}: "
-            + ", ".join(f"{h.label} ({h.address})" for h in target.hosts)]
+    return [
+        f"hosts:   {len(target.hosts)}: "
+        + ", ".join(f"{h.label} ({h.address})" for h in target.hosts)
+    ]
 
 
-def _check_window(ctx: Context, environment: Environment, state: dict[str, Any], target: str,
-                  force_reason: str | None) -> None:
+def _check_window(
+    ctx: Context,
+    environment: Environment,
+    state: dict[str, Any],
+    target: str,
+    force_reason: str | None,
+) -> None:
     """R21: past the environment's rollback window a rollback that runs down migrations
     needs an explicit, recorded override."""
     env, window_h = environment.name, environment.config.rollback_window_h
@@ -335,44 +492,70 @@ def _check_window(ctx: Context, environment: Environment, state: dict[str, Any],
     if live_for_h <= window_h:
         return
     if not force_reason:
-        ctx.emit(d.ROLLBACK, reasons.REFUSED, env=env, version=target,
-                 reason=f"rollback window closed ({live_for_h:.1f} h > {window_h:g} h)")
+        ctx.emit(
+            d.ROLLBACK,
+            reasons.REFUSED,
+            env=env,
+            version=target,
+            reason=f"rollback window closed ({live_for_h:.1f} h > {window_h:g} h)",
+        )
         raise RollwiseError(
             f"{env}: {state['live_version']} has been live {live_for_h:.1f} h, past the "
             f"rollback window of {window_h:g} h; rolling back to {target} would run down "
             "migrations and drop what was written to the new schema since",
             where=f"environments.{env}.rollback_window_h",
             hint="fix forward with a new release, or override: rollwise rollback --force "
-            "--reason '...' (recorded in the audit log)")
-    ctx.emit(d.ROLLBACK, "forced", env=env, version=target,
-             reason=f"past the rollback window ({live_for_h:.1f} h > {window_h:g} h): "
-             f"{force_reason}")
+            "--reason '...' (recorded in the audit log)",
+        )
+    ctx.emit(
+        d.ROLLBACK,
+        "forced",
+        env=env,
+        version=target,
+        reason=f"past the rollback window ({live_for_h:.1f} h > {window_h:g} h): {force_reason}",
+    )
 
 
-def describe_schema(ctx: Context, env: str, live: dict[str, Any] | None,
-                    target: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+def describe_schema(
+    ctx: Context, env: str, live: dict[str, Any] | None, target: dict[str, Any]
+) -> tuple[list[str], dict[str, int]]:
     """What a rollback to `target` does to the database schema, with the SQL it runs, and
     the values it drops (by table or column; kept in parked files first)."""
     environment = ctx.environment(env)
-    change, path = schema.rollback_change_for(ctx, environment, live["version"] if live else None,
-                                              target)
+    change, path = schema.rollback_change_for(
+        ctx, environment, live["version"] if live else None, target
+    )
     if change.action != "down" or live is None:
         return schema.describe(change, []), {}
     sql = schema.preview_down(ctx, environment, live["version"], target, path)
     dropped = schema.data_dropped(ctx, environment, path)
-    return schema.describe(change, sql, dropped, schema.parked_dir(environment)), \
-        {k: v for k, v in dropped.items() if v}
+    return schema.describe(change, sql, dropped, schema.parked_dir(environment)), {
+        k: v for k, v in dropped.items() if v
+    }
 
 
-def rollback(ctx: Context, env: str, to: str | None, lock_wait: float = 0.0,
-             reason: str | None = None, force_reason: str | None = None) -> Outcome:
+def rollback(
+    ctx: Context,
+    env: str,
+    to: str | None,
+    lock_wait: float = 0.0,
+    reason: str | None = None,
+    force_reason: str | None = None,
+) -> Outcome:
     """Roll back to `to` or the newest known-good release. While a deployment is running in
     another live process, ask it to roll back instead (it moves traffic back at once)."""
     if to is None and (asked := _ask_running(ctx, env, pg.ROLLBACK, reason)):
         return asked
     _, target = rollback_plan(ctx, env, to)
-    return deploy(ctx, env, target["version"], kind=d.ROLLBACK, lock_wait=lock_wait,
-                  force_reason=force_reason, reason=reason)
+    return deploy(
+        ctx,
+        env,
+        target["version"],
+        kind=d.ROLLBACK,
+        lock_wait=lock_wait,
+        force_reason=force_reason,
+        reason=reason,
+    )
 
 
 def running(ctx: Context, env: str) -> dict[str, Any] | None:
@@ -390,16 +573,27 @@ def _ask_running(ctx: Context, env: str, what: str, reason: str | None) -> Outco
     if dep is None or lock is None:
         return None
     if what == pg.ROLLBACK and dep["kind"] == d.ROLLBACK:  # never undo a rollback by asking
-        return Outcome(f"{env}: a rollback to {dep['to_version']} is already in progress "
-                       f"(deployment {dep['id']}); nothing to do",
-                       {"deployment": dep["id"]}, changed=False)
+        return Outcome(
+            f"{env}: a rollback to {dep['to_version']} is already in progress "
+            f"(deployment {dep['id']}); nothing to do",
+            {"deployment": dep["id"]},
+            changed=False,
+        )
     actor = f"{ctx.actor} ({reason})" if reason else ctx.actor
     repo.request(ctx.engine, dep["id"], what, actor[:128])
-    ctx.emit(what, "requested", env=env, version=dep["to_version"], reason=reason,
-             data={"deployment": dep["id"]})
-    return Outcome(f"{env}: asked {lock.holder} to {what} deployment {dep['id']} "
-                   f"({dep['kind']} to {dep['to_version']})",
-                   {"deployment": dep["id"], "requested": what})
+    ctx.emit(
+        what,
+        "requested",
+        env=env,
+        version=dep["to_version"],
+        reason=reason,
+        data={"deployment": dep["id"]},
+    )
+    return Outcome(
+        f"{env}: asked {lock.holder} to {what} deployment {dep['id']} "
+        f"({dep['kind']} to {dep['to_version']})",
+        {"deployment": dep["id"], "requested": what},
+    )
 
 
 def promote(ctx: Context, env: str, full: bool = False) -> Outcome:
@@ -407,9 +601,10 @@ def promote(ctx: Context, env: str, full: bool = False) -> Outcome:
     asked = _ask_running(ctx, env, pg.PROMOTE_FULL if full else pg.PROMOTE, None)
     if asked is None:
         ctx.emit("promote", reasons.REFUSED, env=env, reason=reasons.NOTHING_IN_PROGRESS)
-        raise NotFound(f"{env}: no deployment in progress; nothing to promote",
-                       hint="`rollwise status` shows what is running; `rollwise deploy` "
-                       "starts a rollout")
+        raise NotFound(
+            f"{env}: no deployment in progress; nothing to promote",
+            hint="`rollwise status` shows what is running; `rollwise deploy` starts a rollout",
+        )
     return asked
 
 
@@ -444,12 +639,22 @@ def logs(ctx: Context, env: str, instance: str | None, lines: int) -> list[dict[
     if instance is not None:
         found = [i for i in found if i.name == instance]
         if not found:
-            raise NotFound(f"{env}: no instance {instance!r}", where="--instance",
-                           hint="`rollwise status` lists the instances")
-    return [{"instance": i.name, "version": i.version, "host": i.host, "port": i.port,
-             "alive": i.alive, "log": environment.target.logs(i.name, d.Endpoint(i.host, i.port),
-                                                               lines)}
-            for i in found]
+            raise NotFound(
+                f"{env}: no instance {instance!r}",
+                where="--instance",
+                hint="`rollwise status` lists the instances",
+            )
+    return [
+        {
+            "instance": i.name,
+            "version": i.version,
+            "host": i.host,
+            "port": i.port,
+            "alive": i.alive,
+            "log": environment.target.logs(i.name, d.Endpoint(i.host, i.port), lines),
+        }
+        for i in found
+    ]
 
 
 def recover(ctx: Context, env: str, lock_wait: float = 0.0) -> Outcome:
@@ -457,9 +662,11 @@ def recover(ctx: Context, env: str, lock_wait: float = 0.0) -> Outcome:
     to the stable release), and bring a dead agent back."""
     environment = ctx.environment(env)
     if (dep := running(ctx, env)) is not None:
-        raise LockHeld(f"{env}: deployment {dep['id']} is running in a live "
-                       "process; nothing to recover", where=f"environment {env}",
-                       hint="`rollwise abort` or `rollwise rollback` asks it to stop")
+        raise LockHeld(
+            f"{env}: deployment {dep['id']} is running in a live process; nothing to recover",
+            where=f"environment {env}",
+            hint="`rollwise abort` or `rollwise rollback` asks it to stop",
+        )
     with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
         msg = machine.recover(ctx, environment, lease)
     if msg is None:
@@ -468,18 +675,26 @@ def recover(ctx: Context, env: str, lock_wait: float = 0.0) -> Outcome:
     return Outcome(f"{env}: {msg}", {"env": env, "recovered": msg})
 
 
-def _interrupted(ctx: Context, env: str, dep: dict[str, Any] | None, agent_up: bool,
-                 live: str | None) -> str | None:
+def _interrupted(
+    ctx: Context, env: str, dep: dict[str, Any] | None, agent_up: bool, live: str | None
+) -> str | None:
     """What is left undone, in words, with the command that deals with it."""
     if dep is not None and running(ctx, env) is None:
         at, switched = machine.interrupted_at(ctx, dep["id"])
-        action = "finishes it" if switched else "undoes it (traffic back on " \
-            f"{dep['from_version'] or 'nothing'})"
-        return (f"deployment {dep['id']} ({dep['kind']} to {dep['to_version']}) was "
-                f"interrupted at step {at}; `rollwise recover --env {env}` {action}")
+        action = (
+            "finishes it"
+            if switched
+            else f"undoes it (traffic back on {dep['from_version'] or 'nothing'})"
+        )
+        return (
+            f"deployment {dep['id']} ({dep['kind']} to {dep['to_version']}) was "
+            f"interrupted at step {at}; `rollwise recover --env {env}` {action}"
+        )
     if live and not agent_up:
-        return (f"the agent of {env} is not running, so nothing serves {live}; `rollwise "
-                f"recover --env {env}` starts it with its instances")
+        return (
+            f"the agent of {env} is not running, so nothing serves {live}; `rollwise "
+            f"recover --env {env}` starts it with its instances"
+        )
     return None
 
 
@@ -524,13 +739,20 @@ def _env_status(ctx: Context, environment: Environment) -> dict[str, Any]:
         "agent": "running" if agent_up else "not running",
         "router": environment.config.router.listen,
         "weights": weights,
-        "lock": None if lock is None or lock.expired else
-        {"holder": lock.holder, "token": lock.token, "expires_at": lock.expires_at},
-        "in_progress": None if dep is None else
-        {"id": dep["id"], "kind": dep["kind"], "to": dep["to_version"],
-         "steps_done": done, "step": _current_step(ctx, dep["id"]),
-         "interrupted": interrupted is not None,
-         "on_recovery": "resume" if d.SWITCH in done else "roll back"},
+        "lock": None
+        if lock is None or lock.expired
+        else {"holder": lock.holder, "token": lock.token, "expires_at": lock.expires_at},
+        "in_progress": None
+        if dep is None
+        else {
+            "id": dep["id"],
+            "kind": dep["kind"],
+            "to": dep["to_version"],
+            "steps_done": done,
+            "step": _current_step(ctx, dep["id"]),
+            "interrupted": interrupted is not None,
+            "on_recovery": "resume" if d.SWITCH in done else "roll back",
+        },
         "interrupted": interrupted,
         "last_deployment": _dep_summary(last[0]) if last else None,
         "marks": {m["version"]: m["mark"] for m in repo.get_marks(ctx.engine, env)},
@@ -550,14 +772,35 @@ def _decisions(ctx: Context, env: str, dep_id: int | None) -> list[dict[str, Any
     if dep_id is None:
         return []
     rows = audit.iter_events(ctx.engine, env, limit=50, action="analysis")
-    return [{"step": r["data"].get("step"), "decision": r["outcome"], "reason": r["reason"],
-             "at": r["ts"], "measurements": r["data"].get("measurements", [])}
-            for r in rows if r["data"].get("deployment") == dep_id]
+    return [
+        {
+            "step": r["data"].get("step"),
+            "decision": r["outcome"],
+            "reason": r["reason"],
+            "at": r["ts"],
+            "measurements": r["data"].get("measurements", []),
+        }
+        for r in rows
+        if r["data"].get("deployment") == dep_id
+    ]
 
 
 def _dep_summary(dep: dict[str, Any]) -> dict[str, Any]:
-    return {k: dep[k] for k in ("id", "env", "kind", "from_version", "to_version", "status",
-                                "reason", "actor", "created_at", "updated_at")}
+    return {
+        k: dep[k]
+        for k in (
+            "id",
+            "env",
+            "kind",
+            "from_version",
+            "to_version",
+            "status",
+            "reason",
+            "actor",
+            "created_at",
+            "updated_at",
+        )
+    }
 
 
 def history(ctx: Context, env: str | None, limit: int) -> list[dict[str, Any]]:
@@ -572,8 +815,10 @@ def backup_create(ctx: Context, env: str, reason: str) -> Outcome:
     info = schema.take_backup(ctx, environment, reason)
     if info["backup"] is None:
         return Outcome(f"{env}: nothing to back up: {info['skipped']}", info, changed=False)
-    return Outcome(f"{env}: backup {info['backup']} taken ({info['size']} bytes, "
-                   f"{info['tables']} tables)", info)
+    return Outcome(
+        f"{env}: backup {info['backup']} taken ({info['size']} bytes, {info['tables']} tables)",
+        info,
+    )
 
 
 def backup_list(ctx: Context, env: str) -> list[dict[str, Any]]:
@@ -595,9 +840,12 @@ def backup_verify(ctx: Context, env: str, backup_id: str | None) -> Outcome:
         ctx.emit("backup_verify", reasons.ERROR, env=env, reason=str(e), data={"id": m.id})
         raise
     ctx.emit("backup_verify", reasons.OK, env=env, data=info)
-    return Outcome(f"{env}: backup {m.id} verified: restored {info['tables']} tables, "
-                   f"{info['rows']} rows, identical to the source at backup time "
-                   f"({info['restore_s']} s)", info)
+    return Outcome(
+        f"{env}: backup {m.id} verified: restored {info['tables']} tables, "
+        f"{info['rows']} rows, identical to the source at backup time "
+        f"({info['restore_s']} s)",
+        info,
+    )
 
 
 def backup_loss(ctx: Context, env: str, backup_id: str) -> dict[str, int]:
@@ -611,13 +859,13 @@ def backup_loss(ctx: Context, env: str, backup_id: str) -> dict[str, int]:
 RESTORE_THEN = ("migrate", "release")
 
 
-def restore_plan(ctx: Context, env: str, backup_id: str, then: str = "migrate"
-                 ) -> dict[str, Any]:
+def restore_plan(ctx: Context, env: str, backup_id: str, then: str = "migrate") -> dict[str, Any]:
     return _restore_plan(ctx, ctx.environment(env), backup_id, then)
 
 
-def _restore_plan(ctx: Context, environment: Environment, backup_id: str, then: str
-                  ) -> dict[str, Any]:
+def _restore_plan(
+    ctx: Context, environment: Environment, backup_id: str, then: str
+) -> dict[str, Any]:
     """What a restore does besides the data: the backup's release and schema, the live
     ones, and what follows (`migrate`: the restored data goes up to the live release's
     schema; `release`: the backup's release is deployed on it). Refuses a plan that would
@@ -628,16 +876,23 @@ def _restore_plan(ctx: Context, environment: Environment, backup_id: str, then: 
     m = backups.get(schema.backups_dir(environment), backup_id)
     live = repo.env_state(ctx.engine, environment.name)["live_version"]
     live_rel = repo.get_release(ctx.engine, live) if live else None
-    plan = {"backup": m.id, "backup_release": m.release,
-            "backup_schema": m.schema[-1] if m.schema else None, "live": live,
-            "live_schema": ((live_rel or {}).get("schema") or {}).get("version"), "then": then}
+    plan = {
+        "backup": m.id,
+        "backup_release": m.release,
+        "backup_schema": m.schema[-1] if m.schema else None,
+        "live": live,
+        "live_schema": ((live_rel or {}).get("schema") or {}).get("version"),
+        "then": then,
+    }
     if live is None:
         return plan | {"then": "nothing serves yet: the data only"}
     if then == "release":
         if m.release is None:
-            raise RollwiseError(f"backup {m.id} does not record the release live when it was "
-                                "taken", where="--then release",
-                                hint="use --then migrate; nothing was changed")
+            raise RollwiseError(
+                f"backup {m.id} does not record the release live when it was taken",
+                where="--then release",
+                hint="use --then migrate; nothing was changed",
+            )
         _release(ctx, m.release, "--then release")
         return plan
     known = {x["version"] for x in ((live_rel or {}).get("schema") or {}).get("migrations", [])}
@@ -645,13 +900,16 @@ def _restore_plan(ctx: Context, environment: Environment, backup_id: str, then: 
         raise RollwiseError(
             f"backup {m.id} holds schema {', '.join(unknown)}, which the live release {live} "
             "does not have: its data cannot be migrated up to the live schema",
-            where=f"backup {m.id}", hint=f"`--then release` restores and runs "
-            f"{m.release or 'the release it was taken under'} on it; nothing was changed")
+            where=f"backup {m.id}",
+            hint=f"`--then release` restores and runs "
+            f"{m.release or 'the release it was taken under'} on it; nothing was changed",
+        )
     return plan
 
 
-def backup_restore(ctx: Context, env: str, backup_id: str, lock_wait: float = 0.0,
-                   then: str = "migrate") -> Outcome:
+def backup_restore(
+    ctx: Context, env: str, backup_id: str, lock_wait: float = 0.0, then: str = "migrate"
+) -> Outcome:
     """Under the environment's lock: put the database back as it was at the backup
     (all or nothing), bring code and schema together again (`then`), and check that the
     live release answers its health check."""
@@ -665,29 +923,34 @@ def backup_restore(ctx: Context, env: str, backup_id: str, lock_wait: float = 0.
         plan = _restore_plan(ctx, environment, backup_id, then)
         lost = backups.loss(m, url)
         backups.restore(m, folder, url)
-        ctx.emit("backup_restore", reasons.OK, env=env, data={"id": m.id, "lost": lost,
-                                                              "plan": plan})
+        ctx.emit(
+            "backup_restore", reasons.OK, env=env, data={"id": m.id, "lost": lost, "plan": plan}
+        )
         after = _after_restore(ctx, environment, m.release, plan, lease)
     health = _serving_health(ctx, environment) if plan["live"] else None
     data = {"id": m.id, "lost": lost, "plan": plan, "after": after, "health": health}
     if health is not None and not health["ok"]:
         raise HealthCheckFailed(
             f"{env}: database restored from backup {m.id}, but the live release does not "
-            f"answer its health check: {health['instances']}", where=f"environment {env}",
+            f"answer its health check: {health['instances']}",
+            where=f"environment {env}",
             hint=f"`rollwise status --env {env}` shows it; restore with `--then release` or "
-            "roll back to the release the backup was taken under")
+            "roll back to the release the backup was taken under",
+        )
     return Outcome(f"{env}: database restored from backup {m.id}; {after['summary']}", data)
 
 
-def _after_restore(ctx: Context, environment: Environment, release: str | None,
-                   plan: dict[str, Any], lease: Lease) -> dict[str, Any]:
+def _after_restore(
+    ctx: Context, environment: Environment, release: str | None, plan: dict[str, Any], lease: Lease
+) -> dict[str, Any]:
     live = plan["live"]
     if live is None:
         return {"summary": "nothing is deployed"}
     if plan["then"] == "migrate":
         up = schema.upgrade(ctx, environment, live, live)
-        return up | {"summary": f"schema brought up to {live}'s: applied "
-                     f"{len(up['applied'])} migration(s)"}
+        return up | {
+            "summary": f"schema brought up to {live}'s: applied {len(up['applied'])} migration(s)"
+        }
     rel = _release(ctx, str(release))
     state = repo.env_state(ctx.engine, environment.name)
     _run(ctx, environment, d.DEPLOY, rel, state, lease, None, f"restore of backup {plan['backup']}")
@@ -701,9 +964,11 @@ def _serving_health(ctx: Context, environment: Environment) -> dict[str, Any]:
 def _database(ctx: Context, environment: Environment) -> str:
     url = schema.database_url(ctx, environment)
     if url is None:
-        raise ConfigError(f"environment {environment.name!r} has no database (and `migrations`)",
-                          where=str(ctx.config_path),
-                          hint="add `database: {url: ...}` to the environment")
+        raise ConfigError(
+            f"environment {environment.name!r} has no database (and `migrations`)",
+            where=str(ctx.config_path),
+            hint="add `database: {url: ...}` to the environment",
+        )
     return url
 
 

@@ -25,18 +25,31 @@ def _listen(cfg: EnvironmentConfig) -> str | None:
 # Each builder imports its implementation when it is used: a command on a local environment
 # never loads asyncssh, nor httpx for a router it does not have.
 
-def _local(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
-           env_for: EnvFor,
-           report: HostReport) -> Target:
+
+def _local(
+    cfg: EnvironmentConfig,
+    app: str,
+    image: ImageConfig | None,
+    env_dir: Path,
+    env: str,
+    env_for: EnvFor,
+    report: HostReport,
+) -> Target:
     from rollwise.targets.local import LocalTarget
 
     ports = cfg.target.ports.span if cfg.target.ports else None
     return LocalTarget(env_dir, env, _listen(cfg), env_for, ports)
 
 
-def _ssh(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
-         env_for: EnvFor,
-         report: HostReport) -> Target:
+def _ssh(
+    cfg: EnvironmentConfig,
+    app: str,
+    image: ImageConfig | None,
+    env_dir: Path,
+    env: str,
+    env_for: EnvFor,
+    report: HostReport,
+) -> Target:
     from rollwise.targets.ssh import Connections, SSHRunner, SSHTarget
 
     if cfg.target.runtime == "process":
@@ -45,13 +58,27 @@ def _ssh(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: P
 
     image = _image(image, env)
     conns = Connections(cfg.target, env)
-    return ContainerTarget(image, app, env_dir, env, _listen(cfg), env_for,
-                           [SSHRunner(conns, h, image) for h in cfg.target.hosts], report)
+    return ContainerTarget(
+        image,
+        app,
+        env_dir,
+        env,
+        _listen(cfg),
+        env_for,
+        [SSHRunner(conns, h, image) for h in cfg.target.hosts],
+        report,
+    )
 
 
-def _container(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_dir: Path, env: str,
-               env_for: EnvFor,
-               report: HostReport) -> Target:
+def _container(
+    cfg: EnvironmentConfig,
+    app: str,
+    image: ImageConfig | None,
+    env_dir: Path,
+    env: str,
+    env_for: EnvFor,
+    report: HostReport,
+) -> Target:
     from rollwise.targets.container import ContainerTarget
 
     return ContainerTarget(_image(image, env), app, env_dir, env, _listen(cfg), env_for)
@@ -59,8 +86,11 @@ def _container(cfg: EnvironmentConfig, app: str, image: ImageConfig | None, env_
 
 def _image(image: ImageConfig | None, env: str) -> ImageConfig:
     if image is None:  # the schema refuses a container environment without `image`
-        raise ConfigError(f"environment {env!r} runs containers but the project has no "
-                          "`image`", where="image", hint="add `image: {build: Containerfile}`")
+        raise ConfigError(
+            f"environment {env!r} runs containers but the project has no `image`",
+            where="image",
+            hint="add `image: {build: Containerfile}`",
+        )
     return image
 
 
@@ -82,17 +112,27 @@ def _caddy(cfg: RouterConfig, env_dir: Path, env: str) -> TrafficRouter:
     return CaddyRouter(str(cfg.admin), cfg.backend, env_dir)
 
 
-TARGETS: dict[str, Callable[[EnvironmentConfig, str, ImageConfig | None, Path, str, EnvFor,
-                              HostReport], Target]] = {
-    "local": _local, "ssh": _ssh, "container": _container}
+TARGETS: dict[
+    str,
+    Callable[[EnvironmentConfig, str, ImageConfig | None, Path, str, EnvFor, HostReport], Target],
+] = {"local": _local, "ssh": _ssh, "container": _container}
 
 ROUTERS: dict[str, Callable[[RouterConfig, Path, str], TrafficRouter]] = {
-    "builtin": _builtin, "haproxy": _haproxy, "caddy": _caddy}
+    "builtin": _builtin,
+    "haproxy": _haproxy,
+    "caddy": _caddy,
+}
 
 
-def make_target(cfg: EnvironmentConfig, app: str, env_dir: Path, env: str, env_for: EnvFor,
-                report: HostReport = lambda *_: None, image: ImageConfig | None = None
-                ) -> Target:
+def make_target(
+    cfg: EnvironmentConfig,
+    app: str,
+    env_dir: Path,
+    env: str,
+    env_for: EnvFor,
+    report: HostReport = lambda *_: None,
+    image: ImageConfig | None = None,
+) -> Target:
     """`env_for(version)`: a version's instance environment, secrets resolved now;
     `report`: progress on each host of a fleet."""
     build = _pick(TARGETS, cfg.target.type, f"environments.{env}.target.type")
@@ -107,5 +147,6 @@ def _pick(registry: Mapping[str, T], name: str, key: str) -> T:
     try:
         return registry[name]
     except KeyError:
-        raise ConfigError(f"unknown type {name!r}", where=key,
-                          hint=f"types rollwise knows: {', '.join(registry)}") from None
+        raise ConfigError(
+            f"unknown type {name!r}", where=key, hint=f"types rollwise knows: {', '.join(registry)}"
+        ) from None

@@ -39,23 +39,28 @@ class SchemaRunner(Protocol):
     @property
     def transactional_ddl(self) -> bool: ...
     def applied_versions(self, ms: list[Migration]) -> set[str]: ...
-    def verified_applied(self, ms: list[Migration], recorded: dict[str, str]) -> set[str]:
-        ...
+    def verified_applied(self, ms: list[Migration], recorded: dict[str, str]) -> set[str]: ...
     def upgrade(self, path: list[Migration]) -> list[str]: ...
     def downgrade(self, path: list[Migration], target: str | None = None) -> list[str]: ...
     def preview(self, path: list[Migration], target: str | None) -> list[str]: ...
     def close(self) -> None: ...
 
 
-def scan_release(cfg: MigrationsConfig, release_dir: Path,
-                 env: dict[str, str] | None = None) -> list[Migration]:
+def scan_release(
+    cfg: MigrationsConfig, release_dir: Path, env: dict[str, str] | None = None
+) -> list[Migration]:
     """A release's migrations, oldest first, read without a database."""
     if cfg.type == "sql":
         return scan(_folder(release_dir / cfg.dir, "migrations.dir"))
     if cfg.type == "alembic":
-        return scan_revisions(_folder(versions_dir(release_dir, cfg.layout, _alembic_path(cfg)),
-                                      "migrations.dir" if cfg.layout == "flask" else
-                                      "script_location in migrations.config"))
+        return scan_revisions(
+            _folder(
+                versions_dir(release_dir, cfg.layout, _alembic_path(cfg)),
+                "migrations.dir"
+                if cfg.layout == "flask"
+                else "script_location in migrations.config",
+            )
+        )
     return release_version(release_dir, str(cfg.version), env or {}, cfg.timeout_s)
 
 
@@ -63,9 +68,12 @@ def _folder(path: Path, key: str) -> Path:
     """`path`, which must be a folder: a mistyped `migrations.dir` would otherwise deploy
     every release as one without migrations."""
     if not path.is_dir():
-        raise ConfigError(f"the migrations folder {path} does not exist", where=key,
-                          hint="fix the path (relative to `source`), or create the folder: an "
-                          "empty one means no migrations yet")
+        raise ConfigError(
+            f"the migrations folder {path} does not exist",
+            where=key,
+            hint="fix the path (relative to `source`), or create the folder: an "
+            "empty one means no migrations yet",
+        )
     return path
 
 
@@ -82,10 +90,16 @@ def release_schema(ctx: Context, source: Path) -> tuple[dict[str, Any] | None, l
     ms = scan_release(cfg, source, cfg.env)
     if not ms:
         return None, []
-    warnings = lint(ms) + [f"{m.file}: irreversible: a rollback across it needs a restore "
-                           "from backup" for m in ms if m.irreversible and cfg.type != "sql"]
-    return {"version": ms[-1].version, "floor": compatibility_floor(ms),
-            "migrations": [m.summary() for m in ms]}, warnings
+    warnings = lint(ms) + [
+        f"{m.file}: irreversible: a rollback across it needs a restore from backup"
+        for m in ms
+        if m.irreversible and cfg.type != "sql"
+    ]
+    return {
+        "version": ms[-1].version,
+        "floor": compatibility_floor(ms),
+        "migrations": [m.summary() for m in ms],
+    }, warnings
 
 
 def compatibility_floor(ms: list[Migration]) -> str | None:
@@ -119,11 +133,30 @@ def runner(ctx: Context, env: Environment, version: str) -> SchemaRunner:
         return SqlRunner(url, lock_s, cfg.table_lock_timeout_s)
     env_vars = _command_env(ctx, env, version)
     if cfg.type == "alembic":
-        return AlembicRunner(url, folder, cfg.layout, _alembic_path(cfg), cfg.command,
-                             env_vars, cfg.version_table, lock_s, cfg.timeout_s)
-    return CommandRunner(url, folder, str(cfg.version), str(cfg.current), str(cfg.up),
-                         str(cfg.down), cfg.preview, env_vars, cfg.transactional, lock_s,
-                         cfg.timeout_s)
+        return AlembicRunner(
+            url,
+            folder,
+            cfg.layout,
+            _alembic_path(cfg),
+            cfg.command,
+            env_vars,
+            cfg.version_table,
+            lock_s,
+            cfg.timeout_s,
+        )
+    return CommandRunner(
+        url,
+        folder,
+        str(cfg.version),
+        str(cfg.current),
+        str(cfg.up),
+        str(cfg.down),
+        cfg.preview,
+        env_vars,
+        cfg.transactional,
+        lock_s,
+        cfg.timeout_s,
+    )
 
 
 def release_migrations(ctx: Context, env: Environment, version: str) -> list[Migration]:
@@ -141,16 +174,18 @@ def _recorded(ctx: Context, version: str | None) -> dict[str, str]:
     return {m["version"]: m["checksum"] for m in schema.get("migrations", [])}
 
 
-def migrate_up(ctx: Context, env: Environment, plan: d.Plan, backup: str | None = None
-               ) -> dict[str, Any]:
+def migrate_up(
+    ctx: Context, env: Environment, plan: d.Plan, backup: str | None = None
+) -> dict[str, Any]:
     """Before the new code starts: apply the release's pending migrations (edited applied
     ones refused first), under the database lock, in one transaction where the database
     allows. Where it does not (MySQL), a failure restores the pre-deploy backup."""
     return upgrade(ctx, env, plan.to_version, plan.from_version, backup)
 
 
-def upgrade(ctx: Context, env: Environment, version: str, live: str | None,
-            backup: str | None = None) -> dict[str, Any]:
+def upgrade(
+    ctx: Context, env: Environment, version: str, live: str | None, backup: str | None = None
+) -> dict[str, Any]:
     """Bring the schema up to what `version` needs, checking applied migrations against the
     copies `live` recorded. `versions` (journaled) is exactly what this run applied."""
     ms = release_migrations(ctx, env, version)
@@ -166,19 +201,26 @@ def upgrade(ctx: Context, env: Environment, version: str, live: str | None,
     finally:
         run.close()
     ctx.emit("migrate", reasons.OK, env=env.name, version=version, data={"applied": done})
-    return {"applied": done, "versions": [m.version for m in path],
-            "schema": ms[-1].version if ms else None}
+    return {
+        "applied": done,
+        "versions": [m.version for m in path],
+        "schema": ms[-1].version if ms else None,
+    }
 
 
-def undo_upgrade(ctx: Context, env: Environment, version: str, applied: list[str] | None,
-                 before: str | None) -> dict[str, Any]:
+def undo_upgrade(
+    ctx: Context, env: Environment, version: str, applied: list[str] | None, before: str | None
+) -> dict[str, Any]:
     """Undo a deploy's migrate step: take down exactly the migrations it applied (`applied`,
     from its journal), or, if it was interrupted before recording them, those of `version`
     the release before it (`before`) does not hold. Never a path derived from anything
     else: a deploy that applied nothing is undone by doing nothing."""
     ms = release_migrations(ctx, env, version)
-    ours = set(applied) if applied is not None else \
-        {m.version for m in ms} - set(_recorded(ctx, before))
+    ours = (
+        set(applied)
+        if applied is not None
+        else {m.version for m in ms} - set(_recorded(ctx, before))
+    )
     run = runner(ctx, env, version)
     try:
         now = {version_key(v) for v in run.applied_versions(ms)}
@@ -189,30 +231,44 @@ def undo_upgrade(ctx: Context, env: Environment, version: str, applied: list[str
         return {"schema": "unchanged", "reason": "the deploy applied no migration"}
     keys = [m.version for m in ms]
     first = keys.index(path[-1].version)
-    return run_down(ctx, env, version, path, keys[first - 1] if first else None,
-                    f"undo of {version}")
+    return run_down(
+        ctx, env, version, path, keys[first - 1] if first else None, f"undo of {version}"
+    )
 
 
-def migrate_down(ctx: Context, env: Environment, live: str, target: dict[str, Any]
-                 ) -> dict[str, Any]:
+def migrate_down(
+    ctx: Context, env: Environment, live: str, target: dict[str, Any]
+) -> dict[str, Any]:
     change, path = rollback_change_for(ctx, env, live, target)
     if change.action == "restore":
-        raise RollwiseError(f"schema: {change.reason}", where=f"environment {env.name}",
-                            hint="restore the database from the backup taken before that "
-                            "migration, then roll back")
+        raise RollwiseError(
+            f"schema: {change.reason}",
+            where=f"environment {env.name}",
+            hint="restore the database from the backup taken before that migration, then roll back",
+        )
     if change.action != "down":
         return {"schema": change.action, "reason": change.reason}
-    return run_down(ctx, env, live, path, (target.get("schema") or {}).get("version"),
-                    f"{live} to {target['version']}")
+    return run_down(
+        ctx,
+        env,
+        live,
+        path,
+        (target.get("schema") or {}).get("version"),
+        f"{live} to {target['version']}",
+    )
 
 
-def run_down(ctx: Context, env: Environment, version: str, path: list[Migration],
-             to: str | None, label: str) -> dict[str, Any]:
+def run_down(
+    ctx: Context, env: Environment, version: str, path: list[Migration], to: str | None, label: str
+) -> dict[str, Any]:
     """Park what `path` drops, then run it down to `to` with `version`'s runner."""
     if any(m.irreversible for m in path):
         bad = next(m.file for m in path if m.irreversible)
-        raise RollwiseError(f"schema: {bad} is irreversible", where=f"environment {env.name}",
-                            hint="restore the database from the backup taken before it")
+        raise RollwiseError(
+            f"schema: {bad} is irreversible",
+            where=f"environment {env.name}",
+            hint="restore the database from the backup taken before it",
+        )
     url = database_url(ctx, env)
     assert url is not None
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + label.replace(" ", "-")
@@ -222,27 +278,39 @@ def run_down(ctx: Context, env: Environment, version: str, path: list[Migration]
         done = run.downgrade(path, to)
     finally:
         run.close()
-    ctx.emit("migrate", "down", env=env.name, version=version, reason=label,
-             data={"ran": done, "parked": parked})
-    return {"schema": "down", "ran": done, "versions": [m.version for m in path],
-            "parked": parked}
+    ctx.emit(
+        "migrate",
+        "down",
+        env=env.name,
+        version=version,
+        reason=label,
+        data={"ran": done, "parked": parked},
+    )
+    return {"schema": "down", "ran": done, "versions": [m.version for m in path], "parked": parked}
 
 
-def _restore_after_failure(ctx: Context, env: Environment, backup_id: str,
-                           e: RollwiseError) -> None:
+def _restore_after_failure(
+    ctx: Context, env: Environment, backup_id: str, e: RollwiseError
+) -> None:
     from rollwise.data import backups
 
     url = database_url(ctx, env)
     assert url is not None
     folder = backups_dir(env)
     backups.restore(backups.get(folder, backup_id), folder, url)
-    ctx.emit("backup_restore", reasons.OK, env=env.name, reason="migration failed halfway",
-             data={"id": backup_id})
+    ctx.emit(
+        "backup_restore",
+        reasons.OK,
+        env=env.name,
+        reason="migration failed halfway",
+        data={"id": backup_id},
+    )
     e.hint = f"the database was restored from the pre-deploy backup {backup_id}"
 
 
-def rollback_change_for(ctx: Context, env: Environment, live: str | None,
-                        target: dict[str, Any]) -> tuple[SchemaChange, list[Migration]]:
+def rollback_change_for(
+    ctx: Context, env: Environment, live: str | None, target: dict[str, Any]
+) -> tuple[SchemaChange, list[Migration]]:
     """What a rollback to `target` does to the schema, with the down path (its steps come
     from the live release, the one that applied those migrations). A path through a
     revision the live release does not hold is refused (UnknownRevision), never guessed."""
@@ -258,17 +326,18 @@ def rollback_change_for(ctx: Context, env: Environment, live: str | None,
         run.close()
     floor = (target.get("schema") or {}).get("version")
     if ctx.config.migrations.type == "command":  # opaque versions: down to the target's
-        path = [] if floor == ms[-1].version else down_path(ms, applied & {ms[-1].version},
-                                                             None)
+        path = [] if floor == ms[-1].version else down_path(ms, applied & {ms[-1].version}, None)
     else:
         try:
             path = down_path(ms, applied, floor)
         except UnknownRevision as e:
             raise UnknownRevision(
                 f"cannot plan the schema from {live} to {target['version']}: {e.message}",
-                where=f"release {live}", hint="nothing was changed; `rollwise rollback "
+                where=f"release {live}",
+                hint="nothing was changed; `rollwise rollback "
                 "--to` an older release whose migrations the live release holds, or restore "
-                "the database from a backup (`rollwise backup list`)") from None
+                "the database from a backup (`rollwise backup list`)",
+            ) from None
     return rollback_change(path), path
 
 
@@ -302,8 +371,9 @@ def pending(ctx: Context, env: Environment, version: str, live: str | None) -> l
         run.close()
 
 
-def preview_down(ctx: Context, env: Environment, live: str, target: dict[str, Any],
-                 path: list[Migration]) -> list[str]:
+def preview_down(
+    ctx: Context, env: Environment, live: str, target: dict[str, Any], path: list[Migration]
+) -> list[str]:
     """The SQL the down path runs (Alembic: offline `--sql`)."""
     run = runner(ctx, env, live)
     try:
@@ -330,20 +400,31 @@ def take_backup(ctx: Context, env: Environment, reason: str) -> dict[str, Any]:
     url = database_url(ctx, env)
     assert url is not None
     if not backups.has_data(url):
-        ctx.emit("backup", "skipped", env=env.name,
-                 reason=f"{reason}: the database has no table yet")
+        ctx.emit(
+            "backup", "skipped", env=env.name, reason=f"{reason}: the database has no table yet"
+        )
         return {"backup": None, "skipped": "the database has no table yet"}
     folder = backups_dir(env)
     live = repo.env_state(ctx.engine, env.name)["live_version"]
-    m = backups.create(url, folder, env.name, reason, release=live,
-                       schema=applied_now(ctx, env, live))
+    m = backups.create(
+        url, folder, env.name, reason, release=live, schema=applied_now(ctx, env, live)
+    )
     keep = env.config.database.keep_backups  # type: ignore[union-attr]
     for old in backups.manifests(folder)[:-keep]:
         (folder / old.file).unlink(missing_ok=True)
         (folder / f"{old.id}.json").unlink(missing_ok=True)
-    ctx.emit("backup", reasons.OK, env=env.name, reason=reason,
-             data={"id": m.id, "size": m.size, "sha256": m.sha256,
-                   "tables": {t: v["rows"] for t, v in m.tables.items()}})
+    ctx.emit(
+        "backup",
+        reasons.OK,
+        env=env.name,
+        reason=reason,
+        data={
+            "id": m.id,
+            "size": m.size,
+            "sha256": m.sha256,
+            "tables": {t: v["rows"] for t, v in m.tables.items()},
+        },
+    )
     return {"backup": m.id, "size": m.size, "tables": len(m.tables)}
 
 
@@ -363,8 +444,12 @@ def parked_dir(env: Environment) -> Path:
     return env.dir / "parked"
 
 
-def describe(change: SchemaChange, sql: list[str], dropped_now: dict[str, int] | None = None,
-             parked: Path | None = None) -> list[str]:
+def describe(
+    change: SchemaChange,
+    sql: list[str],
+    dropped_now: dict[str, int] | None = None,
+    parked: Path | None = None,
+) -> list[str]:
     """Lines for `rollwise rollback`: what happens to the schema, with the SQL, and the data
     that exists only in what it drops (kept in `parked` before the down path runs)."""
     if change.action == "none":
@@ -372,6 +457,7 @@ def describe(change: SchemaChange, sql: list[str], dropped_now: dict[str, int] |
     rows = [f"schema:  {change.action}: {change.reason}"]
     rows += [f"  {line}" for line in (sql if change.action == "down" else [])]
     for where, n in (dropped_now or {}).items():
-        rows.append(f"  dropped: {where}: {n} values written to the newer schema, kept in "
-                    f"{parked}/ first")
+        rows.append(
+            f"  dropped: {where}: {n} values written to the newer schema, kept in {parked}/ first"
+        )
     return rows

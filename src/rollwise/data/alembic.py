@@ -43,8 +43,12 @@ def _function(tree: ast.Module, source: str, name: str) -> tuple[str, bool]:
     """The source of a top-level function and whether its body does anything."""
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
-            body = [s for s in node.body if not isinstance(s, ast.Pass) and not (
-                isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+            body = [
+                s
+                for s in node.body
+                if not isinstance(s, ast.Pass)
+                and not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            ]
             return ast.get_source_segment(source, node) or "", bool(body)
     return "", False
 
@@ -55,8 +59,9 @@ def read_revision(path: Path) -> tuple[Migration, str | tuple[str, ...] | None]:
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as e:
-        raise ConfigError(f"revision file {path.name} does not parse: {e.msg}",
-                          where=f"{path}:{e.lineno}") from None
+        raise ConfigError(
+            f"revision file {path.name} does not parse: {e.msg}", where=f"{path}:{e.lineno}"
+        ) from None
     names: dict[str, ast.expr | None] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
@@ -64,21 +69,35 @@ def read_revision(path: Path) -> tuple[Migration, str | tuple[str, ...] | None]:
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names[node.target.id] = node.value
     if "revision" not in names:
-        raise ConfigError(f"{path.name} has no `revision = ...`", where=str(path),
-                          hint="is this folder Alembic's versions/ folder?")
+        raise ConfigError(
+            f"{path.name} has no `revision = ...`",
+            where=str(path),
+            hint="is this folder Alembic's versions/ folder?",
+        )
     try:
         revision, parent = _constant(names["revision"]), _constant(names.get("down_revision"))
     except ValueError:
-        raise ConfigError(f"{path.name}: revision and down_revision must be plain strings",
-                          where=str(path)) from None
+        raise ConfigError(
+            f"{path.name}: revision and down_revision must be plain strings", where=str(path)
+        ) from None
     up, _ = _function(tree, source, "upgrade")
     down, reversible = _function(tree, source, "downgrade")
     words = markers(source.replace("# rollwise:", "-- rollwise:"))
     irreversible = "irreversible" in words or not reversible
     doc = ast.get_docstring(tree) or ""
     name = (doc.splitlines()[0].strip() if doc else "") or path.stem
-    return (Migration(str(revision), name, up, None if irreversible else down,
-                      irreversible, "expand" in words, filename=path.name), parent)
+    return (
+        Migration(
+            str(revision),
+            name,
+            up,
+            None if irreversible else down,
+            irreversible,
+            "expand" in words,
+            filename=path.name,
+        ),
+        parent,
+    )
 
 
 def scan_revisions(folder: Path) -> list[Migration]:
@@ -89,17 +108,22 @@ def scan_revisions(folder: Path) -> list[Migration]:
     by_parent: dict[str | None, list[Migration]] = {}
     for m, parent in found:
         if isinstance(parent, tuple):
-            raise ConfigError(f"{m.file} merges revisions {', '.join(parent)}",
-                              where=str(folder / m.file), hint="rollwise follows one line of "
-                              "revisions; deploy the merge as its own release after both "
-                              "branches, or squash them")
+            raise ConfigError(
+                f"{m.file} merges revisions {', '.join(parent)}",
+                where=str(folder / m.file),
+                hint="rollwise follows one line of "
+                "revisions; deploy the merge as its own release after both "
+                "branches, or squash them",
+            )
         by_parent.setdefault(parent, []).append(m)
     for parent, children in by_parent.items():
         if len(children) > 1:
-            raise ConfigError(f"revisions {', '.join(c.file for c in children)} all follow "
-                              f"{parent or 'the base'}: there are several heads",
-                              where=str(folder), hint="merge them (`alembic merge heads`) "
-                              "before releasing")
+            raise ConfigError(
+                f"revisions {', '.join(c.file for c in children)} all follow "
+                f"{parent or 'the base'}: there are several heads",
+                where=str(folder),
+                hint="merge them (`alembic merge heads`) before releasing",
+            )
     ordered: list[Migration] = []
     head: str | None = None
     while head in by_parent:
@@ -107,9 +131,11 @@ def scan_revisions(folder: Path) -> list[Migration]:
         head = ordered[-1].version
     if len(ordered) != len(found):
         lost = sorted({m.file for m, _ in found} - {m.file for m in ordered})
-        raise ConfigError(f"revisions {', '.join(lost)} do not lead back to the base",
-                          where=str(folder), hint="a down_revision names a revision that is "
-                          "not in the folder")
+        raise ConfigError(
+            f"revisions {', '.join(lost)} do not lead back to the base",
+            where=str(folder),
+            hint="a down_revision names a revision that is not in the folder",
+        )
     return ordered
 
 
@@ -121,8 +147,11 @@ def versions_dir(release_dir: Path, layout: str, directory: str) -> Path:
     ini = release_dir / directory
     parser = configparser.ConfigParser(defaults={"here": str(ini.parent)})
     if not parser.read(ini):
-        raise ConfigError(f"no Alembic config at {ini}", where="migrations.config",
-                          hint="the path of alembic.ini, relative to `source`")
+        raise ConfigError(
+            f"no Alembic config at {ini}",
+            where="migrations.config",
+            hint="the path of alembic.ini, relative to `source`",
+        )
     try:
         location = parser.get("alembic", "script_location")
     except configparser.Error:
@@ -160,24 +189,32 @@ class AlembicRunner:
             with self.engine.connect() as conn:
                 if not inspect(conn).has_table(self.version_table):
                     return set()
-                heads = [str(r[0]) for r in conn.execute(
-                    text(f"SELECT version_num FROM {self.version_table}"))]
+                heads = [
+                    str(r[0])
+                    for r in conn.execute(text(f"SELECT version_num FROM {self.version_table}"))
+                ]
         except Exception as e:
-            raise RollwiseError(f"database {redact(self.url)}: {str(e).splitlines()[0]}",
-                                where="database.url", hint="check that the database runs, "
-                                "the host and port, the user name and the password") from None
+            raise RollwiseError(
+                f"database {redact(self.url)}: {str(e).splitlines()[0]}",
+                where="database.url",
+                hint="check that the database runs, "
+                "the host and port, the user name and the password",
+            ) from None
         if not heads:
             return set()
         if len(heads) > 1:
-            raise MigrationFailed(f"the database has several Alembic heads: {heads}",
-                                  hint="merge them before deploying with rollwise")
+            raise MigrationFailed(
+                f"the database has several Alembic heads: {heads}",
+                hint="merge them before deploying with rollwise",
+            )
         keys = [m.version for m in ms]
         if heads[0] not in keys:
             raise MigrationFailed(
                 f"the database is at revision {heads[0]}, which this release does not have",
                 where=str(versions_dir(self.release_dir, self.layout, self.directory)),
                 hint="the database is ahead of this release: deploy a newer release, or roll "
-                "back with the release that applied that revision")
+                "back with the release that applied that revision",
+            )
         return set(keys[: keys.index(heads[0]) + 1])
 
     def verified_applied(self, ms: list[Migration], recorded: dict[str, str]) -> set[str]:
@@ -189,8 +226,9 @@ class AlembicRunner:
                 raise MigrationFailed(
                     f"{m.file} was edited after it was applied (checksum "
                     f"{recorded[m.version][:12]} when applied, {m.checksum[:12]} now)",
-                    where=m.file, hint="never edit an applied revision: undo the edit and "
-                    "add a new revision")
+                    where=m.file,
+                    hint="never edit an applied revision: undo the edit and add a new revision",
+                )
         return applied
 
     def upgrade(self, path: list[Migration]) -> list[str]:
@@ -214,9 +252,11 @@ class AlembicRunner:
             out = self._run("downgrade", f"{path[0].version}:{target or 'base'}", sql=True)
             return [line for line in out.splitlines() if line.strip()]
         except RollwiseError as e:
-            rows = [f"-- no offline SQL: `{self._command('downgrade', '...', True)}` failed: "
-                    f"{cause(e.message.partition(chr(10))[2] or e.message)}",
-                    "-- the downgrade() functions that will run:"]
+            rows = [
+                f"-- no offline SQL: `{self._command('downgrade', '...', True)}` failed: "
+                f"{cause(e.message.partition(chr(10))[2] or e.message)}",
+                "-- the downgrade() functions that will run:",
+            ]
             for m in path:
                 rows += [f"-- {m.file}", *(m.down or "").splitlines()]
             return rows
@@ -234,19 +274,24 @@ class AlembicRunner:
         lock unless it runs offline (`--sql` touches no database)."""
         command = self._command(op, rev, sql)
         with nullcontext() if sql else locked(self.engine, self.url, self.lock_timeout_s):
-            proc = shell(command, self.release_dir, self.env, self.timeout_s,
-                         "migrations.command")
+            proc = shell(command, self.release_dir, self.env, self.timeout_s, "migrations.command")
         if proc.returncode == 127:
-            raise ConfigError(f"migration command not found: `{command}`",
-                              where="migrations.command", hint="the interpreter or tool that "
-                              "has the app's dependencies, e.g. .venv/bin/python -m flask db")
+            raise ConfigError(
+                f"migration command not found: `{command}`",
+                where="migrations.command",
+                hint="the interpreter or tool that "
+                "has the app's dependencies, e.g. .venv/bin/python -m flask db",
+            )
         if proc.returncode != 0:
             running = RUNNING.findall(proc.stderr + proc.stdout)
             op, src, dst = running[-1] if running else ("", "", "")
             rev, src = (dst if op == "upgrade" else src.strip()), src.strip() or "base"
             at = f"revision {rev} ({op} {src} -> {dst}) failed; " if running else ""
-            raise MigrationFailed(f"{at}`{command}` exited {proc.returncode}:\n{tail(proc)}",
-                                  where=str(self.release_dir),
-                                  hint="nothing of this run was kept; the schema is as before"
-                                  if self.transactional_ddl else "")
+            raise MigrationFailed(
+                f"{at}`{command}` exited {proc.returncode}:\n{tail(proc)}",
+                where=str(self.release_dir),
+                hint="nothing of this run was kept; the schema is as before"
+                if self.transactional_ddl
+                else "",
+            )
         return proc.stdout

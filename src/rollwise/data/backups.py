@@ -119,6 +119,7 @@ class Manifest:
 
 # -- what a database holds ---------------------------------------------------------------------
 
+
 @contextmanager
 def _connected(url: str, **options: Any) -> Iterator[Connection]:
     engine = create_engine(url, **options)
@@ -191,24 +192,29 @@ _PG_COLUMNS = (
     "SELECT a.attname, CASE WHEN t.typnamespace = CAST('pg_catalog' AS regnamespace) THEN "
     "t.typname END FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
     "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped "
-    "ORDER BY a.attnum")
+    "ORDER BY a.attnum"
+)
 
 
 def pg_row_hash_sql(table: str, columns: Sequence[tuple[str, str | None]]) -> str:
     """The query of `PG_ROW_HASH` for `table`; `columns`: (name, type name if the type is
     in pg_catalog), in table order. A row's hash is its columns' hashes (NULL: 0) combined
     and hashed again, so that the sum over rows depends on which row holds which values."""
-    hashes = [PG_COLUMN_HASH.get(t or "", PG_TEXT_HASH).format(c=f"t.{_ident(c)}", seed=i)
-              for i, (c, t) in enumerate(columns, 1)]
+    hashes = [
+        PG_COLUMN_HASH.get(t or "", PG_TEXT_HASH).format(c=f"t.{_ident(c)}", seed=i)
+        for i, (c, t) in enumerate(columns, 1)
+    ]
     row = " # ".join(f"coalesce({h}, 0)" for h in hashes) or "0"
-    return (f"SELECT count(*), coalesce(sum(hashint8extended({row}, 0)), 0) "
-            f"FROM {_ident(table)} t")
+    return f"SELECT count(*), coalesce(sum(hashint8extended({row}, 0)), 0) FROM {_ident(table)} t"
 
 
 def _pg_md5(conn: Connection, table: str) -> dict[str, Any]:
-    n, digest = conn.execute(_sql(
-        f"SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY "
-        f"md5(t::text))), '') FROM {_ident(table)} t")).one()
+    n, digest = conn.execute(
+        _sql(
+            f"SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY "
+            f"md5(t::text))), '') FROM {_ident(table)} t"
+        )
+    ).one()
     return {"rows": int(n), "checksum": str(digest)}
 
 
@@ -220,21 +226,27 @@ def _mysql_checksum(conn: Connection, table: str) -> dict[str, Any]:
 
 
 def _sqlite_sha256(conn: Connection, table: str) -> dict[str, Any]:
-    rows = sorted(repr(tuple(str(v) for v in r))
-                  for r in conn.execute(_sql(f"SELECT * FROM {_ident(table)}")))
+    rows = sorted(
+        repr(tuple(str(v) for v in r)) for r in conn.execute(_sql(f"SELECT * FROM {_ident(table)}"))
+    )
     return {"rows": len(rows), "checksum": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
 
 
 _CHECKSUMS: dict[str, Callable[[Connection, str], dict[str, Any]]] = {
-    PG_ROW_HASH: _pg_row_hash, PG_MD5: _pg_md5, MYSQL_CHECKSUM: _mysql_checksum,
-    SQLITE_SHA256: _sqlite_sha256}
+    PG_ROW_HASH: _pg_row_hash,
+    PG_MD5: _pg_md5,
+    MYSQL_CHECKSUM: _mysql_checksum,
+    SQLITE_SHA256: _sqlite_sha256,
+}
 
 
 def _row_counts(url: str) -> dict[str, int]:
     with _connected(url) as conn:
         q = conn.dialect.identifier_preparer.quote
-        return {t: int(conn.execute(_sql(f"SELECT count(*) FROM {q(t)}")).scalar_one())
-                for t in _tables(conn)}
+        return {
+            t: int(conn.execute(_sql(f"SELECT count(*) FROM {q(t)}")).scalar_one())
+            for t in _tables(conn)
+        }
 
 
 def structure(url: str) -> Structure:
@@ -249,25 +261,36 @@ def _structure(conn: Connection) -> Structure:
     insp = inspect(conn)
     pks, fks = insp.get_multi_pk_constraint(), insp.get_multi_foreign_keys()
     uniques, indexes = insp.get_multi_unique_constraints(), insp.get_multi_indexes()
-    return {t: _shape(pks[None, t], fks[None, t], uniques[None, t], indexes[None, t])
-            for t in _tables(conn)}
+    return {
+        t: _shape(pks[None, t], fks[None, t], uniques[None, t], indexes[None, t])
+        for t in _tables(conn)
+    }
 
 
-def _shape(pk: ReflectedPrimaryKeyConstraint, fks: list[ReflectedForeignKeyConstraint],
-           uniques: list[ReflectedUniqueConstraint], indexes: list[ReflectedIndex]
-           ) -> TableShape:
-    return {"primary_key": {"name": pk.get("name"), "columns": list(pk["constrained_columns"])}
-            if pk["constrained_columns"] else None,
-            "foreign_keys": _sorted([_fk(fk) for fk in fks]),
-            "unique": _sorted([_unique(u) for u in uniques]),
-            "indexes": _sorted([_index(ix) for ix in indexes])}
+def _shape(
+    pk: ReflectedPrimaryKeyConstraint,
+    fks: list[ReflectedForeignKeyConstraint],
+    uniques: list[ReflectedUniqueConstraint],
+    indexes: list[ReflectedIndex],
+) -> TableShape:
+    return {
+        "primary_key": {"name": pk.get("name"), "columns": list(pk["constrained_columns"])}
+        if pk["constrained_columns"]
+        else None,
+        "foreign_keys": _sorted([_fk(fk) for fk in fks]),
+        "unique": _sorted([_unique(u) for u in uniques]),
+        "indexes": _sorted([_index(ix) for ix in indexes]),
+    }
 
 
 def _fk(fk: ReflectedForeignKeyConstraint) -> ForeignKey:
     schema = fk.get("referred_schema")
-    return {"name": fk.get("name"), "columns": list(fk["constrained_columns"]),
-            "referred_table": f"{schema}.{fk['referred_table']}" if schema
-            else fk["referred_table"], "referred_columns": list(fk["referred_columns"])}
+    return {
+        "name": fk.get("name"),
+        "columns": list(fk["constrained_columns"]),
+        "referred_table": f"{schema}.{fk['referred_table']}" if schema else fk["referred_table"],
+        "referred_columns": list(fk["referred_columns"]),
+    }
 
 
 def _unique(u: ReflectedUniqueConstraint) -> Key:
@@ -276,8 +299,11 @@ def _unique(u: ReflectedUniqueConstraint) -> Key:
 
 def _index(ix: ReflectedIndex) -> Index:
     columns = ix.get("expressions") or ix["column_names"]
-    return {"name": ix.get("name"), "columns": [str(c) for c in columns],
-            "unique": bool(ix["unique"])}
+    return {
+        "name": ix.get("name"),
+        "columns": [str(c) for c in columns],
+        "unique": bool(ix["unique"]),
+    }
 
 
 T = TypeVar("T")
@@ -328,11 +354,16 @@ def _described(shape: TableShape) -> set[str]:
 
     pk = shape["primary_key"]
     out = {f"primary key {pk['name']} {cols(pk['columns'])}"} if pk else set()
-    out |= {f"foreign key {fk['name']} {cols(fk['columns'])} -> {fk['referred_table']} "
-            f"{cols(fk['referred_columns'])}" for fk in shape["foreign_keys"]}
+    out |= {
+        f"foreign key {fk['name']} {cols(fk['columns'])} -> {fk['referred_table']} "
+        f"{cols(fk['referred_columns'])}"
+        for fk in shape["foreign_keys"]
+    }
     out |= {f"unique constraint {u['name']} {cols(u['columns'])}" for u in shape["unique"]}
-    return out | {f"{'unique ' if ix['unique'] else ''}index {ix['name']} {cols(ix['columns'])}"
-                  for ix in shape["indexes"]}
+    return out | {
+        f"{'unique ' if ix['unique'] else ''}index {ix['name']} {cols(ix['columns'])}"
+        for ix in shape["indexes"]
+    }
 
 
 def check(m: Manifest, url: str) -> list[str]:
@@ -341,9 +372,12 @@ def check(m: Manifest, url: str) -> list[str]:
     Empty: the same."""
     kind = m.checksum_kind or FIRST_CHECKSUM.get(m.engine, "")
     if kind not in _CHECKSUMS:
-        raise IntegrityError(f"backup {m.id}: its checksums are of a kind this rollwise does "
-                             f"not know ({kind or 'none'})", where=f"backup {m.id}",
-                             hint="verify it with the rollwise version that took it")
+        raise IntegrityError(
+            f"backup {m.id}: its checksums are of a kind this rollwise does "
+            f"not know ({kind or 'none'})",
+            where=f"backup {m.id}",
+            hint="verify it with the rollwise version that took it",
+        )
     with _connected(url) as conn:
         problems = diff(m.tables, _snapshot(conn, kind))
         if m.structure is not None:
@@ -354,27 +388,32 @@ def check(m: Manifest, url: str) -> list[str]:
 def loss(m: Manifest, url: str) -> dict[str, int]:
     """Rows a restore would lose, by table: rows now minus rows at backup time (> 0 only)."""
     now = _row_counts(url)
-    return {t: now[t] - m.tables.get(t, {"rows": 0})["rows"] for t in now
-            if now[t] > m.tables.get(t, {"rows": 0})["rows"]}
+    return {
+        t: now[t] - m.tables.get(t, {"rows": 0})["rows"]
+        for t in now
+        if now[t] > m.tables.get(t, {"rows": 0})["rows"]
+    }
 
 
 # -- files and tools ---------------------------------------------------------------------------
 
 
-
-def _run(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None,
-         stdout: Any = None) -> None:
+def _run(
+    cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None, stdout: Any = None
+) -> None:
     with _running(cmd, env, stdin, stdout):
         pass
 
 
 @contextmanager
-def _running(cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None,
-             stdout: Any = None) -> Iterator[None]:
+def _running(
+    cmd: list[str], env: dict[str, str] | None = None, stdin: Any = None, stdout: Any = None
+) -> Iterator[None]:
     """`cmd` runs while the body does; then it is waited for, and its failure raised with
     its error output. A body that fails kills it."""
-    p = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=stdout or subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        cmd, env=env, stdin=stdin, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         yield
         err = p.communicate(timeout=TOOL_TIMEOUT_S)[1]
@@ -401,14 +440,18 @@ def _pg_conn(u: URL) -> tuple[str, dict[str, str]]:
 
 
 def _mysql_args(u: URL) -> tuple[list[str], dict[str, str]]:
-    args = [f"--host={u.host or '127.0.0.1'}", f"--port={u.port or 3306}",
-            f"--user={u.username or 'root'}"]
+    args = [
+        f"--host={u.host or '127.0.0.1'}",
+        f"--port={u.port or 3306}",
+        f"--user={u.username or 'root'}",
+    ]
     env = {**os.environ, "MYSQL_PWD": u.password or ""}
     return args, env
 
 
-def _sqlite_open(path: Path, *, immutable: bool = False,
-                 wait_s: float = SWAP_WAIT_S) -> sqlite3.Connection:
+def _sqlite_open(
+    path: Path, *, immutable: bool = False, wait_s: float = SWAP_WAIT_S
+) -> sqlite3.Connection:
     """`immutable`: a file nobody writes (a dump, a scratch copy): no lock, no -wal or -shm
     files created beside it."""
     if immutable:
@@ -416,8 +459,9 @@ def _sqlite_open(path: Path, *, immutable: bool = False,
     return sqlite3.connect(path, timeout=wait_s)
 
 
-def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool,
-                 wait_s: float = SWAP_WAIT_S) -> None:
+def _sqlite_copy(
+    src: sqlite3.Connection, dest: Path, *, standalone: bool, wait_s: float = SWAP_WAIT_S
+) -> None:
     """One backup-API pass of `src` into `dest`: a single write transaction there, which
     SQLite makes atomic (a crash rolls it back). It waits up to `wait_s` for another
     writer, then gives up. `standalone`: rollback-journal mode, so the file holds
@@ -425,10 +469,11 @@ def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool,
     deadline = time.monotonic() + wait_s
 
     def give_up_when_late(status: int, remaining: int, total: int) -> None:
-        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and \
-                time.monotonic() >= deadline:
-            raise RollwiseError(f"another connection kept {dest} locked for writing for "
-                                f"{wait_s:g} s", where=str(dest))
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and time.monotonic() >= deadline:
+            raise RollwiseError(
+                f"another connection kept {dest} locked for writing for {wait_s:g} s",
+                where=str(dest),
+            )
 
     with closing(_sqlite_open(dest, wait_s=wait_s)) as out:
         src.backup(out, progress=give_up_when_late)
@@ -437,6 +482,7 @@ def _sqlite_copy(src: sqlite3.Connection, dest: Path, *, standalone: bool,
 
 
 # -- backup ------------------------------------------------------------------------------------
+
 
 def dump(url: str, dest: Path, *, pg_snapshot: str | None = None) -> None:
     """Dump the database at `url` into `dest` (mode 0600, its folder 0700); nothing is left
@@ -464,8 +510,7 @@ def _dump_into(u: URL, dest: Path, f: IO[bytes], pg_snapshot: str | None) -> Ite
     if u.get_backend_name() == "postgresql":
         uri, env = _pg_conn(u)
         at = [f"--snapshot={pg_snapshot}"] if pg_snapshot else []
-        with _running(["pg_dump", "--format=custom", "--no-owner", *at, uri], env=env,
-                      stdout=f):
+        with _running(["pg_dump", "--format=custom", "--no-owner", *at, uri], env=env, stdout=f):
             yield
     elif u.get_backend_name() == "sqlite":
         with closing(_sqlite_open(Path(str(u.database)))) as src:
@@ -473,12 +518,23 @@ def _dump_into(u: URL, dest: Path, f: IO[bytes], pg_snapshot: str | None) -> Ite
         yield
     elif u.get_backend_name() == "mysql":
         args, env = _mysql_args(u)
-        _run(["mysqldump", *args, "--single-transaction", "--routines", "--triggers",
-              str(u.database)], env=env, stdout=f)
+        _run(
+            [
+                "mysqldump",
+                *args,
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                str(u.database),
+            ],
+            env=env,
+            stdout=f,
+        )
         yield
     else:
-        raise RollwiseError(f"no backup provider for {u.get_backend_name()}",
-                            where=redact(u.render_as_string()))
+        raise RollwiseError(
+            f"no backup provider for {u.get_backend_name()}", where=redact(u.render_as_string())
+        )
 
 
 class Described(NamedTuple):
@@ -494,19 +550,40 @@ def _describe(conn: Connection) -> Described:
     return Described(kind, _snapshot(conn, kind), _structure(conn))
 
 
-def create(url: str, folder: Path, env: str, reason: str, *, release: str | None = None,
-           schema: list[str] | None = None) -> Manifest:
+def create(
+    url: str,
+    folder: Path,
+    env: str,
+    reason: str,
+    *,
+    release: str | None = None,
+    schema: list[str] | None = None,
+) -> Manifest:
     """Dump, and record the file's sha256, the tables as the dump holds them and their keys
     and indexes; `release` and `schema` (applied migrations) when the caller knows them."""
     u = make_url(url)
     backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     ext = {"sqlite": "sqlite", "postgresql": "pgdump", "mysql": "sql"}.get(
-        u.get_backend_name(), "dump")
+        u.get_backend_name(), "dump"
+    )
     dest = folder / f"{backup_id}.{ext}"
     d = _dump_described(url, dest)
-    m = Manifest(backup_id, env, u.get_backend_name(), redact(url), dest.name,
-                 dest.stat().st_size, sha256_file(dest), time.time(), d.tables, reason,
-                 release, schema, d.structure, d.checksum_kind)
+    m = Manifest(
+        backup_id,
+        env,
+        u.get_backend_name(),
+        redact(url),
+        dest.name,
+        dest.stat().st_size,
+        sha256_file(dest),
+        time.time(),
+        d.tables,
+        reason,
+        release,
+        schema,
+        d.structure,
+        d.checksum_kind,
+    )
     replace_private(folder / f"{backup_id}.json", json.dumps(m.as_dict(), indent=2).encode())
     return m
 
@@ -572,6 +649,7 @@ def get(folder: Path, backup_id: str) -> Manifest:
 
 # -- restore: stages, one per engine -----------------------------------------------------------
 
+
 class _Stage(Protocol):
     """One restore beside the live database. `token` names its scratch database (and the
     previous copy after a swap) and is locked for the stage's life, so `sweep` drops only
@@ -627,7 +705,8 @@ def _render(u: URL) -> str:
 PG_NAME_MAX = 63
 _PG_LOCK, _PG_TRY_LOCK, _PG_UNLOCK = (
     text(f"SELECT {fn}(CAST(:a AS integer), CAST(:b AS integer))")
-    for fn in ("pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_unlock"))
+    for fn in ("pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_unlock")
+)
 
 
 class _PgStage:
@@ -646,8 +725,7 @@ class _PgStage:
     def sweep(self) -> None:
         names = self.conn.execute(text("SELECT datname FROM pg_database")).scalars().all()
         for token in _side_tokens(names, self.live, PG_NAME_MAX) - {self.token}:
-            if self.conn.execute(_PG_TRY_LOCK,
-                                 _pg_key(token)).scalar():
+            if self.conn.execute(_PG_TRY_LOCK, _pg_key(token)).scalar():
                 self._drop(token)
                 self.conn.execute(_PG_UNLOCK, _pg_key(token))
 
@@ -658,8 +736,17 @@ class _PgStage:
 
     def load(self, path: Path) -> None:
         uri, env = _pg_conn(self.u.set(database=self.new))
-        _run(["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction",
-              f"--dbname={uri}", str(path)], env=env)
+        _run(
+            [
+                "pg_restore",
+                "--no-owner",
+                "--exit-on-error",
+                "--single-transaction",
+                f"--dbname={uri}",
+                str(path),
+            ],
+            env=env,
+        )
 
     def refusals(self) -> list[str]:
         return []
@@ -675,13 +762,18 @@ class _PgStage:
         try:
             with engine.begin() as c:
                 c.execute(_sql(f"SET LOCAL lock_timeout = '{max(1, round(self.wait_s * 1000))}ms'"))
-                c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                               "datname = :n AND pid <> pg_backend_pid()"), {"n": self.live})
+                c.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                        "datname = :n AND pid <> pg_backend_pid()"
+                    ),
+                    {"n": self.live},
+                )
                 if _pg_exists(c, self.live):
-                    c.execute(_sql(f"ALTER DATABASE {_ident(self.live)} RENAME TO "
-                                   f"{_ident(self.old)}"))
-                c.execute(_sql(f"ALTER DATABASE {_ident(self.new)} RENAME TO "
-                               f"{_ident(self.live)}"))
+                    c.execute(
+                        _sql(f"ALTER DATABASE {_ident(self.live)} RENAME TO {_ident(self.old)}")
+                    )
+                c.execute(_sql(f"ALTER DATABASE {_ident(self.new)} RENAME TO {_ident(self.live)}"))
         finally:
             engine.dispose()
 
@@ -707,8 +799,10 @@ def _pg_key(token: str) -> dict[str, int]:
 
 
 def _pg_exists(conn: Connection, name: str) -> bool:
-    return conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                        {"n": name}).first() is not None
+    return (
+        conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+        is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -737,8 +831,13 @@ _PG_ACL = """SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
 _PG_SETTINGS = """SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END,
  c FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c
  WHERE d.datname = :n ORDER BY 1, 2"""
-_PG_LIST_SETTINGS = {"search_path", "temp_tablespaces", "local_preload_libraries",
-                     "session_preload_libraries", "shared_preload_libraries"}
+_PG_LIST_SETTINGS = {
+    "search_path",
+    "temp_tablespaces",
+    "local_preload_libraries",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+}
 
 
 def _pg_database(conn: Connection, name: str) -> PgDatabase | None:
@@ -749,9 +848,18 @@ def _pg_database(conn: Connection, name: str) -> PgDatabase | None:
     acl = [(str(p), str(r), bool(g)) for p, r, g in conn.execute(text(_PG_ACL), {"n": name})]
     settings = [(r, str(s)) for r, s in conn.execute(text(_PG_SETTINGS), {"n": name})]
     icu = d.get("daticulocale") or d.get("datlocale") if d.get("datlocprovider") == "i" else None
-    return PgDatabase(row[1], d["datcollate"], d["datctype"], icu, row[2], row[3],
-                      int(d["datconnlimit"]), row[4], acl if d["datacl"] is not None else None,
-                      settings)
+    return PgDatabase(
+        row[1],
+        d["datcollate"],
+        d["datctype"],
+        icu,
+        row[2],
+        row[3],
+        int(d["datconnlimit"]),
+        row[4],
+        acl if d["datacl"] is not None else None,
+        settings,
+    )
 
 
 def pg_create_sql(db: PgDatabase | None, name: str, me: str) -> list[str]:
@@ -759,18 +867,26 @@ def pg_create_sql(db: PgDatabase | None, name: str, me: str) -> list[str]:
     output expects); `me` is the role that runs them."""
     if db is None:
         return [f"CREATE DATABASE {_ident(name)} TEMPLATE template0"]
-    create = (f"CREATE DATABASE {_ident(name)} TEMPLATE template0 ENCODING "
-              f"{_literal(db.encoding)} LC_COLLATE {_literal(db.collate)} LC_CTYPE "
-              f"{_literal(db.ctype)}")
-    create += f" LOCALE_PROVIDER icu ICU_LOCALE {_literal(db.icu_locale)}" if db.icu_locale \
-        else ""
+    create = (
+        f"CREATE DATABASE {_ident(name)} TEMPLATE template0 ENCODING "
+        f"{_literal(db.encoding)} LC_COLLATE {_literal(db.collate)} LC_CTYPE "
+        f"{_literal(db.ctype)}"
+    )
+    create += f" LOCALE_PROVIDER icu ICU_LOCALE {_literal(db.icu_locale)}" if db.icu_locale else ""
     create += f" OWNER {_ident(db.owner)}" if db.owner != me else ""
     create += f" TABLESPACE {_ident(db.tablespace)}" if db.tablespace != "pg_default" else ""
     create += f" CONNECTION LIMIT {db.connection_limit}" if db.connection_limit != -1 else ""
-    comment = [f"COMMENT ON DATABASE {_ident(name)} IS {_literal(db.comment)}"] \
-        if db.comment is not None else []
-    return [create, *comment, *_pg_grants(db, name),
-            *(_pg_setting(name, role, s) for role, s in db.settings)]
+    comment = (
+        [f"COMMENT ON DATABASE {_ident(name)} IS {_literal(db.comment)}"]
+        if db.comment is not None
+        else []
+    )
+    return [
+        create,
+        *comment,
+        *_pg_grants(db, name),
+        *(_pg_setting(name, role, s) for role, s in db.settings),
+    ]
 
 
 def _pg_grants(db: PgDatabase, name: str) -> list[str]:
@@ -813,8 +929,11 @@ class _MySqlStage:
         self.conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": f"rollwise_restore_{token}"})
 
     def sweep(self) -> None:
-        names = self.conn.execute(text("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
-                                  ).scalars().all()
+        names = (
+            self.conn.execute(text("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"))
+            .scalars()
+            .all()
+        )
         for token in _side_tokens(names, self.live, MYSQL_NAME_MAX) - {self.token}:
             lock = {"n": f"rollwise_restore_{token}"}
             if self.conn.execute(text("SELECT GET_LOCK(:n, 0)"), lock).scalar() == 1:
@@ -825,9 +944,13 @@ class _MySqlStage:
         self.conn.execute(_sql(self._create_sql(self.new, self.live)))
 
     def _create_sql(self, name: str, like: str) -> str:
-        row = self.conn.execute(text(
-            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM "
-            "information_schema.SCHEMATA WHERE SCHEMA_NAME = :s"), {"s": like}).first()
+        row = self.conn.execute(
+            text(
+                "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM "
+                "information_schema.SCHEMATA WHERE SCHEMA_NAME = :s"
+            ),
+            {"s": like},
+        ).first()
         charset = f" CHARACTER SET {row[0]} COLLATE {row[1]}" if row else ""
         return f"CREATE DATABASE IF NOT EXISTS {_ident(name, '`')}{charset}"
 
@@ -840,13 +963,18 @@ class _MySqlStage:
         """RENAME TABLE moves no view and no table with triggers to another schema, and
         routines and events stay where they are."""
         backup, live = _mysql_objects(self.conn, self.new), _mysql_objects(self.conn, self.live)
-        out = [f"{kind} {name} in the {where}" for where, objs in
-               (("backup", backup), ("live database", live)) for kind in ("view", "trigger")
-               for name in sorted(objs[kind])]
+        out = [
+            f"{kind} {name} in the {where}"
+            for where, objs in (("backup", backup), ("live database", live))
+            for kind in ("view", "trigger")
+            for name in sorted(objs[kind])
+        ]
         for kind in ("routine", "event"):
             differ = {x.split(":", 1)[0] for x in backup[kind] ^ live[kind]}
-            out += [f"{kind} {n}, which differs between the backup and the live database"
-                    for n in sorted(differ)]
+            out += [
+                f"{kind} {n}, which differs between the backup and the live database"
+                for n in sorted(differ)
+            ]
         return out
 
     def swap(self) -> None:
@@ -855,11 +983,18 @@ class _MySqlStage:
         moves = [(self.live, self.old, t) for t in _mysql_tables(self.conn, self.live)]
         moves += [(self.new, self.live, t) for t in _mysql_tables(self.conn, self.new)]
         if moves:
-            self.conn.execute(text("SET SESSION lock_wait_timeout = :s"),
-                              {"s": max(1, round(self.wait_s))})
-            self.conn.execute(_sql("RENAME TABLE " + ", ".join(
-                f"{_ident(a, '`')}.{_ident(t, '`')} TO {_ident(b, '`')}.{_ident(t, '`')}"
-                for a, b, t in moves)))
+            self.conn.execute(
+                text("SET SESSION lock_wait_timeout = :s"), {"s": max(1, round(self.wait_s))}
+            )
+            self.conn.execute(
+                _sql(
+                    "RENAME TABLE "
+                    + ", ".join(
+                        f"{_ident(a, '`')}.{_ident(t, '`')} TO {_ident(b, '`')}.{_ident(t, '`')}"
+                        for a, b, t in moves
+                    )
+                )
+            )
 
     def swapped(self) -> bool:
         return not _mysql_tables(self.conn, self.new)
@@ -878,25 +1013,32 @@ class _MySqlStage:
 
 
 def _mysql_tables(conn: Connection, schema: str) -> list[str]:
-    return list(conn.execute(text(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = :s AND "
-        "TABLE_TYPE IN ('BASE TABLE', 'SEQUENCE') ORDER BY TABLE_NAME"), {"s": schema}
-    ).scalars())
+    return list(
+        conn.execute(
+            text(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = :s AND "
+                "TABLE_TYPE IN ('BASE TABLE', 'SEQUENCE') ORDER BY TABLE_NAME"
+            ),
+            {"s": schema},
+        ).scalars()
+    )
 
 
 _MYSQL_OBJECTS = {
     "view": "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = :s",
     "trigger": "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = :s",
     "routine": "SELECT CONCAT(ROUTINE_TYPE, ' ', ROUTINE_NAME, ':', COALESCE(ROUTINE_DEFINITION, "
-               "'')) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = :s",
+    "'')) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = :s",
     "event": "SELECT CONCAT(EVENT_NAME, ':', EVENT_DEFINITION) FROM information_schema.EVENTS "
-             "WHERE EVENT_SCHEMA = :s",
+    "WHERE EVENT_SCHEMA = :s",
 }
 
 
 def _mysql_objects(conn: Connection, schema: str) -> dict[str, set[str]]:
-    return {kind: set(conn.execute(text(q), {"s": schema}).scalars())
-            for kind, q in _MYSQL_OBJECTS.items()}
+    return {
+        kind: set(conn.execute(text(q), {"s": schema}).scalars())
+        for kind, q in _MYSQL_OBJECTS.items()
+    }
 
 
 class _SqliteStage:
@@ -952,8 +1094,9 @@ class _SqliteStage:
 
 
 def _file_tokens(names: Sequence[str]) -> set[str]:
-    pattern = re.compile(re.escape(FILE_SIDE)
-                         + r"([0-9a-f]{8})\.(?:db|lock)(?:-journal|-wal|-shm)?")
+    pattern = re.compile(
+        re.escape(FILE_SIDE) + r"([0-9a-f]{8})\.(?:db|lock)(?:-journal|-wal|-shm)?"
+    )
     return {m.group(1) for n in names if (m := pattern.fullmatch(n))}
 
 
@@ -983,10 +1126,14 @@ def _unlink_sqlite(path: Path) -> None:
 
 
 _STAGES: dict[str, Callable[[str, Path, str, float], _Stage]] = {
-    "postgresql": _PgStage, "mysql": _MySqlStage, "sqlite": _SqliteStage}
+    "postgresql": _PgStage,
+    "mysql": _MySqlStage,
+    "sqlite": _SqliteStage,
+}
 
 
 # -- restore and verify ------------------------------------------------------------------------
+
 
 @contextmanager
 def _opened(url: str, folder: Path, wait_s: float = SWAP_WAIT_S) -> Iterator[_Stage]:
@@ -1008,10 +1155,13 @@ def _intact(m: Manifest, folder: Path) -> Path:
         raise IntegrityError(f"backup {m.id}: file {m.file} is missing", where=str(path))
     actual, size = sha256_file(path), path.stat().st_size
     if actual != m.sha256 or size != m.size:
-        raise IntegrityError(f"backup {m.id}: {m.file} is corrupted or truncated (sha256 "
-                             f"{actual[:12]}, manifest {m.sha256[:12]}; {size} of {m.size} "
-                             "bytes)", where=str(path),
-                             hint="do not rely on this backup; take a new one")
+        raise IntegrityError(
+            f"backup {m.id}: {m.file} is corrupted or truncated (sha256 "
+            f"{actual[:12]}, manifest {m.sha256[:12]}; {size} of {m.size} "
+            "bytes)",
+            where=str(path),
+            hint="do not rely on this backup; take a new one",
+        )
     return path
 
 
@@ -1023,19 +1173,25 @@ def _prepare(st: _Stage, m: Manifest, path: Path) -> None:
     try:
         st.load(path)
     except RollwiseError as e:
-        raise IntegrityError(f"backup {m.id} does not restore (into the scratch {st.name}): "
-                             f"{e.message}", where=str(path), hint="restore another backup "
-                             "(`rollwise backup list`)") from None
+        raise IntegrityError(
+            f"backup {m.id} does not restore (into the scratch {st.name}): {e.message}",
+            where=str(path),
+            hint="restore another backup (`rollwise backup list`)",
+        ) from None
     failpoint(RESTORE, "loaded")
     if problems := check(m, st.scratch):
-        raise IntegrityError(f"backup {m.id} restores to something else than was backed up: "
-                             + "; ".join(problems), where=str(path),
-                             hint="do not rely on this backup; restore another one")
+        raise IntegrityError(
+            f"backup {m.id} restores to something else than was backed up: " + "; ".join(problems),
+            where=str(path),
+            hint="do not rely on this backup; restore another one",
+        )
     if refused := st.refusals():
-        raise RollwiseError(f"backup {m.id} cannot be swapped in at once: "
-                            + "; ".join(refused), where=str(path),
-                            hint="the engine cannot move these between schemas; with the app "
-                            f"stopped, load {path} by hand")
+        raise RollwiseError(
+            f"backup {m.id} cannot be swapped in at once: " + "; ".join(refused),
+            where=str(path),
+            hint="the engine cannot move these between schemas; with the app "
+            f"stopped, load {path} by hand",
+        )
     failpoint(RESTORE, "checked")
 
 
@@ -1049,13 +1205,16 @@ def verify(m: Manifest, folder: Path, url: str) -> dict[str, Any]:
             _prepare(st, m, path)
         finally:
             _quietly(st.drop)
-    return {"id": m.id, "tables": len(m.tables),
-            "rows": sum(t["rows"] for t in m.tables.values()),
-            "structure": m.structure is not None, "restore_s": round(time.monotonic() - t0, 2)}
+    return {
+        "id": m.id,
+        "tables": len(m.tables),
+        "rows": sum(t["rows"] for t in m.tables.values()),
+        "structure": m.structure is not None,
+        "restore_s": round(time.monotonic() - t0, 2),
+    }
 
 
-def restore(m: Manifest, folder: Path, url: str, *,
-            wait_s: float = SWAP_WAIT_S) -> dict[str, Any]:
+def restore(m: Manifest, folder: Path, url: str, *, wait_s: float = SWAP_WAIT_S) -> dict[str, Any]:
     """Put the database at `url` back as it was at the backup, all or nothing: loaded and
     checked beside it, then swapped in at once (waiting up to `wait_s` for transactions
     running on the live database). Any failure before the swap, or of the swap, leaves the
@@ -1074,17 +1233,25 @@ def restore(m: Manifest, folder: Path, url: str, *,
         failpoint(RESTORE, "swapped")
         leftover = _quietly(st.drop)
     failpoint(RESTORE, "done")
-    return {"id": m.id, "tables": len(m.tables), "restore_s": round(time.monotonic() - t0, 2),
-            "swap_s": round(swap_s, 3),
-            "leftover": f"could not drop {st.name} or the previous copy ({leftover}); the "
-                        "next restore drops them" if leftover else None}
+    return {
+        "id": m.id,
+        "tables": len(m.tables),
+        "restore_s": round(time.monotonic() - t0, 2),
+        "swap_s": round(swap_s, 3),
+        "leftover": f"could not drop {st.name} or the previous copy ({leftover}); the "
+        "next restore drops them"
+        if leftover
+        else None,
+    }
 
 
 def _same_database(m: Manifest, url: str) -> None:
     if m.database != redact(url):
-        raise RollwiseError(f"backup {m.id} is of {m.database}, not of {redact(url)}",
-                            where=f"backup {m.id}", hint="restore it into the database it "
-                            "came from")
+        raise RollwiseError(
+            f"backup {m.id} is of {m.database}, not of {redact(url)}",
+            where=f"backup {m.id}",
+            hint="restore it into the database it came from",
+        )
 
 
 @contextmanager
@@ -1122,18 +1289,23 @@ def _failed_swap(st: _Stage, m: Manifest, e: BaseException) -> NoReturn:
     except _FAILURES as probe:
         raise RollwiseError(
             f"the swap failed, and whether it took effect is unknown (checking failed: "
-            f"{_detail(probe)}): {_detail(e)}", where=where,
+            f"{_detail(probe)}): {_detail(e)}",
+            where=where,
             hint=f"if the scratch {st.name} still exists, the live database was not changed; "
-            "otherwise it holds the backup") from e
+            "otherwise it holds the backup",
+        ) from e
     if swapped:
         raise RollwiseError(
-            f"the swap took effect (the live database holds the backup), then failed: "
-            f"{_detail(e)}", where=where,
-            hint="the restore is done; the next restore drops what is left beside it") from e
+            f"the swap took effect (the live database holds the backup), then failed: {_detail(e)}",
+            where=where,
+            hint="the restore is done; the next restore drops what is left beside it",
+        ) from e
     _quietly(st.drop)
-    raise RollwiseError(f"the swap failed: {_detail(e)}\n{NOT_CHANGED}", where=where,
-                        hint="end what holds the live database (or wait for it), then "
-                        "restore again") from e
+    raise RollwiseError(
+        f"the swap failed: {_detail(e)}\n{NOT_CHANGED}",
+        where=where,
+        hint="end what holds the live database (or wait for it), then restore again",
+    ) from e
 
 
 def _in_use(e: BaseException) -> bool:

@@ -25,8 +25,9 @@ from rollwise.data.sqlrunner import MigrationFailed, locked, open_db
 from rollwise.errors import ConfigError
 
 
-def release_version(release_dir: Path, command: str, env: dict[str, str],
-                    timeout_s: float) -> list[Migration]:
+def release_version(
+    release_dir: Path, command: str, env: dict[str, str], timeout_s: float
+) -> list[Migration]:
     """The schema version a release needs, as one migration (empty when none printed)."""
     v = _shell("version", command, release_dir, env, timeout_s).strip()
     return [Migration(v, "schema", "", "", filename=f"schema {v}")] if v else []
@@ -76,8 +77,7 @@ class CommandRunner:
             return []
         if self.preview_command is None:
             return [f"-- runs: {self.down.format(version=target or '')}"]
-        return self._run("preview", self.preview_command.format(version=target or "")
-                         ).splitlines()
+        return self._run("preview", self.preview_command.format(version=target or "")).splitlines()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -86,16 +86,24 @@ class CommandRunner:
         return _shell(key, command, self.release_dir, self.env, self.timeout_s)
 
 
-def shell(command: str, cwd: Path, env: dict[str, str], timeout_s: float,
-          label: str) -> subprocess.CompletedProcess[str]:
+def shell(
+    command: str, cwd: Path, env: dict[str, str], timeout_s: float, label: str
+) -> subprocess.CompletedProcess[str]:
     """`command` in bash in `cwd`, with `env` over this process's; MigrationFailed naming
     `label` when it runs longer than `timeout_s`."""
     try:
-        return subprocess.run(["bash", "-c", command], cwd=cwd, text=True, capture_output=True,
-                              timeout=timeout_s, env={**os.environ, **env})
+        return subprocess.run(
+            ["bash", "-c", command],
+            cwd=cwd,
+            text=True,
+            capture_output=True,
+            timeout=timeout_s,
+            env={**os.environ, **env},
+        )
     except subprocess.TimeoutExpired:
-        raise MigrationFailed(f"{label} ran longer than {timeout_s} s: {command}",
-                              where=label) from None
+        raise MigrationFailed(
+            f"{label} ran longer than {timeout_s} s: {command}", where=label
+        ) from None
 
 
 EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+(?:Error|Exception|Exit)\b|Error:|error:|FATAL)")
@@ -108,22 +116,25 @@ def tail(proc: subprocess.CompletedProcess[str], keep: int = 30) -> str:
     lines = [*proc.stderr.strip().splitlines(), *proc.stdout.strip().splitlines()]
     if len(lines) <= keep:
         return "\n".join(lines)
-    causes = [x for x in lines[:-keep // 2] if EXCEPTION_LINE.match(x)][:keep // 2]
-    return "\n".join([*causes, "...", *lines[-keep // 2:]])
+    causes = [x for x in lines[: -keep // 2] if EXCEPTION_LINE.match(x)][: keep // 2]
+    return "\n".join([*causes, "...", *lines[-keep // 2 :]])
 
 
 def cause(text: str) -> str:
     """The line of a command's output that says why it failed: the first exception line,
     else the last line."""
     lines = [x for x in text.strip().splitlines() if x.strip()]
-    return next((x.strip() for x in lines if EXCEPTION_LINE.match(x)),
-                lines[-1] if lines else "no output")
+    return next(
+        (x.strip() for x in lines if EXCEPTION_LINE.match(x)), lines[-1] if lines else "no output"
+    )
 
 
 def _shell(key: str, command: str, cwd: Path, env: dict[str, str], timeout_s: float) -> str:
     proc = shell(command, cwd, env, timeout_s, f"migrations.{key}")
     if proc.returncode != 0:
         cls = ConfigError if proc.returncode == 127 else MigrationFailed
-        raise cls(f"migrations.{key} exited {proc.returncode}: {command}\n{tail(proc)}",
-                  where=f"migrations.{key} in {cwd}")
+        raise cls(
+            f"migrations.{key} exited {proc.returncode}: {command}\n{tail(proc)}",
+            where=f"migrations.{key} in {cwd}",
+        )
     return proc.stdout

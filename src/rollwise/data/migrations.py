@@ -23,17 +23,27 @@ NAME_RE = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9_\-]+)\.(?P<dir>up|d
 MARKER_RE = re.compile(r"^\s*--\s*rollwise:\s*(?P<words>[a-z ,\-]+)\s*$", re.MULTILINE)
 
 ALEMBIC_LINT: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bop\.drop_table\("),
-     "drops a table: rename it away in one release, drop it in a later one (expand/contract)"),
-    (re.compile(r"\.drop_column\("),
-     "drops a column: stop using it in one release, drop it in a later one"),
-    (re.compile(r"\bop\.rename_table\(|\bnew_column_name\s*="),
-     "renames: add the new name, write both, move readers, then drop the old one"),
-    (re.compile(r"\.alter_column\((?:[^()]|\([^()]*\))*\btype_\s*="),
-     "changes a column type: add a column of the new type and backfill it instead"),
-    (re.compile(r"\bnullable\s*=\s*False\b(?![^)]*server_default)"),
-     "NOT NULL without a server default: fails on existing rows and on the old code's "
-     "inserts; add it nullable (or with a default), backfill, then tighten"),
+    (
+        re.compile(r"\bop\.drop_table\("),
+        "drops a table: rename it away in one release, drop it in a later one (expand/contract)",
+    ),
+    (
+        re.compile(r"\.drop_column\("),
+        "drops a column: stop using it in one release, drop it in a later one",
+    ),
+    (
+        re.compile(r"\bop\.rename_table\(|\bnew_column_name\s*="),
+        "renames: add the new name, write both, move readers, then drop the old one",
+    ),
+    (
+        re.compile(r"\.alter_column\((?:[^()]|\([^()]*\))*\btype_\s*="),
+        "changes a column type: add a column of the new type and backfill it instead",
+    ),
+    (
+        re.compile(r"\bnullable\s*=\s*False\b(?![^)]*server_default)"),
+        "NOT NULL without a server default: fails on existing rows and on the old code's "
+        "inserts; add it nullable (or with a default), backfill, then tighten",
+    ),
 )
 
 
@@ -64,8 +74,11 @@ class Migration:
 
     @property
     def down_file(self) -> str:
-        return self.file.replace(".up.", ".down.") if not self.filename else \
-            f"{self.filename} (downgrade)"
+        return (
+            self.file.replace(".up.", ".down.")
+            if not self.filename
+            else f"{self.filename} (downgrade)"
+        )
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,8 +92,12 @@ def version_key(version: str) -> str:
 
 
 def markers(sql: str) -> set[str]:
-    return {w.strip() for m in MARKER_RE.finditer(sql) for w in re.split(r"[ ,]+", m["words"])
-            if w.strip()}
+    return {
+        w.strip()
+        for m in MARKER_RE.finditer(sql)
+        for w in re.split(r"[ ,]+", m["words"])
+        if w.strip()
+    }
 
 
 def scan(folder: Path) -> list[Migration]:
@@ -95,15 +112,19 @@ def scan(folder: Path) -> list[Migration]:
             continue
         m = NAME_RE.match(f.name)
         if m is None:
-            raise ConfigError(f"migration file name {f.name!r} is not <version>_<name>.up.sql "
-                              "or .down.sql", where=str(f),
-                              hint="for example 0002_add_channel.up.sql and "
-                              "0002_add_channel.down.sql")
+            raise ConfigError(
+                f"migration file name {f.name!r} is not <version>_<name>.up.sql or .down.sql",
+                where=str(f),
+                hint="for example 0002_add_channel.up.sql and 0002_add_channel.down.sql",
+            )
         key = str(int(m["version"]))
         if m["dir"] == "up":
             if key in ups:
-                raise ConfigError(f"two up migrations with version {m['version']}: "
-                                  f"{ups[key][1].name} and {f.name}", where=str(f))
+                raise ConfigError(
+                    f"two up migrations with version {m['version']}: "
+                    f"{ups[key][1].name} and {f.name}",
+                    where=str(f),
+                )
             ups[key] = (m["version"], f)
         else:
             downs[key] = f
@@ -113,13 +134,24 @@ def scan(folder: Path) -> list[Migration]:
         words = markers(up)
         down = downs.pop(key, None)
         if down is None and "irreversible" not in words:
-            raise ConfigError(f"migration {f.name} has no down step",
-                              where=str(f), hint=f"add {f.name.replace('.up.sql', '.down.sql')}"
-                              ", or mark it `-- rollwise: irreversible` (its rollback is then "
-                              "a restore from backup)")
+            raise ConfigError(
+                f"migration {f.name} has no down step",
+                where=str(f),
+                hint=f"add {f.name.replace('.up.sql', '.down.sql')}"
+                ", or mark it `-- rollwise: irreversible` (its rollback is then "
+                "a restore from backup)",
+            )
         name = NAME_RE.match(f.name)["name"]  # type: ignore[index]
-        out.append(Migration(version, name, up, down.read_text() if down else None,
-                             "irreversible" in words, "expand" in words))
+        out.append(
+            Migration(
+                version,
+                name,
+                up,
+                down.read_text() if down else None,
+                "irreversible" in words,
+                "expand" in words,
+            )
+        )
     if downs:
         orphan = next(iter(downs.values()))
         raise ConfigError(f"down migration {orphan.name} has no up migration", where=str(orphan))
@@ -134,13 +166,15 @@ def lint(migrations: list[Migration]) -> list[str]:
         if m.file.endswith(".sql"):
             out += [f"{m.file}:{f.line}: {f.advice()}" for f in sqlfile.findings(m.up)]
         else:
-            out += [f"{m.file}: {advice}" for pattern, advice in ALEMBIC_LINT
-                    if pattern.search(m.up)]
+            out += [
+                f"{m.file}: {advice}" for pattern, advice in ALEMBIC_LINT if pattern.search(m.up)
+            ]
     return out
 
 
-def up_path(migrations: list[Migration], applied: set[str], target: str | None = None
-            ) -> list[Migration]:
+def up_path(
+    migrations: list[Migration], applied: set[str], target: str | None = None
+) -> list[Migration]:
     """Migrations (in order) not applied yet, up to `target` (None: the newest)."""
     keys = [m.key for m in migrations]
     top = keys.index(version_key(target)) + 1 if target else len(keys)
@@ -153,18 +187,22 @@ class UnknownRevision(ConfigError):
     guessed, the plan is refused."""
 
 
-def down_path(migrations: list[Migration], applied: set[str], target: str | None
-              ) -> list[Migration]:
+def down_path(
+    migrations: list[Migration], applied: set[str], target: str | None
+) -> list[Migration]:
     """Applied migrations after `target` (None: all), newest first. A target, or an applied
     migration, that the list does not hold makes the path unknowable: UnknownRevision."""
     keys = [m.key for m in migrations]
     if target is not None and version_key(target) not in keys:
-        raise UnknownRevision(f"revision {target} is not among this release's migrations "
-                              f"({_span(migrations)})")
+        raise UnknownRevision(
+            f"revision {target} is not among this release's migrations ({_span(migrations)})"
+        )
     done = {version_key(v) for v in applied}
     if unknown := sorted(done - set(keys)):
-        raise UnknownRevision(f"the database has migration(s) {', '.join(unknown)} that this "
-                              f"release does not hold ({_span(migrations)})")
+        raise UnknownRevision(
+            f"the database has migration(s) {', '.join(unknown)} that this "
+            f"release does not hold ({_span(migrations)})"
+        )
     floor = keys.index(version_key(target)) + 1 if target else 0
     return [m for m in reversed(migrations[floor:]) if m.key in done]
 
@@ -190,12 +228,19 @@ def rollback_change(path: list[Migration]) -> SchemaChange:
         return SchemaChange("none", reason="schema already at the release's version")
     files = tuple(m.file for m in path)
     if all(m.expand for m in path):
-        return SchemaChange("keep", files, "every newer migration is marked expand: the "
-                            "release's code works on the current schema")
+        return SchemaChange(
+            "keep",
+            files,
+            "every newer migration is marked expand: the "
+            "release's code works on the current schema",
+        )
     if any(m.irreversible for m in path):
         bad = next(m.file for m in path if m.irreversible)
-        return SchemaChange("restore", files, f"{bad} is irreversible: going back needs a "
-                            "restore from the backup taken before it")
+        return SchemaChange(
+            "restore",
+            files,
+            f"{bad} is irreversible: going back needs a restore from the backup taken before it",
+        )
     return SchemaChange("down", files, f"run {len(path)} down migration(s)")
 
 

@@ -54,8 +54,9 @@ def count(url: str, dropped: Dropped) -> dict[str, int]:
             q = _query(conn, table, column)
             if q is not None:
                 sub = q.subquery()
-                out[_name(table, column)] = int(conn.execute(
-                    select(func.count()).select_from(sub)).scalar() or 0)
+                out[_name(table, column)] = int(
+                    conn.execute(select(func.count()).select_from(sub)).scalar() or 0
+                )
     return out
 
 

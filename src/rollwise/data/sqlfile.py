@@ -65,13 +65,38 @@ ADVICE: Final = {
     "whole)",
 }
 
-SERIAL_TYPES: Final = frozenset({"SERIAL", "BIGSERIAL", "SMALLSERIAL", "SERIAL4", "SERIAL8",
-                                 "SERIAL2"})
-VOLATILE: Final = frozenset({"RANDOM", "GEN_RANDOM_UUID", "UUID_GENERATE_V1",
-                             "UUID_GENERATE_V1MC", "UUID_GENERATE_V4", "UUIDV4", "UUIDV7",
-                             "CLOCK_TIMESTAMP", "TIMEOFDAY", "NEXTVAL", "UUID"})
-CONSTRAINTS: Final = frozenset({"CONSTRAINT", "PRIMARY", "UNIQUE", "FOREIGN", "CHECK", "INDEX",
-                                "KEY", "FULLTEXT", "SPATIAL", "EXCLUDE"})
+SERIAL_TYPES: Final = frozenset(
+    {"SERIAL", "BIGSERIAL", "SMALLSERIAL", "SERIAL4", "SERIAL8", "SERIAL2"}
+)
+VOLATILE: Final = frozenset(
+    {
+        "RANDOM",
+        "GEN_RANDOM_UUID",
+        "UUID_GENERATE_V1",
+        "UUID_GENERATE_V1MC",
+        "UUID_GENERATE_V4",
+        "UUIDV4",
+        "UUIDV7",
+        "CLOCK_TIMESTAMP",
+        "TIMEOFDAY",
+        "NEXTVAL",
+        "UUID",
+    }
+)
+CONSTRAINTS: Final = frozenset(
+    {
+        "CONSTRAINT",
+        "PRIMARY",
+        "UNIQUE",
+        "FOREIGN",
+        "CHECK",
+        "INDEX",
+        "KEY",
+        "FULLTEXT",
+        "SPATIAL",
+        "EXCLUDE",
+    }
+)
 NOT_A_COLUMN: Final = CONSTRAINTS | {"DEFAULT", "PARTITION"}
 
 
@@ -96,8 +121,9 @@ class Finding:
     column: str = ""
 
     def advice(self) -> str:
-        return ADVICE[self.rule].format(table=self.table, column=self.column,
-                                        dot="." if self.column else "")
+        return ADVICE[self.rule].format(
+            table=self.table, column=self.column, dot="." if self.column else ""
+        )
 
 
 def statements(sql: str) -> list[Statement]:
@@ -126,16 +152,17 @@ def _parsed(sql: str) -> Iterator[tuple[Statement, list[str]]]:
         body = [n for n, t in enumerate(tokens) if _significant(t)]
         if body:
             first, last = body[0], body[-1]
-            text = "".join(t.value for t in tokens[first:last + 1])
+            text = "".join(t.value for t in tokens[first : last + 1])
             start = line + "".join(t.value for t in tokens[:first]).count("\n")
-            words = _words(tokens[first:last + 1])
+            words = _words(tokens[first : last + 1])
             yield Statement(start, text, _transaction(words)), words
         line += str(parsed).count("\n")
 
 
 def _significant(t: Token) -> bool:
-    return not (t.is_whitespace or t.ttype in T.Comment or
-                (t.ttype is T.Punctuation and t.value == ";"))
+    return not (
+        t.is_whitespace or t.ttype in T.Comment or (t.ttype is T.Punctuation and t.value == ";")
+    )
 
 
 def _words(tokens: list[Token]) -> list[str]:
@@ -178,7 +205,7 @@ def _names(words: list[str], i: int) -> list[str]:
     while i < len(words) and words[i].upper() not in ("CASCADE", "RESTRICT"):
         name, i = _name(words, i)
         out.append(name)
-        i += words[i:i + 1] == [","]
+        i += words[i : i + 1] == [","]
     return out
 
 
@@ -203,8 +230,7 @@ def _statement(words: list[str], line: int) -> list[Finding]:
     if up[:2] == ["ALTER", "TABLE"]:
         table, i = _name(words, _skip(up, 2, "IF", "EXISTS", "ONLY"))
         inplace = "INSTANT" in up or ("LOCK" in up and "NONE" in up)
-        return [f for action in _actions(words[i:])
-                for f in _action(action, table, line, inplace)]
+        return [f for action in _actions(words[i:]) for f in _action(action, table, line, inplace)]
     if up[:2] == ["DROP", "TABLE"]:
         return [Finding(line, DROP_TABLE, n) for n in _names(words, _skip(up, 2, "IF", "EXISTS"))]
     if up[:2] == ["RENAME", "TABLE"]:
@@ -238,14 +264,18 @@ def _action(words: list[str], table: str, line: int, inplace: bool) -> list[Find
     at = _skip(up, 1, "COLUMN")
     column = words[at] if at < len(words) else ""
     if verb == "DROP" and not (len(up) > 1 and up[1] in NOT_A_COLUMN):
-        return [Finding(line, DROP_COLUMN, table,
-                        _name(words, _skip(up, 1, "COLUMN", "IF", "EXISTS"))[0])]
+        return [
+            Finding(
+                line, DROP_COLUMN, table, _name(words, _skip(up, 1, "COLUMN", "IF", "EXISTS"))[0]
+            )
+        ]
     if verb == "RENAME" and up[1:2] not in (["INDEX"], ["KEY"], ["CONSTRAINT"]):
         return [Finding(line, RENAME, table, "" if up[1:2] == ["TO"] else column)]
-    if verb == "ALTER" and (up[at + 1:at + 2] == ["TYPE"] or
-                            up[at + 1:at + 4] == ["SET", "DATA", "TYPE"]):
+    if verb == "ALTER" and (
+        up[at + 1 : at + 2] == ["TYPE"] or up[at + 1 : at + 4] == ["SET", "DATA", "TYPE"]
+    ):
         return [Finding(line, CHANGE_TYPE, table, column)]
-    if verb == "ALTER" and up[at + 1:at + 4] == ["SET", "NOT", "NULL"]:
+    if verb == "ALTER" and up[at + 1 : at + 4] == ["SET", "NOT", "NULL"]:
         return [Finding(line, SET_NOT_NULL, table, column)]
     if verb in ("MODIFY", "CHANGE") and not inplace:
         return [Finding(line, CHANGE_TYPE, table, column)]
@@ -255,19 +285,26 @@ def _action(words: list[str], table: str, line: int, inplace: bool) -> list[Find
 def _constraint(up: list[str], table: str, line: int) -> list[Finding]:
     if ("FOREIGN" in up or "CHECK" in up) and not _has(up, "NOT", "VALID"):
         return [Finding(line, VALIDATE, table)]
-    if ("UNIQUE" in up or "PRIMARY" in up) and not _has(up, "USING", "INDEX") and \
-            "CONSTRAINT" in up[:2]:
+    if (
+        ("UNIQUE" in up or "PRIMARY" in up)
+        and not _has(up, "USING", "INDEX")
+        and "CONSTRAINT" in up[:2]
+    ):
         return [Finding(line, UNIQUE_INDEX, table)]
     return []
 
 
 def _new_column(words: list[str], at: int, table: str, line: int) -> list[Finding]:
     up = _upper(words)
-    column, rest = (words[at] if at < len(words) else ""), _top_level(up[at + 1:])
+    column, rest = (words[at] if at < len(words) else ""), _top_level(up[at + 1 :])
     kind = rest[0] if rest else ""
     default = _name(rest, rest.index("DEFAULT") + 1)[0] if "DEFAULT" in rest else ""
-    if kind in SERIAL_TYPES or "GENERATED" in rest or "AUTO_INCREMENT" in rest or \
-            default.split(".")[-1] in VOLATILE:
+    if (
+        kind in SERIAL_TYPES
+        or "GENERATED" in rest
+        or "AUTO_INCREMENT" in rest
+        or default.split(".")[-1] in VOLATILE
+    ):
         return [Finding(line, REWRITE, table, column)]
     if _has(rest, "NOT", "NULL") and not default:
         return [Finding(line, NOT_NULL, table, column)]
@@ -286,10 +323,13 @@ def _top_level(up: list[str]) -> list[str]:
 
 def _has(up: list[str], *run: str) -> bool:
     n = len(run)
-    return any(tuple(up[i:i + n]) == run for i in range(len(up) - n + 1))
+    return any(tuple(up[i : i + n]) == run for i in range(len(up) - n + 1))
 
 
 def dropped(sql: str) -> list[tuple[str, str | None]]:
     """(table, column) the statements drop; column None for a whole table."""
-    return [(f.table, f.column if f.rule == DROP_COLUMN else None) for f in findings(sql)
-            if f.rule in (DROP_TABLE, DROP_COLUMN)]
+    return [
+        (f.table, f.column if f.rule == DROP_COLUMN else None)
+        for f in findings(sql)
+        if f.rule in (DROP_TABLE, DROP_COLUMN)
+    ]

@@ -35,14 +35,18 @@ LOCK_NAME = "rollwise-migrations"
 LOCK_KEY = 0x726F6C6C  # "roll": the PostgreSQL advisory lock key
 LOCK_TIMEOUT_STATES = ("55P03",)  # PostgreSQL lock_not_available
 LOCK_TIMEOUT_ERRORS = (1205,)  # MySQL/MariaDB ER_LOCK_WAIT_TIMEOUT (row and metadata locks)
-LOCK_HINT = ("a transaction or a long query of the app (or of a person) holds that table: "
-             "find it (PostgreSQL: SELECT pid, xact_start, state, query FROM pg_stat_activity "
-             "WHERE datname = current_database() ORDER BY xact_start; MySQL: SHOW "
-             "PROCESSLIST), let it finish or end it, then deploy again; the app's writes "
-             "waited at most migrations.table_lock_timeout_s, raise it only if they may wait "
-             "longer")
-DRIVERS = {"postgresql": "pip install 'rollwise[postgres]'",
-           "mysql": "pip install 'rollwise[mysql]'"}
+LOCK_HINT = (
+    "a transaction or a long query of the app (or of a person) holds that table: "
+    "find it (PostgreSQL: SELECT pid, xact_start, state, query FROM pg_stat_activity "
+    "WHERE datname = current_database() ORDER BY xact_start; MySQL: SHOW "
+    "PROCESSLIST), let it finish or end it, then deploy again; the app's writes "
+    "waited at most migrations.table_lock_timeout_s, raise it only if they may wait "
+    "longer"
+)
+DRIVERS = {
+    "postgresql": "pip install 'rollwise[postgres]'",
+    "mysql": "pip install 'rollwise[mysql]'",
+}
 
 
 class MigrationFailed(RollwiseError):
@@ -63,15 +67,21 @@ def open_db(url: str) -> Engine:
     try:
         engine = create_engine(url, pool_pre_ping=True)
     except NoSuchModuleError as e:
-        raise ConfigError(f"no database driver for {redact(url)}: {e}",
-                          hint=DRIVERS.get(url.split("+")[0].split(":")[0], "")) from None
+        raise ConfigError(
+            f"no database driver for {redact(url)}: {e}",
+            hint=DRIVERS.get(url.split("+")[0].split(":")[0], ""),
+        ) from None
     except ModuleNotFoundError as e:
-        raise ConfigError(f"database driver missing for {redact(url)}: {e}",
-                          hint=DRIVERS.get(url.split("+")[0].split(":")[0], "")) from None
+        raise ConfigError(
+            f"database driver missing for {redact(url)}: {e}",
+            hint=DRIVERS.get(url.split("+")[0].split(":")[0], ""),
+        ) from None
     except Exception as e:
-        raise ConfigError(f"database url {redact(url)} is malformed: {e}",
-                          where="database.url") from None
+        raise ConfigError(
+            f"database url {redact(url)} is malformed: {e}", where="database.url"
+        ) from None
     if engine.dialect.name == "sqlite":  # real transactions around DDL (pysqlite otherwise
+
         @event.listens_for(engine, "connect")  # autocommits before the first DML statement)
         def _connect(dbapi_conn: Any, _: Any) -> None:
             dbapi_conn.isolation_level = None
@@ -80,6 +90,7 @@ def open_db(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
     return engine
 
 
@@ -101,8 +112,9 @@ class SqlRunner:
         self.engine = open_db(self.url)
         settings = lock_timeout_settings(self.engine.dialect.name, self.table_lock_timeout_s)
         if settings:
-            event.listen(self.engine, "connect", lambda dbapi_conn, _: _run_all(dbapi_conn,
-                                                                                 settings))
+            event.listen(
+                self.engine, "connect", lambda dbapi_conn, _: _run_all(dbapi_conn, settings)
+            )
 
     @property
     def transactional_ddl(self) -> bool:
@@ -114,10 +126,12 @@ class SqlRunner:
             with self.engine.connect() as conn:
                 yield conn
         except OperationalError as e:
-            raise RollwiseError(f"database {redact(self.url)}: {_first_line(e)}",
-                                where="database.url",
-                                hint="check that the database runs, the host and port, the "
-                                "user name and the password (secret)") from None
+            raise RollwiseError(
+                f"database {redact(self.url)}: {_first_line(e)}",
+                where="database.url",
+                hint="check that the database runs, the host and port, the "
+                "user name and the password (secret)",
+            ) from None
 
     def applied(self) -> list[Applied]:
         with self._connect() as conn:
@@ -131,9 +145,13 @@ class SqlRunner:
         return sorted(out, key=lambda a: int(a.version))
 
     def _ensure_table(self, conn: Connection) -> None:
-        conn.execute(text(f"CREATE TABLE IF NOT EXISTS {TABLE} (version VARCHAR(32) PRIMARY "
-                          "KEY, name VARCHAR(200) NOT NULL, checksum VARCHAR(64) NOT NULL, "
-                          "applied_at FLOAT NOT NULL)"))
+        conn.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} (version VARCHAR(32) PRIMARY "
+                "KEY, name VARCHAR(200) NOT NULL, checksum VARCHAR(64) NOT NULL, "
+                "applied_at FLOAT NOT NULL)"
+            )
+        )
         conn.commit()
 
     def applied_versions(self, ms: list[Migration]) -> set[str]:
@@ -169,8 +187,9 @@ class SqlRunner:
         if not path:
             return []
         steps = [(m, statements(self._sql(m, up))) for m in path]
-        plan = batches([all(s.transaction for s in ss) for _, ss in steps],
-                       together=self.transactional_ddl)
+        plan = batches(
+            [all(s.transaction for s in ss) for _, ss in steps], together=self.transactional_ddl
+        )
         with self._connect() as conn, self._db_lock(conn):
             self._ensure_table(conn)
             for n, (in_transaction, group) in enumerate(plan):
@@ -187,12 +206,15 @@ class SqlRunner:
     def _sql(m: Migration, up: bool) -> str:
         sql = m.up if up else m.down
         if sql is None:
-            raise MigrationFailed(f"{m.file} is irreversible: it has no down step",
-                                  hint="restore the backup taken before it was applied")
+            raise MigrationFailed(
+                f"{m.file} is irreversible: it has no down step",
+                hint="restore the backup taken before it was applied",
+            )
         return sql
 
-    def _outside_transaction(self, conn: Connection, m: Migration, ss: list[Statement],
-                             up: bool, kept: str) -> None:
+    def _outside_transaction(
+        self, conn: Connection, m: Migration, ss: list[Statement], up: bool, kept: str
+    ) -> None:
         conn.commit()
         auto = conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
@@ -202,30 +224,40 @@ class SqlRunner:
             conn.rollback()
             conn.execution_options(isolation_level=conn.default_isolation_level)
 
-    def _one(self, conn: Connection, m: Migration, ss: list[Statement], up: bool,
-             kept: str) -> None:
+    def _one(
+        self, conn: Connection, m: Migration, ss: list[Statement], up: bool, kept: str
+    ) -> None:
         file = m.file if up else m.down_file
         for n, s in enumerate(ss, 1):
             try:
                 conn.exec_driver_sql(s.sql)
             except DBAPIError as e:
-                raise self._failed(e, f"{file}, statement {n} (line {s.line})", s, kept,
-                                   where=f"{file}:{s.line}") from None
+                raise self._failed(
+                    e, f"{file}, statement {n} (line {s.line})", s, kept, where=f"{file}:{s.line}"
+                ) from None
         if up:
-            conn.execute(text(f"INSERT INTO {TABLE} (version, name, checksum, applied_at) "
-                              "VALUES (:v, :n, :c, :t)"),
-                         {"v": m.version, "n": m.name, "c": m.checksum, "t": time.time()})
+            conn.execute(
+                text(
+                    f"INSERT INTO {TABLE} (version, name, checksum, applied_at) "
+                    "VALUES (:v, :n, :c, :t)"
+                ),
+                {"v": m.version, "n": m.name, "c": m.checksum, "t": time.time()},
+            )
         else:
             conn.execute(text(f"DELETE FROM {TABLE} WHERE version = :v"), {"v": m.version})
 
-    def _failed(self, e: DBAPIError, what: str, s: Statement, kept: str, where: str
-                ) -> MigrationFailed:
+    def _failed(
+        self, e: DBAPIError, what: str, s: Statement, kept: str, where: str
+    ) -> MigrationFailed:
         if not lock_timed_out(e):
             return MigrationFailed(f"{what}, failed: {_first_line(e)}", where=where, hint=kept)
         return MigrationFailed(
             f"{what} waited {self.table_lock_timeout_s:g} s for a lock on a table that another "
             f"session holds, and was stopped so that the app's writes do not queue behind it: "
-            f"{_head(s.sql)}", where=where, hint=f"{kept}. {LOCK_HINT}")
+            f"{_head(s.sql)}",
+            where=where,
+            hint=f"{kept}. {LOCK_HINT}",
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -293,8 +325,11 @@ def _file_lock(database: str | None, url: str, timeout_s: float) -> Iterator[Non
 
 
 def _held(url: str) -> LockHeld:
-    return LockHeld(f"another migration holds the lock of {redact(url)}", where="database",
-                    hint="wait for it to finish, then deploy again; nothing was changed")
+    return LockHeld(
+        f"another migration holds the lock of {redact(url)}",
+        where="database",
+        hint="wait for it to finish, then deploy again; nothing was changed",
+    )
 
 
 def check_applied(applied: list[Applied], migrations: list[Migration]) -> None:
@@ -305,8 +340,10 @@ def check_applied(applied: list[Applied], migrations: list[Migration]) -> None:
         if m is not None and m.checksum != a.checksum:
             raise MigrationFailed(
                 f"{m.file} was edited after it was applied (checksum {a.checksum[:12]} in the "
-                f"database, {m.checksum[:12]} in the release)", where=m.file,
-                hint="never edit an applied migration: undo the edit and add a new migration")
+                f"database, {m.checksum[:12]} in the release)",
+                where=m.file,
+                hint="never edit an applied migration: undo the edit and add a new migration",
+            )
 
 
 def lock_timeout_settings(dialect: str, seconds: float) -> list[str]:
@@ -315,8 +352,10 @@ def lock_timeout_settings(dialect: str, seconds: float) -> list[str]:
         return [f"SET lock_timeout = '{max(1, round(seconds * 1000))}ms'"]
     if dialect in ("mysql", "mariadb"):  # whole seconds; the metadata and the row locks
         n = max(1, math.ceil(seconds))
-        return [f"SET SESSION lock_wait_timeout = {n}",
-                f"SET SESSION innodb_lock_wait_timeout = {n}"]
+        return [
+            f"SET SESSION lock_wait_timeout = {n}",
+            f"SET SESSION innodb_lock_wait_timeout = {n}",
+        ]
     return []  # SQLite: busy_timeout (open_db)
 
 
@@ -344,31 +383,40 @@ def batches(transactional: list[bool], together: bool) -> list[tuple[bool, list[
 
 def kept_after_failure(transactional_ddl: bool, in_transaction: bool, committed: bool) -> str:
     """What a failure leaves of the run, for the error's hint."""
-    before = ("the migrations before it in this run are applied (one of them ran outside a "
-              "transaction); " if committed else "")
+    before = (
+        "the migrations before it in this run are applied (one of them ran outside a transaction); "
+        if committed
+        else ""
+    )
     if not in_transaction:
-        return (f"{before}it runs outside a transaction (CONCURRENTLY): its statements before "
-                "this one are committed, and it is not recorded as applied; a failed CREATE "
-                "INDEX CONCURRENTLY leaves an INVALID index: DROP INDEX CONCURRENTLY IF EXISTS "
-                "it, then deploy again")
+        return (
+            f"{before}it runs outside a transaction (CONCURRENTLY): its statements before "
+            "this one are committed, and it is not recorded as applied; a failed CREATE "
+            "INDEX CONCURRENTLY leaves an INVALID index: DROP INDEX CONCURRENTLY IF EXISTS "
+            "it, then deploy again"
+        )
     if not transactional_ddl:
-        return ("statements before it are committed (MySQL commits DDL at once); restore the "
-                "pre-deploy backup or finish by hand")
-    return f"{before}this migration was undone" if committed else \
-        "nothing of this run was kept; the schema is as before"
+        return (
+            "statements before it are committed (MySQL commits DDL at once); restore the "
+            "pre-deploy backup or finish by hand"
+        )
+    return (
+        f"{before}this migration was undone"
+        if committed
+        else "nothing of this run was kept; the schema is as before"
+    )
 
 
 def lock_timed_out(e: DBAPIError) -> bool:
     """The statement gave up waiting for a lock (PostgreSQL lock_timeout, MySQL
     lock_wait_timeout or innodb_lock_wait_timeout)."""
     code = (getattr(e.orig, "args", None) or [None])[0]
-    return getattr(e.orig, "sqlstate", None) in LOCK_TIMEOUT_STATES or \
-        code in LOCK_TIMEOUT_ERRORS
+    return getattr(e.orig, "sqlstate", None) in LOCK_TIMEOUT_STATES or code in LOCK_TIMEOUT_ERRORS
 
 
 def _head(sql: str, width: int = 80) -> str:
     line = " ".join(sql.split())
-    return line if len(line) <= width else line[:width - 3] + "..."
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def _first_line(e: Exception) -> str:

@@ -26,10 +26,13 @@ def open_engine(url: str) -> Engine:
     try:
         make_url(url).get_dialect()
     except (ArgumentError, NoSuchModuleError) as e:
-        raise ConfigError(f"not a state store URL rollwise can open: {e}", where=URL_ENV,
-                          hint="use sqlite:///path/state.db, postgresql+psycopg://user@host/db "
-                          f"or mysql+pymysql://user@host/db (or unset {URL_ENV} to use "
-                          ".rollwise/state.db)") from None
+        raise ConfigError(
+            f"not a state store URL rollwise can open: {e}",
+            where=URL_ENV,
+            hint="use sqlite:///path/state.db, postgresql+psycopg://user@host/db "
+            f"or mysql+pymysql://user@host/db (or unset {URL_ENV} to use "
+            ".rollwise/state.db)",
+        ) from None
     if url.startswith("sqlite"):
         _private_sqlite(make_url(url).database)
         engine = create_engine(url, connect_args={"timeout": 30})

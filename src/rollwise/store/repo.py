@@ -15,11 +15,21 @@ from rollwise.store.tables import deployments, environments, journal, locks, mar
 
 def add_release(engine: Engine, meta: ReleaseMeta) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(releases).values(
-            version=meta.version, app=meta.app, sha256=meta.sha256, size=meta.size,
-            git_commit=meta.git_commit, built_at=meta.built_at, builder=meta.builder,
-            changelog=meta.changelog, config_sha256=meta.config_sha256, pruned=0,
-            schema=meta.schema))
+        conn.execute(
+            insert(releases).values(
+                version=meta.version,
+                app=meta.app,
+                sha256=meta.sha256,
+                size=meta.size,
+                git_commit=meta.git_commit,
+                built_at=meta.built_at,
+                builder=meta.builder,
+                changelog=meta.changelog,
+                config_sha256=meta.config_sha256,
+                pruned=0,
+                schema=meta.schema,
+            )
+        )
 
 
 def get_release(engine: Engine, version: str) -> dict[str, Any] | None:
@@ -44,8 +54,9 @@ def set_pruned(engine: Engine, version: str) -> None:
 
 def set_mark(conn: Connection, env: str, version: str, mark: str, reason: str | None) -> None:
     conn.execute(marks.delete().where(marks.c.env == env, marks.c.version == version))
-    conn.execute(insert(marks).values(env=env, version=version, mark=mark, at=time.time(),
-                                      reason=reason))
+    conn.execute(
+        insert(marks).values(env=env, version=version, mark=mark, at=time.time(), reason=reason)
+    )
 
 
 def get_marks(engine: Engine, env: str | None = None) -> list[dict[str, Any]]:
@@ -70,24 +81,40 @@ def all_env_states(engine: Engine) -> list[dict[str, Any]]:
 
 def set_env_state(conn: Connection, env: str, live: str | None, instances: list[Any]) -> None:
     conn.execute(environments.delete().where(environments.c.env == env))
-    conn.execute(insert(environments).values(env=env, live_version=live, instances=instances,
-                                             updated_at=time.time()))
+    conn.execute(
+        insert(environments).values(
+            env=env, live_version=live, instances=instances, updated_at=time.time()
+        )
+    )
 
 
 def create_deployment(engine: Engine, plan: dict[str, Any], actor: str) -> int:
     now = time.time()
     with engine.begin() as conn:
-        res = conn.execute(insert(deployments).values(
-            env=plan["env"], kind=plan["kind"], from_version=plan["from_version"],
-            to_version=plan["to_version"], status=reasons.RUNNING, reason=None, plan=plan,
-            actor=actor, created_at=now, updated_at=now))
+        res = conn.execute(
+            insert(deployments).values(
+                env=plan["env"],
+                kind=plan["kind"],
+                from_version=plan["from_version"],
+                to_version=plan["to_version"],
+                status=reasons.RUNNING,
+                reason=None,
+                plan=plan,
+                actor=actor,
+                created_at=now,
+                updated_at=now,
+            )
+        )
         return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
 def active_deployment(engine: Engine, env: str) -> dict[str, Any] | None:
-    q = (select(deployments)
-         .where(deployments.c.env == env, deployments.c.status.in_(reasons.ACTIVE_STATUSES))
-         .order_by(deployments.c.id.desc()).limit(1))
+    q = (
+        select(deployments)
+        .where(deployments.c.env == env, deployments.c.status.in_(reasons.ACTIVE_STATUSES))
+        .order_by(deployments.c.id.desc())
+        .limit(1)
+    )
     with engine.connect() as conn:
         row = conn.execute(q).mappings().first()
     return dict(row) if row else None
@@ -95,8 +122,9 @@ def active_deployment(engine: Engine, env: str) -> dict[str, Any] | None:
 
 def get_deployment(engine: Engine, dep_id: int) -> dict[str, Any]:
     with engine.connect() as conn:
-        return dict(conn.execute(select(deployments).where(deployments.c.id == dep_id))
-                    .mappings().one())
+        return dict(
+            conn.execute(select(deployments).where(deployments.c.id == dep_id)).mappings().one()
+        )
 
 
 def list_deployments(engine: Engine, env: str | None, limit: int) -> list[dict[str, Any]]:
@@ -109,26 +137,44 @@ def list_deployments(engine: Engine, env: str | None, limit: int) -> list[dict[s
 
 def fence(conn: Connection, env: str, token: int) -> None:
     """Refuse to write unless `token` still holds the environment's lock."""
-    res = conn.execute(update(locks).where(locks.c.env == env, locks.c.token == token)
-                       .values(expires_at=locks.c.expires_at))
+    res = conn.execute(
+        update(locks)
+        .where(locks.c.env == env, locks.c.token == token)
+        .values(expires_at=locks.c.expires_at)
+    )
     if res.rowcount != 1:
-        raise LockHeld(f"lost the lock of environment {env!r} (token {token}); another "
-                       "process took over", hint="run `rollwise status` to see who")
+        raise LockHeld(
+            f"lost the lock of environment {env!r} (token {token}); another process took over",
+            hint="run `rollwise status` to see who",
+        )
 
 
-def journal_write(engine: Engine, env: str, token: int, dep_id: int, step: str, phase: str,
-                  data: dict[str, Any] | None = None) -> None:
+def journal_write(
+    engine: Engine,
+    env: str,
+    token: int,
+    dep_id: int,
+    step: str,
+    phase: str,
+    data: dict[str, Any] | None = None,
+) -> None:
     with engine.begin() as conn:
         fence(conn, env, token)
-        conn.execute(insert(journal).values(deployment_id=dep_id, step=step, phase=phase,
-                                            at=time.time(), data=data or {}))
+        conn.execute(
+            insert(journal).values(
+                deployment_id=dep_id, step=step, phase=phase, at=time.time(), data=data or {}
+            )
+        )
 
 
 def journal_rows(engine: Engine, dep_id: int) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(
-            select(journal).where(journal.c.deployment_id == dep_id).order_by(journal.c.id)
-        ).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(journal).where(journal.c.deployment_id == dep_id).order_by(journal.c.id)
+            ).mappings()
+        ]
 
 
 def done_steps(engine: Engine, dep_id: int) -> set[str]:
@@ -136,31 +182,42 @@ def done_steps(engine: Engine, dep_id: int) -> set[str]:
 
 
 def set_status(conn: Connection, dep_id: int, status: str, reason: str | None) -> None:
-    conn.execute(update(deployments).where(deployments.c.id == dep_id)
-                 .values(status=status, reason=reason, updated_at=time.time()))
+    conn.execute(
+        update(deployments)
+        .where(deployments.c.id == dep_id)
+        .values(status=status, reason=reason, updated_at=time.time())
+    )
 
 
 def request(engine: Engine, dep_id: int, what: str, actor: str) -> None:
     """Ask the process running deployment `dep_id` to promote, abort or roll back."""
     with engine.begin() as conn:
-        conn.execute(update(deployments).where(deployments.c.id == dep_id)
-                     .values(request=what, request_by=actor, updated_at=time.time()))
+        conn.execute(
+            update(deployments)
+            .where(deployments.c.id == dep_id)
+            .values(request=what, request_by=actor, updated_at=time.time())
+        )
 
 
 def take_request(engine: Engine, dep_id: int) -> tuple[str, str] | None:
     """The pending request and who made it, cleared so it is acted on once."""
     with engine.begin() as conn:
-        row = conn.execute(select(deployments.c.request, deployments.c.request_by)
-                           .where(deployments.c.id == dep_id)).first()
+        row = conn.execute(
+            select(deployments.c.request, deployments.c.request_by).where(
+                deployments.c.id == dep_id
+            )
+        ).first()
         if row is None or row.request is None:
             return None
-        conn.execute(update(deployments).where(deployments.c.id == dep_id)
-                     .values(request=None, request_by=None))
+        conn.execute(
+            update(deployments)
+            .where(deployments.c.id == dep_id)
+            .values(request=None, request_by=None)
+        )
         return str(row.request), str(row.request_by)
 
 
 def pending_request(engine: Engine, dep_id: int) -> str | None:
     with engine.connect() as conn:
-        row = conn.execute(select(deployments.c.request)
-                           .where(deployments.c.id == dep_id)).first()
+        row = conn.execute(select(deployments.c.request).where(deployments.c.id == dep_id)).first()
     return None if row is None or row.request is None else str(row.request)

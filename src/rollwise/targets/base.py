@@ -44,8 +44,14 @@ class Target(Protocol):
     def endpoints(self, n: int) -> list[Endpoint]:
         """Where `n` new instances will listen: free now, on the hosts the target runs."""
 
-    def start(self, name: str, version: str, endpoint: Endpoint, command: str,
-              env: dict[str, str | Secret]) -> None:
+    def start(
+        self,
+        name: str,
+        version: str,
+        endpoint: Endpoint,
+        command: str,
+        env: dict[str, str | Secret],
+    ) -> None:
         """Start one instance of a prepared version at an endpoint this target handed out.
         Idempotent by `name`."""
 
@@ -60,4 +66,3 @@ class Target(Protocol):
 
     def logs(self, name: str, endpoint: Endpoint, lines: int) -> str:
         """The last `lines` lines an instance wrote (stdout and stderr), from where it runs."""
-

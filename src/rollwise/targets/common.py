@@ -17,8 +17,9 @@ from rollwise.secrets import split
 from rollwise.targets.base import EnvFor, InstanceInfo
 
 
-def wait_ready(name: str, endpoint: Endpoint, health: HealthConfig,
-               info: Callable[[], InstanceInfo | None]) -> None:
+def wait_ready(
+    name: str, endpoint: Endpoint, health: HealthConfig, info: Callable[[], InstanceInfo | None]
+) -> None:
     """Return when the instance at `endpoint` answers `health` enough times in a row; raise
     HealthCheckFailed when it exits (`info()` is what its agent says of it) or times out."""
     deadline = time.monotonic() + health.ready_timeout_s
@@ -58,8 +59,12 @@ def probe(endpoint: Endpoint, health: HealthConfig) -> tuple[int, str]:
         conn.close()
 
 
-def resume(waiting: list[dict[str, Any]], env_for: EnvFor, env: str,
-           call: Callable[[str, dict[str, str]], object]) -> bool:
+def resume(
+    waiting: list[dict[str, Any]],
+    env_for: EnvFor,
+    env: str,
+    call: Callable[[str, dict[str, str]], object],
+) -> bool:
     """Give instances restored by a restarted agent their secrets (`call(name, secrets)`);
     True if any waited."""
     envs: dict[str, dict[str, str]] = {}
@@ -72,7 +77,8 @@ def resume(waiting: list[dict[str, Any]], env_for: EnvFor, env: str,
                 f"instance {w['name']} of {w['version']} ran with secret(s) "
                 f"{', '.join(missing)}, which environment {env!r} no longer has",
                 where=f"environments.{env}.secrets",
-                hint="add them back, or deploy to replace the instance")
+                hint="add them back, or deploy to replace the instance",
+            )
         call(w["name"], {n: values[n] for n in w["secrets"]})
     return bool(waiting)
 

@@ -47,30 +47,53 @@ class ContainerInfo(InstanceInfo):
     image: str  # the ID of the image the container runs
 
 
-def run_argv(cname: str, image_id: str, command: str, endpoint: Endpoint,
-             labels: Mapping[str, str], env_names: Sequence[str], image: ImageConfig,
-             host_network: bool) -> list[str]:
+def run_argv(
+    cname: str,
+    image_id: str,
+    command: str,
+    endpoint: Endpoint,
+    labels: Mapping[str, str],
+    env_names: Sequence[str],
+    image: ImageConfig,
+    host_network: bool,
+) -> list[str]:
     """`<cli> run` for one instance. Published on `endpoint` (listening on all the
     container's interfaces), or in the host's network listening on `endpoint.host`."""
     listen = endpoint.host if host_network else "0.0.0.0"
-    net = ["--network", "host"] if host_network else \
-        ["-p", f"{endpoint.host}:{endpoint.port}:{endpoint.port}"]
-    return ["run", "-d", "--name", cname, *net,
-            *[a for k, v in labels.items() for a in ("--label", f"{LABEL}.{k}={v}")],
-            *[a for k in sorted(env_names) for a in ("-e", k)],  # values come by name
-            *(["--memory", image.memory] if image.memory else []),
-            *(["--cpus", str(image.cpus)] if image.cpus else []),
-            image_id,
-            *shlex.split(command.replace("{port}", str(endpoint.port))
-                         .replace("{host}", listen))]
+    net = (
+        ["--network", "host"]
+        if host_network
+        else ["-p", f"{endpoint.host}:{endpoint.port}:{endpoint.port}"]
+    )
+    return [
+        "run",
+        "-d",
+        "--name",
+        cname,
+        *net,
+        *[a for k, v in labels.items() for a in ("--label", f"{LABEL}.{k}={v}")],
+        *[a for k in sorted(env_names) for a in ("-e", k)],  # values come by name
+        *(["--memory", image.memory] if image.memory else []),
+        *(["--cpus", str(image.cpus)] if image.cpus else []),
+        image_id,
+        *shlex.split(command.replace("{port}", str(endpoint.port)).replace("{host}", listen)),
+    ]
 
 
 class ContainerTarget:
     type = "container"
 
-    def __init__(self, image: ImageConfig, app: str, env_dir: Path, env: str,
-                 listen: str | None, env_for: EnvFor, runners: Sequence[Runner] = (),
-                 report: HostReport = lambda *_: None) -> None:
+    def __init__(
+        self,
+        image: ImageConfig,
+        app: str,
+        env_dir: Path,
+        env: str,
+        listen: str | None,
+        env_for: EnvFor,
+        runners: Sequence[Runner] = (),
+        report: HostReport = lambda *_: None,
+    ) -> None:
         self.image, self.app, self.env_dir, self.env = image, app, env_dir, env
         self.agent = AgentClient(env_dir, env)  # its router is the front
         self.listen = listen
@@ -96,8 +119,7 @@ class ContainerTarget:
             self._each(lambda r: self._bring(r, meta, version, archive))
         return release
 
-    def _bring(self, runner: Runner, meta: dict[str, Any], version: str,
-               archive: _Archive) -> None:
+    def _bring(self, runner: Runner, meta: dict[str, Any], version: str, archive: _Archive) -> None:
         t0, sent, how = time.monotonic(), 0, "present"
         if containers.image_id(runner, meta["id"]) is None:
             if runner.remote and not self.image.push:
@@ -105,23 +127,35 @@ class ContainerTarget:
             elif (why := containers.pull(runner, self.image, meta)) is not None:
                 raise NotFound(
                     f"image {meta['id'][:19]} of release {version} is not on {runner.where} "
-                    f"and could not be pulled ({why})", where=f"release {version}",
+                    f"and could not be pulled ({why})",
+                    where=f"release {version}",
                     hint="load or pull that image (its ID must match: a tag that moved names "
-                    "another image); nothing was switched")
+                    "another image); nothing was switched",
+                )
             else:
                 how = "pulled"
-        self.report(runner.label, "prepare", "ok", {
-            "version": version, "image": how, "sent_bytes": sent,
-            "ms": round((time.monotonic() - t0) * 1000)})
+        self.report(
+            runner.label,
+            "prepare",
+            "ok",
+            {
+                "version": version,
+                "image": how,
+                "sent_bytes": sent,
+                "ms": round((time.monotonic() - t0) * 1000),
+            },
+        )
 
     def _send(self, runner: Runner, archive: _Archive) -> int:
         """Stream the image (saved here once per prepare) into the CLI there; bytes sent."""
         path = archive.path()
         runner.run(["load"], stdin=path)
         if containers.image_id(runner, archive.image) is None:
-            raise RollwiseError(f"`{runner.name()} load` did not produce image "
-                                f"{archive.image[:19]}", where=runner.where,
-                                hint="is its CLI the same kind (podman, docker) as here?")
+            raise RollwiseError(
+                f"`{runner.name()} load` did not produce image {archive.image[:19]}",
+                where=runner.where,
+                hint="is its CLI the same kind (podman, docker) as here?",
+            )
         return path.stat().st_size
 
     def endpoints(self, n: int) -> list[Endpoint]:
@@ -132,8 +166,14 @@ class ContainerTarget:
     def container(self, name: str) -> str:
         return f"rollwise-{self.app}-{self.env}-{name}"
 
-    def start(self, name: str, version: str, endpoint: Endpoint, command: str,
-              env: dict[str, str | Secret]) -> None:
+    def start(
+        self,
+        name: str,
+        version: str,
+        endpoint: Endpoint,
+        command: str,
+        env: dict[str, str | Secret],
+    ) -> None:
         runner, cname = self._at(endpoint), self.container(name)
         existing = self._inspect(runner, cname)
         if existing and existing["State"]["Running"]:
@@ -142,30 +182,57 @@ class ContainerTarget:
             runner.run(["rm", "-f", cname], timeout=60)
         meta = containers.read(self.env_dir / "releases" / version, version)
         values = {k: v.reveal() if isinstance(v, Secret) else v for k, v in env.items()}
-        values |= {"PORT": str(endpoint.port),
-                   "HOST": endpoint.host if runner.remote else "0.0.0.0"}
-        labels = {"app": self.app, "env": self.env, "instance": name, "version": version,
-                  "port": str(endpoint.port), "host": runner.label}
-        runner.run(run_argv(cname, str(meta["id"]), command, endpoint, labels, list(values),
-                            self.image, host_network=runner.remote), timeout=120, env=values)
+        values |= {
+            "PORT": str(endpoint.port),
+            "HOST": endpoint.host if runner.remote else "0.0.0.0",
+        }
+        labels = {
+            "app": self.app,
+            "env": self.env,
+            "instance": name,
+            "version": version,
+            "port": str(endpoint.port),
+            "host": runner.label,
+        }
+        runner.run(
+            run_argv(
+                cname,
+                str(meta["id"]),
+                command,
+                endpoint,
+                labels,
+                list(values),
+                self.image,
+                host_network=runner.remote,
+            ),
+            timeout=120,
+            env=values,
+        )
         self.report(runner.label, "start", "ok", {"instance": name, "port": endpoint.port})
 
     def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
         runner = self._at(endpoint)
         try:
-            wait_ready(name, endpoint, health,
-                       lambda: next((i for i in self._listed(runner) if i.name == name), None))
+            wait_ready(
+                name,
+                endpoint,
+                health,
+                lambda: next((i for i in self._listed(runner) if i.name == name), None),
+            )
         except HealthCheckFailed as e:
             self.report(runner.label, "health", "failed", {"instance": name})
             tail = self.logs(name, endpoint, lines=12)
-            raise HealthCheckFailed(e.message + (f"\n{tail}" if tail else ""),
-                                    where=f"container {self.container(name)} on "
-                                    f"{runner.where}", hint=e.hint) from None
+            raise HealthCheckFailed(
+                e.message + (f"\n{tail}" if tail else ""),
+                where=f"container {self.container(name)} on {runner.where}",
+                hint=e.hint,
+            ) from None
         self.report(runner.label, "health", "ok", {"instance": name})
 
     def logs(self, name: str, endpoint: Endpoint, lines: int = 50) -> str:
-        proc = self._at(endpoint).run(["logs", "--tail", str(lines), self.container(name)],
-                                      check=False, timeout=30)
+        proc = self._at(endpoint).run(
+            ["logs", "--tail", str(lines), self.container(name)], check=False, timeout=30
+        )
         return (proc.stdout + proc.stderr).strip()
 
     def stop(self, name: str, endpoint: Endpoint, grace: float) -> None:
@@ -185,20 +252,37 @@ class ContainerTarget:
     def _listed(self, runner: Runner) -> list[InstanceInfo]:
         """The environment's containers where `runner` runs (by label: machines that share
         one container storage still list only their own)."""
-        proc = runner.run(["ps", "-a", "--filter", f"label={LABEL}.app={self.app}",
-                           "--filter", f"label={LABEL}.env={self.env}", "--format", "json"],
-                          timeout=60)
+        proc = runner.run(
+            [
+                "ps",
+                "-a",
+                "--filter",
+                f"label={LABEL}.app={self.app}",
+                "--filter",
+                f"label={LABEL}.env={self.env}",
+                "--format",
+                "json",
+            ],
+            timeout=60,
+        )
         out: list[InstanceInfo] = []
         for r in _rows(proc.stdout):
             labels = r.get("Labels") or {}
             if labels.get(f"{LABEL}.host", runner.label) != runner.label:
                 continue
             running = str(r.get("State", "")).lower() == "running"
-            out.append(ContainerInfo(
-                labels.get(f"{LABEL}.instance", ""), labels.get(f"{LABEL}.version", ""),
-                runner.address, int(labels.get(f"{LABEL}.port", 0)), running,
-                0 if running else 1, f"`{runner.name()} logs {_name(r)}` on {runner.where}",
-                _image(r)))
+            out.append(
+                ContainerInfo(
+                    labels.get(f"{LABEL}.instance", ""),
+                    labels.get(f"{LABEL}.version", ""),
+                    runner.address,
+                    int(labels.get(f"{LABEL}.port", 0)),
+                    running,
+                    0 if running else 1,
+                    f"`{runner.name()} logs {_name(r)}` on {runner.where}",
+                    _image(r),
+                )
+            )
         return out
 
     def _inspect(self, runner: Runner, cname: str) -> dict[str, Any] | None:
@@ -212,10 +296,12 @@ class ContainerTarget:
         try:
             return self.runners[endpoint.host]
         except KeyError:
-            raise ConfigError(f"no host of environment {self.env!r} listens on "
-                              f"{endpoint.host}", where=f"environments.{self.env}.target",
-                              hint="a host was removed while it still runs containers: add "
-                              "it back, or deploy to move them") from None
+            raise ConfigError(
+                f"no host of environment {self.env!r} listens on {endpoint.host}",
+                where=f"environments.{self.env}.target",
+                hint="a host was removed while it still runs containers: add "
+                "it back, or deploy to move them",
+            ) from None
 
     def _each(self, fn: Callable[[Runner], T]) -> dict[str, T]:
         """`fn` on every runner at once; per runner's label its result. The first error is
@@ -237,7 +323,8 @@ class ContainerTarget:
             if len(errors) > 1:
                 errors[0].hint = (errors[0].hint + "; " if errors[0].hint else "") + (
                     f"{len(errors) - 1} more host(s) failed: "
-                    + ", ".join(e.where for e in errors[1:]))
+                    + ", ".join(e.where for e in errors[1:])
+                )
             raise errors[0]
         return {k: v for k, v in got.items() if not isinstance(v, RollwiseError)}
 
@@ -253,10 +340,13 @@ class _Archive:
         with self.lock:
             if not self._path.exists():
                 if containers.image_id(self.local, self.image) is None:
-                    raise NotFound(f"image {self.image[:19]} is not on this machine, so it "
-                                   "cannot be sent to the hosts", where="image",
-                                   hint="build or load it here again, or set `image.push` so "
-                                   "hosts pull it from a registry; nothing was switched")
+                    raise NotFound(
+                        f"image {self.image[:19]} is not on this machine, so it "
+                        "cannot be sent to the hosts",
+                        where="image",
+                        hint="build or load it here again, or set `image.push` so "
+                        "hosts pull it from a registry; nothing was switched",
+                    )
                 self.local.run(["save", "-o", str(self._path), self.image])
         return self._path
 

@@ -26,8 +26,14 @@ HOST = "127.0.0.1"  # the agent starts instances on this machine's loopback
 class LocalTarget:
     type = "local"
 
-    def __init__(self, env_dir: Path, env: str, listen: str | None,
-                 env_for: EnvFor, ports: range | None = None) -> None:
+    def __init__(
+        self,
+        env_dir: Path,
+        env: str,
+        listen: str | None,
+        env_for: EnvFor,
+        ports: range | None = None,
+    ) -> None:
         self.env_dir = env_dir
         self.ports = ports  # target.ports; None: ports.free_ports' default
         self.env = env
@@ -42,8 +48,12 @@ class LocalTarget:
 
     def _resume(self, waiting: list[dict[str, Any]]) -> bool:
         """Give instances restored by a restarted agent their secrets; True if any waited."""
-        return resume(waiting, self.env_for, self.env,
-                      lambda name, secrets: self.agent.call("resume", name=name, secrets=secrets))
+        return resume(
+            waiting,
+            self.env_for,
+            self.env,
+            lambda name, secrets: self.agent.call("resume", name=name, secrets=secrets),
+        )
 
     def prepare(self, artifact: Path, sha256: str, version: str) -> Path:
         release = artifacts.unpack(artifact, sha256, self.env_dir / "releases" / version)
@@ -53,18 +63,35 @@ class LocalTarget:
     def endpoints(self, n: int) -> list[Endpoint]:
         return [Endpoint(HOST, port) for port in free_ports(n, HOST, self.ports)]
 
-    def start(self, name: str, version: str, endpoint: Endpoint, command: str,
-              env: dict[str, str | Secret]) -> None:
+    def start(
+        self,
+        name: str,
+        version: str,
+        endpoint: Endpoint,
+        command: str,
+        env: dict[str, str | Secret],
+    ) -> None:
         plain, secrets = split(env)
-        spec = {"name": name, "version": version, "command": command,
-                "cwd": str(self.env_dir / "releases" / version), "port": endpoint.port,
-                "host": endpoint.host, "env": plain, "secrets": secrets,
-                "ports": [self.ports[0], self.ports[-1]] if self.ports else None}
+        spec = {
+            "name": name,
+            "version": version,
+            "command": command,
+            "cwd": str(self.env_dir / "releases" / version),
+            "port": endpoint.port,
+            "host": endpoint.host,
+            "env": plain,
+            "secrets": secrets,
+            "ports": [self.ports[0], self.ports[-1]] if self.ports else None,
+        }
         self.agent.call("start", spec=spec)
 
     def wait_ready(self, name: str, endpoint: Endpoint, health: HealthConfig) -> None:
-        wait_ready(name, endpoint, health,
-                   lambda: next((i for i in self.instances() if i.name == name), None))
+        wait_ready(
+            name,
+            endpoint,
+            health,
+            lambda: next((i for i in self.instances() if i.name == name), None),
+        )
 
     def logs(self, name: str, endpoint: Endpoint, lines: int) -> str:
         info = next((i for i in self.instances() if i.name == name), None)
@@ -74,6 +101,9 @@ class LocalTarget:
         self.agent.call("stop", name=name, grace=grace, timeout=grace + 30)
 
     def instances(self) -> list[InstanceInfo]:
-        return [InstanceInfo(i["name"], i["version"], HOST, i["port"], i["alive"],
-                             i["restarts"], i["log"]) for i in self.agent.call("instances")]
-
+        return [
+            InstanceInfo(
+                i["name"], i["version"], HOST, i["port"], i["alive"], i["restarts"], i["log"]
+            )
+            for i in self.agent.call("instances")
+        ]

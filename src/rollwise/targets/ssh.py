@@ -88,17 +88,26 @@ class Layout:
     def start_agent(self) -> str:
         """A shell command that starts the agent detached (it outlives the SSH session)."""
         d = shlex.quote(self.env_dir)
-        return (f"umask 077 && mkdir -p {d}/shared && cd {d} && "
-                f"{{ PYTHONPATH={shlex.quote(self.lib)} setsid {shlex.quote(self.python)} "
-                f"-m rollwise.agent --env-dir {d} </dev/null >>agent.log 2>&1 & }}")
+        return (
+            f"umask 077 && mkdir -p {d}/shared && cd {d} && "
+            f"{{ PYTHONPATH={shlex.quote(self.lib)} setsid {shlex.quote(self.python)} "
+            f"-m rollwise.agent --env-dir {d} </dev/null >>agent.log 2>&1 & }}"
+        )
 
 
 class SSHTarget:
     type = "ssh"
 
-    def __init__(self, target: TargetConfig, app: str, env_dir: Path, env: str,
-                 router_listen: str | None, env_for: EnvFor,
-                 report: HostReport = lambda *_: None) -> None:
+    def __init__(
+        self,
+        target: TargetConfig,
+        app: str,
+        env_dir: Path,
+        env: str,
+        router_listen: str | None,
+        env_for: EnvFor,
+        report: HostReport = lambda *_: None,
+    ) -> None:
         self.cfg = target
         self.report = report
         self.env = env
@@ -132,8 +141,11 @@ class SSHTarget:
         self.ensured = True
         for label, (host_started, waiting) in waited.items():
             host = self.cfg.host(label)
-            started = resume(waiting, self.env_for, self.env, functools.partial(
-                self._resume, host)) or host_started or started
+            started = (
+                resume(waiting, self.env_for, self.env, functools.partial(self._resume, host))
+                or host_started
+                or started
+            )
         return started
 
     def _resume(self, host: HostConfig, name: str, secrets: dict[str, str]) -> None:
@@ -145,12 +157,15 @@ class SSHTarget:
             return False, list(info.get("waiting", []))
         except HostError:
             pass
-        have = await self.hosts.arun(host, f"test -f {shlex.quote(self.layout.lib)}/.complete",
-                                     check=False)
+        have = await self.hosts.arun(
+            host, f"test -f {shlex.quote(self.layout.lib)}/.complete", check=False
+        )
         if have.exit != 0:
             raise ConfigError(
                 "rollwise's agent is not installed on it (or is another version)",
-                where=where(host), hint=f"run `rollwise hosts setup -e {self.env}`")
+                where=where(host),
+                hint=f"run `rollwise hosts setup -e {self.env}`",
+            )
         await self.hosts.arun(host, self.layout.start_agent())
         self.report(host.label, "agent", "started", {})
         deadline = time.monotonic() + AGENT_START_S
@@ -160,11 +175,14 @@ class SSHTarget:
                 return True, list(info.get("waiting", []))
             except HostError:
                 await asyncio.sleep(0.1)
-        log = await self.hosts.arun(host, f"tail -n 5 {shlex.quote(self.layout.env_dir)}/"
-                                    "agent.log", check=False)
-        raise HostError(f"its agent did not start within {AGENT_START_S:g} s: {log.tail()}",
-                        where=where(host),
-                        hint=f"read {self.layout.env_dir}/agent.log on the host")
+        log = await self.hosts.arun(
+            host, f"tail -n 5 {shlex.quote(self.layout.env_dir)}/agent.log", check=False
+        )
+        raise HostError(
+            f"its agent did not start within {AGENT_START_S:g} s: {log.tail()}",
+            where=where(host),
+            hint=f"read {self.layout.env_dir}/agent.log on the host",
+        )
 
     def prepare(self, artifact: Path, sha256: str, version: str) -> Path:
         """Upload the artifact to every host that lacks it (once per host), check its sha256
@@ -178,15 +196,24 @@ class SSHTarget:
             present = await self.hosts.arun(host, f"test -s {shlex.quote(remote)}", check=False)
             sent = 0
             if present.exit != 0:
-                await self.hosts.arun(host, f"umask 077 && mkdir -p "
-                                      f"{shlex.quote(str(Path(remote).parent))}")
+                await self.hosts.arun(
+                    host, f"umask 077 && mkdir -p {shlex.quote(str(Path(remote).parent))}"
+                )
                 await self.hosts.put(host, artifact, remote)
                 sent = artifact.stat().st_size
-            got: str = await self.hosts.acall(host, self.layout.sock, "prepare",
-                                              artifact=remote, sha256=sha256, version=version)
-            self.report(host.label, "prepare", "ok", {
-                "version": version, "uploaded_bytes": sent,
-                "ms": round((time.monotonic() - t0) * 1000)})
+            got: str = await self.hosts.acall(
+                host, self.layout.sock, "prepare", artifact=remote, sha256=sha256, version=version
+            )
+            self.report(
+                host.label,
+                "prepare",
+                "ok",
+                {
+                    "version": version,
+                    "uploaded_bytes": sent,
+                    "ms": round((time.monotonic() - t0) * 1000),
+                },
+            )
             return got
 
         self.hosts.all(place)
@@ -194,22 +221,37 @@ class SSHTarget:
 
     def endpoints(self, n: int) -> list[Endpoint]:
         """`n` instances on every host, host by host (a rolling batch of `n` is one host)."""
+
         async def ports(host: HostConfig) -> list[int]:
-            got: list[int] = await self.hosts.acall(host, self.layout.sock, "ports", n=n,
-                                                    bind=host.listen_host)
+            got: list[int] = await self.hosts.acall(
+                host, self.layout.sock, "ports", n=n, bind=host.listen_host
+            )
             return got
 
         got = self.hosts.all(ports)
         return [Endpoint(h.listen_host, p) for h in self.cfg.hosts for p in got[h.label]]
 
-    def start(self, name: str, version: str, endpoint: Endpoint, command: str,
-              env: dict[str, str | Secret]) -> None:
+    def start(
+        self,
+        name: str,
+        version: str,
+        endpoint: Endpoint,
+        command: str,
+        env: dict[str, str | Secret],
+    ) -> None:
         host = self._host_of(endpoint)
         # the host's own folder for the app's files, not this machine's
         plain, secrets = split({**env, "ROLLWISE_SHARED_DIR": f"{self.layout.env_dir}/shared"})
-        spec = {"name": name, "version": version, "command": command,
-                "cwd": self.layout.release(version), "port": endpoint.port,
-                "host": endpoint.host, "env": plain, "secrets": secrets}
+        spec = {
+            "name": name,
+            "version": version,
+            "command": command,
+            "cwd": self.layout.release(version),
+            "port": endpoint.port,
+            "host": endpoint.host,
+            "env": plain,
+            "secrets": secrets,
+        }
         self.hosts.call(host, self.layout.sock, "start", spec=spec)
         self.report(host.label, "start", "ok", {"instance": name, "port": endpoint.port})
 
@@ -219,32 +261,41 @@ class SSHTarget:
         host = self._host_of(endpoint)
         t0 = time.monotonic()
         try:
-            wait_ready(name, endpoint, health,
-                       lambda: next((i for i in self._on(host) if i.name == name), None))
+            wait_ready(
+                name,
+                endpoint,
+                health,
+                lambda: next((i for i in self._on(host) if i.name == name), None),
+            )
         except HealthCheckFailed as e:
             log = f"{self.layout.env_dir}/logs/{name}.log"
             tail = self.hosts.run(host, f"tail -n 5 {shlex.quote(log)}", check=False).stdout
             self.report(host.label, "health", "failed", {"instance": name})
             e.hint = f"the last lines of {host.label}:{log}:\n{tail.rstrip()}\n{e.hint}"
             raise
-        self.report(host.label, "health", "ok", {
-            "instance": name, "ms": round((time.monotonic() - t0) * 1000)})
+        self.report(
+            host.label,
+            "health",
+            "ok",
+            {"instance": name, "ms": round((time.monotonic() - t0) * 1000)},
+        )
 
     def logs(self, name: str, endpoint: Endpoint, lines: int) -> str:
         log = f"{self.layout.env_dir}/logs/{name}.log"
-        return str(self.hosts.run(self._host_of(endpoint), f"tail -n {int(lines)} "
-                                  f"{shlex.quote(log)}", check=False).stdout)
+        return str(
+            self.hosts.run(
+                self._host_of(endpoint), f"tail -n {int(lines)} {shlex.quote(log)}", check=False
+            ).stdout
+        )
 
     def stop(self, name: str, endpoint: Endpoint, grace: float) -> None:
         host = self._host_of(endpoint)
-        self.hosts.call(host, self.layout.sock, "stop", name=name, grace=grace,
-                        timeout=grace + 30)
+        self.hosts.call(host, self.layout.sock, "stop", name=name, grace=grace, timeout=grace + 30)
         self.report(host.label, "stop", "ok", {"instance": name})
 
     def instances(self) -> list[InstanceInfo]:
         async def listed(host: HostConfig) -> list[dict[str, Any]]:
-            got: list[dict[str, Any]] = await self.hosts.acall(host, self.layout.sock,
-                                                               "instances")
+            got: list[dict[str, Any]] = await self.hosts.acall(host, self.layout.sock, "instances")
             return got
 
         got = self.hosts.all(listed)
@@ -262,15 +313,24 @@ class SSHTarget:
         try:
             return self.by_bind[endpoint.host]
         except KeyError:
-            raise ConfigError(f"no host of environment {self.env!r} listens on "
-                              f"{endpoint.host}", where=f"environments.{self.env}.target.hosts",
-                              hint="a host was removed while it still runs instances: add it "
-                              "back, or deploy to move them") from None
+            raise ConfigError(
+                f"no host of environment {self.env!r} listens on {endpoint.host}",
+                where=f"environments.{self.env}.target.hosts",
+                hint="a host was removed while it still runs instances: add it "
+                "back, or deploy to move them",
+            ) from None
 
 
 def _info(i: dict[str, Any], host: HostConfig) -> InstanceInfo:
-    return InstanceInfo(i["name"], i["version"], host.listen_host, i["port"],
-                        i["alive"], i["restarts"], f"{host.label}:{i['log']}")
+    return InstanceInfo(
+        i["name"],
+        i["version"],
+        host.listen_host,
+        i["port"],
+        i["alive"],
+        i["restarts"],
+        f"{host.label}:{i['log']}",
+    )
 
 
 class Connections:
@@ -303,12 +363,16 @@ def pick_ports(proc_text: str, n: int, rng: random.Random) -> list[int]:
     PORTS_COMMAND printed."""
     lines = proc_text.splitlines()
     top = int(lines[0].split()[0]) if lines and lines[0].split()[0].isdigit() else 32768
-    used = {int(f[1].rsplit(":", 1)[1], 16) for f in (ln.split() for ln in lines[1:])
-            if len(f) > 2 and f[0].endswith(":") and ":" in f[1]}
+    used = {
+        int(f[1].rsplit(":", 1)[1], 16)
+        for f in (ln.split() for ln in lines[1:])
+        if len(f) > 2 and f[0].endswith(":") and ":" in f[1]
+    }
     free = [p for p in range(LOWEST_PORT, top) if p not in used]
     if len(free) < n:
-        raise RollwiseError(f"only {len(free)} free ports from {LOWEST_PORT} to {top - 1}, "
-                            f"{n} needed")
+        raise RollwiseError(
+            f"only {len(free)} free ports from {LOWEST_PORT} to {top - 1}, {n} needed"
+        )
     return rng.sample(free, n)
 
 
@@ -329,29 +393,42 @@ class SSHRunner:
     def exe(self) -> str:
         if self._exe is None:
             names = ["podman", "docker"] if self.image.cli == "auto" else [self.image.cli]
-            found = self.conns.hosts.run(self.host, " || ".join(
-                f"command -v {n}" for n in names), check=False).stdout.strip()
+            found = self.conns.hosts.run(
+                self.host, " || ".join(f"command -v {n}" for n in names), check=False
+            ).stdout.strip()
             if not found:
-                raise ConfigError(f"no container CLI: {' or '.join(names)} is not installed",
-                                  where=self.where, hint="install podman on the host "
-                                  "(apt-get install -y podman), or run this environment's "
-                                  "instances as processes (`runtime: process`)")
+                raise ConfigError(
+                    f"no container CLI: {' or '.join(names)} is not installed",
+                    where=self.where,
+                    hint="install podman on the host "
+                    "(apt-get install -y podman), or run this environment's "
+                    "instances as processes (`runtime: process`)",
+                )
             self._exe = found.splitlines()[0]
         return self._exe
 
-    def run(self, args: Sequence[str], *, timeout: float = TIMEOUT_S, check: bool = True,
-            env: Mapping[str, str] | None = None, stdin: Path | None = None) -> Proc:
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float = TIMEOUT_S,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        stdin: Path | None = None,
+    ) -> Proc:
         """Values in `env` go through the command's stdin (`set -a; . /dev/stdin`), so they
         are in no argument list on either machine."""
         command, values = shlex.join([self.exe(), *args]), None
         if env:
             command = f"set -a && . /dev/stdin && set +a && exec {command}"
             values = "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
-        r = self.conns.hosts.run(self.host, command, check=False, timeout=timeout,
-                                 input=values, stdin=stdin)
+        r = self.conns.hosts.run(
+            self.host, command, check=False, timeout=timeout, input=values, stdin=stdin
+        )
         if check and r.exit != 0:
-            raise HostError(f"`{self.name()} {' '.join(args[:3])}` failed: {r.tail()}",
-                            where=self.where)
+            raise HostError(
+                f"`{self.name()} {' '.join(args[:3])}` failed: {r.tail()}", where=self.where
+            )
         return subprocess.CompletedProcess(list(args), r.exit, r.stdout, r.stderr)
 
     def ports(self, n: int) -> list[int]:

@@ -40,4 +40,3 @@ class TrafficRouter(Protocol):
 
     def metrics(self) -> dict[str, Any]:
         """Per-version counts: requests, 5xx, connection errors, latency buckets."""
-

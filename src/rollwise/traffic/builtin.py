@@ -18,8 +18,9 @@ def agent_settings(cfg: RouterConfig) -> dict[str, Any]:
 class BuiltinRouter:
     type = "builtin"
 
-    def __init__(self, env_dir: Path, env: str, listen: str,
-                 cfg: RouterConfig | None = None) -> None:
+    def __init__(
+        self, env_dir: Path, env: str, listen: str, cfg: RouterConfig | None = None
+    ) -> None:
         self.agent = AgentClient(env_dir, env)
         self.listen = listen
         # without `cfg` the agent keeps the rules it has
@@ -28,9 +29,13 @@ class BuiltinRouter:
     def register(self, backends: list[Backend]) -> None:
         """Instances the local agent runs are registered by it; others (on a fleet's hosts)
         are added here."""
-        self.agent.call("route", backends=[
-            {"name": b.name, "version": b.version, "host": b.host, "port": b.port}
-            for b in backends])
+        self.agent.call(
+            "route",
+            backends=[
+                {"name": b.name, "version": b.version, "host": b.host, "port": b.port}
+                for b in backends
+            ],
+        )
 
     def set_weights(self, weights: dict[str, int]) -> None:
         self.agent.call("set_weights", weights=weights, **self.settings)

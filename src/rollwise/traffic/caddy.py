@@ -18,8 +18,10 @@ def handler_patch(handler: dict[str, Any], weights_by_dial: dict[str, int]) -> d
     """The reverse_proxy handler with its upstreams and weighted_round_robin weights set."""
     dials = list(weights_by_dial)
     lb = dict(handler.get("load_balancing") or {})
-    lb["selection_policy"] = {"policy": "weighted_round_robin",
-                              "weights": [weights_by_dial[d] for d in dials]}
+    lb["selection_policy"] = {
+        "policy": "weighted_round_robin",
+        "weights": [weights_by_dial[d] for d in dials],
+    }
     return {**handler, "upstreams": [{"dial": d} for d in dials], "load_balancing": lb}
 
 
@@ -36,8 +38,9 @@ class CaddyRouter:
         except httpx.HTTPError as e:
             raise RollwiseError(f"Caddy admin API did not answer: {e}", where=self.admin) from e
         if r.status_code >= 400:
-            raise RollwiseError(f"Caddy refused {method} {path}: {r.text.strip()}",
-                                where=self.admin)
+            raise RollwiseError(
+                f"Caddy refused {method} {path}: {r.text.strip()}", where=self.admin
+            )
         return r.json() if r.content else None
 
     def _handler(self) -> dict[str, Any]:
@@ -95,5 +98,7 @@ class CaddyRouter:
     def metrics(self) -> dict[str, Any]:
         """Caddy's admin API has no per-upstream counts; in-flight requests only."""
         known = self.map.load()
-        return {"versions": {}, "inflight": {n: self._inflight(b.address)
-                                             for n, b in known.items()}}
+        return {
+            "versions": {},
+            "inflight": {n: self._inflight(b.address) for n, b in known.items()},
+        }

@@ -21,16 +21,14 @@ from rollwise.traffic.base import Backend
 MAX_WEIGHT = 256  # HAProxy refuses more ("Absolute weight can only be between 0 and 256")
 
 
-def commands_set_weights(backend: str, slot_weights: dict[str, int], evict: bool = False
-                         ) -> str:
+def commands_set_weights(backend: str, slot_weights: dict[str, int], evict: bool = False) -> str:
     """One runtime-API line that applies every weight in order: raises first, then lowers.
     `evict`: a slot without weight goes to maintenance, as HAProxy still sends sticky
     clients to a server of weight 0; one with weight is made ready again."""
     order = sorted(slot_weights.items(), key=lambda kv: -kv[1])
     cmds = []
     for slot, w in order:
-        state = [f"set server {backend}/{slot} state {'ready' if w else 'maint'}"] if evict \
-            else []
+        state = [f"set server {backend}/{slot} state {'ready' if w else 'maint'}"] if evict else []
         weight = [f"set server {backend}/{slot} weight {w}"]
         cmds += state + weight if w else weight + state
     return "; ".join(cmds)
@@ -44,32 +42,55 @@ def commands_canary(canary_map: str, slot: str, present: bool) -> str:
 def backend_config(cfg: RouterConfig, bind: str) -> str:
     """The frontend and backend that rollwise drives, for haproxy.cfg: server slots, and the
     stick table and header rules of `cfg.sticky` and `cfg.canary_headers`."""
-    lines = ["frontend rollwise", f"  bind {bind}", f"  default_backend {cfg.backend}",
-             f"backend {cfg.backend}", "  balance roundrobin"]
+    lines = [
+        "frontend rollwise",
+        f"  bind {bind}",
+        f"  default_backend {cfg.backend}",
+        f"backend {cfg.backend}",
+        "  balance roundrobin",
+    ]
     if cfg.canary_headers:
-        lines += [f"  acl rollwise_canary req.hdr({r.header}) -m str {' '.join(r.values)}"
-                  for r in cfg.canary_headers]
-        lines += [f"  use-server {s} if rollwise_canary "
-                  f"{{ str(canary),map({cfg.canary_map}) -m str {s} }}" for s in cfg.slots]
+        lines += [
+            f"  acl rollwise_canary req.hdr({r.header}) -m str {' '.join(r.values)}"
+            for r in cfg.canary_headers
+        ]
+        lines += [
+            f"  use-server {s} if rollwise_canary "
+            f"{{ str(canary),map({cfg.canary_map}) -m str {s} }}"
+            for s in cfg.slots
+        ]
     if cfg.sticky:
-        key = (f"req.cook({cfg.sticky.cookie})" if cfg.sticky.cookie
-               else f"req.hdr({cfg.sticky.header})")
-        lines += [f"  stick-table type string len 128 size {cfg.sticky.max_clients}",
-                  f"  stick on {key}" + (" if !rollwise_canary" if cfg.canary_headers else "")]
+        key = (
+            f"req.cook({cfg.sticky.cookie})"
+            if cfg.sticky.cookie
+            else f"req.hdr({cfg.sticky.header})"
+        )
+        lines += [
+            f"  stick-table type string len 128 size {cfg.sticky.max_clients}",
+            f"  stick on {key}" + (" if !rollwise_canary" if cfg.canary_headers else ""),
+        ]
     lines += [f"  server {s} 127.0.0.1:1 weight 0" for s in cfg.slots]
     return "\n".join(lines) + "\n"
 
 
 def commands_point(backend: str, slot: str, host: str, port: int) -> str:
-    return (f"set server {backend}/{slot} addr {host} port {port}; "
-            f"set server {backend}/{slot} weight 0; set server {backend}/{slot} state ready")
+    return (
+        f"set server {backend}/{slot} addr {host} port {port}; "
+        f"set server {backend}/{slot} weight 0; set server {backend}/{slot} state ready"
+    )
 
 
 class HAProxyRouter:
     type = "haproxy"
 
-    def __init__(self, admin: str, backend: str, slots: list[str], env_dir: Path,
-                 cfg: RouterConfig | None = None) -> None:
+    def __init__(
+        self,
+        admin: str,
+        backend: str,
+        slots: list[str],
+        env_dir: Path,
+        cfg: RouterConfig | None = None,
+    ) -> None:
         self.admin, self.backend, self.slots = admin, backend, slots
         self.map = BackendMap(env_dir / "haproxy-backends.json")
         self.sticky = cfg is not None and cfg.sticky is not None
@@ -85,12 +106,18 @@ class HAProxyRouter:
                 while chunk := s.recv(65536):
                     chunks.append(chunk)
         except OSError as e:
-            raise RollwiseError(f"HAProxy admin socket did not answer: {e}", where=self.admin,
-                                hint="check `stats socket ... level admin` in haproxy.cfg and "
-                                "router.admin in rollwise.yaml") from e
+            raise RollwiseError(
+                f"HAProxy admin socket did not answer: {e}",
+                where=self.admin,
+                hint="check `stats socket ... level admin` in haproxy.cfg and "
+                "router.admin in rollwise.yaml",
+            ) from e
         out = b"".join(chunks).decode()
-        bad = [ln for ln in out.splitlines()
-               if ln.startswith(("No such", "Unknown", "Require", "Absolute weight"))]
+        bad = [
+            ln
+            for ln in out.splitlines()
+            if ln.startswith(("No such", "Unknown", "Require", "Absolute weight"))
+        ]
         if bad:
             raise RollwiseError(f"HAProxy refused `{line}`: {bad[0]}", where=self.admin)
         return out
@@ -108,16 +135,20 @@ class HAProxyRouter:
         stat = self.stat()
         missing = [s for s in self.slots if s not in stat]
         if missing:
-            raise RollwiseError(f"HAProxy backend {self.backend!r} has no server(s) "
-                                f"{', '.join(missing)}", where=self.admin,
-                                hint="declare them in haproxy.cfg or fix router.slots")
+            raise RollwiseError(
+                f"HAProxy backend {self.backend!r} has no server(s) {', '.join(missing)}",
+                where=self.admin,
+                hint="declare them in haproxy.cfg or fix router.slots",
+            )
         for b in backends:
             if self._slot_of(b, stat):
                 continue
             free = next((s for s in self.slots if stat[s].get("weight") == "0"), None)
             if free is None:
-                raise RollwiseError(f"HAProxy backend {self.backend!r} has no free slot for "
-                                    f"{b.name}", hint="add a server to router.slots")
+                raise RollwiseError(
+                    f"HAProxy backend {self.backend!r} has no free slot for {b.name}",
+                    hint="add a server to router.slots",
+                )
             self.run(commands_point(self.backend, free, b.host, b.port))
             if self.sticky:  # clients stuck to the slot's previous instance are placed anew
                 self.run(f"clear table {self.backend} data.server_id eq {stat[free]['sid']}")
@@ -138,8 +169,9 @@ class HAProxyRouter:
         if self.canary_map:
             self._point_canary(known, weights, stat)
 
-    def _point_canary(self, known: dict[str, Backend], weights: dict[str, int],
-                      stat: dict[str, dict[str, str]]) -> None:
+    def _point_canary(
+        self, known: dict[str, Backend], weights: dict[str, int], stat: dict[str, dict[str, str]]
+    ) -> None:
         """The canary is the newest registered backend with weight (the one rolled out)."""
         assert self.canary_map is not None
         newest = next((n for n in reversed(known) if weights.get(n, 0) > 0), None)
@@ -152,8 +184,11 @@ class HAProxyRouter:
 
     def weights(self) -> dict[str, int]:
         stat = self.stat()
-        return {n: int(stat[s]["weight"])
-                for n, b in self.map.load().items() if (s := self._slot_of(b, stat))}
+        return {
+            n: int(stat[s]["weight"])
+            for n, b in self.map.load().items()
+            if (s := self._slot_of(b, stat))
+        }
 
     def drain(self, name: str, timeout: float) -> int:
         slot = self._slot_of(self.map.get(name), self.stat())
@@ -168,8 +203,10 @@ class HAProxyRouter:
     def remove(self, name: str) -> None:
         known = self.map.load()
         if name in known and (slot := self._slot_of(known[name], self.stat())):
-            self.run(f"set server {self.backend}/{slot} weight 0; "
-                     f"set server {self.backend}/{slot} state maint")
+            self.run(
+                f"set server {self.backend}/{slot} weight 0; "
+                f"set server {self.backend}/{slot} state maint"
+            )
         self.map.forget(name)
 
     def metrics(self) -> dict[str, Any]:

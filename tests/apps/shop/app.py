@@ -62,23 +62,55 @@ def schema() -> dict[str, Table]:
     """The tables (with only the columns) this release reads and writes."""
     md = MetaData()
     tier = [Column("tier", String(16))] if ORDERS else []
-    tables = [Table("users", md, Column("id", Integer, primary_key=True),
-                    Column("email", String(255), nullable=False), *tier)]
+    tables = [
+        Table(
+            "users",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("email", String(255), nullable=False),
+            *tier,
+        )
+    ]
     if ORDERS:
-        tables.append(Table("orders", md, Column("id", String(64), primary_key=True),
-                            Column("user_id", Integer, ForeignKey("users.id")),
-                            Column("total", Numeric(10, 2))))
+        tables.append(
+            Table(
+                "orders",
+                md,
+                Column("id", String(64), primary_key=True),
+                Column("user_id", Integer, ForeignKey("users.id")),
+                Column("total", Numeric(10, 2)),
+            )
+        )
     if ITEMS:
-        tables.append(Table("order_items", md, Column("id", Integer, primary_key=True),
-                            Column("order_id", String(64), ForeignKey("orders.id")),
-                            Column("sku", String(64)), Column("qty", Integer)))
-        tables.append(Table("payments", md, Column("id", Integer, primary_key=True),
-                            Column("order_id", String(64), ForeignKey("orders.id")),
-                            Column("amount", Numeric(10, 2))))
+        tables.append(
+            Table(
+                "order_items",
+                md,
+                Column("id", Integer, primary_key=True),
+                Column("order_id", String(64), ForeignKey("orders.id")),
+                Column("sku", String(64)),
+                Column("qty", Integer),
+            )
+        )
+        tables.append(
+            Table(
+                "payments",
+                md,
+                Column("id", Integer, primary_key=True),
+                Column("order_id", String(64), ForeignKey("orders.id")),
+                Column("amount", Numeric(10, 2)),
+            )
+        )
     if SHIPMENTS:
-        tables.append(Table("shipments", md, Column("id", Integer, primary_key=True),
-                            Column("order_id", String(64), ForeignKey("orders.id")),
-                            Column("carrier", String(32))))
+        tables.append(
+            Table(
+                "shipments",
+                md,
+                Column("id", Integer, primary_key=True),
+                Column("order_id", String(64), ForeignKey("orders.id")),
+                Column("carrier", String(32)),
+            )
+        )
     return {t.name: t for t in tables}
 
 
@@ -101,8 +133,12 @@ def health() -> dict[str, Any]:
 
 def counts() -> dict[str, Any]:
     with ENGINE.connect() as conn:
-        return {"rows": {name: int(conn.execute(select(func.count()).select_from(t)
-                                                ).scalar_one()) for name, t in T.items()}}
+        return {
+            "rows": {
+                name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                for name, t in T.items()
+            }
+        }
 
 
 def add_user(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -117,8 +153,7 @@ def add_user(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 201, {"id": new[0], "email": email, "created": True}
     except IntegrityError:
         with ENGINE.begin() as conn:
-            user_id = conn.execute(select(users.c.id).where(users.c.email == email)
-                                   ).scalar_one()
+            user_id = conn.execute(select(users.c.id).where(users.c.email == email)).scalar_one()
             if tier:  # the tier is filled on every write of a user
                 conn.execute(update(users).where(users.c.id == user_id).values(**tier))
         return 200, {"id": user_id, "email": email, "created": False}
@@ -126,8 +161,11 @@ def add_user(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 def _user_id(conn: Connection, body: dict[str, Any]) -> int:
     users = T["users"]
-    where = users.c.email == str(body["email"]) if "email" in body else \
-        users.c.id == int(body.get("user_id", 0))
+    where = (
+        users.c.email == str(body["email"])
+        if "email" in body
+        else users.c.id == int(body.get("user_id", 0))
+    )
     found = conn.execute(select(users.c.id).where(where)).scalar()
     if found is None:
         raise BadRequest(422, "no such user")
@@ -137,8 +175,7 @@ def _user_id(conn: Connection, body: dict[str, Any]) -> int:
 def _exists(order_id: str) -> bool:
     orders = T["orders"]
     with ENGINE.connect() as conn:
-        return conn.execute(select(orders.c.id).where(orders.c.id == order_id)).first() \
-            is not None
+        return conn.execute(select(orders.c.id).where(orders.c.id == order_id)).first() is not None
 
 
 def add_order(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -156,13 +193,20 @@ def add_order(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             user_id = _user_id(conn, body)
             conn.execute(insert(T["orders"]).values(id=order_id, user_id=user_id, total=total))
             if ITEMS:
-                conn.execute(insert(T["order_items"]), [
-                    {"order_id": order_id, "sku": str(i["sku"]), "qty": int(i["qty"])}
-                    for i in items])
+                conn.execute(
+                    insert(T["order_items"]),
+                    [
+                        {"order_id": order_id, "sku": str(i["sku"]), "qty": int(i["qty"])}
+                        for i in items
+                    ],
+                )
                 conn.execute(insert(T["payments"]).values(order_id=order_id, amount=total))
             if SHIPMENTS:
-                conn.execute(insert(T["shipments"]).values(
-                    order_id=order_id, carrier=str(body.get("carrier", "post"))))
+                conn.execute(
+                    insert(T["shipments"]).values(
+                        order_id=order_id, carrier=str(body.get("carrier", "post"))
+                    )
+                )
     except IntegrityError:
         if not _exists(order_id):  # not a duplicate: a foreign key or a constraint
             raise

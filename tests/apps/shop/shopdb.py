@@ -12,8 +12,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
-DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
-           "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql", "sqlite": "sqlite"}
+DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+    "sqlite": "sqlite",
+}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -21,8 +26,10 @@ def sqlalchemy_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     base = scheme.split("+")[0].lower()
     if not sep or base not in DRIVERS:
-        raise ValueError(f"DATABASE_URL: unsupported scheme {scheme!r}; expected one of "
-                         f"{', '.join(sorted(DRIVERS))}")
+        raise ValueError(
+            f"DATABASE_URL: unsupported scheme {scheme!r}; expected one of "
+            f"{', '.join(sorted(DRIVERS))}"
+        )
     return f"{DRIVERS[base]}://{rest}"
 
 
@@ -44,8 +51,7 @@ def open_engine(url: str, **kw: Any) -> Engine:
     """An engine on `url` (any accepted form); SQLite waits for locks and enforces keys."""
     url = sqlalchemy_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               **kw)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, **kw)

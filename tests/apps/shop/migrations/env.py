@@ -20,8 +20,7 @@ if config.config_file_name is not None:
 
 
 def run_offline() -> None:
-    context.configure(url=database_url(), literal_binds=True,
-                      dialect_opts={"paramstyle": "named"})
+    context.configure(url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
 

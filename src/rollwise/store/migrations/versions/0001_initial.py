@@ -30,8 +30,7 @@ def upgrade() -> None:
     op.create_table(
         "release_marks",
         sa.Column("env", sa.String(64), primary_key=True),
-        sa.Column("version", sa.String(64), sa.ForeignKey("releases.version"),
-                  primary_key=True),
+        sa.Column("version", sa.String(64), sa.ForeignKey("releases.version"), primary_key=True),
         sa.Column("mark", sa.String(16), nullable=False),
         sa.Column("at", sa.Float, nullable=False),
         sa.Column("reason", sa.Text),
@@ -60,8 +59,9 @@ def upgrade() -> None:
     op.create_table(
         "journal",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("deployment_id", sa.Integer, sa.ForeignKey("deployments.id"),
-                  nullable=False, index=True),
+        sa.Column(
+            "deployment_id", sa.Integer, sa.ForeignKey("deployments.id"), nullable=False, index=True
+        ),
         sa.Column("step", sa.String(32), nullable=False),
         sa.Column("phase", sa.String(16), nullable=False),
         sa.Column("at", sa.Float, nullable=False),
@@ -93,6 +93,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("events", "locks", "journal", "deployments", "environments",
-                  "release_marks", "releases"):
+    for table in (
+        "events",
+        "locks",
+        "journal",
+        "deployments",
+        "environments",
+        "release_marks",
+        "releases",
+    ):
         op.drop_table(table)

@@ -12,9 +12,11 @@ down_revision = None
 
 
 def upgrade() -> None:
-    op.create_table("users",
-                    sa.Column("id", sa.Integer, primary_key=True),
-                    sa.Column("email", sa.String(255), nullable=False, unique=True))
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", sa.String(255), nullable=False, unique=True),
+    )
 
 
 def downgrade() -> None:

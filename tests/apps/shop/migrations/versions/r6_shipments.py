@@ -15,11 +15,12 @@ down_revision = "r5"
 
 
 def upgrade() -> None:
-    op.create_table("shipments",
-                    sa.Column("id", sa.Integer, primary_key=True),
-                    sa.Column("order_id", sa.String(64), sa.ForeignKey("orders.id"),
-                              nullable=False),
-                    sa.Column("carrier", sa.String(32), nullable=False))
+    op.create_table(
+        "shipments",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("order_id", sa.String(64), sa.ForeignKey("orders.id"), nullable=False),
+        sa.Column("carrier", sa.String(32), nullable=False),
+    )
 
 
 def downgrade() -> None:
