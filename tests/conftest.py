@@ -21,6 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "order-sync"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is marked `e2e`: `pytest -m "not e2e"` runs the logic and
+    component tests alone, in seconds."""
+    for item in items:
+        if "/tests/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+
+
 def require(ok: bool, what: str, how: str) -> None:
     """Fail in CI, skip elsewhere, when a real service the test needs is missing."""
     if ok:
