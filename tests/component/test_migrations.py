@@ -101,13 +101,14 @@ def test_given_another_migration_holds_the_lock_then_refused_and_nothing_changes
     pg_url, mysql_url, tmp_path
 ):
     ms = write(tmp_path / "m", BASE)
+    database = mysql_url.rsplit("/", 1)[1]
     for url, grab in (
-        (pg_url, "SELECT pg_advisory_lock(1919904876)"),
-        (mysql_url, "SELECT GET_LOCK('rollwise-migrations', 0)"),
+        (pg_url, "SELECT pg_advisory_lock(1919904876)"),  # per database already
+        (mysql_url, f"SELECT GET_LOCK('rollwise-migrations:{database}', 10)"),  # server-wide
     ):
         holder = create_engine(url)
         with holder.connect() as conn:
-            conn.execute(text(grab))
+            assert conn.execute(text(grab)).scalar() in (1, "")  # it holds the lock now
             runner = SqlRunner(url, lock_timeout_s=0.5)
             with pytest.raises(LockHeld, match="another migration holds the lock"):
                 runner.upgrade(up_path(ms, set(), None))

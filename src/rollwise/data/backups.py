@@ -633,10 +633,12 @@ def _describe_at(url: str) -> Described:
 
 
 def manifests(folder: Path) -> list[Manifest]:
+    """Oldest first, by when each was taken: two taken within one second have ids that
+    differ only in their random part, which says nothing of their order."""
     out = []
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for f in folder.glob("*.json") if folder.is_dir() else []:
         out.append(Manifest.from_dict(json.loads(f.read_text())))
-    return out
+    return sorted(out, key=lambda m: (m.created_at, m.id))
 
 
 def get(folder: Path, backup_id: str) -> Manifest:

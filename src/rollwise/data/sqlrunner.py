@@ -16,6 +16,7 @@ its lock fails fast, naming itself, instead of stalling the live app.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import time
 from collections.abc import Iterator
@@ -286,7 +287,7 @@ def db_lock(conn: Connection, url: str, timeout_s: float) -> Iterator[None]:
         if dialect == "postgresql":
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar()
         else:
-            got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": LOCK_NAME}).scalar()
+            got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": mysql_lock(conn)}).scalar()
         conn.commit()
         if got:
             break
@@ -299,8 +300,20 @@ def db_lock(conn: Connection, url: str, timeout_s: float) -> Iterator[None]:
         if dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
         else:
-            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": LOCK_NAME})
+            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": mysql_lock(conn)})
         conn.commit()
+
+
+def mysql_lock(conn: Connection) -> str:
+    """MySQL's lock names are server-wide: the migration lock names its database, so the
+    databases of two apps on one server migrate independently (at most 64 characters)."""
+    database = str(conn.engine.url.database or "")
+    name = f"{LOCK_NAME}:{database}"
+    return (
+        name
+        if len(name) <= 64
+        else f"{LOCK_NAME}:{hashlib.sha256(database.encode()).hexdigest()[:40]}"
+    )
 
 
 @contextmanager
