@@ -234,7 +234,16 @@ def test_given_the_example_alert_when_the_canary_fails_then_alertmanager_rolls_i
     began = time.monotonic()
     deploy = run_in_background(project, "deploy", "1.1.0")
     wait_for(project, lambda s: s["in_progress"] is not None)
-    out, err = deploy.communicate(timeout=90)
+    prom = f"http://127.0.0.1:{prom_port}"
+    try:
+        out, err = deploy.communicate(timeout=90)
+    except subprocess.TimeoutExpired:  # say what Prometheus and Alertmanager saw
+        raise AssertionError(
+            f"no rollback by the alert in 90 s; Prometheus alerts: "
+            f"{httpx.get(f'{prom}/api/v1/alerts').text[:2000]}; Alertmanager: "
+            f"{httpx.get(f'http://127.0.0.1:{am_port}/api/v2/alerts').text[:2000]}; "
+            f"router requests: {_query(prom, 'rollwise_router_requests_total')[:2000]}"
+        ) from None
     took = time.monotonic() - began
     load.stop()
     assert deploy.returncode == ExitCode.ERROR, out + err
@@ -244,7 +253,6 @@ def test_given_the_example_alert_when_the_canary_fails_then_alertmanager_rolls_i
     assert s["live_version"] == "1.0.0"
     assert s["last_deployment"]["status"] == "rolled_back"
     assert "alert CanaryErrorRate" in s["last_deployment"]["reason"]
-    prom = f"http://127.0.0.1:{prom_port}"
     targets = httpx.get(f"{prom}/api/v1/targets").json()["data"]["activeTargets"]
     jobs = {(t["labels"]["job"], t["labels"].get("role")) for t in targets}
     assert ("rollwise", "rollwise") in jobs and ("app", "stable") in jobs, jobs
@@ -259,3 +267,7 @@ def test_metrics_listen_must_be_an_address(project):
     res = project.cli("metrics")
     assert res.returncode == ExitCode.CONFIG
     assert "metrics.listen" in res.stderr, res.stderr
+
+
+def _query(prom: str, expr: str) -> str:
+    return httpx.get(f"{prom}/api/v1/query", params={"query": expr}).text
