@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -49,6 +50,10 @@ bundle_app = _group(
     "dependency order (rollwise-bundle.yaml).",
 )
 kube_app = _group("kube", "Kubernetes objects of a release (docs/kubernetes.md).")
+incident_app = _group(
+    "incident",
+    "Rollbacks as incidents: timeline, evidence, root cause, fix forward (docs/incidents.md).",
+)
 PercentOpt = Annotated[
     int, typer.Option("--percent", min=0, max=100, help="Share of traffic for this version.")
 ]
@@ -817,6 +822,82 @@ def sd(
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     tmp.write_text(text)
     tmp.replace(out_file)  # Prometheus never reads half a file
+
+
+@incident_app.command("list")
+def incident_list(
+    env: AnyEnvOpt = None,
+    open_only: Annotated[bool, typer.Option("--open", help="Only the open ones.")] = False,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Every rollback, automatic or asked for, newest first. Only reads."""
+    from rollwise.controller import ops
+
+    rows = _run(lambda: ops.incident_list(_ctx(directory, quiet=True), env), as_json)
+    rows = [i for i in rows if i.status == "open" or not open_only]
+    if as_json:
+        _emit_json([i.as_dict() for i in rows])
+        return
+    for i in rows:
+        when = datetime.fromtimestamp(i.opened_at).strftime("%Y-%m-%d %H:%M:%S")
+        out.print(
+            Text.assemble(
+                (f"{i.id:<8}", "bold"),
+                (f" {i.status:<6}", "red" if i.status == "open" else "green"),
+                f" {when} {i.env}: {i.bad_version} -> {i.restored_version or '-'} "
+                f"({i.how}, {i.acted_by}) {i.reason}",
+            )
+        )
+    if not rows:
+        out.print("no incidents")
+
+
+@incident_app.command("show")
+def incident_show(
+    incident_id: Annotated[str, typer.Argument(metavar="ID", help="INC-<n>.")],
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """An incident: what happened in order, the evidence behind the decision, the release
+    marked bad, who acted, and how it was closed. Only reads."""
+    from rollwise.controller import ops
+
+    data = _run(lambda: ops.incident_show(_ctx(directory, quiet=True), incident_id), as_json)
+    if as_json:
+        _emit_json(data)
+        return
+    out.print(
+        Text.assemble(
+            (data["id"], "bold"),
+            f" {data['status']}: {data['env']}: {data['bad_version']} marked bad, "
+            f"{data['restored_version'] or '-'} restored ({data['how']}, by {data['acted_by']})",
+        )
+    )
+    out.print(f"  why: {data['reason']}")
+    for row in data["timeline"]:
+        at = datetime.fromtimestamp(row["at"]).strftime("%H:%M:%S.%f")[:-3]
+        out.print(f"  {at} {row['what']}" + (f"  ({row['detail']})" if row["detail"] else ""))
+    if data["evidence"]:
+        for m in data["evidence"]["measurements"]:
+            out.print(f"  evidence: {m.get('name')}: {m.get('verdict')}: {m.get('reason')}")
+    if data["status"] == "closed":
+        out.print(f"  closed by {data['closed_by']}: {data['root_cause']}; fix: {data['fix']}")
+
+
+@incident_app.command("close")
+def incident_close(
+    incident_id: Annotated[str, typer.Argument(metavar="ID", help="INC-<n>.")],
+    root_cause: Annotated[str, typer.Option("--root-cause", help="What went wrong.")],
+    fix: Annotated[str, typer.Option("--fix", help="The release that fixes it forward.")],
+    directory: DirOpt = Path("."),
+) -> None:
+    """Close an incident with its root cause and fix-forward release (audit log)."""
+    from rollwise.controller import ops
+
+    out.print(
+        _run(lambda: ops.incident_close(_ctx(directory), incident_id, root_cause, fix)).message
+    )
 
 
 @app.command()

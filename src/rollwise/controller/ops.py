@@ -9,12 +9,20 @@ from typing import Any
 
 from rollwise import artifacts, audit, containers, reasons
 from rollwise import domain as d
+from rollwise import incidents as inc
 from rollwise.agent.client import AgentClient
 from rollwise.controller import caches, machine, schema
 from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context, Environment
 from rollwise.controller.lock import Lease, current, holder_dead, holder_id
-from rollwise.errors import ConfigError, HealthCheckFailed, LockHeld, NotFound, RollwiseError
+from rollwise.errors import (
+    ConfigError,
+    HealthCheckFailed,
+    LockHeld,
+    NotFound,
+    RollwiseError,
+    UsageError,
+)
 from rollwise.store import repo
 
 
@@ -187,8 +195,10 @@ def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | Non
             version=version,
             reason=f"marked bad: {mark['reason']}",
         )
+        opened = next((i for i in incident_list(ctx, env) if i.bad_version == version), None)
+        named = f"; incident {opened.id} ({opened.status})" if opened else ""
         raise RollwiseError(
-            f"{env}: {version} is marked bad ({mark['reason']}); not deployed",
+            f"{env}: {version} is marked bad ({mark['reason']}{named}); not deployed",
             hint="fix forward with a new release, or deploy it "
             f"anyway: rollwise deploy {version} --env {env} --force --reason '...' (recorded "
             "in the audit log)",
@@ -979,3 +989,76 @@ def _newest(environment: Environment) -> Any:
     if not ms:
         raise NotFound(f"{environment.name}: no backup yet", hint="`rollwise backup create`")
     return ms[-1]
+
+
+def incident_list(ctx: Context, env: str | None) -> list[inc.Incident]:
+    """Every rollback as an incident, newest first (`env`: one environment's)."""
+    if env:
+        ctx.env(env)
+    return inc.incidents(
+        repo.list_deployments(ctx.engine, env, 10_000_000),
+        list(audit.iter_events(ctx.engine, env, action=inc.ACTION)),
+    )
+
+
+def incident(ctx: Context, incident_id: str) -> inc.Incident:
+    found = next((i for i in incident_list(ctx, None) if i.id == incident_id.upper()), None)
+    if found is None:
+        known = ", ".join(i.id for i in incident_list(ctx, None)[:10]) or "none yet"
+        raise NotFound(
+            f"no incident {incident_id!r}",
+            where="incident",
+            hint=f"newest incidents: {known} (`rollwise incident list`)",
+        )
+    return found
+
+
+def incident_show(ctx: Context, incident_id: str) -> dict[str, Any]:
+    """The incident with its timeline and the evidence of the decision."""
+    i = incident(ctx, incident_id)
+    journal = [
+        row
+        for dep in {i.deployment, i.bad_deployment} - {None}
+        for row in repo.journal_rows(ctx.engine, int(dep or 0))
+    ]
+    decisions = list(audit.iter_events(ctx.engine, i.env, action="analysis"))
+    return {
+        **i.as_dict(),
+        "timeline": inc.timeline(i, journal, decisions),
+        "evidence": inc.evidence(i, decisions),
+    }
+
+
+def incident_close(ctx: Context, incident_id: str, root_cause: str, fix: str) -> Outcome:
+    """Close with its root cause and the release that fixes it forward (in the audit log)."""
+    i = incident(ctx, incident_id)
+    if i.status == "closed":
+        raise RollwiseError(
+            f"{i.id} was closed by {i.closed_by}: {i.root_cause}",
+            where="incident",
+            hint="a closed incident stays closed",
+        )
+    if not root_cause.strip():
+        raise UsageError("--root-cause is empty", hint="say what went wrong, in a sentence")
+    if repo.get_release(ctx.engine, fix) is None:
+        raise NotFound(
+            f"release {fix} does not exist",
+            where="--fix",
+            hint="create the fix-forward release first: rollwise release create",
+        )
+    if fix == i.bad_version:
+        raise UsageError(
+            f"--fix {fix} is the release the incident marked bad",
+            hint="name the release that fixes it forward",
+        )
+    ctx.emit(
+        inc.ACTION,
+        "closed",
+        env=i.env,
+        version=fix,
+        reason=root_cause,
+        data={"incident": i.id, "root_cause": root_cause, "fix": fix, "bad_version": i.bad_version},
+    )
+    return Outcome(
+        f"{i.id} closed: {root_cause} (fixed forward by {fix})", {"incident": i.id, "fix": fix}
+    )
