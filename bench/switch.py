@@ -137,7 +137,13 @@ defaults
 """
         + backend_config(cfg, cfg.listen)
     )
-    with process([exe, "-f", str(d / "haproxy.cfg")], port, d / "log"):
+    with process([exe, "-f", str(d / "haproxy.cfg")], port, d / "log") as proc:
+        admin = Path(str(cfg.admin))
+        deadline = time.monotonic() + 10
+        while not admin.exists():  # the port may answer before the admin socket is made
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"haproxy did not start: {(d / 'log').read_text()[-500:]}")
+            time.sleep(0.02)
         router = HAProxyRouter(str(cfg.admin), cfg.backend, cfg.slots, d, cfg)
         router.register(backends)
         yield router, port
