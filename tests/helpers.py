@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
 import sys
 import time
 from typing import cast
 
+import httpx
+
 from rollwise import loadgen
+from rollwise.ports import free_port
 from tests.conftest import Project
 
 FAST = {"interval_s": 0.5, "checks_every_s": 1}
@@ -71,3 +75,43 @@ def wait_for(p: Project, pred, timeout: float = 60) -> dict:
                 )
         time.sleep(0.3)
     raise AssertionError(f"condition not met in {timeout} s: {s}")
+
+
+TOKEN = "t0ken-for-tests-0123456789"  # ROLLWISE_WEBHOOK_TOKEN of the servers tests start
+
+
+def serve(p: Project) -> str:
+    """`rollwise serve` for `p` on a free port, its stderr in serve.log; its URL once it
+    answers /health. Stopped when the test ends."""
+    port = free_port()
+    log = (p.root / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rollwise",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "-C",
+            str(p.root),
+        ],
+        env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+    p.cleanups.append(stop)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+            return url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError(f"rollwise serve did not start: {(p.root / 'serve.log').read_text()}")

@@ -6,9 +6,7 @@ Alertmanager calls `rollwise serve`, and the canary is rolled back."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import httpx
@@ -16,10 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rollwise.errors import ExitCode
 from rollwise.ports import free_port
-from tests.conftest import ROOT, Project, require_binary
-from tests.helpers import FAST, run_in_background, start_load, status, wait_for
+from tests.conftest import ROOT, require_binary
+from tests.helpers import FAST, TOKEN, run_in_background, serve, start_load, status, wait_for
 
-TOKEN = "t0ken-for-tests-0123456789"
 EXAMPLES = ROOT / "examples" / "prometheus"
 
 
@@ -35,41 +32,6 @@ def value(text: str, name: str, **labels: str) -> float:
     found = [v for (n, lab), v in samples(text).items() if n == name and set(labels.items()) <= lab]
     assert len(found) == 1, f"{name}{labels}: {found}"
     return found[0]
-
-
-def serve(p: Project, extra_env: dict[str, str] | None = None) -> str:
-    port = free_port()
-    log = (p.root / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rollwise",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "-C",
-            str(p.root),
-        ],
-        env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN, **(extra_env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-
-    def stop() -> None:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
-    p.cleanups.append(stop)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            return url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"rollwise serve did not start: {(p.root / 'serve.log').read_text()}")
 
 
 def test_given_a_deployed_release_under_load_then_metrics_and_sd_show_it(project):

@@ -4,9 +4,7 @@ real Alertmanager webhook calls."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import httpx
@@ -14,9 +12,16 @@ import httpx
 from rollwise.errors import ExitCode
 from rollwise.ports import free_port
 from tests.conftest import Project, require_binary
-from tests.helpers import FAST, router_version, run_in_background, start_load, status, wait_for
-
-TOKEN = "t0ken-for-tests-0123456789"
+from tests.helpers import (
+    FAST,
+    TOKEN,
+    router_version,
+    run_in_background,
+    serve,
+    start_load,
+    status,
+    wait_for,
+)
 
 
 def prom_check(url: str, query: str, **bounds: float) -> dict[str, object]:
@@ -134,41 +139,6 @@ def _start_prometheus(p: Project) -> str:
     raise AssertionError("Prometheus did not become ready in 30 s")
 
 
-def _serve(p: Project) -> str:
-    port = free_port()
-    log = (p.root / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rollwise",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "-C",
-            str(p.root),
-        ],
-        env={**os.environ, "ROLLWISE_WEBHOOK_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-
-    def stop() -> None:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
-    p.cleanups.append(stop)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            return url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError("rollwise serve did not start")
-
-
 def alertmanager_payload(env: str, status_: str = "firing") -> dict[str, object]:
     """What Alertmanager (webhook_config, version 4) posts."""
     return {
@@ -203,7 +173,7 @@ def test_given_an_alertmanager_webhook_when_firing_then_the_environment_rolls_ba
     project.release("0.9.0", "1.0.0", "1.1.0")
     for v in ("0.9.0", "1.0.0", "1.1.0"):
         project.cli("deploy", v, check=True)
-    url = _serve(project)
+    url = serve(project)
     hook = f"{url}/hooks/alertmanager"
     assert httpx.post(hook, json=alertmanager_payload("dev")).status_code == 401
     wrong = httpx.post(
@@ -243,7 +213,7 @@ def test_given_a_canary_in_progress_when_a_generic_alert_arrives_then_traffic_go
     project.configure(strategy={"type": "canary", "pause_s": 60, "steps": [30, 100]}, analysis=FAST)
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
-    url = _serve(project)
+    url = serve(project)
     proc = run_in_background(project, "deploy", "1.1.0")
     wait_for(project, lambda s: len([w for w in s["weights"].values() if w]) == 2)
     r = httpx.post(

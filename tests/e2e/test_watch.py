@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
-from tests.helpers import FAST, start_load, wait_for
+from tests.helpers import FAST, run_in_background, start_load, wait_for
 
 
 def test_given_a_canary_under_load_then_look_events_and_status_watch_show_it(project):
@@ -18,43 +16,9 @@ def test_given_a_canary_under_load_then_look_events_and_status_watch_show_it(pro
     project.release("1.0.0", "1.1.0")
     project.cli("deploy", "1.0.0", check=True)
     load = start_load(project, 40)
-    deploy = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rollwise",
-            "--progress",
-            "json",
-            "deploy",
-            "1.1.0",
-            "-C",
-            str(project.root),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    project.background.append(deploy)
+    deploy = run_in_background(project, "--progress", "json", "deploy", "1.1.0")
     wait_for(project, lambda s: len([w for w in s["weights"].values() if w]) == 2)
-    watch = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rollwise",
-            "status",
-            "--watch",
-            "--interval",
-            "0.5",
-            "-e",
-            "dev",
-            "-C",
-            str(project.root),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    project.background.append(watch)
+    watch = run_in_background(project, "status", "--watch", "--interval", "0.5", "-e", "dev")
     time.sleep(4)
     watch.send_signal(signal.SIGINT)
     out, err = watch.communicate(timeout=30)
