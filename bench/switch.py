@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,14 @@ def process(cmd: list[str], port: int | None, log: Path) -> Iterator[subprocess.
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def backend(
+    b: Backend, log: Path, error_rate: float = 0.0
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """bench/backend.py answering as `b.version` on `b.port`, until the context ends."""
+    argv = [PY, str(HERE / "backend.py"), "--port", str(b.port), "--version", b.version]
+    return process([*argv, "--error-rate", str(error_rate)], b.port, log)
 
 
 Setup = Callable[[Path, list[Backend]], Any]
@@ -351,13 +359,7 @@ def start_router(stack: ExitStack, name: str, setup: Any, work: Path) -> Running
     backends = [Backend(f"{v}-{name}", v, "127.0.0.1", free_port()) for v in ("v1", "v2")]
     if name != "builtin":
         for b in backends:
-            stack.enter_context(
-                process(
-                    [PY, str(HERE / "backend.py"), "--port", str(b.port), "--version", b.version],
-                    b.port,
-                    work / f"{name}-{b.version}.log",
-                )
-            )
+            stack.enter_context(backend(b, work / f"{name}-{b.version}.log"))
     router, port = stack.enter_context(setup(work, backends))
     router.set_weights({backends[0].name: 1})
     return Running(name, router, port, backends, listener_pid(port))

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bench.switch import HERE, builtin, caddy, haproxy, measure_switches, process
+from bench.switch import backend, builtin, caddy, haproxy, measure_switches
 
 from rollwise import loadgen
 from rollwise.agent.client import AgentClient
@@ -29,23 +29,7 @@ def run_backends(
     bs: list[Backend], work: Path, error_rates: dict[str, float] | None = None
 ) -> list:
     rates = error_rates or {}
-    procs = [
-        process(
-            [
-                sys.executable,
-                str(HERE / "backend.py"),
-                "--port",
-                str(b.port),
-                "--version",
-                b.version,
-                "--error-rate",
-                str(rates.get(b.version, 0.0)),
-            ],
-            b.port,
-            work / f"{b.version}.log",
-        )
-        for b in bs
-    ]
+    procs = [backend(b, work / f"{b.version}.log", rates.get(b.version, 0.0)) for b in bs]
     for p in procs:
         p.__enter__()
     return procs

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bench.switch import HERE, builtin, haproxy, process
+from bench.switch import backend, builtin, haproxy
 
 from rollwise.ports import free_port
 from rollwise.traffic.base import Backend, TrafficRouter
@@ -39,20 +38,7 @@ def routed(
         if request.param == "haproxy":
             require(shutil.which("haproxy") is not None, "haproxy", "apt-get install -y haproxy")
             for b in bs:
-                stack.enter_context(
-                    process(
-                        [
-                            sys.executable,
-                            str(HERE / "backend.py"),
-                            "--port",
-                            str(b.port),
-                            "--version",
-                            b.version,
-                        ],
-                        b.port,
-                        tmp_path / f"{b.version}.log",
-                    )
-                )
+                stack.enter_context(backend(b, tmp_path / f"{b.version}.log"))
             router, port = stack.enter_context(haproxy(tmp_path, bs, RULES))
         else:
             router, port = stack.enter_context(builtin(tmp_path, bs, rules=RULES))
