@@ -424,6 +424,14 @@ ForceOpt = Annotated[
     ),
 ]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit log).")]
+DropYesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Do not ask before dropping data (needed without a terminal, e.g. in CI).",
+    ),
+]
 
 
 def _force_reason(force: bool, reason: str | None) -> str | None:
@@ -474,14 +482,7 @@ def rollback(
         ),
     ] = False,
     reason: ReasonOpt = None,
-    yes: Annotated[
-        bool,
-        typer.Option(
-            "--yes",
-            "-y",
-            help="Do not ask before dropping data (needed without a terminal, e.g. in CI).",
-        ),
-    ] = False,
+    yes: DropYesOpt = False,
     directory: DirOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
@@ -664,12 +665,15 @@ def _watch_status(directory: Path, env: str | None, interval: float) -> None:
     ctx = _ctx(directory, quiet=True)
     live = Live(console=out, auto_refresh=False) if out.is_terminal else None
 
+    def versions(name: str) -> dict[str, Any]:
+        try:
+            return dict(metrics.router_counters(ctx.environment(name)).get("versions", {}))
+        except RollwiseError:  # status says why (agent not running)
+            return {}
+
     def boards() -> list[Any]:
         data = ops.status(ctx, env)["environments"]
-        return [
-            board_from_status(name, s, metrics.snapshot(ctx, name).router.get("versions", {}))
-            for name, s in data.items()
-        ]
+        return [board_from_status(name, s, versions(name)) for name, s in data.items()]
 
     try:
         if live is not None:
@@ -1545,14 +1549,7 @@ def bundle_rollback(
     env: EnvOpt = "dev",
     lock_wait: LockWait = 0.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what changes.")] = False,
-    yes: Annotated[
-        bool,
-        typer.Option(
-            "--yes",
-            "-y",
-            help="Do not ask before dropping data (needed without a terminal, e.g. in CI).",
-        ),
-    ] = False,
+    yes: DropYesOpt = False,
     directory: DirOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
