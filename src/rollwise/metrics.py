@@ -24,7 +24,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from rollwise import reasons
-from rollwise.controller.context import Context
+from rollwise.controller.context import Context, Environment
 from rollwise.errors import RollwiseError
 
 STABLE, CANARY = "stable", "canary"
@@ -55,7 +55,6 @@ class Snapshot:
 def snapshot(ctx: Context, env: str) -> Snapshot:
     """Read environment `env` from the state store and its router; a router or target that
     does not answer is reported (`rollwise_router_up 0`), not raised."""
-    from rollwise.agent.client import AgentClient
     from rollwise.audit import iter_events
     from rollwise.controller.lock import current
     from rollwise.store import repo
@@ -78,19 +77,26 @@ def snapshot(ctx: Context, env: str) -> Snapshot:
         )
     lock = current(ctx.engine, env)
     snap.lock_holder = None if lock is None or lock.expired else lock.holder
-    if (
-        environment.config.router.type == "builtin"
-        and AgentClient(environment.dir, env).alive() is None
-    ):
-        snap.router_up, snap.error = False, "the environment's agent is not running"
-        return snap
     try:
-        snap.router = environment.router.metrics()
+        snap.router = router_counters(environment)
         snap.weights = environment.router.weights()
         snap.instances = [vars(i) for i in environment.target.instances()]
     except (RollwiseError, OSError) as e:
         snap.router_up, snap.error = False, str(e)
     return snap
+
+
+def router_counters(environment: Environment) -> dict[str, Any]:
+    """The router's metrics now (per-version counters under "versions"); RollwiseError when
+    the environment's agent, whose embedded router it is, is not running."""
+    from rollwise.agent.client import AgentClient
+
+    if (
+        environment.config.router.type == "builtin"
+        and AgentClient(environment.dir, environment.name).alive() is None
+    ):
+        raise RollwiseError("the environment's agent is not running")
+    return environment.router.metrics()
 
 
 def families(snaps: list[Snapshot]) -> list[Metric]:

@@ -191,22 +191,16 @@ def html_page(report: dict[str, Any], deployments: list[dict[str, Any]], title: 
 
     def restores(ax: Any) -> None:
         for env in envs:
-            xs = [
-                (float(d["created_at"]) - period.since) / DAY_S
+            rolled = [
+                d
                 for d in deployments
                 if d["env"] == env
                 and d["kind"] == "deploy"
                 and d["status"] == reasons.ROLLED_BACK
                 and period.since <= float(d["created_at"]) < period.until
             ]
-            ys = [
-                float(d["updated_at"]) - float(d["created_at"])
-                for d in deployments
-                if d["env"] == env
-                and d["kind"] == "deploy"
-                and d["status"] == reasons.ROLLED_BACK
-                and period.since <= float(d["created_at"]) < period.until
-            ]
+            xs = [(float(d["created_at"]) - period.since) / DAY_S for d in rolled]
+            ys = [float(d["updated_at"]) - float(d["created_at"]) for d in rolled]
             ax.scatter(xs, ys, label=env, s=12)
         ax.set_xlabel("day")
         ax.set_ylabel("seconds to restore (automatic)")

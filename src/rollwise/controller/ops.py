@@ -1002,9 +1002,10 @@ def incident_list(ctx: Context, env: str | None) -> list[inc.Incident]:
 
 
 def incident(ctx: Context, incident_id: str) -> inc.Incident:
-    found = next((i for i in incident_list(ctx, None) if i.id == incident_id.upper()), None)
+    every = incident_list(ctx, None)
+    found = next((i for i in every if i.id == incident_id.upper()), None)
     if found is None:
-        known = ", ".join(i.id for i in incident_list(ctx, None)[:10]) or "none yet"
+        known = ", ".join(i.id for i in every[:10]) or "none yet"
         raise NotFound(
             f"no incident {incident_id!r}",
             where="incident",
