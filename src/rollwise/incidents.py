@@ -114,7 +114,12 @@ def timeline(
             continue
         what = f"{j['step']} {j['phase']}"
         detail = ""
-        if j["step"] == "undo" and j["phase"] == "started":
+        back = (j["step"] == "undo" and j["phase"] == "started") or (
+            incident.how == "rollback"
+            and j["deployment_id"] == incident.deployment
+            and (j["step"], j["phase"]) == ("switch", "done")
+        )
+        if back:
             what = f"traffic back to {incident.restored_version}"
         elif j["step"] == "undo" and j["phase"] == "done":
             data = j.get("data") or {}

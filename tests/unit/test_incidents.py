@@ -130,3 +130,17 @@ def test_timeline_orders_journal_and_decisions_and_names_the_first_bad_signal():
         "reason": "errors 9% vs 0%",
         "measurements": [m],
     }
+
+
+def test_a_later_rollback_puts_traffic_back_at_its_switch():
+    [manual, _] = incidents(HISTORY, [])
+    journal = [
+        {"deployment_id": 3, "step": "switch", "phase": "done", "at": 305.0, "data": {}},
+        {"deployment_id": 5, "step": "switch", "phase": "started", "at": 505.0, "data": {}},
+        {"deployment_id": 5, "step": "switch", "phase": "done", "at": 505.1, "data": {}},
+    ]
+    assert [(r["deployment"], r["what"]) for r in timeline(manual, journal, [])] == [
+        (3, "switch done"),
+        (5, "switch started"),
+        (5, "traffic back to 1.0.0"),
+    ]

@@ -850,7 +850,7 @@ def incident_list(
                 (f"{i.id:<8}", "bold"),
                 (f" {i.status:<6}", "red" if i.status == "open" else "green"),
                 f" {when} {i.env}: {i.bad_version} -> {i.restored_version or '-'} "
-                f"({i.how}, {i.acted_by}) {i.reason}",
+                f"({i.how}, {i.acted_by})" + (f" {i.reason}" if i.reason else ""),
             )
         )
     if not rows:
@@ -878,10 +878,11 @@ def incident_show(
             f"{data['restored_version'] or '-'} restored ({data['how']}, by {data['acted_by']})",
         )
     )
-    out.print(f"  why: {data['reason']}")
+    out.print(f"  why: {data['reason'] or 'not given (rollback --reason records one)'}")
     for row in data["timeline"]:
         at = datetime.fromtimestamp(row["at"]).strftime("%H:%M:%S.%f")[:-3]
-        out.print(f"  {at} {row['what']}" + (f"  ({row['detail']})" if row["detail"] else ""))
+        detail = f"  ({row['detail']})" if row["detail"] else ""
+        out.print(f"  {at} deployment {row['deployment']}: {row['what']}{detail}")
     if data["evidence"]:
         for m in data["evidence"]["measurements"]:
             out.print(f"  evidence: {m.get('name')}: {m.get('verdict')}: {m.get('reason')}")
