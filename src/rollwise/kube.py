@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-FIELD_MANAGER = "rollwise"
+from rollwise.errors import ConfigError
+
 LABEL = "rollwise.io"
 
 
@@ -34,6 +35,15 @@ class KubeRelease:
     secret_names: tuple[str, ...] = ()  # keys of the Secret `<app>-<env>` (values never here)
     memory: str | None = None
     cpus: float | None = None
+    instance: str | None = None  # the deployment's instance name, when deploys drive it
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """Which instance of which version (the version unslugged) a Deployment runs; a new
+        instance of the same version changes the pod template, so pods roll."""
+        if self.instance is None:
+            return {}
+        return {f"{LABEL}/instance": self.instance, f"{LABEL}/version": self.version}
 
     @property
     def name(self) -> str:
@@ -85,14 +95,18 @@ def deployment(r: KubeRelease) -> dict[str, Any]:
     }
     if limits:
         container["resources"] = {"limits": limits}
+    notes = {"annotations": r.annotations} if r.annotations else {}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": r.name, "namespace": r.namespace, "labels": r.labels},
+        "metadata": {"name": r.name, "namespace": r.namespace, "labels": r.labels, **notes},
         "spec": {
             "replicas": r.replicas,
             "selector": {"matchLabels": r.labels},
-            "template": {"metadata": {"labels": r.labels}, "spec": {"containers": [container]}},
+            "template": {
+                "metadata": {"labels": r.labels, **notes},
+                "spec": {"containers": [container]},
+            },
         },
     }
 
@@ -235,22 +249,27 @@ def validate(objects: list[dict[str, Any]], version: str) -> list[str]:
     return problems
 
 
-def apply(objects: list[dict[str, Any]], context: str | None = None) -> list[str]:
-    """Server-side apply of every object with the official client, field manager
-    `rollwise`; returns `Kind/name` of each. Needs a reachable cluster (KUBECONFIG)."""
-    from kubernetes import config, dynamic
-    from kubernetes.client import api_client
+def pullable(meta: dict[str, Any], version: str) -> str:
+    """The registry digest (`name@sha256:...`) nodes pull a release's image by; an image
+    known only to this machine (`localhost/...`) has none."""
+    for d in meta.get("repo_digests", []):
+        if "@sha256:" in d and not d.startswith("localhost/"):
+            return str(d)
+    raise ConfigError(
+        f"release {version}'s image {str(meta['id'])[:19]} has no registry digest: "
+        "nodes cannot pull it",
+        where=f"release {version}",
+        hint="push the image to a registry and make releases from it with "
+        "`image: {ref: registry/name@sha256:...}`",
+    )
 
-    config.load_kube_config(context=context)
-    client = dynamic.DynamicClient(api_client.ApiClient())
-    done = []
+
+def apply(objects: list[dict[str, Any]], context: str | None = None) -> list[str]:
+    """Server-side apply of every object (field manager `rollwise`); returns `Kind/name` of
+    each. Needs a reachable cluster (KUBECONFIG)."""
+    from rollwise.kubeapi import Cluster
+
+    cluster = Cluster(context)
     for obj in objects:
-        api = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        api.server_side_apply(
-            body=obj,
-            namespace=obj["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        )
-        done.append(f"{obj['kind']}/{obj['metadata']['name']}")
-    return done
+        cluster.apply(obj)
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in objects]

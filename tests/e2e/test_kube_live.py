@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rollwise import kube
+from rollwise import kube, kubeapi
 
 
 def cluster() -> None:
@@ -21,12 +21,13 @@ def cluster() -> None:
 
 def test_server_side_apply_of_a_release_and_its_rollback_weights():
     cluster()
-    from kubernetes import client, config
-
-    config.load_kube_config()
+    api = kubeapi.Cluster()
     ns = f"rollwise-test-{int(time.time())}"
-    core = client.CoreV1Api()
-    core.create_namespace({"metadata": {"name": ns}})
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+    created = api._call(
+        "POST", "/api/v1/namespaces", body=namespace, content_type="application/json"
+    )
+    assert created[0] == 201, created
     try:
         new = kube.KubeRelease(
             app="stock",
@@ -42,9 +43,10 @@ def test_server_side_apply_of_a_release_and_its_rollback_weights():
             "Service/stock-test-1-1-0",
             "Ingress/stock-test-1-1-0",
         ]
-        got = client.AppsV1Api().read_namespaced_deployment("stock-test-1-1-0", ns)
-        managers = {m.manager for m in got.metadata.managed_fields}
-        assert kube.FIELD_MANAGER in managers
-        assert got.spec.template.spec.containers[0].image == new.image
+        got = api.get(kubeapi.path("apps/v1", "Deployment", ns, "stock-test-1-1-0"))
+        assert got is not None
+        managers = {m["manager"] for m in got["metadata"]["managedFields"]}
+        assert kubeapi.FIELD_MANAGER in managers
+        assert got["spec"]["template"]["spec"]["containers"][0]["image"] == new.image
     finally:
-        core.delete_namespace(ns)
+        api._call("DELETE", f"/api/v1/namespaces/{ns}")

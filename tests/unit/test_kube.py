@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from rollwise import kube
+import pytest
+from pydantic import ValidationError
+
+from rollwise import kube, kubeapi
+from rollwise.config.schema import EnvironmentConfig, KubernetesConfig
+from rollwise.traffic.base import Backend
+from rollwise.traffic.kubernetes import KubeRouter
 
 DIGEST = "registry.example.com/shop/stock@sha256:" + "ab" * 32
 
@@ -154,3 +160,78 @@ def test_memory_limits_become_kubernetes_quantities(given, k8s):
 def test_versions_become_dns_labels():
     assert kube.slug("1.5.0+build.7") == "1-5-0-build-7"
     assert kube.slug("2.0.0-RC.1") == "2-0-0-rc-1"
+
+
+class Routes:
+    """A KubeApi that keeps applied objects by path (pure logic: what the router reads back)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict] = {}
+
+    def apply(self, obj: dict) -> dict:
+        self.objects[kubeapi.path_of(obj)] = obj
+        return obj
+
+    def get(self, path: str) -> dict | None:
+        return self.objects.get(path)
+
+
+def router(api: Routes) -> KubeRouter:
+    settings = KubernetesConfig(namespace="shop", gateway="public")
+    return KubeRouter(settings, "stock", "prod", lambda context: api)  # type: ignore[arg-type,return-value]
+
+
+def test_given_canary_weights_then_the_route_weights_services_and_reads_back_per_instance():
+    api = Routes()
+    r = router(api)
+    r.register([Backend("1.0.0-a-0", "1.0.0", "shop.svc", 80)])
+    r.register([Backend("1.1.0-b-0", "1.1.0", "shop.svc", 80)])
+    r.set_weights({"1.0.0-a-0": 4, "1.1.0-b-0": 1})
+    route = api.objects["/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/stock-prod"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "stock-prod-1-0-0", "port": 80, "weight": 4},
+        {"name": "stock-prod-1-1-0", "port": 80, "weight": 1},
+    ]
+    # a new process knows the backends from the route itself
+    assert router(api).weights() == {"1.0.0-a-0": 4, "1.1.0-b-0": 1}
+    again = router(api)
+    again.set_weights({"1.0.0-a-0": 1})
+    assert again.weights() == {"1.0.0-a-0": 1}
+
+
+def test_given_a_route_changed_outside_rollwise_then_its_services_weights_read_back():
+    api = Routes()
+    r = router(api)
+    r.register([Backend("1.0.0-a-0", "1.0.0", "shop.svc", 80)])
+    r.set_weights({"1.0.0-a-0": 1})
+    route = next(iter(api.objects.values()))
+    route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 0  # kubectl edit
+    assert r.weights() == {"stock-prod-1-0-0": 0}  # not what rollwise set: a switch fails verified
+
+
+def test_a_kubernetes_target_routes_by_its_cluster_and_is_judged_by_prometheus():
+    cfg = EnvironmentConfig.model_validate(
+        {"target": {"type": "kubernetes"}, "kubernetes": {"namespace": "shop"}}
+    )
+    assert (cfg.router.type, cfg.analysis.router.enabled) == ("kubernetes", False)
+    bad = {
+        "analysis": ({"router": {"enabled": True}}, "rollwise's router does not see"),
+        "router": ({"type": "haproxy", "admin": "/run/h.sock"}, "the cluster routes"),
+        "kubernetes": ({"namespace": "shop", "traffic": "ingress-nginx"}, "gateway-api"),
+    }
+    for key, (value, message) in bad.items():
+        raw = {"target": {"type": "kubernetes"}, "kubernetes": {"namespace": "shop"}, key: value}
+        with pytest.raises(ValidationError, match=message):
+            EnvironmentConfig.model_validate(raw)
+    with pytest.raises(ValidationError, match="needs `kubernetes` settings"):
+        EnvironmentConfig.model_validate({"target": {"type": "kubernetes"}})
+    with pytest.raises(ValidationError, match=re.escape("needs `target: {type: kubernetes}`")):
+        EnvironmentConfig.model_validate({"router": {"type": "kubernetes"}})
+
+
+def test_api_paths_follow_the_group_of_each_kind():
+    assert kubeapi.path("v1", "Service", "shop", "a") == "/api/v1/namespaces/shop/services/a"
+    assert kubeapi.path("apps/v1", "Deployment", "shop") == (
+        "/apis/apps/v1/namespaces/shop/deployments"
+    )
+    assert kubeapi.selector({"b": "2", "a": "1"}) == "a=1,b=2"

@@ -7,9 +7,11 @@ import pytest
 from rollwise.config.schema import EnvironmentConfig, RouterConfig, TargetConfig
 from rollwise.controller.registry import make_router, make_target
 from rollwise.errors import ConfigError
+from rollwise.targets.kubernetes import KubeTarget
 from rollwise.targets.local import LocalTarget
 from rollwise.targets.ssh import SSHTarget
 from rollwise.traffic.haproxy import HAProxyRouter
+from rollwise.traffic.kubernetes import KubeRouter
 
 
 def test_given_a_type_then_the_registry_builds_its_backend(tmp_path: Path) -> None:
@@ -18,8 +20,14 @@ def test_given_a_type_then_the_registry_builds_its_backend(tmp_path: Path) -> No
     fleet = EnvironmentConfig(target=TargetConfig(type="ssh", hosts=[{"address": "10.0.0.2"}]))
     ssh = make_target(fleet, "app", tmp_path, "prod", lambda v: {})
     assert isinstance(ssh, SSHTarget) and ssh.layout.env_dir == "/srv/rollwise/app/prod"
-    router = RouterConfig(type="haproxy", admin="/run/haproxy.sock")
-    assert isinstance(make_router(router, tmp_path, "prod"), HAProxyRouter)
+    haproxy = EnvironmentConfig(router=RouterConfig(type="haproxy", admin="/run/haproxy.sock"))
+    assert isinstance(make_router(haproxy, "app", tmp_path, "prod"), HAProxyRouter)
+    cluster = EnvironmentConfig.model_validate(
+        {"target": {"type": "kubernetes"}, "kubernetes": {"namespace": "shop"}}
+    )
+    kube = make_target(cluster, "app", tmp_path, "prod", lambda v: {})
+    assert isinstance(kube, KubeTarget) and kube.host == "shop.svc"
+    assert isinstance(make_router(cluster, "app", tmp_path, "prod"), KubeRouter)
 
 
 def test_given_an_unknown_target_type_then_a_config_error_names_the_key(tmp_path: Path) -> None:

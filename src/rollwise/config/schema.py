@@ -159,11 +159,12 @@ class RouterLimits(Strict):
 
 
 class RouterConfig(Strict):
-    type: Literal["builtin", "haproxy", "caddy"] = Field(
+    type: Literal["builtin", "haproxy", "caddy", "kubernetes"] = Field(
         "builtin",
         description="`builtin`: rollwise's embedded router (started by rollwise). `haproxy`: "
         "an HAProxy you run, driven through its runtime API. `caddy`: a Caddy you run, driven "
-        "through its admin API.",
+        "through its admin API. `kubernetes`: the HTTPRoute's backendRefs weights (the "
+        "default, and the only router, of `target: {type: kubernetes}`).",
     )
     listen: str = Field(
         "127.0.0.1:8080",
@@ -216,8 +217,13 @@ class RouterConfig(Strict):
 
     @model_validator(mode="after")
     def _admin(self) -> RouterConfig:
-        if self.type != "builtin" and not self.admin:
+        if self.type in ("haproxy", "caddy") and not self.admin:
             raise ValueError(f"router type {self.type!r} needs `admin`")
+        if self.type == "kubernetes" and (self.sticky or self.canary_headers):
+            raise ValueError(
+                "the kubernetes router does not support sticky or canary_headers: route "
+                "by header with HTTPRoute matches of your own"
+            )
         if self.type == "caddy" and (self.sticky or self.canary_headers):
             raise ValueError(
                 "the caddy router does not support sticky or canary_headers: use builtin or haproxy"
@@ -348,12 +354,15 @@ class PortsConfig(Strict):
 
 
 class TargetConfig(Strict):
-    type: Literal["local", "ssh", "container"] = Field(
+    type: Literal["local", "ssh", "container", "kubernetes"] = Field(
         "local",
         description="`local`: instances run as processes on this machine. `ssh`: instances "
         "run on `hosts`, each driven by its own rollwise agent over SSH; the router is the "
         "front that balances across them. `container`: instances run as containers of the "
-        "release's image (`image`) through podman or docker on this machine.",
+        "release's image (`image`) through podman or docker on this machine. `kubernetes`: "
+        "each release is a Deployment and a Service of its image in a cluster "
+        "(`kubernetes` settings), traffic split by a Gateway API HTTPRoute "
+        "(docs/kubernetes.md).",
     )
     hosts: list[HostConfig] = Field(
         default_factory=list,
@@ -938,6 +947,54 @@ class EnvironmentConfig(Strict):
         "marketplace token); a failure after a deploy rolls it back.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_routes(cls, data: Any) -> Any:
+        """On Kubernetes the cluster routes: the router is the HTTPRoute, and the requests
+        analysis counts are Prometheus's, not rollwise's router's."""
+        target = data.get("target") if isinstance(data, dict) else None
+        if getattr(target, "type", None) != "kubernetes" and not (
+            isinstance(target, dict) and target.get("type") == "kubernetes"
+        ):
+            return data
+        if not isinstance(data.get("router") or {}, dict):
+            return data  # built in code, not read from a file
+        router = {**(data.get("router") or {})}
+        if router.setdefault("type", "kubernetes") != "kubernetes":
+            raise ValueError(
+                f"router type {router['type']!r} with `target: {{type: kubernetes}}`: the "
+                "cluster routes (an HTTPRoute); remove `router.type`"
+            )
+        analysis = data.get("analysis") or {}
+        if not isinstance(analysis, dict) or not isinstance(analysis.get("router") or {}, dict):
+            return {**data, "router": router}
+        counts = {**(analysis.get("router") or {})}
+        if counts.setdefault("enabled", False):
+            raise ValueError(
+                "analysis.router.enabled with `target: {type: kubernetes}`: rollwise's "
+                "router does not see the cluster's requests; judge canaries with "
+                "`analysis.checks` of type prometheus (docs/kubernetes.md)"
+            )
+        return {**data, "router": router, "analysis": {**analysis, "router": counts}}
+
+    @model_validator(mode="after")
+    def _cluster_settings(self) -> EnvironmentConfig:
+        kube = self.target.type == "kubernetes"
+        if kube and self.kubernetes is None:
+            raise ValueError(
+                "`target: {type: kubernetes}` needs `kubernetes` settings, e.g. "
+                "{namespace: shop, gateway: public}"
+            )
+        if kube and self.kubernetes and self.kubernetes.traffic != "gateway-api":
+            raise ValueError(
+                "deploys on Kubernetes split traffic with a Gateway API HTTPRoute: set "
+                "`kubernetes.traffic: gateway-api` (ingress-nginx canaries are applied by "
+                "`rollwise kube apply` only)"
+            )
+        if self.router.type == "kubernetes" and not kube:
+            raise ValueError("router type 'kubernetes' needs `target: {type: kubernetes}`")
+        return self
+
 
 class HooksConfig(Strict):
     pre_deploy: list[str] = Field(
@@ -1085,7 +1142,7 @@ class ProjectConfig(Strict):
             names := [
                 n
                 for n, e in self.environments.items()
-                if e.target.type == "container" or e.target.runtime == "container"
+                if e.target.type in ("container", "kubernetes") or e.target.runtime == "container"
             ]
         ):
             raise ValueError(
@@ -1098,6 +1155,8 @@ class ProjectConfig(Strict):
     def _distinct_listen(self) -> ProjectConfig:
         seen: dict[str, str] = {}
         for name, env in self.environments.items():
+            if env.router.type == "kubernetes":
+                continue
             other = seen.setdefault(env.router.listen, name)
             if other != name:
                 raise ValueError(

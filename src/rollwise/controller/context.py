@@ -104,8 +104,9 @@ class Context:
                     data={"host": host, "step": what, **data},
                 ),
                 self.config.image,
+                self.config.health.path,
             ),
-            make_router(cfg.router, folder, name),
+            make_router(cfg, self.config.app, folder, name),
         )
 
     def url(self, env: str, cfg: UrlOrSecret) -> str:
@@ -128,7 +129,10 @@ class Context:
         ROLLWISE_ENV, ROLLWISE_VERSION, ROLLWISE_SHARED_DIR."""
         env_cfg = self.env(env)
         values: dict[str, str | secrets.Secret] = {**self.config.run.env, **env_cfg.env}
-        values |= secrets.resolve(env_cfg.secrets, self.state_dir, env)
+        if env_cfg.target.type == "kubernetes":  # keys of the cluster's Secret <app>-<env>
+            values |= {name: secrets.Secret("") for name in env_cfg.secrets}
+        else:
+            values |= secrets.resolve(env_cfg.secrets, self.state_dir, env)
         shared = self.env_dir(env) / "shared"
         shared.mkdir(mode=0o700, parents=True, exist_ok=True)
         url = self.database_url(env)

@@ -31,26 +31,13 @@ def release(ctx: Context, env: str, version: str) -> kube.KubeRelease:
     meta = containers.read_archive(
         artifacts.artifact_path(ctx.artifacts_dir(), rel["sha256"]), rel["version"]
     )
-    digests = [
-        d
-        for d in meta.get("repo_digests", [])
-        if "@sha256:" in d and not d.startswith("localhost/")
-    ]  # local: no node has it
-    if not digests:
-        raise ConfigError(
-            f"release {rel['version']}'s image {meta['id'][:19]} has no registry digest: "
-            "nodes cannot pull it",
-            where=f"release {rel['version']}",
-            hint="push the image to a registry and make releases from it with "
-            "`image: {ref: registry/name@sha256:...}`",
-        )
     plain = {**ctx.config.run.env, **env_cfg.env}
     image = ctx.config.image
     return kube.KubeRelease(
         app=ctx.config.app,
         env=env,
         version=rel["version"],
-        image=digests[0],
+        image=kube.pullable(meta, rel["version"]),
         namespace=cfg.namespace,
         replicas=env_cfg.instances,
         port=cfg.port,

@@ -708,21 +708,26 @@ def _interrupted(
     return None
 
 
-def _health(ctx: Context, instances: list[Any], weights: dict[str, int]) -> dict[str, Any]:
+def _health(
+    ctx: Context, instances: list[Any], weights: dict[str, int], cluster: bool = False
+) -> dict[str, Any]:
     """Each serving instance's health endpoint, asked once now: healthy only if all answer
-    2xx."""
+    2xx. In a cluster (out of reach from here) its readiness probes answer for it."""
     import httpx
 
     cfg = ctx.config.health
     serving = [i for i in instances if weights.get(i.name, 0) > 0]
     result: dict[str, str] = {}
     for i in serving:
+        if cluster:
+            result[i.name] = "ready" if i.alive else "not ready"
+            continue
         try:
             r = httpx.get(d.Endpoint(i.host, i.port).url(cfg.path), timeout=cfg.timeout_s)
             result[i.name] = str(r.status_code)
         except httpx.HTTPError as e:
             result[i.name] = f"no answer ({type(e).__name__})"
-    ok = bool(serving) and all(v.startswith("2") for v in result.values())
+    ok = bool(serving) and all(v.startswith("2") or v == "ready" for v in result.values())
     return {"ok": ok, "path": cfg.path, "instances": result}
 
 
@@ -733,20 +738,21 @@ def _env_status(ctx: Context, environment: Environment) -> dict[str, Any]:
     dep = repo.active_deployment(ctx.engine, env)
     done = sorted(repo.done_steps(ctx.engine, dep["id"])) if dep else []
     last = repo.list_deployments(ctx.engine, env, 1)
-    agent_up = AgentClient(environment.dir, env).alive() is not None
+    cluster = environment.target.type == "kubernetes"  # runs no agent: the cluster does
+    agent_up = cluster or AgentClient(environment.dir, env).alive() is not None
     try:
         instances, unreachable = environment.target.instances() if agent_up else [], None
     except RollwiseError as e:  # a fleet host that does not answer: reported, not skipped
         instances, unreachable = [], str(e)
     weights = environment.router.weights() if agent_up else {}
     interrupted = _interrupted(ctx, env, dep, agent_up, state["live_version"]) or unreachable
-    health = _health(ctx, instances, weights) if state["live_version"] else None
+    health = _health(ctx, instances, weights, cluster) if state["live_version"] else None
     return {
         "live_version": state["live_version"],
         "healthy": bool(health and health["ok"]) and interrupted is None,
         "health": health,
         "instances": [vars(i) for i in instances],
-        "agent": "running" if agent_up else "not running",
+        "agent": "cluster" if cluster else "running" if agent_up else "not running",
         "router": environment.config.router.listen,
         "weights": weights,
         "lock": None
@@ -968,7 +974,12 @@ def _after_restore(
 
 
 def _serving_health(ctx: Context, environment: Environment) -> dict[str, Any]:
-    return _health(ctx, environment.target.instances(), environment.router.weights())
+    return _health(
+        ctx,
+        environment.target.instances(),
+        environment.router.weights(),
+        environment.target.type == "kubernetes",
+    )
 
 
 def _database(ctx: Context, environment: Environment) -> str:
