@@ -205,3 +205,24 @@ def test_a_cluster_that_does_not_answer_is_named_before_anything_is_recorded(
     assert "the Kubernetes API at http://127.0.0.1:9 does not answer" in res.stderr
     after = json.loads(shop.cli("history", "--env", "dev", "--json", check=True).stdout)
     assert after == before and len(before) == 1
+
+
+def test_a_controller_killed_mid_canary_is_put_back_by_recover(
+    shop: Project, cluster: FakeCluster
+) -> None:
+    # Given a deploy killed (kill -9) once the route sends half the requests to 1.1.0
+    killed = shop.cli(
+        "deploy", "1.1.0", "--env", "dev", env={"ROLLWISE_FAILPOINT": "canary:50:after"}
+    )
+    assert killed.returncode == -9
+    split = single.status(shop)
+    assert split["interrupted"] and split["live_version"] == "1.0.0"
+    assert route_weights(cluster)[-1] == {svc("1.0.0"): 1, svc("1.1.0"): 1}
+    assert set(deployments(cluster)) == {svc("1.0.0"), svc("1.1.0")}
+
+    # When recovered, Then the route is back on 1.0.0 and 1.1.0's objects are gone
+    shop.cli("recover", "--env", "dev", check=True)
+    assert route_weights(cluster)[-1] == {svc("1.0.0"): 1}
+    assert list(deployments(cluster)) == [svc("1.0.0")]
+    s = single.status(shop)
+    assert s["live_version"] == "1.0.0" and s["healthy"] and not s["interrupted"]
