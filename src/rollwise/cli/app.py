@@ -54,6 +54,11 @@ incident_app = _group(
     "incident",
     "Rollbacks as incidents: timeline, evidence, root cause, fix forward (docs/incidents.md).",
 )
+token_app = _group(
+    "token",
+    "API tokens of the team server: one role each, optionally some environments, expiring, "
+    "shown once (docs/server.md).",
+)
 PercentOpt = Annotated[
     int, typer.Option("--percent", min=0, max=100, help="Share of traffic for this version.")
 ]
@@ -179,6 +184,23 @@ def _json_line(ev: Event) -> None:
     d = {k: v for k, v in vars(ev).items() if v not in (None, {}) and k != "record"}
     sys.stderr.write(json.dumps({**d, "recorded": ev.record}, default=str) + "\n")
     sys.stderr.flush()
+
+
+def _remote(quiet: bool = False) -> Any:
+    """The team server this command asks (ROLLWISE_URL), or None to act here."""
+    if not os.environ.get("ROLLWISE_URL"):
+        return None
+    from rollwise.api.remote import Remote
+
+    return Remote(_bus(quiet))
+
+
+def _local_only(what: str) -> None:
+    raise UsageError(
+        f"`{what}` reads this machine's state: not through a team server",
+        where="ROLLWISE_URL",
+        hint="unset ROLLWISE_URL to run it where the project and its agents are",
+    )
 
 
 def _ctx(directory: Path, quiet: bool = False) -> Any:
@@ -458,6 +480,12 @@ def deploy(
     from rollwise.controller import ops
 
     why = _force_reason(force, reason)
+    if (remote := _remote()) is not None:
+        body = {"version": version, "lock_wait": lock_wait, "force_reason": why}
+        data = _run(lambda: remote.run(f"/environments/{env}/deploy", body), as_json)
+        done = {k: v for k, v in data.items() if k not in ("message", "changed")}
+        _emit_json(done) if as_json else out.print(data["message"])
+        return
     res = _run(
         lambda: ops.deploy(_ctx(directory), env, version, lock_wait=lock_wait, force_reason=why),
         as_json,
@@ -510,11 +538,37 @@ def rollback(
             return ops.Outcome("nothing changed", {"dropped": dropped}, changed=False)
         return ops.rollback(ctx, env, to, lock_wait, force_reason=why)
 
-    res = _run(go, as_json)
+    if (remote := _remote()) is not None:
+        res = _run(lambda: _rollback_remote(remote, env, to, lock_wait, dry_run, why, yes), as_json)
+    else:
+        res = _run(go, as_json)
     if as_json:
         _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed})
     else:
         out.print(res.message)
+
+
+def _rollback_remote(
+    remote: Any, env: str, to: str | None, wait: float, dry: bool, why: str | None, yes: bool
+) -> Any:
+    """A rollback the server runs: its plan shown and, when data is dropped, confirmed here."""
+    from rollwise.api.remote import Refused
+    from rollwise.controller.ops import Outcome
+
+    body = {"to": to, "lock_wait": wait, "force_reason": why, "yes": yes, "dry_run": dry}
+    try:
+        data = remote.run(f"/environments/{env}/rollback", body)
+    except Refused as e:
+        if "dropped" not in e.body:
+            raise
+        err.print(f"rollback of {env}:")
+        for row in e.body.get("plan", []):
+            err.print(f"  {row}")
+        if not _confirm(f"{e.message}; roll back?"):
+            return Outcome("nothing changed", {"dropped": e.body["dropped"]}, changed=False)
+        data = remote.run(f"/environments/{env}/rollback", {**body, "yes": True})
+    rest = {k: v for k, v in data.items() if k not in ("ok", "message", "changed")}
+    return Outcome(str(data["message"]), rest, changed=bool(data.get("changed", True)))
 
 
 def _preview(
@@ -553,7 +607,108 @@ def promote(
     """Continue a canary paused at a step (analysis goes on at the next steps)."""
     from rollwise.controller import ops
 
+    if (remote := _remote()) is not None:
+        out.print(
+            _run(lambda: remote.run(f"/environments/{env}/promote", {"full": full}))["message"]
+        )
+        return
     out.print(_run(lambda: ops.promote(_ctx(directory), env, full)).message)
+
+
+@app.command()
+def server(
+    listen: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:9748",
+    directory: DirOpt = Path("."),
+) -> None:
+    """Run the team server: the API (deploys and rollbacks as jobs, status, history,
+    tokens) over this project's state store, with ROLLWISE_DATABASE_URL a PostgreSQL one
+    shared by every server and CLI of the team (docs/server.md)."""
+    from rollwise.api.server import serve as run_server
+    from rollwise.ports import parse_address
+
+    def go() -> None:
+        try:
+            parse_address(listen)
+        except ValueError:
+            raise UsageError(
+                f"--listen {listen!r} is not host:port with a port from 1 to 65535",
+                hint="for example --listen 127.0.0.1:9748",
+            ) from None
+        run_server(directory, listen)
+
+    _run(go)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses it (a person, a CI job).")],
+    role: Annotated[
+        str,
+        typer.Option(help="viewer, deployer, approver or admin (each includes the ones before)."),
+    ] = "viewer",
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="An environment it may act on (repeat); default: all."),
+    ] = None,
+    expires_days: Annotated[
+        float, typer.Option(min=0, help="Days until it expires; 0: never.")
+    ] = 90,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a token; it is printed once and only its hash is kept."""
+    from rollwise.api import auth
+
+    def go() -> Any:
+        ctx = _ctx(directory, quiet=True)
+        for e in env or []:
+            ctx.env(e)  # an unknown environment is refused, naming the known ones
+        token, row = auth.create(
+            ctx.engine, name, role, env, ctx.actor, expires_days * 86400 or None
+        )
+        ctx.emit("token", "created", data={"id": row["id"], "role": role, "envs": env})
+        return token, row
+
+    token, row = _run(go, as_json)
+    if as_json:
+        _emit_json({"token": token, **row})
+        return
+    out.print(token)
+    err.print(f"token {row['id']} ({name}, {role}): shown once; keep it in your CI's secrets")
+
+
+@token_app.command("list")
+def token_list(directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Every token: id, name, role, environments, expiry, revoked (never the token)."""
+    from rollwise.api import auth
+
+    rows = _run(lambda: auth.listed(_ctx(directory, quiet=True).engine), as_json)
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        state = "revoked" if r["revoked_at"] else "active"
+        out.print(
+            f"{r['id']}  {r['name']:<16} {r['role']:<9} {','.join(r['envs'] or ['*']):<12} {state}"
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="As `token list` shows it.")],
+    directory: DirOpt = Path("."),
+) -> None:
+    """Revoke a token at once."""
+    from rollwise.api import auth
+
+    def go() -> Any:
+        ctx = _ctx(directory, quiet=True)
+        row = auth.revoke(ctx.engine, token_id)
+        ctx.emit("token", "revoked", data={"id": token_id})
+        return row
+
+    row = _run(go)
+    out.print(f"token {row['id']} ({row['name']}) revoked")
 
 
 @app.command()
@@ -597,6 +752,9 @@ def abort(env: EnvOpt = "dev", directory: DirOpt = Path(".")) -> None:
     """Stop the deployment in progress; the old release keeps serving."""
     from rollwise.controller import ops
 
+    if (remote := _remote()) is not None:
+        out.print(_run(lambda: remote.run(f"/environments/{env}/abort"))["message"])
+        return
     out.print(_run(lambda: ops.abort(_ctx(directory), env)).message)
 
 
@@ -641,10 +799,16 @@ def status(
     interrupted deployment left to do. Only reads: `rollwise recover` acts."""
     from rollwise.controller import ops
 
+    if watch and os.environ.get("ROLLWISE_URL"):
+        _run(lambda: _local_only("status --watch"))
     if watch:
         _run(lambda: _watch_status(directory, env, interval))
         return
-    data = _run(lambda: ops.status(_ctx(directory), env), as_json)
+    if (remote := _remote(quiet=True)) is not None:
+        path = f"/environments/{env}/status" if env else "/status"
+        data = _run(lambda: remote.get(path), as_json)
+    else:
+        data = _run(lambda: ops.status(_ctx(directory), env), as_json)
     if as_json:
         _emit_json(data)
         return
@@ -961,7 +1125,11 @@ def history(
     """Deployments and rollbacks, newest first."""
     from rollwise.controller import ops
 
-    rows = _run(lambda: ops.history(_ctx(directory, quiet=True), env, limit))
+    if (remote := _remote(quiet=True)) is not None:
+        path = f"/environments/{env}/history" if env else "/history"
+        rows = _run(lambda: remote.get(path, limit=limit), as_json)
+    else:
+        rows = _run(lambda: ops.history(_ctx(directory, quiet=True), env, limit))
     if as_json:
         _emit_json(rows)
         return

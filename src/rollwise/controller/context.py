@@ -53,12 +53,15 @@ class Context:
     actor: str
 
     @classmethod
-    def open(cls, start: Path, bus: EventBus | None = None) -> Context:
+    def open(
+        cls, start: Path, bus: EventBus | None = None, engine: Engine | None = None
+    ) -> Context:
+        """`engine`: a store already open (the team server's, shared by its jobs)."""
         config_path = find_config(start)
         config = load_config(config_path)
         root = config_path.parent
         state_dir = private_dir(root / STATE_DIR)  # an older, wider one is closed here
-        engine = open_engine(default_url(state_dir))
+        engine = engine or open_engine(default_url(state_dir))
         bus = bus or EventBus()
         bus.subscribe(audit.recorder(engine))
         bus.subscribe(

@@ -107,3 +107,17 @@ events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("envs", JSON),  # environments it may act on; null: every one
+    Column("digest", String(64), nullable=False),  # sha256 of the token: shown once, never kept
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+)

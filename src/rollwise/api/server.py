@@ -1,0 +1,370 @@
+"""`rollwise server`: the team's API over one state store (docs/server.md).
+
+Everything is under /api/v1 and needs `Authorization: Bearer rw_...` (a token made by
+`rollwise token create`); each route names the role it needs (auth.py), checked with the
+environment it acts on. Deploys and rollbacks run as jobs in this process (jobs.py): the
+request returns 202 with the job, whose events stream as server-sent events. A deployment
+left interrupted by a server that died is taken over: its lease expires (at once when its
+holder was a process of this host) and this server recovers it from its journal.
+
+Errors are one JSON object — error, where, hint, exit_code — with the status that fits:
+401 no or bad token, 403 not allowed, 404 unknown, 409 refused in this state, 422 a
+malformed body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from rollwise.api import alerts, auth
+from rollwise.api.auth import ADMIN, DEPLOYER, VIEWER, Principal
+from rollwise.api.jobs import Job, Jobs
+from rollwise.api.limits import Limits
+from rollwise.controller import ops
+from rollwise.controller.context import Context
+from rollwise.errors import ExitCode, RollwiseError
+from rollwise.store import repo
+
+STATUS = {
+    ExitCode.USAGE: 400,
+    ExitCode.CONFIG: 400,
+    ExitCode.NOT_FOUND: 404,
+    ExitCode.LOCKED: 409,
+    ExitCode.HEALTH: 409,
+    ExitCode.INTEGRITY: 409,
+    ExitCode.INTERRUPTED: 409,
+    ExitCode.ERROR: 409,
+}
+TAKEOVER_EVERY_S = 5.0
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeployBody(Body):
+    version: str = Field(min_length=1, max_length=64)
+    lock_wait: float = Field(0.0, ge=0, le=600)
+    force_reason: str | None = Field(None, min_length=1, max_length=500)
+
+
+class RollbackBody(Body):
+    to: str | None = Field(None, min_length=1, max_length=64)
+    lock_wait: float = Field(0.0, ge=0, le=600)
+    force_reason: str | None = Field(None, min_length=1, max_length=500)
+    yes: bool = Field(False, description="Confirm values the down migrations drop.")
+    dry_run: bool = Field(False, description="Only show what changes.")
+
+
+class PromoteBody(Body):
+    full: bool = False
+
+
+class TokenBody(Body):
+    name: str = Field(min_length=1, max_length=128)
+    role: str = Field(pattern="^(viewer|deployer|approver|admin)$")
+    envs: list[str] | None = None
+    expires_in_s: float | None = Field(None, gt=0)
+
+
+def problem(status: int, message: str, where: str = "", hint: str = "", code: int = 1) -> Any:
+    body = {"error": message, "where": where or None, "hint": hint or None, "exit_code": code}
+    return JSONResponse(body, status_code=status)
+
+
+class Server:
+    """The shared state of one server process: its project, store and jobs."""
+
+    def __init__(self, root: Path, now: Callable[[], float] = time.time) -> None:
+        self.ctx = Context.open(root)  # reads, and the store every job shares
+        self.jobs = Jobs(root, self.ctx.engine)
+        self.now = now
+        self.stop = threading.Event()
+
+    def principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing token (Authorization: Bearer rw_...)")
+        try:
+            return auth.authenticate(self.ctx.engine, token.strip(), self.now)
+        except PermissionError as e:
+            raise HTTPException(401, str(e)) from None
+
+    def env(self, name: str) -> str:
+        if name not in self.ctx.config.environments:
+            known = ", ".join(self.ctx.config.environments)
+            raise HTTPException(404, f"unknown environment {name!r}; environments: {known}")
+        return name
+
+    def takeover(self) -> list[str]:
+        """Recover every deployment no live process holds (its server died mid-way)."""
+        done = []
+        for env in self.ctx.config.environments:
+            dep = repo.active_deployment(self.ctx.engine, env)
+            if dep is None or ops.running(self.ctx, env) is not None:
+                continue
+            self.jobs.submit("recover", env, f"server {os.getpid()}", recovering(env))
+            done.append(env)
+        return done
+
+
+def recovering(env: str) -> Callable[[Context], ops.Outcome]:
+    return lambda ctx: ops.recover(ctx, env)
+
+
+def allow(server: Server, role: str) -> Callable[..., Principal]:
+    """A dependency: the request's principal, when it may act with `role` (on `env`)."""
+
+    def check(request: Request) -> Principal:
+        who = server.principal(request)
+        env = request.path_params.get("env")
+        if env is not None:
+            server.env(env)
+        if not who.may(role, env):
+            raise HTTPException(403, who.why_not(role, env))
+        return who
+
+    check.role = role  # type: ignore[attr-defined]  # read by the route x role tests
+    return check
+
+
+def make_app(
+    root: Path, now: Callable[[], float] = time.time, listen: str = "127.0.0.1:9748"
+) -> FastAPI:
+    """The API; with ROLLWISE_WEBHOOK_TOKEN set, also `rollwise serve`'s alert hooks,
+    /metrics and /sd under /alerts (docs/alerts.md)."""
+    server = Server(root, now)
+    api = FastAPI(
+        title="rollwise",
+        version="1",
+        description="The team server: status, deploys, rollbacks and tokens (docs/server.md).",
+        docs_url=None,  # the pages load scripts from a CDN; /openapi.json is the document
+        redoc_url=None,
+    )
+    api.state.server = server
+    _errors(api)
+    _reads(api, server)
+    _operations(api, server)
+    _tokens(api, server)
+
+    @api.get("/health", tags=["public"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if token := os.environ.get(alerts.TOKEN_ENV):
+        api.mount("/alerts", alerts.make_app(root, token, Limits(), listen))
+    return api
+
+
+def _errors(api: FastAPI) -> None:
+    @api.exception_handler(RollwiseError)
+    async def refused(request: Request, e: RollwiseError) -> Any:
+        return problem(STATUS.get(e.code, 409), e.message, e.where, e.hint, int(e.code))
+
+    @api.exception_handler(HTTPException)
+    async def http(request: Request, e: HTTPException) -> Any:
+        code = {401: ExitCode.USAGE, 403: ExitCode.USAGE, 404: ExitCode.NOT_FOUND}
+        return problem(e.status_code, str(e.detail), code=int(code.get(e.status_code, 1)))
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> Any:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        return problem(422, "malformed request body", where, "see /openapi.json", 2)
+
+
+def _reads(api: FastAPI, server: Server) -> None:
+    view = Depends(allow(server, VIEWER))
+
+    @api.get("/api/v1/whoami")
+    def whoami(who: Principal = view) -> dict[str, Any]:
+        return {"name": who.name, "role": who.role, "envs": who.envs}
+
+    @api.get("/api/v1/status")
+    def status_all(who: Principal = view) -> dict[str, Any]:
+        out = ops.status(server.ctx, None)
+        out["environments"] = {k: v for k, v in out["environments"].items() if who.may(VIEWER, k)}
+        return out
+
+    @api.get("/api/v1/environments/{env}/status")
+    def status(env: str, who: Principal = view) -> dict[str, Any]:
+        return ops.status(server.ctx, env)
+
+    @api.get("/api/v1/environments/{env}/history")
+    def history(env: str, limit: int = 20, who: Principal = view) -> list[dict[str, Any]]:
+        return ops.history(server.ctx, env, max(1, min(limit, 500)))
+
+    @api.get("/api/v1/history")
+    def history_all(limit: int = 20, who: Principal = view) -> list[dict[str, Any]]:
+        rows = ops.history(server.ctx, None, max(1, min(limit, 500)))
+        return [r for r in rows if who.may(VIEWER, r["env"])]
+
+    @api.get("/api/v1/releases")
+    def releases(who: Principal = view) -> list[dict[str, Any]]:
+        return repo.list_releases(server.ctx.engine)
+
+    @api.get("/api/v1/jobs/{job_id}")
+    def job(job_id: str, who: Principal = view) -> dict[str, Any]:
+        return _job(server, job_id, who).view()
+
+    @api.get("/api/v1/jobs/{job_id}/events")
+    async def events(job_id: str, who: Principal = view) -> StreamingResponse:
+        found = _job(server, job_id, who)
+        return StreamingResponse(_stream(found), media_type="text/event-stream")
+
+
+def _job(server: Server, job_id: str, who: Principal) -> Job:
+    job = server.jobs.get(job_id)
+    if job is None or not who.may(VIEWER, job.env):
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+async def _stream(job: Job) -> AsyncIterator[str]:
+    """Each event the job emitted (from the first), then `end` with its result."""
+    sent = 0
+    while True:
+        finished = job.done.is_set()
+        while sent < len(job.events):
+            yield f"event: event\ndata: {json.dumps(job.events[sent], default=str)}\n\n"
+            sent += 1
+        if finished:
+            yield f"event: end\ndata: {json.dumps(job.result, default=str)}\n\n"
+            return
+        await asyncio.sleep(0.05)
+
+
+def _operations(api: FastAPI, server: Server) -> None:
+    deployer = Depends(allow(server, DEPLOYER))
+
+    def submit(kind: str, env: str, who: Principal, work: Callable[[Context], Any]) -> Any:
+        job = server.jobs.submit(kind, env, f"{who.name} (api)", work)
+        return JSONResponse(job.view(), status_code=202)
+
+    @api.post("/api/v1/environments/{env}/deploy", status_code=202)
+    def deploy(env: str, body: DeployBody, who: Principal = deployer) -> Any:
+        ops.check_deployable(server.ctx, env, body.version)  # refused now, not in the job
+        return submit(
+            "deploy",
+            env,
+            who,
+            lambda c: ops.deploy(
+                c, env, body.version, lock_wait=body.lock_wait, force_reason=body.force_reason
+            ),
+        )
+
+    @api.post("/api/v1/environments/{env}/rollback", status_code=202)
+    def rollback(env: str, body: RollbackBody, who: Principal = deployer) -> Any:
+        ctx = server.ctx
+        if body.to is None and ops.running(ctx, env):
+            return _outcome(ops.rollback(_as(server, who), env, None, body.lock_wait))
+        live, target = ops.rollback_plan(ctx, env, body.to)
+        rows, dropped = ops.describe_schema(ctx, env, live, target)
+        if body.dry_run:
+            plan = [*ops.describe_change(live, target), *rows]
+            return {
+                "ok": True,
+                "message": "dry run: nothing changed",
+                "changed": False,
+                "dropped": dropped,
+                "plan": plan,
+            }
+        if dropped and not body.yes:
+            return JSONResponse(
+                {
+                    "error": f"the down migrations drop {sum(dropped.values())} values "
+                    "(kept in parked files first)",
+                    "where": f"rollback of {env}",
+                    "hint": "send yes: true to confirm",
+                    "exit_code": int(ExitCode.USAGE),
+                    "dropped": dropped,
+                    "plan": [*ops.describe_change(live, target), *rows],
+                },
+                status_code=409,
+            )
+        return submit(
+            "rollback",
+            env,
+            who,
+            lambda c: ops.rollback(c, env, body.to, body.lock_wait, force_reason=body.force_reason),
+        )
+
+    @api.post("/api/v1/environments/{env}/promote")
+    def promote(env: str, body: PromoteBody, who: Principal = deployer) -> dict[str, Any]:
+        return _outcome(ops.promote(_as(server, who), env, body.full))
+
+    @api.post("/api/v1/environments/{env}/abort")
+    def abort(env: str, who: Principal = deployer) -> dict[str, Any]:
+        return _outcome(ops.abort(_as(server, who), env))
+
+
+def _as(server: Server, who: Principal) -> Context:
+    """The server's context, acting as `who`."""
+    return server.jobs.context(f"{who.name} (api)")
+
+
+def _outcome(out: ops.Outcome) -> dict[str, Any]:
+    return {"ok": True, "message": out.message, "changed": out.changed, **out.data}
+
+
+def _tokens(api: FastAPI, server: Server) -> None:
+    admin = Depends(allow(server, ADMIN))
+
+    @api.post("/api/v1/tokens", status_code=201)
+    def create(body: TokenBody, who: Principal = admin) -> dict[str, Any]:
+        for env in body.envs or []:
+            server.env(env)
+        token, row = auth.create(
+            server.ctx.engine,
+            body.name,
+            body.role,
+            body.envs,
+            f"{who.name} (api)",
+            body.expires_in_s,
+            server.now(),
+        )
+        _as(server, who).emit("token", "created", data={"id": row["id"], "role": body.role})
+        return {"token": token, **row}
+
+    @api.get("/api/v1/tokens")
+    def listed(who: Principal = admin) -> list[dict[str, Any]]:
+        return auth.listed(server.ctx.engine)
+
+    @api.delete("/api/v1/tokens/{token_id}")
+    def revoke(token_id: str, who: Principal = admin) -> dict[str, Any]:
+        row = auth.revoke(server.ctx.engine, token_id, server.now())
+        _as(server, who).emit("token", "revoked", data={"id": token_id})
+        return row
+
+
+def serve(root: Path, listen: str) -> None:
+    import uvicorn
+
+    from rollwise.ports import parse_address
+
+    host, port = parse_address(listen)
+    app = make_app(root, listen=listen)
+    server: Server = app.state.server
+
+    def takeovers() -> None:
+        while not server.stop.wait(TAKEOVER_EVERY_S):
+            server.takeover()
+
+    server.takeover()
+    threading.Thread(target=takeovers, daemon=True).start()
+    print(json.dumps({"event": "server", "listen": listen, "pid": os.getpid()}), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

@@ -1,0 +1,264 @@
+"""The team server on the example app: every API route checked against every role, the CLI
+pointed at a server (ROLLWISE_URL) deploying, rolling back and reading status with the same
+output and exit codes, and two servers on one PostgreSQL state store: one job per
+environment at a time, and a deployment whose server died taken over and recovered."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from rollwise.api import auth
+from rollwise.api.server import make_app
+from rollwise.errors import ExitCode
+from rollwise.ports import free_port
+from tests.component.conftest import pg_url  # noqa: F401 (fixture)
+from tests.conftest import Project
+
+pytestmark = pytest.mark.xdist_group("server")
+
+
+def token(p: Project, name: str, role: str, *envs: str, env: dict[str, str] | None = None) -> str:
+    scope = [a for e in envs for a in ("--env", e)]
+    out = p.cli("token", "create", name, "--role", role, *scope, "--json", env=env, check=True)
+    return str(json.loads(out.stdout)["token"])
+
+
+def role_of(route: APIRoute) -> str | None:
+    for dep in route.dependant.dependencies:
+        if role := getattr(dep.call, "role", None):
+            return str(role)
+    return None
+
+
+def call(client: httpx.Client, route: APIRoute, bearer: str | None) -> httpx.Response:
+    path = route.path.format(env="dev", job_id="none", token_id="none")
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    method = next(iter(route.methods or ()))
+    return client.request(method, path, headers=headers, json={} if method == "POST" else None)
+
+
+def test_every_route_needs_a_token_and_the_role_it_names(project: Project) -> None:
+    api = make_app(project.root)
+    engine = api.state.server.ctx.engine
+    tokens = {r: auth.create(engine, r, r, None, "test", None)[0] for r in auth.ROLES}
+    other = auth.create(engine, "other", "admin", ["nowhere"], "test", None)[0]
+    routes = [r for r in api.routes if isinstance(r, APIRoute) and r.path.startswith("/api/")]
+    assert len(routes) >= 12
+    seen = {}
+    with httpx.Client(base_url=Server(project, {}, "a").url, timeout=30) as client:
+        for route in routes:
+            need = role_of(route)
+            assert need in auth.ROLES, f"{route.path} names no role"
+            assert call(client, route, None).status_code == 401, route.path
+            for have in auth.ROLES:
+                got = call(client, route, tokens[have]).status_code
+                allowed = auth.ROLES.index(have) >= auth.ROLES.index(need)
+                assert (got == 403) == (not allowed), (route.path, have, got)
+                assert got != 401 and got < 500, (route.path, have, got)
+                seen[route.path, have] = got
+            if "{env}" in route.path:
+                assert call(client, route, other).status_code == 403, route.path
+        spec = client.get("/openapi.json").json()
+    assert {p for p in spec["paths"] if p.startswith("/api/")} == {r.path for r in routes}
+    assert seen["/api/v1/environments/{env}/deploy", "deployer"] == 422  # {} is malformed
+
+
+def test_bad_requests_get_a_reason_and_change_nothing(project: Project) -> None:
+    project.release("1.0.0")
+    api = make_app(project.root)
+    engine = api.state.server.ctx.engine
+    deployer = {
+        "Authorization": f"Bearer {auth.create(engine, 'ci', 'deployer', None, 't', None)[0]}"
+    }
+    with httpx.Client(base_url=Server(project, {}, "a").url, timeout=30) as client:
+        bad = client.post(
+            "/api/v1/environments/dev/deploy", headers=deployer, json={"versoin": "1"}
+        )
+        assert bad.status_code == 422 and "body.version: Field required" in bad.json()["where"]
+        nope = client.post(
+            "/api/v1/environments/nope/deploy", headers=deployer, json={"version": "1.0.0"}
+        )
+        assert nope.status_code == 404 and "unknown environment 'nope'" in nope.json()["error"]
+        missing = client.post(
+            "/api/v1/environments/dev/deploy", headers=deployer, json={"version": "9.9.9"}
+        )
+        assert missing.status_code == 404 and missing.json()["exit_code"] == ExitCode.NOT_FOUND
+        wrong = client.get("/api/v1/status", headers={"Authorization": "Bearer rw_x_y"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "unknown token"
+        history = client.get("/api/v1/history", headers=deployer).json()
+    assert history == []
+
+
+class Server:
+    def __init__(self, p: Project, env: dict[str, str], name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = p.root / f"server-{name}.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "rollwise",
+                    "server",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "-C",
+                    str(p.root),
+                ],
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        p.cleanups.append(self.stop)
+        for _ in range(150):
+            try:
+                httpx.get(f"{self.url}/health", timeout=1)
+                return
+            except httpx.HTTPError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise AssertionError(f"rollwise server did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def team(project: Project, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Project:  # noqa: F811
+    """The example with its state in PostgreSQL, 1.0.0 and 1.1.0 released."""
+    monkeypatch.setenv("ROLLWISE_DATABASE_URL", pg_url)
+    project.release("1.0.0", "1.1.0")
+    return project
+
+
+def remote(url: str, tok: str) -> dict[str, str]:
+    return {"ROLLWISE_URL": url, "ROLLWISE_TOKEN": tok}
+
+
+def test_the_cli_through_a_server_deploys_rolls_back_and_reads_as_it_does_here(
+    team: Project,
+) -> None:
+    ci, viewer = token(team, "ci", "deployer"), token(team, "dash", "viewer")
+    server = Server(team, {"ROLLWISE_WEBHOOK_TOKEN": "w" * 24}, "a")
+    hook = httpx.post(f"{server.url}/alerts/hooks/generic", json={"env": "dev"}, timeout=10)
+    assert hook.status_code == 401  # the alert hooks, behind the webhook token
+    via = remote(server.url, ci)
+
+    done = team.cli("deploy", "1.0.0", env=via)
+    assert done.returncode == 0, done.stderr
+    assert "✓ switch" in done.stderr and "deployed to 1.0.0" in done.stdout
+    here = json.loads(team.cli("status", "--json", check=True).stdout)
+    there = json.loads(
+        team.cli("status", "--json", env=remote(server.url, viewer), check=True).stdout
+    )
+    keys = ("live_version", "weights", "healthy")
+    assert {k: there["environments"]["dev"][k] for k in keys} == {
+        k: here["environments"]["dev"][k] for k in keys
+    }
+
+    refused = team.cli("deploy", "1.1.0", env=remote(server.url, viewer))
+    assert refused.returncode == ExitCode.USAGE
+    assert "token 'dash' has role viewer; this needs deployer or above" in refused.stderr
+    unknown = team.cli("deploy", "1.1.0", "--env", "nope", env=via)
+    assert (
+        unknown.returncode == ExitCode.NOT_FOUND and "unknown environment 'nope'" in unknown.stderr
+    )
+    missing = team.cli("deploy", "7.0.0", env=via)
+    assert missing.returncode == ExitCode.NOT_FOUND, missing.stderr
+
+    team.cli("deploy", "1.1.0", env=via, check=True)
+    back = json.loads(team.cli("rollback", "--yes", "--json", env=via, check=True).stdout)
+    assert back["ok"] is True and "1.0.0" in back["message"], back
+    rows = json.loads(team.cli("history", "--json", env=via, check=True).stdout)
+    assert [(r["kind"], r["to_version"], r["actor"]) for r in rows[:3]] == [
+        ("rollback", "1.0.0", "ci (api)"),
+        ("deploy", "1.1.0", "ci (api)"),
+        ("deploy", "1.0.0", "ci (api)"),
+    ]
+    assert rows == json.loads(team.cli("history", "--json", check=True).stdout)  # one store
+
+
+def wait(pred: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_two_servers_on_one_store_run_one_job_per_environment_and_take_over_a_dead_one(
+    team: Project,
+) -> None:
+    ci = token(team, "ci", "deployer")
+    team.cli("deploy", "1.0.0", check=True)
+    team.configure(
+        strategy={"type": "canary", "steps": [50, 100], "pause_s": 2, "bake_s": 0},
+        analysis={"router": {"enabled": False}},
+    )
+    b, c = Server(team, {}, "b"), Server(team, {}, "c")
+    auth_header = {"Authorization": f"Bearer {ci}"}
+
+    # Given both asked for a deploy of one environment at once, one runs, one is refused
+    jobs = [
+        httpx.post(
+            f"{s.url}/api/v1/environments/dev/deploy",
+            headers=auth_header,
+            json={"version": "1.1.0"},
+            timeout=30,
+        ).json()
+        | {"url": s.url}
+        for s in (b, c)
+    ]
+
+    def job(j: dict[str, Any]) -> dict[str, Any]:
+        return httpx.get(f"{j['url']}/api/v1/jobs/{j['id']}", headers=auth_header).json()
+
+    wait(lambda: all(job(j)["state"] == "done" for j in jobs))
+    ends = [job(j)["result"] for j in jobs]
+    assert sorted(e["ok"] for e in ends) == [False, True], ends
+    refused = next(e for e in ends if not e["ok"])
+    assert refused["exit_code"] == ExitCode.LOCKED, refused
+
+    # When server a dies mid-canary, Then server b recovers the deployment from its journal
+    team.release("1.2.0")
+    # server a dies (kill -9) once its job has half the traffic on 1.1.0
+    a = Server(team, {"ROLLWISE_FAILPOINT": "canary:50:after"}, "a")
+    started = httpx.post(
+        f"{a.url}/api/v1/environments/dev/deploy",
+        headers=auth_header,
+        json={"version": "1.2.0"},
+        timeout=30,
+    )
+    assert started.status_code == 202, started.text
+    a.proc.wait(timeout=60)
+    assert a.proc.returncode == -9
+
+    def recovered() -> bool:
+        s = json.loads(team.cli("status", "--json", check=True).stdout)["environments"]["dev"]
+        return s["in_progress"] is None and s["live_version"] == "1.1.0"
+
+    wait(recovered, timeout=60)
+    rows = json.loads(team.cli("history", "--json", check=True).stdout)
+    assert rows[0]["kind"] == "deploy" and rows[0]["to_version"] == "1.2.0"
+    assert rows[0]["status"] != "running", rows[0]
+    s = json.loads(team.cli("status", "--json", check=True).stdout)["environments"]["dev"]
+    assert s["weights"] and all(n.startswith("1.1.0") for n in s["weights"]), s
+    events = [json.loads(x) for x in team.cli("audit", "export", check=True).stdout.splitlines()]
+    [took] = [e for e in events if e["actor"].startswith("server ") and e["action"] == "deploy"]
+    assert (took["outcome"], took["version"]) == ("aborted", "1.2.0")
+    assert took["actor"] in {f"server {b.proc.pid}", f"server {c.proc.pid}"}, took
+    assert "interrupted at step canary:50" in took["reason"]

@@ -1,0 +1,55 @@
+"""Team server tokens and roles: who may do what, and tokens that stop working."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rollwise.api import auth
+from rollwise.api.auth import Principal
+from rollwise.errors import NotFound, UsageError
+from rollwise.store.db import open_engine
+
+ROLES = auth.ROLES
+
+
+@pytest.mark.parametrize("have", ROLES)
+@pytest.mark.parametrize("need", ROLES)
+def test_a_role_may_do_what_it_and_every_role_before_it_may(have: str, need: str) -> None:
+    who = Principal("ci", have, None)
+    assert who.may(need, "prod") == (ROLES.index(have) >= ROLES.index(need))
+
+
+def test_a_token_scoped_to_environments_acts_only_on_them() -> None:
+    who = Principal("ci", "deployer", ("staging",))
+    assert (who.may("deployer", "staging"), who.may("deployer", "prod")) == (True, False)
+    assert who.why_not("deployer", "prod") == "token 'ci' may act on staging, not on 'prod'"
+    assert Principal("v", "viewer", None).why_not("deployer", "prod") == (
+        "token 'v' has role viewer; this needs deployer or above"
+    )
+
+
+def test_a_token_is_kept_hashed_and_stops_working_when_expired_or_revoked(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    token, row = auth.create(engine, "ci", "deployer", ["prod"], "ana", 60, now=1000.0)
+    assert token.startswith(f"rw_{row['id']}_") and "digest" not in row
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT digest FROM api_tokens").scalar()
+    assert stored == auth.digest(token) and token not in str(stored)
+    assert auth.authenticate(engine, token, lambda: 1059.0) == Principal(
+        "ci", "deployer", ("prod",)
+    )
+    with pytest.raises(PermissionError, match="has expired"):
+        auth.authenticate(engine, token, lambda: 1060.0)
+    with pytest.raises(PermissionError, match="unknown token"):
+        auth.authenticate(engine, token[:-1] + ("x" if token[-1] != "x" else "y"), lambda: 1.0)
+    with pytest.raises(PermissionError, match="not a rollwise API token"):
+        auth.authenticate(engine, "hunter2", lambda: 1.0)
+    auth.revoke(engine, row["id"], now=1001.0)
+    with pytest.raises(PermissionError, match="was revoked"):
+        auth.authenticate(engine, token, lambda: 1002.0)
+    with pytest.raises(NotFound, match="no active token"):
+        auth.revoke(engine, row["id"])
+    with pytest.raises(UsageError, match="unknown role 'root'"):
+        auth.create(engine, "x", "root", None, "ana", None)
