@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,7 +42,7 @@ def role_of(route: APIRoute) -> str | None:
 
 
 def call(client: httpx.Client, route: APIRoute, bearer: str | None) -> httpx.Response:
-    path = route.path.format(env="dev", job_id="none", token_id="none")
+    path = route.path.format(env="dev", job_id="none", token_id="none", version="none")
     headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     method = next(iter(route.methods or ()))
     return client.request(method, path, headers=headers, json={} if method == "POST" else None)
@@ -189,6 +191,50 @@ def test_the_cli_through_a_server_deploys_rolls_back_and_reads_as_it_does_here(
         ("deploy", "1.0.0", "ci (api)"),
     ]
     assert rows == json.loads(team.cli("history", "--json", check=True).stdout)  # one store
+
+
+def test_a_release_made_on_a_ci_runner_is_uploaded_and_deployed_through_the_server(
+    team: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ci = token(team, "ci", "deployer")
+    server = Server(team, {}, "a")
+    runner = Project(tmp_path / "runner")  # a checkout on a CI runner: its own scratch state
+    shutil.copytree(team.root, runner.root, ignore=shutil.ignore_patterns(".rollwise", "*.log"))
+    monkeypatch.delenv("ROLLWISE_DATABASE_URL")
+    runner.write_version("1.2.0")
+    made = runner.cli(
+        "release", "create", "--version", "1.2.0", "--json", env=remote(server.url, ci)
+    )
+    assert made.returncode == 0, made.stderr
+    sent = json.loads(made.stdout)["uploaded"]
+    assert sent["version"] == "1.2.0" and sent["sha256"] == json.loads(made.stdout)["sha256"]
+    again = runner.cli("release", "create", "--version", "1.2.0", env=remote(server.url, ci))
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+    meta = {
+        **sent,
+        "version": "1.3.0",
+        "app": "x",
+        "size": 3,
+        "git_commit": None,
+        "built_at": 1.0,
+        "builder": "ci",
+        "changelog": None,
+        "config_sha256": "0" * 64,
+        "schema": None,
+    }
+    meta.pop("ok"), meta.pop("pruned")
+    bad = httpx.put(
+        f"{server.url}/api/v1/releases/1.3.0",
+        content=b"abc",
+        headers={"Authorization": f"Bearer {ci}", "X-Rollwise-Release": json.dumps(meta)},
+    )
+    assert bad.status_code == 409 and bad.json()["exit_code"] == ExitCode.INTEGRITY, bad.text
+
+    done = team.cli("deploy", "1.2.0", env=remote(server.url, ci))
+    assert done.returncode == 0, done.stderr
+    there = json.loads(team.cli("status", "--json", env=remote(server.url, ci)).stdout)
+    assert there["environments"]["dev"]["live_version"] == "1.2.0"
 
 
 def wait(pred: Any, timeout: float = 60) -> None:

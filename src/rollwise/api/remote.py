@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -82,6 +83,23 @@ class Remote:
         if not data.get("ok", True):
             raise Refused(data, 200)
         return dict(data)
+
+    def upload(self, meta: dict[str, Any], artifact: Path) -> dict[str, Any]:
+        """Send a release made here (its artifact and record) to the server."""
+        with artifact.open("rb") as body:
+            try:
+                r = self.http.put(
+                    f"/api/v1/releases/{meta['version']}",
+                    content=body,
+                    headers={"X-Rollwise-Release": json.dumps(meta)},
+                )
+            except httpx.HTTPError as e:
+                raise Unreachable(
+                    f"the rollwise server at {self.url} does not answer: {e}", where=URL_ENV
+                ) from None
+        if r.status_code >= 400:
+            raise Refused(r.json(), r.status_code)
+        return dict(r.json())
 
     def follow(self, job_id: str) -> dict[str, Any]:
         with self.http.stream("GET", f"/api/v1/jobs/{job_id}/events") as r:

@@ -14,6 +14,8 @@ malformed body."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -28,13 +30,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from rollwise import artifacts
 from rollwise.api import alerts, auth
 from rollwise.api.auth import ADMIN, DEPLOYER, VIEWER, Principal
 from rollwise.api.jobs import Job, Jobs
 from rollwise.api.limits import Limits
+from rollwise.artifacts import ReleaseMeta
 from rollwise.controller import ops
 from rollwise.controller.context import Context
-from rollwise.errors import ExitCode, RollwiseError
+from rollwise.errors import ExitCode, IntegrityError, RollwiseError, UsageError
 from rollwise.store import repo
 
 STATUS = {
@@ -48,6 +52,8 @@ STATUS = {
     ExitCode.ERROR: 409,
 }
 TAKEOVER_EVERY_S = 5.0
+MAX_UPLOAD = 2 << 30  # bytes of one release's artifact
+META_FIELDS = {f.name for f in dataclasses.fields(ReleaseMeta)}
 
 
 class Body(BaseModel):
@@ -303,6 +309,29 @@ def _operations(api: FastAPI, server: Server) -> None:
             lambda c: ops.rollback(c, env, body.to, body.lock_wait, force_reason=body.force_reason),
         )
 
+    @api.put("/api/v1/releases/{version}", status_code=201)
+    async def upload(version: str, request: Request, who: Principal = deployer) -> Any:
+        """A release made elsewhere (a CI runner): its artifact as the body, its record in
+        the X-Rollwise-Release header (JSON); the bytes must hash to the record's sha256."""
+        meta = _release_meta(request.headers.get("x-rollwise-release", ""), version)
+        ctx = _as(server, who)
+        if repo.get_release(ctx.engine, version) is not None:
+            raise RollwiseError(
+                f"release {version} already exists",
+                hint="releases are immutable; use a new version",
+            )
+        await _receive(request, ctx, meta)
+        repo.add_release(ctx.engine, meta)
+        ctx.emit(
+            "release",
+            "ok",
+            version=version,
+            git_commit=meta.git_commit,
+            data={"sha256": meta.sha256, "size": meta.size, "uploaded": True},
+        )
+        pruned = ops.gc(ctx)
+        return {"ok": True, "version": version, "sha256": meta.sha256, "pruned": pruned}
+
     @api.post("/api/v1/environments/{env}/promote")
     def promote(env: str, body: PromoteBody, who: Principal = deployer) -> dict[str, Any]:
         return _outcome(ops.promote(_as(server, who), env, body.full))
@@ -310,6 +339,45 @@ def _operations(api: FastAPI, server: Server) -> None:
     @api.post("/api/v1/environments/{env}/abort")
     def abort(env: str, who: Principal = deployer) -> dict[str, Any]:
         return _outcome(ops.abort(_as(server, who), env))
+
+
+def _release_meta(header: str, version: str) -> ReleaseMeta:
+    try:
+        fields = json.loads(header)
+        meta = ReleaseMeta(**{k: fields[k] for k in META_FIELDS if k in fields})
+    except (ValueError, TypeError) as e:
+        raise UsageError(
+            f"the X-Rollwise-Release header is not a release record: {e}",
+            hint="upload with `rollwise release create` and ROLLWISE_URL set",
+        ) from None
+    if meta.version != version:
+        raise UsageError(f"the record is of release {meta.version}, the path names {version}")
+    return meta
+
+
+async def _receive(request: Request, ctx: Context, meta: ReleaseMeta) -> None:
+    """Stream the body into the artifacts folder, hashing it; kept only when it matches."""
+    folder = ctx.artifacts_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".upload-{meta.sha256[:16]}-{os.getpid()}"
+    digest, size = hashlib.sha256(), 0
+    try:
+        with part.open("wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise UsageError(f"artifact larger than {MAX_UPLOAD} bytes")
+                digest.update(chunk)
+                f.write(chunk)
+        if (digest.hexdigest(), size) != (meta.sha256, meta.size):
+            raise IntegrityError(
+                f"the uploaded artifact of {meta.version} is {size} bytes with sha256 "
+                f"{digest.hexdigest()[:12]}, its record says {meta.size} and {meta.sha256[:12]}",
+                hint="upload it again; nothing was stored",
+            )
+        part.replace(artifacts.artifact_path(folder, meta.sha256))
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _as(server: Server, who: Principal) -> Context:

@@ -388,6 +388,10 @@ def release_create(
     from rollwise.controller import ops
 
     res = _run(lambda: ops.create_release(_ctx(directory), version, changelog))
+    if (remote := _remote()) is not None:  # made here (a CI runner), kept by the server
+        sent = _run(lambda: _upload(remote, directory, version), as_json)
+        res.data["uploaded"] = sent
+        res.message += f"\nuploaded to {remote.url} (sha256 {sent['sha256'][:12]})"
     _emit_json(res.data) if as_json else out.print(res.message)
 
 
@@ -546,6 +550,30 @@ def rollback(
         _emit_json({"ok": True, **res.data, "message": res.message, "changed": res.changed})
     else:
         out.print(res.message)
+
+
+def _upload(remote: Any, directory: Path, version: str) -> Any:
+    from rollwise import artifacts
+    from rollwise.store import repo
+
+    ctx = _ctx(directory, quiet=True)
+    row = repo.get_release(ctx.engine, version) or {}
+    meta = {
+        k: row[k]
+        for k in (
+            "app",
+            "version",
+            "sha256",
+            "size",
+            "git_commit",
+            "built_at",
+            "builder",
+            "changelog",
+            "config_sha256",
+            "schema",
+        )
+    }
+    return remote.upload(meta, artifacts.artifact_path(ctx.artifacts_dir(), meta["sha256"]))
 
 
 def _rollback_remote(
