@@ -42,7 +42,9 @@ def role_of(route: APIRoute) -> str | None:
 
 
 def call(client: httpx.Client, route: APIRoute, bearer: str | None) -> httpx.Response:
-    path = route.path.format(env="dev", job_id="none", token_id="none", version="none")
+    path = route.path.format(
+        env="dev", job_id="none", token_id="none", version="none", request_id="1"
+    )
     headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
     method = next(iter(route.methods or ()))
     return client.request(method, path, headers=headers, json={} if method == "POST" else None)
@@ -308,3 +310,73 @@ def test_two_servers_on_one_store_run_one_job_per_environment_and_take_over_a_de
     assert (took["outcome"], took["version"]) == ("aborted", "1.2.0")
     assert took["actor"] in {f"server {b.proc.pid}", f"server {c.proc.pid}"}, took
     assert "interrupted at step canary:50" in took["reason"]
+
+
+def test_a_deploy_needing_approval_waits_for_someone_else_and_a_rollback_never_does(
+    team: Project,
+) -> None:
+    team.configure(approvals={"required": 1, "expire_h": 1})
+    ana, bo = token(team, "ana", "approver"), token(team, "bo", "approver")
+    viewer = token(team, "dash", "viewer")
+    server = Server(team, {}, "a")
+    refused = team.cli("deploy", "1.0.0")  # not through the server: no approval to run on
+    assert refused.returncode == ExitCode.ERROR
+    assert "dev needs 1 approval(s) from someone other than the requester" in refused.stderr
+
+    env = {**os.environ, **remote(server.url, ana)}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "rollwise", "deploy", "1.0.0", "-C", str(team.root)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    team.background.append(waiting)
+    pending: list[dict[str, Any]] = []
+
+    def asked() -> bool:
+        out = team.cli("approval", "list", "--json", env=remote(server.url, viewer), check=True)
+        pending[:] = [r for r in json.loads(out.stdout) if r["state"] == "pending"]
+        return bool(pending)
+
+    wait(asked, timeout=30)
+    rid = str(pending[0]["id"])
+    own = team.cli("approval", "approve", rid, env=remote(server.url, ana))
+    assert own.returncode != 0 and "ana asked for this deploy and cannot approve it" in own.stderr
+    low = team.cli("approval", "approve", rid, env=remote(server.url, viewer))
+    assert low.returncode == ExitCode.USAGE and "needs approver or above" in low.stderr
+    ok = team.cli("approval", "approve", rid, env=remote(server.url, bo), check=True)
+    assert f"request {rid}: 1/1 approved; deploy started" in ok.stdout
+
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert "waiting for approval" in err and "deployed to 1.0.0" in out
+    rows = json.loads(team.cli("history", "--json", check=True).stdout)
+    assert (rows[0]["to_version"], rows[0]["actor"]) == ("1.0.0", "ana (api), approved by bo")
+    again = team.cli("approval", "approve", rid, env=remote(server.url, bo))
+    assert again.returncode != 0 and "is used, not pending" in again.stderr
+
+    # a rollback needs no approval
+    cy = token(team, "cy", "approver")
+    asked_for = httpx.post(
+        f"{server.url}/api/v1/environments/dev/deploy",
+        headers={"Authorization": f"Bearer {bo}"},
+        json={"version": "1.1.0"},
+        timeout=30,
+    ).json()["approval"]
+    started = httpx.post(
+        f"{server.url}/api/v1/approvals/{asked_for['id']}/approve",
+        headers={"Authorization": f"Bearer {cy}"},
+        timeout=30,
+    ).json()["job"]
+    jobs = f"{server.url}/api/v1/jobs/{started['id']}"
+    wait(
+        lambda: httpx.get(jobs, headers={"Authorization": f"Bearer {cy}"}).json()["state"] == "done"
+    )
+    back = team.cli("rollback", "--yes", env=remote(server.url, ana))
+    assert back.returncode == 0, back.stderr
+    rows = json.loads(team.cli("history", "--json", check=True).stdout)
+    assert [(r["kind"], r["to_version"], r["actor"]) for r in rows[:2]] == [
+        ("rollback", "1.0.0", "ana (api)"),
+        ("deploy", "1.1.0", "bo (api), approved by cy"),
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,15 @@ class Remote:
         query = "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
         return self._send("GET", f"/api/v1{path}" + (f"?{query}" if query else ""))
 
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._send("POST", f"/api/v1{path}", body or {})
+
     def run(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST an operation; a job (202) is followed to its end. The result as the CLI's
         --json prints it; a failed one raises Refused."""
         data = self._send("POST", f"/api/v1{path}", body or {})
+        if "approval" in data and "id" not in data:  # the two-person rule: wait for it
+            data = self.await_approval(data["approval"])
         if "state" in data and "id" in data:  # a job
             data = self.follow(str(data["id"]))
         if not data.get("ok", True):
@@ -100,6 +106,48 @@ class Remote:
         if r.status_code >= 400:
             raise Refused(r.json(), r.status_code)
         return dict(r.json())
+
+    def await_approval(self, asked: dict[str, Any], every_s: float = 1.0) -> dict[str, Any]:
+        """Wait while the request is pending; the job its last approval started."""
+        rid = asked["id"]
+        self.bus.emit(
+            Event(
+                "approval",
+                "needed",
+                asked["requested_by"],
+                env=asked["env"],
+                version=asked["version"],
+                reason=f"request {rid} needs {asked['required']} approval(s) from someone "
+                f"else: `rollwise approval approve {rid}`",
+                record=False,
+            )
+        )
+        while True:
+            r = self.get(f"/approvals/{rid}")
+            if r["state"] in ("rejected", "expired"):
+                by = f" by {r['decided_by']}" if r.get("decided_by") else ""
+                raise Refused(
+                    {
+                        "error": f"approval request {rid} was {r['state']}{by}"
+                        + (f": {r['reason']}" if r.get("reason") else ""),
+                        "hint": "nothing was deployed",
+                        "exit_code": 1,
+                    },
+                    200,
+                )
+            if r.get("job"):
+                return {"id": r["job"], "state": "running"}
+            if r["state"] == "used":  # started by another server: watch the environment
+                return self.settled(r["env"], r["version"], every_s)
+            time.sleep(every_s)
+
+    def settled(self, env: str, version: str, every_s: float) -> dict[str, Any]:
+        while (self.get(f"/environments/{env}/status"))["environments"][env]["in_progress"]:
+            time.sleep(every_s)
+        last = self.get(f"/environments/{env}/history", limit=1)[0]
+        ok = last["status"] == "succeeded" and last["to_version"] == version
+        note = f"{env}: deployment {last['id']} to {last['to_version']} {last['status']}"
+        return {"ok": ok, "message": note, "error": note, "exit_code": 0 if ok else 1}
 
     def follow(self, job_id: str) -> dict[str, Any]:
         with self.http.stream("GET", f"/api/v1/jobs/{job_id}/events") as r:

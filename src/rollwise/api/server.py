@@ -30,9 +30,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from rollwise import artifacts
+from rollwise import approvals, artifacts
 from rollwise.api import alerts, auth
-from rollwise.api.auth import ADMIN, DEPLOYER, VIEWER, Principal
+from rollwise.api.auth import ADMIN, APPROVER, DEPLOYER, VIEWER, Principal
 from rollwise.api.jobs import Job, Jobs
 from rollwise.api.limits import Limits
 from rollwise.artifacts import ReleaseMeta
@@ -64,6 +64,11 @@ class DeployBody(Body):
     version: str = Field(min_length=1, max_length=64)
     lock_wait: float = Field(0.0, ge=0, le=600)
     force_reason: str | None = Field(None, min_length=1, max_length=500)
+    approval: int | None = Field(None, description="An approved request to run it on.")
+
+
+class DecisionBody(Body):
+    reason: str | None = Field(None, max_length=500)
 
 
 class RollbackBody(Body):
@@ -98,6 +103,7 @@ class Server:
         self.jobs = Jobs(root, self.ctx.engine)
         self.now = now
         self.stop = threading.Event()
+        self.approved: dict[int, str] = {}  # approval request -> the job it started here
 
     def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -256,6 +262,8 @@ async def _stream(job: Job) -> AsyncIterator[str]:
 
 def _operations(api: FastAPI, server: Server) -> None:
     deployer = Depends(allow(server, DEPLOYER))
+    viewer = Depends(allow(server, VIEWER))
+    approver = Depends(allow(server, APPROVER))
 
     def submit(kind: str, env: str, who: Principal, work: Callable[[Context], Any]) -> Any:
         job = server.jobs.submit(kind, env, f"{who.name} (api)", work)
@@ -264,14 +272,36 @@ def _operations(api: FastAPI, server: Server) -> None:
     @api.post("/api/v1/environments/{env}/deploy", status_code=202)
     def deploy(env: str, body: DeployBody, who: Principal = deployer) -> Any:
         ops.check_deployable(server.ctx, env, body.version)  # refused now, not in the job
-        return submit(
-            "deploy",
-            env,
-            who,
-            lambda c: ops.deploy(
-                c, env, body.version, lock_wait=body.lock_wait, force_reason=body.force_reason
-            ),
-        )
+        rule = server.ctx.env(env).approvals
+        if rule is not None and body.approval is None:
+            asked = approvals.ask(
+                server.ctx.engine, env, body.version, who.name, rule.required, rule.expire_h
+            )
+            _as(server, who).emit(
+                "approval", "needed", env=env, version=body.version, data=asked.view()
+            )
+            return JSONResponse({"approval": asked.view()}, status_code=202)
+        return submit("deploy", env, who, deploying(env, body))
+
+    @api.get("/api/v1/approvals")
+    def approvals_list(env: str | None = None, who: Principal = viewer) -> list[dict[str, Any]]:
+        rows = approvals.listed(server.ctx.engine, env)
+        return [r.view() for r in rows if who.may(VIEWER, r.env)]
+
+    @api.get("/api/v1/approvals/{request_id}")
+    def approval(request_id: int, who: Principal = viewer) -> dict[str, Any]:
+        r = approvals.get(server.ctx.engine, request_id)
+        if not who.may(VIEWER, r.env):
+            raise HTTPException(404, f"no approval request {request_id}")
+        return {**r.view(), "job": server.approved.get(r.id)}
+
+    @api.post("/api/v1/approvals/{request_id}/approve")
+    def approve(request_id: int, who: Principal = approver) -> dict[str, Any]:
+        return _decide(server, request_id, who, True, None)
+
+    @api.post("/api/v1/approvals/{request_id}/reject")
+    def reject(request_id: int, body: DecisionBody, who: Principal = approver) -> dict[str, Any]:
+        return _decide(server, request_id, who, False, body.reason)
 
     @api.post("/api/v1/environments/{env}/rollback", status_code=202)
     def rollback(env: str, body: RollbackBody, who: Principal = deployer) -> Any:
@@ -378,6 +408,47 @@ async def _receive(request: Request, ctx: Context, meta: ReleaseMeta) -> None:
         part.replace(artifacts.artifact_path(folder, meta.sha256))
     finally:
         part.unlink(missing_ok=True)
+
+
+def deploying(env: str, body: DeployBody) -> Callable[[Context], ops.Outcome]:
+    return lambda c: ops.deploy(
+        c,
+        env,
+        body.version,
+        lock_wait=body.lock_wait,
+        force_reason=body.force_reason,
+        approval=body.approval,
+    )
+
+
+def _decide(
+    server: Server, request_id: int, who: Principal, approve: bool, reason: str | None
+) -> dict[str, Any]:
+    """Approve or reject; the last approval needed starts the deploy as a job."""
+    engine = server.ctx.engine
+    r = approvals.get(engine, request_id)
+    if not who.may(APPROVER, r.env):
+        raise HTTPException(403, who.why_not(APPROVER, r.env))
+    after = approvals.save(
+        engine, approvals.decide(r, who.name, approve, server.now(), reason), r.state
+    )
+    ctx = _as(server, who)
+    ctx.emit(
+        "approval",
+        "approved" if approve else "rejected",
+        env=r.env,
+        version=r.version,
+        reason=reason,
+        data=after.view(),
+    )
+    out: dict[str, Any] = {"approval": after.view()}
+    if after.state == approvals.APPROVED:
+        body = DeployBody(version=r.version, approval=r.id)
+        actor = f"{r.requested_by} (api), approved by {', '.join(after.approvers)}"
+        job = server.jobs.submit("deploy", r.env, actor, deploying(r.env, body))
+        server.approved[r.id] = job.id
+        out["job"] = job.view()
+    return out
 
 
 def _as(server: Server, who: Principal) -> Context:

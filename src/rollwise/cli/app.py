@@ -54,6 +54,11 @@ incident_app = _group(
     "incident",
     "Rollbacks as incidents: timeline, evidence, root cause, fix forward (docs/incidents.md).",
 )
+approval_app = _group(
+    "approval",
+    "The two-person rule: deploy requests waiting for approval, through the team server "
+    "(docs/approvals.md).",
+)
 token_app = _group(
     "token",
     "API tokens of the team server: one role each, optionally some environments, expiring, "
@@ -121,6 +126,8 @@ def _progress(ev: Event) -> None:
         err.print(
             Text.assemble("    ", mark, (f" {host:<14}", "bold"), f" {what} ", (_fmt(d), "dim"))
         )
+    elif ev.action == "approval" and ev.outcome == "needed":
+        err.print(Text.assemble("  ", ("…", "yellow"), f" waiting for approval: {ev.reason}"))
     elif ev.action == "analysis":
         mark = {"advance": ("✓", "green"), "rollback": ("✗", "red")}.get(
             ev.outcome, ("!", "yellow")
@@ -665,6 +672,56 @@ def server(
         run_server(directory, listen)
 
     _run(go)
+
+
+def _server() -> Any:
+    if (remote := _remote(quiet=True)) is None:
+        raise UsageError(
+            "approvals are given through the team server",
+            where="ROLLWISE_URL",
+            hint="set ROLLWISE_URL and ROLLWISE_TOKEN (an approver's token)",
+        )
+    return remote
+
+
+@approval_app.command("list")
+def approval_list(
+    env: AnyEnvOpt = None, directory: DirOpt = Path("."), as_json: JsonOpt = False
+) -> None:
+    """Requests, newest first: pending, approved, rejected, expired or used."""
+    rows = _run(lambda: _server().get("/approvals", env=env), as_json)
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        out.print(
+            f"{r['id']:>4} {r['env']:<8} {r['version']:<10} {r['state']:<9} "
+            f"asked by {r['requested_by']}, {len(r['approvers'])}/{r['required']} approved"
+            + (f" ({', '.join(r['approvers'])})" if r["approvers"] else "")
+        )
+
+
+@approval_app.command("approve")
+def approval_approve(
+    request_id: Annotated[int, typer.Argument(metavar="ID", help="As `approval list` shows it.")],
+    directory: DirOpt = Path("."),
+) -> None:
+    """Approve a deploy someone else asked for; the last approval needed starts it."""
+    res = _run(lambda: _server().post(f"/approvals/{request_id}/approve"))
+    r = res["approval"]
+    started = f"; deploy started (job {res['job']['id']})" if res.get("job") else ""
+    out.print(f"request {r['id']}: {len(r['approvers'])}/{r['required']} approved{started}")
+
+
+@approval_app.command("reject")
+def approval_reject(
+    request_id: Annotated[int, typer.Argument(metavar="ID", help="As `approval list` shows it.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")],
+    directory: DirOpt = Path("."),
+) -> None:
+    """Reject a deploy request; it does not run."""
+    _run(lambda: _server().post(f"/approvals/{request_id}/reject", {"reason": reason}))
+    out.print(f"request {request_id} rejected")
 
 
 @token_app.command("create")

@@ -894,6 +894,17 @@ class MetricsConfig(Strict):
         return v
 
 
+class ApprovalsConfig(Strict):
+    """The two-person rule (docs/approvals.md)."""
+
+    required: int = Field(
+        1, ge=1, le=5, description="Approvals from people other than the requester a deploy needs."
+    )
+    expire_h: float = Field(
+        24.0, gt=0, le=720, description="Hours a request (and an approval) stays valid."
+    )
+
+
 class EnvironmentConfig(Strict):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Where code runs.")
     router: RouterConfig = Field(
@@ -936,6 +947,11 @@ class EnvironmentConfig(Strict):
     kubernetes: KubernetesConfig | None = Field(
         None,
         description="Kubernetes objects for this environment's releases (`rollwise kube`).",
+    )
+    approvals: ApprovalsConfig | None = Field(
+        None,
+        description="Deploys here need approvals from other people, given through the team "
+        "server (`rollwise approval approve`); rollbacks never do.",
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig,

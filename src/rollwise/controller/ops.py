@@ -153,10 +153,12 @@ def deploy(
     lock_wait: float = 0.0,
     force_reason: str | None = None,
     reason: str | None = None,
+    approval: int | None = None,
 ) -> Outcome:
     """Deploy `version` (or, with kind rollback, go back to it). `force_reason` overrides a
     refusal that protects the user (a release marked bad, a closed rollback window) and is
-    recorded; `reason` (an alert's, say) is recorded on the deployment and its events."""
+    recorded; `reason` (an alert's, say) is recorded on the deployment and its events;
+    `approval`: the approved request a deploy to an environment with `approvals` runs on."""
     environment = ctx.environment(env)
     rel = _release(ctx, version, "--to" if kind == d.ROLLBACK else "version")
     with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
@@ -173,7 +175,34 @@ def deploy(
             )
         if kind == d.DEPLOY:
             _check_not_bad(ctx, env, rel["version"], force_reason)
+            _check_approved(ctx, environment, rel["version"], approval)
         return _run(ctx, environment, kind, rel, state, lease, recovered, force_reason, reason)
+
+
+def _check_approved(ctx: Context, environment: Environment, version: str, ask: int | None) -> None:
+    """With `approvals`, take the deploy's approved request (once), or refuse."""
+    from rollwise import approvals
+
+    rule, env = environment.config.approvals, environment.name
+    if rule is None:
+        return
+    if ask is None:
+        ctx.emit("deploy", reasons.REFUSED, env=env, version=version, reason="no approval")
+        raise approvals.Refused(
+            f"{env} needs {rule.required} approval(s) from someone other than the requester "
+            "before a deploy",
+            where=f"environments.{env}.approvals",
+            hint="deploy through the team server (ROLLWISE_URL): it asks for the approvals "
+            "and runs the deploy once they are given; rollbacks need none",
+        )
+    used = approvals.use(ctx.engine, ask, env, version)
+    ctx.emit(
+        "approval",
+        "used",
+        env=env,
+        version=version,
+        data={"request": used.id, "approvers": list(used.approvers), "by": used.decided_by},
+    )
 
 
 def check_deployable(ctx: Context, env: str, version: str) -> None:

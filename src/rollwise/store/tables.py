@@ -121,3 +121,19 @@ tokens = Table(
     Column("expires_at", Float),
     Column("revoked_at", Float),
 )
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("env", String(64), nullable=False, index=True),
+    Column("version", String(64), nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("required", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("approvers", JSON, nullable=False),
+    Column("decided_by", String(128)),
+    Column("reason", Text),
+)
