@@ -39,7 +39,7 @@ def test_a_rejected_or_expired_request_runs_nothing():
 
 def test_an_approval_runs_only_the_deploy_it_was_given_for():
     done = ap.decide(ap.decide(ASKED, "bo", True, 110.0), "cy", True, 120.0)
-    with pytest.raises(ap.Refused, match="is for 1.4.0 on prod, not 1.5.0 on prod"):
+    with pytest.raises(ap.Refused, match=r"is for 1\.4\.0 on prod, not 1\.5\.0 on prod"):
         ap.usable(done, "prod", "1.5.0", 130.0)
     with pytest.raises(ap.Refused, match=r"is pending \(1 of 2 approvals\)"):
         ap.usable(ap.decide(ASKED, "bo", True, 110.0), "prod", "1.4.0", 130.0)
