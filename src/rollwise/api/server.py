@@ -22,9 +22,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +55,7 @@ STATUS = {
 TAKEOVER_EVERY_S = 5.0
 MAX_UPLOAD = 2 << 30  # bytes of one release's artifact
 META_FIELDS = {f.name for f in dataclasses.fields(ReleaseMeta)}
+RequestId = Annotated[int, InPath(ge=1, le=2**31 - 1, description="An approval request.")]
 
 
 class Body(BaseModel):
@@ -289,18 +291,20 @@ def _operations(api: FastAPI, server: Server) -> None:
         return [r.view() for r in rows if who.may(VIEWER, r.env)]
 
     @api.get("/api/v1/approvals/{request_id}")
-    def approval(request_id: int, who: Principal = viewer) -> dict[str, Any]:
+    def approval(request_id: RequestId, who: Principal = viewer) -> dict[str, Any]:
         r = approvals.get(server.ctx.engine, request_id)
         if not who.may(VIEWER, r.env):
             raise HTTPException(404, f"no approval request {request_id}")
         return {**r.view(), "job": server.approved.get(r.id)}
 
     @api.post("/api/v1/approvals/{request_id}/approve")
-    def approve(request_id: int, who: Principal = approver) -> dict[str, Any]:
+    def approve(request_id: RequestId, who: Principal = approver) -> dict[str, Any]:
         return _decide(server, request_id, who, True, None)
 
     @api.post("/api/v1/approvals/{request_id}/reject")
-    def reject(request_id: int, body: DecisionBody, who: Principal = approver) -> dict[str, Any]:
+    def reject(
+        request_id: RequestId, body: DecisionBody, who: Principal = approver
+    ) -> dict[str, Any]:
         return _decide(server, request_id, who, False, body.reason)
 
     @api.post("/api/v1/environments/{env}/rollback", status_code=202)
