@@ -18,15 +18,16 @@ import httptools
 
 from rollwise.agent.router import (
     BUFFER_MAX,
+    DROPPED,
     FORWARDED,
     HOP,
     POOL_MAX,
     REASONS,
+    RESPONSE_NOTED,
     RETRY_BYTES,
     Refused,
     Router,
     Upstream,
-    VersionStats,
 )
 
 
@@ -40,20 +41,21 @@ class Client(asyncio.Protocol):
         "early",
         "exchanges",
         "feeding",
+        "forwarded",
         "head_bytes",
         "head_raw",
-        "headers",
         "in_head",
         "limits",
+        "noted",
         "out",
         "parser",
+        "parts",
         "paused",
         "peer",
         "router",
         "transport",
         "tunnel",
         "upgrading",
-        "url",
     )
     transport: asyncio.Transport
 
@@ -71,8 +73,10 @@ class Client(asyncio.Protocol):
         self.in_head = False
         self.head_bytes = 0  # url and headers of the head being read
         self.head_raw = 0  # bytes read since it began (a header line may never end)
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # the head to send: request line (filled in once read), then the headers passed on
+        self.parts: list[bytes] = []
+        self.noted: list[tuple[bytes, bytes]] = []  # headers the router reads: (lower name, value)
+        self.forwarded = b""  # X-Forwarded-For/-Proto lines for this client, if not trusted
         self.upgrading = False  # the parser is done: bytes wait for the upstream's answer
         self.early = bytearray()
         self.tunnel: Conn | None = None
@@ -83,6 +87,7 @@ class Client(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = self.transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b""
+        self.forwarded = b"x-forwarded-for: %b\r\nx-forwarded-proto: http\r\n" % self.peer
         self.router.clients.add(self)
         self._arm(self.limits.idle_timeout_s)
 
@@ -150,24 +155,31 @@ class Client(asyncio.Protocol):
 
     # -- parser callbacks --
     def on_message_begin(self) -> None:
-        self.in_head, self.head_bytes, self.head_raw, self.url = True, 0, 0, b""
-        self.headers = []
-        self._arm(self.limits.header_timeout_s)
+        self.in_head, self.head_bytes, self.head_raw = True, 0, 0
+        self.parts, self.noted = [b"", b" ", b"", b" HTTP/1.1\r\n"], []
+        self.deadline = self.router.clock + self.limits.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        self.parts[2] += url
         self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        """Headers the router reads are noted; hop-by-hop and forwarded ones go no further."""
         self.head_bytes += len(name) + len(value)  # exact, even for a head begun mid-read
+        lower = name.lower()
+        if lower in self.router.noted:
+            self.noted.append((lower, value))
+            if lower in DROPPED:
+                return
+        self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self._disarm()
+        self.deadline = 0.0
         if self.head_bytes > self.limits.max_head_bytes:
             raise Refused(431, "request head too large")
-        ex = Exchange.from_request(self, self.parser.get_method(), self.url, self.headers)
+        self.parts[0] = self.parser.get_method()
+        ex = Exchange.from_request(self, self.parts, self.noted)
         self.current = ex
         self.exchanges.append(ex)
         if len(self.exchanges) == 1:
@@ -190,6 +202,9 @@ class Client(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         self.out.append(data)
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        self.out += parts
+
     def flush(self) -> None:
         if self.out and not self.transport.is_closing():
             self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
@@ -207,19 +222,21 @@ class Client(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def finished(self, ex: Exchange, keep: bool) -> None:
-        if not self.exchanges or self.exchanges[0] is not ex:
+        exchanges = self.exchanges
+        if not exchanges or exchanges[0] is not ex:
             return
-        self.exchanges.popleft()
-        if not keep or (self.closing and not self.exchanges):
+        exchanges.popleft()
+        if not keep or (self.closing and not exchanges):
             self.flush()
             self.transport.close()
             return
-        if self.exchanges:
-            self.exchanges[0].start()
-        else:
+        if exchanges:
+            exchanges[0].start()
+            return
+        if self.paused:
             self.resume("pipeline")
-            if not self.in_head:
-                self._arm(self.limits.idle_timeout_s)
+        if not self.in_head:
+            self.deadline = self.router.clock + self.limits.idle_timeout_s
 
     def start_tunnel(self, conn: Conn) -> None:
         self.tunnel = conn
@@ -310,9 +327,8 @@ class Exchange:
     ) -> None:
         self.client, self.router, self.up = client, client.router, up
         self.method, self.chunked, self.upgrade = method, chunked, upgrade
-        parser = client.parser  # what it says now is about this request's head
-        self.http10 = parser.get_http_version() == "1.0"
-        self.client_keep = parser.should_keep_alive() and not upgrade and not self.http10
+        self.http10 = False  # an HTTP/1.0 client: no chunked response, no keep-alive
+        self.client_keep = True  # the client connection stays open after this exchange
         self.deferred: tuple[int, str] | None = None  # the router's own answer, once read
         self.conn: Conn | None = None
         self.pending: list[bytes] = [head]  # not written yet: no upstream connection
@@ -336,64 +352,56 @@ class Exchange:
 
     @classmethod
     def from_request(
-        cls, client: Client, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]
+        cls, client: Client, parts: list[bytes], noted: list[tuple[bytes, bytes]]
     ) -> Exchange:
-        router, limits = client.router, client.limits
-        wanted, found = router.wanted, dict[bytes, list[bytes]]()
-        out = [method, b" ", url, b" HTTP/1.1\r\n"]
+        """The exchange for a request whose head, without its hop-by-hop and forwarded
+        headers, is `parts` (request line first), and whose headers the router reads are
+        `noted` (lower-case name, value)."""
+        router, limits, wanted = client.router, client.limits, client.router.wanted
+        host, chunked, conn_tokens, upgrade_to = b"", False, b"", b""
+        found: dict[bytes, list[bytes]] = {}
         fwd: dict[bytes, bytes] = {}
-        host, length, chunked, conn_tokens = b"", -1, False, b""
-        for name, value in headers:
-            ln = name.lower()
-            if ln in wanted:
-                found.setdefault(ln, []).extend(
-                    v.strip() for v in value.split(b";" if ln == b"cookie" else b",")
-                )
-            if ln in HOP:
-                if ln == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
-                elif ln == b"connection":
-                    conn_tokens += b"," + value.lower()
-                continue
-            if ln in FORWARDED:
-                if limits.trust_forwarded:
-                    fwd[ln] = value
-                continue
-            if ln == b"content-length":
-                length = int(value) if value.strip().isdigit() else -2
-            elif ln == b"host":
+        for name, value in noted:
+            if name == b"host":
                 host = value
-            out += (name, b": ", value, b"\r\n")
-        if length == -2:
-            raise Refused(400, "bad content-length")
-        if length > limits.max_body_bytes:
-            raise Refused(413, f"request body over {limits.max_body_bytes} bytes")
-        for t in conn_tokens.split(b","):  # headers the client meant for this hop only
-            if (t := t.strip()) and t not in HOP:
-                out = _without(out, t)
-        xff = (
-            fwd[b"x-forwarded-for"] + b", " + client.peer
-            if b"x-forwarded-for" in fwd
-            else client.peer
-        )
-        out += (
-            b"x-forwarded-for: ",
-            xff,
-            b"\r\nx-forwarded-proto: ",
-            fwd.get(b"x-forwarded-proto", b"http"),
-            b"\r\nx-forwarded-host: ",
-            fwd.get(b"x-forwarded-host", host),
-            b"\r\n",
-        )
+            elif name == b"content-length":
+                if not value.strip().isdigit():
+                    raise Refused(400, "bad content-length")
+                if int(value) > limits.max_body_bytes:
+                    raise Refused(413, f"request body over {limits.max_body_bytes} bytes")
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                conn_tokens += b"," + value.lower()
+            elif name == b"upgrade":
+                upgrade_to = upgrade_to or value
+            elif name in FORWARDED and limits.trust_forwarded:
+                fwd[name] = value
+            if wanted and name in wanted:
+                found.setdefault(name, []).extend(
+                    v.strip() for v in value.split(b";" if name == b"cookie" else b",")
+                )
+        if conn_tokens:
+            parts = _without_named(parts, conn_tokens)
+        if fwd:
+            parts += _forwarded(fwd, client.peer, host)
+        else:
+            parts += (client.forwarded, b"x-forwarded-host: ", host, b"\r\n")
         # llhttp says `upgrade` only after this callback: read it from the headers
-        upgrade_to = next((v for n, v in headers if n.lower() == b"upgrade"), b"")
         upgrade = bool(upgrade_to) and b"upgrade" in conn_tokens
         if upgrade:
-            out.append(b"connection: upgrade\r\nupgrade: " + upgrade_to + b"\r\n")
+            parts.append(b"connection: upgrade\r\nupgrade: " + upgrade_to + b"\r\n")
         if chunked:
-            out.append(b"transfer-encoding: chunked\r\n")
-        out.append(b"\r\n")
-        return cls(client, router.route(found), b"".join(out), method, chunked, upgrade)
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        keep_alive = client.parser.should_keep_alive()  # what it says now is about this head
+        # without a Connection header, only HTTP/1.1 keeps alive: no version string to read
+        http10 = (conn_tokens or not keep_alive) and client.parser.get_http_version() == "1.0"
+        up = router.route(found) if found else router.pick()
+        ex = cls(client, up, b"".join(parts), parts[0], chunked, upgrade)
+        ex.http10 = bool(http10)
+        ex.client_keep = keep_alive and not upgrade and not http10
+        return ex
 
     # -- request side --
     def start(self) -> None:
@@ -408,7 +416,7 @@ class Exchange:
         assert self.up is not None
         pool = self.up.pool
         while pool:
-            conn = cast(Conn, pool.pop())  # the pool holds only this module's Conns
+            conn: Conn = pool.pop()  # type: ignore[assignment]  # it holds only Conns
             if not conn.transport.is_closing():
                 self.attach(conn)
                 return
@@ -431,9 +439,11 @@ class Exchange:
 
     def attach(self, conn: Conn) -> None:
         self.conn, conn.ex = conn, self
-        if not self.client.feeding:
+        client = self.client
+        if not client.feeding:
             self.flush_pending()
-        self.client.resume("connect")
+        if client.paused:
+            client.resume("connect")
         if self.request_done:
             self._arm_response()
 
@@ -480,37 +490,51 @@ class Exchange:
 
     # -- response side (called by Conn) --
     def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+        self,
+        status: int,
+        reason: bytes,
+        parts: list[bytes],
+        noted: list[tuple[bytes, bytes]],
+        keep_alive: bool,
     ) -> None:
-        self._disarm()
+        """Pass the response head on: `parts` is a slot for the status line, then the headers
+        that are not hop-by-hop; `noted` its framing headers (lower-case name, value)."""
+        self.deadline = 0.0
         self.status = status
+        parts[0] = b"HTTP/1.1 %d %b\r\n" % (status, reason)
         if 100 <= status < 200 and status != 101:
             self.interim = True  # 100 Continue, 103 Early Hints: the real answer follows
-            self.client.write(_head(status, reason, headers, ()))
+            parts.append(b"\r\n")
+            self.client.write_parts(parts)
             return
-        length = next((v for n, v in headers if n.lower() == b"content-length"), None)
-        te = b"".join(v for n, v in headers if n.lower() == b"transfer-encoding").lower()
+        length, te, upgrade_to = None, b"", b""
+        for name, value in noted:
+            if name == b"content-length":
+                length = value if length is None else length
+            elif name == b"transfer-encoding":
+                te += value.lower()
+            elif name == b"upgrade":
+                upgrade_to = upgrade_to or value
         no_body = self.method == b"HEAD" or status in (204, 304)
         chunked = b"chunked" in te and not no_body
         self.rechunk = chunked and not self.http10  # an HTTP/1.0 client reads until close
         self.until_close = not no_body and not chunked and length is None
         self.keep = self.client_keep and not self.until_close
-        extra: list[bytes] = []
         if status == 101:
-            up = next((v for n, v in headers if n.lower() == b"upgrade"), b"")
-            extra += [b"connection: upgrade", b"upgrade: " + up]
+            parts.append(b"connection: upgrade\r\nupgrade: " + upgrade_to + b"\r\n")
         elif self.rechunk:
-            extra.append(b"transfer-encoding: chunked")
+            parts.append(b"transfer-encoding: chunked\r\n")
         if not self.keep and status != 101:
-            extra.append(b"connection: close")
-        self.client.write(_head(status, reason, headers, extra))
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.client.write_parts(parts)
         self.responded, self.kept = True, None
         if self.method == b"HEAD" and self.conn is not None:
             self.conn.parser = None  # llhttp would wait for the body a HEAD never gets
             self.response_done(keep_alive)
 
     def response_body(self, body: bytes) -> None:
-        self.client.write(b"%x\r\n%b\r\n" % (len(body), body) if self.rechunk else body)
+        self.client.out.append(b"%x\r\n%b\r\n" % (len(body), body) if self.rechunk else body)
 
     def response_done(self, keep_alive: bool) -> None:
         if self.interim:
@@ -562,7 +586,7 @@ class Exchange:
             self.conn = None
         self.client.resume("upstream")  # that connection's full buffer is gone with it
         up = self.up
-        self.router.stats.setdefault(up.version, VersionStats()).conn_errors += 1
+        self.router.version_stats(up.version).conn_errors += 1
         up.close_pool()  # its siblings are likely just as stale
         up.inflight -= 1
         self.attempts += 1
@@ -613,7 +637,7 @@ class Exchange:
             up.inflight -= 1
             if count:
                 ms = (time.perf_counter() - self.start_t) * 1000
-                self.router.stats.setdefault(up.version, VersionStats()).observe(status, ms)
+                self.router.version_stats(up.version).observe(status, ms)
         self.conn = None
         if conn is not None:
             conn.ex = None
@@ -649,7 +673,7 @@ class Exchange:
 class Conn(asyncio.Protocol):
     """One connection to an upstream: idle in its pool, or serving one exchange."""
 
-    __slots__ = ("ex", "headers", "parser", "reason", "transport", "tunnel", "up")
+    __slots__ = ("ex", "noted", "parser", "parts", "reason", "transport", "tunnel", "up")
     transport: asyncio.Transport
 
     def __init__(self, up: Upstream) -> None:
@@ -658,7 +682,9 @@ class Conn(asyncio.Protocol):
         self.ex: Exchange | None = None
         self.tunnel: Client | None = None
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # the head to send on: status line (filled in once read), then the headers passed on
+        self.parts: list[bytes] = []
+        self.noted: list[tuple[bytes, bytes]] = []  # headers read: (lower name, value)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -714,20 +740,27 @@ class Conn(asyncio.Protocol):
 
     # -- parser callbacks --
     def on_message_begin(self) -> None:
-        self.reason, self.headers = b"", []
+        self.reason, self.parts, self.noted = b"", [b""], []
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        """Framing headers are noted; hop-by-hop ones go no further."""
+        lower = name.lower()
+        if lower in RESPONSE_NOTED:
+            self.noted.append((lower, value))
+            if lower in HOP:
+                return
+        self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         if self.ex is not None and self.parser is not None:
             self.ex.response_head(
                 self.parser.get_status_code(),
                 self.reason,
-                self.headers,
+                self.parts,
+                self.noted,
                 self.parser.should_keep_alive(),
             )
 
@@ -740,20 +773,26 @@ class Conn(asyncio.Protocol):
             self.ex.response_done(self.parser.should_keep_alive())
 
 
-def _head(
-    status: int,
-    reason: bytes,
-    headers: list[tuple[bytes, bytes]],
-    extra: tuple[bytes, ...] | list[bytes],
-) -> bytes:
-    out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-    for name, value in headers:
-        if name.lower() not in HOP:
-            out += (name, b": ", value, b"\r\n")
-    for line in extra:
-        out += (line, b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
+def _without_named(parts: list[bytes], conn_tokens: bytes) -> list[bytes]:
+    """Head parts without the headers a Connection header names (meant for this hop only)."""
+    for t in conn_tokens.split(b","):
+        if (t := t.strip()) and t not in HOP:
+            parts = _without(parts, t)
+    return parts
+
+
+def _forwarded(fwd: dict[bytes, bytes], peer: bytes, host: bytes) -> tuple[bytes, ...]:
+    """X-Forwarded-* lines that keep what a trusted proxy in front said, this hop added."""
+    xff = fwd[b"x-forwarded-for"] + b", " + peer if b"x-forwarded-for" in fwd else peer
+    return (
+        b"x-forwarded-for: ",
+        xff,
+        b"\r\nx-forwarded-proto: ",
+        fwd.get(b"x-forwarded-proto", b"http"),
+        b"\r\nx-forwarded-host: ",
+        fwd.get(b"x-forwarded-host", host),
+        b"\r\n",
+    )
 
 
 def _without(parts: list[bytes], name: bytes) -> list[bytes]:

@@ -42,6 +42,10 @@ HOP = frozenset(
     }
 )
 FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+DROPPED = HOP | FORWARDED  # request headers not passed on as they came
+# request headers the data path reads (with those routing rules name: `Router.noted`)
+NOTED = DROPPED | {b"host", b"content-length"}
+RESPONSE_NOTED = HOP | {b"content-length"}  # response headers it reads
 REASONS = {
     400: "Bad Request",
     408: "Request Timeout",
@@ -171,6 +175,7 @@ class Router:
         self.routing = Routing()
         self.settings: dict[str, Any] = {}
         self.wanted: frozenset[bytes] = frozenset()
+        self.noted: frozenset[bytes] = NOTED  # request headers read: NOTED | wanted
         self.assigned: OrderedDict[bytes, str] = OrderedDict()  # sticky key -> version
         self.version_weights: dict[str, int] = {}
         self.canary: str | None = None
@@ -211,6 +216,7 @@ class Router:
     def set_routing(self, routing: Routing) -> None:
         if routing != self.routing:
             self.routing, self.wanted = routing, routing.wanted()
+            self.noted = NOTED | self.wanted
             self.assigned.clear()
 
     def weights(self) -> dict[str, int]:
@@ -232,6 +238,13 @@ class Router:
         if up:
             up.close_pool()
         self._refresh()
+
+    def version_stats(self, version: str) -> VersionStats:
+        """The counts of `version`, begun at its first request."""
+        stats = self.stats.get(version)
+        if stats is None:
+            stats = self.stats[version] = VersionStats()
+        return stats
 
     def metrics(self) -> dict[str, Any]:
         return {
