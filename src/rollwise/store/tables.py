@@ -137,3 +137,15 @@ approvals = Table(
     Column("decided_by", String(128)),
     Column("reason", Text),
 )
+
+freeze_windows = Table(  # `rollwise freeze add`; those of rollwise.yaml are read from it
+    "freeze_windows",
+    metadata,
+    Column("env", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("zone", String(64), nullable=False),
+    Column("start", String(64), nullable=False),
+    Column("end", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+)
