@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,6 +58,10 @@ SENT, HELD, DROPPED, FAILED = "sent", "held", "dropped", "failed"
 QUEUE: Final = 100  # messages waiting per channel; more are dropped and counted
 THREAD: Final = "rollwise-notify:"  # worker threads' name prefix (drain waits for them)
 DRAIN_S: Final = 3.0  # what a command waits at its end for queued messages
+# Apprise spaces two requests to one service by up to 5.5 s; a rollback's message must
+# follow its failure at once. Chat robots take about 20 a minute (DingTalk, WeCom), far more
+# than a deploy says once repeats are held back.
+SPACING_S: Final = 1.0
 GATE_FILE: Final = "notify-gate.json"  # in the state dir: repeats are counted across runs
 FREEZE_ACTIONS: Final = frozenset({"freeze-break", "freeze_break"})
 FREEZE_BREAK_OUTCOMES: Final = frozenset({"break", "broken", "break-glass", "forced"})
@@ -315,6 +318,7 @@ class AppriseNotifier:
                     "(slack://, dingtalk://, wecombot://, feishu://, mailto://, json://)",
                 )
             plugin.socket_connect_timeout = plugin.socket_read_timeout = timeout_s
+            plugin.request_rate_per_sec = min(plugin.request_rate_per_sec, SPACING_S)
             self.plugins.append(plugin)
 
     def send(self, message: Message) -> None:
@@ -364,17 +368,18 @@ def _apprise_log() -> Iterator[list[str]]:
 
 
 def scrub(text: str, urls: list[str]) -> str:
-    """`text` without any part of `urls` that may be a secret (user, password, path
-    segments, query values of four characters or more)."""
+    """`text` without any part of `urls` that may be a secret (user, password, a host
+    without a dot, which in Apprise URLs is a token, path segments, query values; those of
+    four characters or more)."""
     parts: set[str] = set()
     for url in urls:
         u = urlsplit(url)
         parts |= {u.username or "", u.password or "", *u.path.split("/")}
         parts |= {v for _, v in parse_qsl(u.query)}
         parts |= {unquote(p) for p in list(parts)}
-        netloc = u.netloc.rpartition("@")[2]
-        if not re.fullmatch(r"[\w.-]+(:\d+)?", netloc):  # a token where a host would be
-            parts.add(netloc)
+        host = u.netloc.rpartition("@")[2].split(":")[0]
+        if "." not in host and host != "localhost":  # a token where a host would be
+            parts.add(host)
     for p in sorted((p for p in parts if len(p) >= 4), key=len, reverse=True):
         text = text.replace(p, "***")
     return text
