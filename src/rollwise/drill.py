@@ -232,10 +232,20 @@ def make_plan(
         objectives=objectives,
         analysis_dry_run=scenario == ALERT,
         alert=AlertRule() if scenario == ALERT else None,
-        expect={MANUAL_ROLLBACK: reasons.SUCCEEDED, FAILING_MIGRATION: reasons.FAILED}.get(
-            scenario, reasons.ROLLED_BACK
-        ),
+        expect=_expected(scenario, fault),
     )
+
+
+def _expected(scenario: str, fault: Fault | None) -> str:
+    """How the drill release's deploy must end: live (then rolled back by the drill), failed
+    before any traffic moved (a migration, a release that never gets healthy), or rolled back
+    while it ran."""
+    if scenario == MANUAL_ROLLBACK:
+        return reasons.SUCCEEDED
+    never_healthy = fault is not None and (fault.crash_on_start or fault.fail_health)
+    if scenario == FAILING_MIGRATION or never_healthy:
+        return reasons.FAILED
+    return reasons.ROLLED_BACK
 
 
 def refuse_production(env: str, production: bool, force_reason: str | None) -> bool:
@@ -391,10 +401,11 @@ def _fault_and_detection(
     fault_at = _fault_at(bad, mine)
     signals: list[tuple[float, str]] = []
     for r in rows:
+        detail = str(r["detail"]).splitlines()[0] if r["detail"] else ""
         if r["what"].startswith("first bad signal"):
-            signals.append((r["at"], f"analysis ({r['detail']})"))
+            signals.append((r["at"], f"analysis ({detail})"))
         elif r["deployment"] == bad["id"] and r["what"].endswith(" failed"):
-            signals.append((r["at"], f"{r['what']} ({r['detail']})"))
+            signals.append((r["at"], f"{r['what']} ({detail})"))
     for e in events:
         if (
             e["action"] == "rollback"
@@ -564,6 +575,7 @@ def compare(
         tables[name] = row
     unaccounted = max(0, acknowledged - added)
     return {
+        "schema_same": _shape(before) == _shape(after),
         "tables": tables,
         "rows_missing": missing,
         "rows_changed": changed,
@@ -573,6 +585,10 @@ def compare(
         "parked": parked_rows,
         "consistent": missing == 0 and changed == 0 and unaccounted == 0,
     }
+
+
+def _shape(tables: dict[str, TableState]) -> dict[str, tuple[str, ...]]:
+    return {name: t.columns for name, t in tables.items()}
 
 
 def _project(t: TableState, key: str, columns: list[str]) -> tuple[str, ...]:
@@ -613,6 +629,9 @@ def judge(
                 "value": data["rows_lost"],
                 "ok": data["rows_lost"] == 0,
             }
+        )
+        out.append(
+            {"name": "schema as before", "value": data["schema_same"], "ok": data["schema_same"]}
         )
         out.append(
             {
