@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollwise import reasons
+from rollwise.drill import is_drill_version
 
 DAY_S = 86400.0
 
@@ -62,7 +63,8 @@ def figures(
     """The report of every environment in `deployments` (rows of the deployments table)
     over `period`; `commit_time(version)` is the release's commit (or build) time."""
     by_env: dict[str, list[dict[str, Any]]] = {}
-    for dep in sorted(deployments, key=lambda d: (float(d["created_at"]), int(d["id"]))):
+    real = [d for d in deployments if not rehearsal(d)]
+    for dep in sorted(real, key=lambda d: (float(d["created_at"]), int(d["id"]))):
         by_env.setdefault(str(dep["env"]), []).append(dep)
     out = {}
     for env, deps in sorted(by_env.items()):
@@ -73,6 +75,29 @@ def figures(
         "days": round(period.days, 2),
         "environments": out,
     }
+
+
+def rehearsal(dep: dict[str, Any]) -> bool:
+    """A deployment of a drill (to or from a drill release): it changed nothing for users,
+    so it is in the drills section, not in the four figures."""
+    return is_drill_version(dep["to_version"]) or is_drill_version(dep["from_version"])
+
+
+def drill_rows(drills: list[dict[str, Any]], period: Period) -> list[dict[str, Any]]:
+    """The drills run in `period` (their stored reports), oldest first, as report rows."""
+    keys = ("id", "env", "scenario", "passed", "started_at", "detect_s", "traffic_back_s")
+    return [
+        {k: d[k] for k in keys}
+        | {
+            "restore_s": d["restore_s"],
+            "requests_failed": d["requests_failed"],
+            "requests_sent": d["requests_sent"],
+            "rows_lost": d["rows_lost"],
+            "objective_restore_s": d["plan"]["objectives"]["restore_s"],
+        }
+        for d in sorted(drills, key=lambda d: float(d["started_at"]))
+        if period.since <= float(d["started_at"]) < period.until
+    ]
 
 
 def _env_figures(
@@ -226,8 +251,36 @@ td:first-child{{text-align:left}}</style></head><body>
 <th>rollbacks</th></tr>{rows}</table>
 <h2>Deployments per week</h2>{chart(per_week)}
 <h2>Automatic rollbacks: time to restore</h2>{chart(restores)}
+{_drills_html(report.get("drills"))}
 </body></html>
 """
+
+
+def _drills_html(drills: list[dict[str, Any]] | None) -> str:
+    """The drills section: each rehearsal's times against its objective (docs/drills.md)."""
+    import html
+
+    if not drills:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(d['id'])}</td><td>{html.escape(d['env'])}</td>"
+        f"<td>{html.escape(d['scenario'])}</td><td>{'passed' if d['passed'] else 'failed'}</td>"
+        f"<td>{_secs(d['detect_s'])}</td><td>{_secs(d['traffic_back_s'])}</td>"
+        f"<td>{_secs(d['restore_s'])}</td><td>{fmt_s(d['objective_restore_s'])}</td>"
+        f"<td>{d['requests_failed']}</td><td>{'-' if d['rows_lost'] is None else d['rows_lost']}"
+        "</td></tr>"
+        for d in drills
+    )
+    return (
+        "<h2>Drills</h2><p>Rehearsed rollbacks (not counted above).</p><table><tr><th>drill</th>"
+        "<th>environment</th><th>scenario</th><th>result</th><th>detected</th>"
+        "<th>traffic back</th><th>restored</th><th>objective</th><th>requests failed</th>"
+        f"<th>rows lost</th></tr>{rows}</table>"
+    )
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
 
 
 def fmt_s(x: float | None) -> str:

@@ -89,6 +89,10 @@ def test_given_a_bad_canary_drill_then_analysis_catches_it_and_the_report_measur
     assert "DRILL-1" in listed and "passed" in listed
     shown = json.loads(project.cli("drill", "show", "drill-1", "--json", check=True).stdout)
     assert (shown["restore_s"], shown["rows_lost"]) == (r["restore_s"], 0)
+    report = json.loads(project.cli("report", "--since", "1d", "--json", check=True).stdout)
+    dev = report["environments"]["dev"]
+    assert (dev["deployments"], dev["change_failures"]) == (1, 0), "a drill is no change"
+    assert [d["id"] for d in report["drills"]] == ["DRILL-1"]
     releases = project.cli("release", "list", check=True).stdout
     assert drill_version not in releases, "the drill release is retired"
     assert drill_version not in (project.root / "rollwise.yaml").read_text()

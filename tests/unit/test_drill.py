@@ -342,3 +342,48 @@ def test_the_verdict_names_each_objective_and_fails_on_any():
         ("1.0.0+drill.3 ended rolled_back", True),
         ("1.0.0 serves again", True),
     ]
+
+
+def test_a_drills_deployments_are_not_changes_but_drill_rows_of_the_report():
+    from rollwise import report as rp
+
+    deps = [
+        dep(1, "deploy", None, "1.0.0", "succeeded", 100.0, 110.0),
+        dep(2, "deploy", "1.0.0", "1.0.0+drill.1", "rolled_back", 200.0, 203.0),
+        dep(3, "deploy", "1.0.0", "1.1.0+drill.2", "succeeded", 300.0, 310.0),
+        dep(4, "rollback", "1.1.0+drill.2", "1.0.0", "succeeded", 320.0, 321.0),
+    ]
+    period = rp.Period(0.0, 1000.0)
+    staging = rp.figures(deps, lambda v: 50.0, period)["environments"]["staging"]
+    assert (staging["deployments"], staging["changes"], staging["change_failures"]) == (1, 1, 0)
+    assert staging["rollbacks"] == 0
+    stored = {
+        "id": "DRILL-1",
+        "env": "staging",
+        "scenario": "bad-canary",
+        "passed": True,
+        "started_at": 199.0,
+        "detect_s": 1.5,
+        "traffic_back_s": 1.51,
+        "restore_s": 2.0,
+        "requests_failed": 7,
+        "requests_sent": 300,
+        "rows_lost": 0,
+        "plan": {"objectives": {"restore_s": 300.0}},
+    }
+    assert rp.drill_rows([stored, stored | {"started_at": 2000.0}], period) == [
+        {
+            "id": "DRILL-1",
+            "env": "staging",
+            "scenario": "bad-canary",
+            "passed": True,
+            "started_at": 199.0,
+            "detect_s": 1.5,
+            "traffic_back_s": 1.51,
+            "restore_s": 2.0,
+            "requests_failed": 7,
+            "requests_sent": 300,
+            "rows_lost": 0,
+            "objective_restore_s": 300.0,
+        }
+    ]
