@@ -124,7 +124,8 @@ class Client(asyncio.Protocol):
             self.feeding = False
             if self.exchanges:
                 self.exchanges[0].flush_pending()
-            self.flush()
+            if self.out:
+                self.flush()
 
     def eof_received(self) -> bool:
         if self.exchanges:  # answer what was asked, then close
@@ -324,11 +325,13 @@ class Exchange:
         method: bytes,
         chunked: bool,
         upgrade: bool,
+        http10: bool,
+        client_keep: bool,
     ) -> None:
         self.client, self.router, self.up = client, client.router, up
         self.method, self.chunked, self.upgrade = method, chunked, upgrade
-        self.http10 = False  # an HTTP/1.0 client: no chunked response, no keep-alive
-        self.client_keep = True  # the client connection stays open after this exchange
+        self.http10 = http10  # an HTTP/1.0 client: no chunked response, no keep-alive
+        self.client_keep = client_keep  # its connection stays open after this exchange
         self.deferred: tuple[int, str] | None = None  # the router's own answer, once read
         self.conn: Conn | None = None
         self.pending: list[bytes] = [head]  # not written yet: no upstream connection
@@ -359,8 +362,8 @@ class Exchange:
         `noted` (lower-case name, value)."""
         router, limits, wanted = client.router, client.limits, client.router.wanted
         host, chunked, conn_tokens, upgrade_to = b"", False, b"", b""
-        found: dict[bytes, list[bytes]] = {}
-        fwd: dict[bytes, bytes] = {}
+        found: dict[bytes, list[bytes]] | None = None
+        fwd: dict[bytes, bytes] | None = None
         for name, value in noted:
             if name == b"host":
                 host = value
@@ -376,8 +379,12 @@ class Exchange:
             elif name == b"upgrade":
                 upgrade_to = upgrade_to or value
             elif name in FORWARDED and limits.trust_forwarded:
+                if fwd is None:
+                    fwd = {}
                 fwd[name] = value
             if wanted and name in wanted:
+                if found is None:
+                    found = {}
                 found.setdefault(name, []).extend(
                     v.strip() for v in value.split(b";" if name == b"cookie" else b",")
                 )
@@ -396,12 +403,10 @@ class Exchange:
         parts.append(b"\r\n")
         keep_alive = client.parser.should_keep_alive()  # what it says now is about this head
         # without a Connection header, only HTTP/1.1 keeps alive: no version string to read
-        http10 = (conn_tokens or not keep_alive) and client.parser.get_http_version() == "1.0"
+        http10 = bool(conn_tokens or not keep_alive) and client.parser.get_http_version() == "1.0"
         up = router.route(found) if found else router.pick()
-        ex = cls(client, up, b"".join(parts), parts[0], chunked, upgrade)
-        ex.http10 = bool(http10)
-        ex.client_keep = keep_alive and not upgrade and not http10
-        return ex
+        keep = keep_alive and not upgrade and not http10
+        return cls(client, up, b"".join(parts), parts[0], chunked, upgrade, http10, keep)
 
     # -- request side --
     def start(self) -> None:
@@ -681,10 +686,12 @@ class Conn(asyncio.Protocol):
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
         self.tunnel: Client | None = None
+        # the response head being read (taken by on_headers_complete, so that no
+        # on_message_begin callback is needed): the status line's reason, then a slot for
+        # the status line and the headers passed on, and the framing headers read
         self.reason = b""
-        # the head to send on: status line (filled in once read), then the headers passed on
-        self.parts: list[bytes] = []
-        self.noted: list[tuple[bytes, bytes]] = []  # headers read: (lower name, value)
+        self.parts: list[bytes] = [b""]
+        self.noted: list[tuple[bytes, bytes]] = []  # (lower name, value)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -705,7 +712,8 @@ class Conn(asyncio.Protocol):
             self.transport.close()
             ex.upstream_lost(f"bad response: {e}")
         finally:
-            ex.client.flush()
+            if ex.client.out:
+                ex.client.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self.up.pool:
@@ -739,9 +747,6 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
     # -- parser callbacks --
-    def on_message_begin(self) -> None:
-        self.reason, self.parts, self.noted = b"", [b""], []
-
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
@@ -755,13 +760,12 @@ class Conn(asyncio.Protocol):
         self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
+        reason, parts, noted = self.reason, self.parts, self.noted
+        self.reason, self.parts, self.noted = b"", [b""], []  # for the next response
         if self.ex is not None and self.parser is not None:
+            parser = self.parser
             self.ex.response_head(
-                self.parser.get_status_code(),
-                self.reason,
-                self.parts,
-                self.noted,
-                self.parser.should_keep_alive(),
+                parser.get_status_code(), reason, parts, noted, parser.should_keep_alive()
             )
 
     def on_body(self, body: bytes) -> None:
