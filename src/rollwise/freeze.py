@@ -170,8 +170,8 @@ def zone(name: str) -> ZoneInfo:
             raise ValueError
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        close = difflib.get_close_matches(name, sorted(available_timezones()), n=3, cutoff=0.6)
-        maybe = f"; did you mean {' or '.join(close)}?" if close else ""
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=1, cutoff=0.8)
+        maybe = f"; did you mean {close[0]}?" if close else ""
         raise ValueError(
             f"unknown time zone {name!r}{maybe} (an IANA name such as Asia/Shanghai, "
             "America/New_York, Europe/Berlin or UTC)"
@@ -260,6 +260,14 @@ def shown(at: datetime, z: tzinfo) -> str:
     local = at.astimezone(z)
     key = getattr(z, "key", None)
     return local.strftime("%Y-%m-%d %H:%M %Z") + (f" ({key})" if key else "")
+
+
+def shown_span(o: Occurrence, z: tzinfo) -> str:
+    """`2026-11-01 00:00 CST .. 2026-11-13 00:00 CST (Asia/Shanghai)`."""
+    start, end = o.start.astimezone(z), o.end.astimezone(z)
+    key = getattr(z, "key", None)
+    fmt = "%Y-%m-%d %H:%M %Z"
+    return f"{start.strftime(fmt)} .. {end.strftime(fmt)}" + (f" ({key})" if key else "")
 
 
 def both(at: datetime, w: Window, here: tzinfo) -> str:

@@ -24,7 +24,7 @@ from rollwise import domain as d
 from rollwise import reasons
 from rollwise.config.load import load_bundle
 from rollwise.config.schema import BundleConfig
-from rollwise.controller import ops
+from rollwise.controller import freezes, ops
 from rollwise.controller.context import Context, actor
 from rollwise.errors import ConfigError, LockHeld, NotFound, RollwiseError, UsageError
 from rollwise.events import EventBus
@@ -206,13 +206,21 @@ def _refuse_interrupted(b: Bundle, env: str) -> None:
         )
 
 
-def deploy(b: Bundle, env: str, wanted: dict[str, str], lock_wait: float = 0.0) -> ops.Outcome:
+def deploy(
+    b: Bundle,
+    env: str,
+    wanted: dict[str, str],
+    lock_wait: float = 0.0,
+    break_freeze: str | None = None,
+) -> ops.Outcome:
     """Move the named services to their versions, dependencies first. When one fails (its
-    own deploy has put it back), the services already moved go back, dependents first."""
+    own deploy has put it back), the services already moved go back, dependents first.
+    A service inside a freeze window stops the bundle before anything moves, unless
+    `break_freeze` says why (recorded by each service's deploy)."""
     with b.lock(env):
         _refuse_interrupted(b, env)
         for service, version in wanted.items():  # every release usable before anything moves
-            ops.check_deployable(b.context(service, env), env, version)
+            _check_deployable(b, service, env, version, break_freeze)
         moves = d.bundle_moves(b.order, {s: b.live(s, env) for s in wanted}, wanted)
         if not moves:
             return ops.Outcome(
@@ -240,6 +248,7 @@ def deploy(b: Bundle, env: str, wanted: dict[str, str], lock_wait: float = 0.0) 
                     m.to_version,
                     lock_wait=lock_wait,
                     reason=f"bundle {b.config.bundle} {j.id}",
+                    break_freeze=break_freeze,
                 )
             except RollwiseError as e:
                 j.move(m.service)["state"] = FAILED
@@ -263,6 +272,20 @@ def deploy(b: Bundle, env: str, wanted: dict[str, str], lock_wait: float = 0.0) 
         f"bundle {b.config.bundle} {env}: {moved}",
         {"bundle": b.config.bundle, "id": j.id, "moves": j.moves},
     )
+
+
+def _check_deployable(
+    b: Bundle, service: str, env: str, version: str, break_freeze: str | None
+) -> None:
+    try:
+        ops.check_deployable(b.context(service, env), env, version, break_freeze)
+    except freezes.Frozen as e:
+        raise freezes.Frozen(
+            f"bundle {b.config.bundle}: service {service}: {e.message}; nothing moved",
+            where=e.where,
+            hint="rollbacks are allowed; to deploy anyway, break glass: `rollwise bundle "
+            "deploy ... --break-freeze --reason TEXT` (recorded in each service's audit log)",
+        ) from None
 
 
 def _put_back(b: Bundle, env: str, j: Journal, because: str) -> str:

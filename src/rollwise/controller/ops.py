@@ -11,7 +11,7 @@ from rollwise import artifacts, audit, containers, reasons
 from rollwise import domain as d
 from rollwise import incidents as inc
 from rollwise.agent.client import AgentClient
-from rollwise.controller import caches, machine, schema
+from rollwise.controller import caches, freezes, machine, schema
 from rollwise.controller import progressive as pg
 from rollwise.controller.context import Context, Environment
 from rollwise.controller.lock import Lease, current, holder_dead, holder_id
@@ -154,11 +154,14 @@ def deploy(
     force_reason: str | None = None,
     reason: str | None = None,
     approval: int | None = None,
+    break_freeze: str | None = None,
 ) -> Outcome:
     """Deploy `version` (or, with kind rollback, go back to it). `force_reason` overrides a
     refusal that protects the user (a release marked bad, a closed rollback window) and is
     recorded; `reason` (an alert's, say) is recorded on the deployment and its events;
-    `approval`: the approved request a deploy to an environment with `approvals` runs on."""
+    `approval`: the approved request a deploy to an environment with `approvals` runs on;
+    `break_freeze`: why a deploy goes ahead inside a freeze window (audited); rollbacks
+    need none."""
     environment = ctx.environment(env)
     rel = _release(ctx, version, "--to" if kind == d.ROLLBACK else "version")
     with Lease(ctx.engine, env, holder_id(ctx.actor), lock_wait) as lease:
@@ -175,6 +178,7 @@ def deploy(
             )
         if kind == d.DEPLOY:
             _check_not_bad(ctx, env, rel["version"], force_reason)
+            freezes.check(ctx, env, rel["version"], break_freeze)  # under the lock: when it runs
             _check_approved(ctx, environment, rel["version"], approval)
         return _run(ctx, environment, kind, rel, state, lease, recovered, force_reason, reason)
 
@@ -205,10 +209,14 @@ def _check_approved(ctx: Context, environment: Environment, version: str, ask: i
     )
 
 
-def check_deployable(ctx: Context, env: str, version: str) -> None:
-    """Refuse, before anything moves, a release that does not exist or is marked bad."""
+def check_deployable(ctx: Context, env: str, version: str, break_freeze: str | None = None) -> None:
+    """Refuse, before anything moves, a release that does not exist or is marked bad, and
+    a deploy inside a freeze window unless glass is broken (recorded by the deploy)."""
     ctx.env(env)
-    _check_not_bad(ctx, env, _release(ctx, version)["version"], None)
+    version = _release(ctx, version)["version"]
+    _check_not_bad(ctx, env, version, None)
+    if not break_freeze:
+        freezes.check(ctx, env, version, None)
 
 
 def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | None) -> None:
