@@ -63,8 +63,7 @@ DRAIN_S: Final = 3.0  # what a command waits at its end for queued messages
 # than a deploy says once repeats are held back.
 SPACING_S: Final = 1.0
 GATE_FILE: Final = "notify-gate.json"  # in the state dir: repeats are counted across runs
-FREEZE_ACTIONS: Final = frozenset({"freeze-break", "freeze_break"})
-FREEZE_BREAK_OUTCOMES: Final = frozenset({"break", "broken", "break-glass", "forced"})
+FREEZE_BREAK: Final = "freeze-break"  # the action of a deploy that broke a freeze window
 LEVELS: Final = {
     "deploy-started": "info",
     "deploy-succeeded": "success",
@@ -129,7 +128,7 @@ def kind_of(ev: Event) -> str | None:
         return "canary-failed"
     if a == "approval" and o == "needed":
         return "approval-needed"
-    if (a in FREEZE_ACTIONS and o != "refused") or (a == "freeze" and o in FREEZE_BREAK_OUTCOMES):
+    if a == FREEZE_BREAK and o == "ok":
         return "freeze-break"
     return None
 
@@ -203,7 +202,11 @@ def _headline(kind: str, ev: Event, prior: str | None) -> tuple[str, str]:
             f"{who} asks to deploy {v}: {n} approval(s) from someone else "
             f"(`rollwise approval approve {req}`)",
         )
-    return f"[{env}] deploy freeze broken for {v}", f"a deploy of {v} broke the deploy freeze"
+    window = f" {d['window']}" if d.get("window") else ""
+    return (
+        f"[{env}] freeze window{window} broken for {v}",
+        f"a deploy of {v} broke the freeze window{window} (break glass)",
+    )
 
 
 def _versions(kind: str, ev: Event, prior: str | None) -> str | None:
@@ -604,5 +607,5 @@ def _try(
     try:
         _connector(env, c, url)().send(replace(m, body=f"{m.body}\nChannel: {c.name}"))
     except RollwiseError as e:
-        return ChannelResult(c.name, False, e.message)
+        return ChannelResult(c.name, False, f"{e.message}; {e.hint}" if e.hint else e.message)
     return ChannelResult(c.name, True)

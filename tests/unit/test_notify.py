@@ -152,6 +152,26 @@ def test_given_an_approval_request_when_written_then_it_says_how_to_approve_and_
     assert m.body.splitlines()[-1] == "Dashboard: https://rw.example.com/approvals/4"
 
 
+def test_given_a_freeze_break_when_written_then_it_names_the_window_and_the_reason():
+    broke = ev(
+        "freeze-break",
+        "ok",
+        env="prod",
+        version="1.2.1",
+        reason="payment outage fix",
+        data={"window": "double-11", "zone": "Asia/Shanghai"},
+    )
+    m = message(broke)
+    assert m is not None
+    assert (m.title, m.level) == ("[prod] freeze window double-11 broken for 1.2.1", "warning")
+    assert m.body.splitlines()[:4] == [
+        "What: a deploy of 1.2.1 broke the freeze window double-11 (break glass)",
+        "Environment: prod",
+        "Version: 1.2.1",
+        "Why: payment outage fix",
+    ]
+
+
 @pytest.mark.parametrize(
     ("action", "outcome", "kind"),
     [
@@ -166,7 +186,7 @@ def test_given_an_approval_request_when_written_then_it_says_how_to_approve_and_
         ("analysis", "confirm", "canary-failed"),
         ("approval", "needed", "approval-needed"),
         ("freeze-break", "ok", "freeze-break"),
-        ("freeze", "break", "freeze-break"),
+        ("freeze", "added", None),
         ("deploy", "refused", None),
         ("rollback", "started", None),
         ("analysis", "advance", None),
