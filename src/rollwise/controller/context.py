@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from rollwise import audit, checkpoints, secrets
+from rollwise import audit, checkpoints, notify, secrets
 from rollwise.audit import Event
 from rollwise.config import ProjectConfig, find_config, load_config
 from rollwise.config.schema import EnvironmentConfig, UrlOrSecret
@@ -67,7 +67,11 @@ class Context:
         bus.subscribe(
             audit.checkpointer(engine, checkpoints.settings(config, state_dir, engine), bus.emit)
         )
-        return cls(root, config_path, config, state_dir, engine, bus, actor())
+        ctx = cls(root, config_path, config, state_dir, engine, bus, actor())
+        told = notify.subscriber(config, state_dir, ctx.url, bus.emit, lambda: ctx.actor)
+        if told is not None:  # only a project with `notifications` pays for them
+            bus.subscribe(told)
+        return ctx
 
     def env(self, name: str) -> EnvironmentConfig:
         try:
