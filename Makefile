@@ -36,6 +36,7 @@ bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
 	$(BIN)/python bench/audit.py --out bench/results/audit.json
 	$(BIN)/python bench/fleet.py --out bench/results/fleet.json
 	$(BIN)/python bench/containers.py --out bench/results/containers.json
+	$(BIN)/python bench/drill.py --out bench/results/drill.json
 
 format: $(STAMP) ## Format the code (ruff format)
 	$(BIN)/ruff format src tests bench

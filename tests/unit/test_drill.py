@@ -149,7 +149,7 @@ def test_a_production_environment_is_refused_unless_forced_with_a_reason():
 # --- figures from what rollwise recorded ---------------------------------------------------
 
 
-def dep(i: int, kind: str, frm: str, to: str, status: str, at: float, end: float) -> dict:
+def dep(i: int, kind: str, frm: str | None, to: str, status: str, at: float, end: float) -> dict:
     return {
         "id": i,
         "env": "staging",
@@ -334,7 +334,7 @@ def test_requests_by_version_and_per_quarter_second():
 
 def test_the_verdict_names_each_objective_and_fails_on_any():
     p = plan(dr.BAD_CANARY)
-    figures = {"detect_s": 12.0, "traffic_back_s": 12.1, "restore_s": 13.0}
+    figures: dict[str, float | None] = {"detect_s": 12.0, "traffic_back_s": 12.1, "restore_s": 13.0}
     verdict = dr.judge(p, figures, "rolled_back", "1.0.0", None, [])
     assert [(v["name"], v["ok"]) for v in verdict] == [
         ("restore_s", True),
