@@ -9,6 +9,8 @@ import json
 import sqlite3
 from typing import Any
 
+import yaml
+
 from rollwise.errors import ExitCode
 from tests.conftest import Project
 from tests.helpers import FAST
@@ -98,14 +100,24 @@ def test_given_a_bad_canary_drill_then_analysis_catches_it_and_the_report_measur
     assert drill_version not in (project.root / "rollwise.yaml").read_text()
 
 
-def test_given_a_crash_on_start_then_the_health_check_stops_it_before_any_traffic(project):
+def test_given_a_crash_or_a_failing_health_check_then_it_is_stopped_before_any_traffic(
+    project,
+):
     live_on_1_0_0(project)
-    r = drill(project, "--scenario", "bad-canary", "--fault", "crash-on-start")
-    assert r["passed"], r["objectives"]
-    assert r["status"] == "failed" and r["detected_by"].startswith("health failed")
-    assert 0 < r["detect_s"] <= r["restore_s"] < 10
-    assert set(r["requests"]) == {"1.0.0"} and r["requests_failed"] == 0
-    assert_data_kept(r)
+    cfg = yaml.safe_load((project.root / "rollwise.yaml").read_text())
+    cfg["health"]["ready_timeout_s"] = 2
+    (project.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    crash = drill(project, "--scenario", "bad-canary", "--fault", "crash-on-start")
+    sick = drill(project, "--scenario", "bad-canary", "--fault", "fail-health")
+    for r in (crash, sick):
+        assert r["passed"], r["objectives"]
+        assert r["status"] == "failed" and r["detected_by"].startswith("health failed")
+        assert set(r["requests"]) == {"1.0.0"} and r["requests_failed"] == 0
+        assert_data_kept(r)
+    assert "exited before it was ready" in crash["detected_by"]
+    assert 0 < crash["detect_s"] <= crash["restore_s"] < 2  # the exit is seen at once
+    assert "was not ready within 2 s: HTTP 503" in sick["detected_by"]
+    assert 2 <= sick["detect_s"] <= sick["restore_s"] < 10
 
 
 def test_given_a_manual_rollback_drill_then_writes_survive_and_the_dropped_column_is_parked(

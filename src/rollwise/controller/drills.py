@@ -122,6 +122,9 @@ def run(ctx: Context, env: str, scenario: str, o: Options, say: Say) -> dict[str
     runner = Runner(ctx, environment, plan, say)
     try:
         runner.go()
+    except RollwiseError as e:
+        ctx.emit(dr.ACTION, reasons.ERROR, env=env, version=plan.version, reason=e.message)
+        raise
     finally:
         runner.close()
     result = runner.measure(forced)
@@ -181,6 +184,7 @@ class Runner:
             (d["id"] for d in repo.list_deployments(ctx.engine, plan.env, 1)), default=0
         )
         self.load: loadgen.Load | None = None
+        self.load_stopped = False
         self.webhook: Webhook | None = None
         self.alarm: Alarm | None = None
         self.before: dict[str, dr.TableState] | None = None
@@ -254,6 +258,8 @@ class Runner:
         try:
             self.say(ops.deploy(ctx, self.plan.env, self.plan.version, reason=reason).message)
         except RollwiseError as e:
+            if not self._deployed():
+                raise  # refused before it started (a lock held, a busy port): no rehearsal
             self.say(f"  {self.plan.version} stopped: {e.message.splitlines()[0]}")
         if self.plan.expect == reasons.ROLLED_BACK and self._live() == self.plan.version:
             self._wait_for_alert()
@@ -288,7 +294,8 @@ class Runner:
         self.say(ops.rollback(self.ctx, self.plan.env, self.plan.live, reason=reason).message)
 
     def stop_load(self) -> None:
-        if self.load is not None and not self.load._stop.is_set():
+        if self.load is not None and not self.load_stopped:
+            self.load_stopped = True
             time.sleep(AFTER_S)
             self.load.stop()
 
@@ -301,6 +308,10 @@ class Runner:
         retire(self.ctx, self.environment, self.plan)
 
     # measure
+
+    def _deployed(self) -> bool:
+        deps = repo.list_deployments(self.ctx.engine, self.plan.env, 20)
+        return any(d["id"] > self.first_id and d["to_version"] == self.plan.version for d in deps)
 
     def _live(self) -> str | None:
         live = repo.env_state(self.ctx.engine, self.plan.env)["live_version"]
