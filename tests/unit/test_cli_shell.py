@@ -126,7 +126,7 @@ def test_a_misspelt_key_gets_the_nearest_known_one():
     )
     assert error("zzz: 1\n").startswith(
         "zzz: unknown key; remove it or check its spelling "
-        "(keys here: app, audit, build, environments,"
+        "(keys here: app, audit, build, dashboard_url, environments,"
     )
 
 

@@ -13,7 +13,8 @@ from rollwise import freeze as f
 
 
 def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+    year, month, day, hour, minute = (*parts, 0, 0)[:5]
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def span(w: f.Window, year: int) -> tuple[datetime, datetime]:

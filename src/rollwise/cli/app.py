@@ -54,6 +54,10 @@ incident_app = _group(
     "incident",
     "Rollbacks as incidents: timeline, evidence, root cause, fix forward (docs/incidents.md).",
 )
+freeze_app = _group(
+    "freeze",
+    "Freeze windows: times, in their own time zone, when deploys are refused (docs/freeze.md).",
+)
 approval_app = _group(
     "approval",
     "The two-person rule: deploy requests waiting for approval, through the team server "
@@ -63,6 +67,14 @@ token_app = _group(
     "token",
     "API tokens of the team server: one role each, optionally some environments, expiring, "
     "shown once (docs/server.md).",
+)
+notify_app = _group(
+    "notify", "Notification channels: Slack, DingTalk, WeCom, Feishu, email, webhooks."
+)
+drill_app = _group(
+    "drill",
+    "Rehearse a rollback end to end on a non-production environment and measure it "
+    "(docs/drills.md).",
 )
 PercentOpt = Annotated[
     int, typer.Option("--percent", min=0, max=100, help="Share of traffic for this version.")
@@ -137,6 +149,9 @@ def _progress(ev: Event) -> None:
                 "    ", mark, f" analysis {ev.data.get('step')}: {ev.outcome}: {ev.reason}"
             )
         )
+    elif ev.action == "notify" and ev.outcome in ("failed", "dropped"):
+        channel = ev.data.get("channel")
+        err.print(Text.assemble("  ", ("!", "yellow"), f" notify {channel}: {ev.reason}"))
     elif ev.action in ("promote", "preflight") and ev.outcome != reasons.REFUSED:
         err.print(Text.assemble("    ", ("!", "yellow"), f" {ev.action}: {ev.reason}"))
     elif ev.action == "bundle":
@@ -474,12 +489,41 @@ def _force_reason(force: bool, reason: str | None) -> str | None:
     return reason if force else None
 
 
+BreakFreezeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--break-freeze",
+        help="Deploy inside a freeze window: break glass (needs --reason; recorded in the "
+        "audit log as a freeze-break event).",
+    ),
+]
+
+
+def _break_reason(break_freeze: bool, reason: str | None) -> str | None:
+    if break_freeze and not (reason or "").strip():
+        err.print("error: --break-freeze needs --reason TEXT (it is recorded in the audit log)")
+        raise typer.Exit(int(ExitCode.USAGE))
+    if break_freeze and os.environ.get("ROLLWISE_URL"):
+        _run(lambda: _fail(_no_remote_break()))
+    return reason if break_freeze else None
+
+
+def _no_remote_break() -> UsageError:
+    return UsageError(
+        "--break-freeze is not taken through the team server yet",
+        where="ROLLWISE_URL",
+        hint="break glass where the project and its state store are (unset ROLLWISE_URL); "
+        "through the server it will need the admin role",
+    )
+
+
 @app.command()
 def deploy(
     version: Annotated[str, typer.Argument(help="Release version to deploy.")],
     env: EnvOpt = "dev",
     lock_wait: LockWait = 0.0,
     force: ForceOpt = False,
+    break_freeze: BreakFreezeOpt = False,
     reason: ReasonOpt = None,
     directory: DirOpt = Path("."),
     as_json: JsonOpt = False,
@@ -487,10 +531,12 @@ def deploy(
     """Start the release beside the live one, check it, switch traffic, stop the old one.
 
     Refused for a release marked bad (unless --force --reason) and for an older release
-    whose schema must go back (use `rollback --to`). The live version again is a restart."""
+    whose schema must go back (use `rollback --to`); inside a freeze window, unless
+    --break-freeze --reason (docs/freeze.md). The live version again is a restart."""
     from rollwise.controller import ops
 
     why = _force_reason(force, reason)
+    glass = _break_reason(break_freeze, reason)
     if (remote := _remote()) is not None:
         body = {"version": version, "lock_wait": lock_wait, "force_reason": why}
         data = _run(lambda: remote.run(f"/environments/{env}/deploy", body), as_json)
@@ -498,7 +544,14 @@ def deploy(
         _emit_json(done) if as_json else out.print(data["message"])
         return
     res = _run(
-        lambda: ops.deploy(_ctx(directory), env, version, lock_wait=lock_wait, force_reason=why),
+        lambda: ops.deploy(
+            _ctx(directory),
+            env,
+            version,
+            lock_wait=lock_wait,
+            force_reason=why,
+            break_freeze=glass,
+        ),
         as_json,
     )
     _emit_json({"ok": True, **res.data}) if as_json else out.print(res.message)
@@ -1154,6 +1207,255 @@ def incident_close(
     )
 
 
+FreezeEnv = Annotated[str, typer.Argument(metavar="ENV", help="Environment.")]
+FreezeName = Annotated[str, typer.Argument(metavar="NAME", help="Window name, e.g. double-11.")]
+
+
+@freeze_app.command("list")
+def freeze_list(
+    env: Annotated[
+        str | None, typer.Argument(metavar="[ENV]", help="One environment (default: all).")
+    ] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Freeze windows (from rollwise.yaml and added with `freeze add`), each with its
+    current or next occurrence in its own zone and in yours (TZ). Only reads."""
+    from rollwise import freeze
+    from rollwise.controller import freezes
+
+    def run() -> tuple[Any, Any]:
+        ctx = _ctx(directory, quiet=True)
+        if env is not None:
+            ctx.env(env)  # an unknown one is a ConfigError naming the known ones
+        now = freezes.clock().now
+        return now, freezes.listed(ctx, env, now)
+
+    now, rows = _run(run, as_json)
+    here = freezes.here()
+    if as_json:
+        _emit_json(
+            [
+                {"env": e, **(freeze.view(o, now, here) if o else {**w.view(), "over": True})}
+                for e, w, o in rows
+            ]
+        )
+        return
+    for e, w, o in rows:
+        out.print(
+            Text.assemble(
+                (f"{e} {w.name}", "bold"),
+                f" ({w.source}, {w.zone}, {w.start_text} .. {w.end_text}): ",
+                *_freeze_when(o, now),
+            )
+        )
+        if o is not None and freeze.zone(w.zone).utcoffset(o.start) != here.utcoffset(o.start):
+            out.print(f"    here: {freeze.shown_span(o, here)}")
+    if not rows:
+        out.print(f"{env or 'no environment'}: no freeze windows (docs/freeze.md)")
+
+
+def _freeze_when(o: Any, now: datetime) -> tuple[Any, ...]:
+    from rollwise import freeze
+
+    if o is None:
+        return (("over", "dim"),)
+    z = freeze.zone(o.window.zone)
+    state = ("ACTIVE", "red") if o.covers(now) else ("next", "green")
+    return (state, f" {freeze.shown_span(o, z)}")
+
+
+@freeze_app.command("add")
+def freeze_add(
+    env: FreezeEnv,
+    name: FreezeName,
+    zone: Annotated[
+        str, typer.Option("--zone", help="IANA time zone, e.g. Asia/Shanghai, America/New_York.")
+    ],
+    start: Annotated[
+        str,
+        typer.Option(
+            "--start",
+            help="First day frozen: YYYY-MM-DD[ HH:MM] (once), MM-DD[ HH:MM] (every year) or "
+            "MM/<1st..4th|last><mon..sun>[+N] (e.g. 11/4thu+1).",
+        ),
+    ],
+    end: Annotated[
+        str, typer.Option("--end", help="Last day frozen (whole day unless a time is given).")
+    ],
+    directory: DirOpt = Path("."),
+) -> None:
+    """Add a freeze window to ENV, kept in the state store (not in rollwise.yaml), so CI
+    can add one; adding the same window again changes nothing. Audited."""
+    from rollwise.controller import freezes
+
+    added = _run(lambda: freezes.add(_ctx(directory), env, name, zone, start, end))
+    out.print(f"{env}: freeze window {name} " + ("added" if added else "is there already"))
+
+
+@freeze_app.command("remove")
+def freeze_remove(env: FreezeEnv, name: FreezeName, directory: DirOpt = Path(".")) -> None:
+    """Remove a window added with `freeze add` (those of rollwise.yaml are removed there).
+    Audited."""
+    from rollwise.controller import freezes
+
+    _run(lambda: freezes.remove(_ctx(directory), env, name))
+    out.print(f"{env}: freeze window {name} removed")
+
+
+@notify_app.command("test")
+def notify_test(
+    env: Annotated[str, typer.Argument(metavar="ENV", help="Environment whose channels to try.")],
+    channel: Annotated[
+        str | None, typer.Option("--channel", help="Only this channel (default: every one).")
+    ] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a test message to each notification channel of ENV now (past the rate limit)
+    and say, per channel, whether it went out and why not. Exit 1 when one failed."""
+    from rollwise import notify
+
+    def run() -> list[notify.ChannelResult]:
+        ctx = _ctx(directory, quiet=True)
+        ctx.env(env)  # an unknown one is a ConfigError naming the known ones
+        return notify.try_channels(ctx.config, env, ctx.url, ctx.actor, channel)
+
+    results = _run(run, as_json)
+    if as_json:
+        _emit_json([vars(r) for r in results])
+    for r in [] if as_json else results:
+        mark = ("ok", "green") if r.ok else ("failed", "red")
+        out.print(Text.assemble((f"{r.channel:<16}", "bold"), " ", mark, f" {r.reason}".rstrip()))
+    if not results and not as_json:
+        out.print(f"{env}: no notification channels (docs/notifications.md)")
+    if any(not r.ok for r in results):
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
+@drill_app.command("run")
+def drill_run(
+    env: Annotated[str, typer.Argument(help="Environment (not one marked production).")],
+    scenario: Annotated[
+        str,
+        typer.Option("--scenario", help="bad-canary, manual-rollback, failing-migration or alert."),
+    ],
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="bad-canary and alert: error-rate=0.3 (default), latency-ms=200, "
+            "crash-on-start, fail-health; repeat to combine.",
+        ),
+    ] = None,
+    load: Annotated[
+        float, typer.Option("--load", min=0, max=5000, help="Requests per second (0: none).")
+    ] = 50.0,
+    request: Annotated[
+        str, typer.Option("--request", help="What the load sends: METHOD PATH.")
+    ] = "POST /orders",
+    release: Annotated[
+        str | None,
+        typer.Option(
+            "--release",
+            help="Release whose code the drill deploys (default: the live one for a fault, "
+            "the newest newer one for a rollback or migration).",
+        ),
+    ] = None,
+    hold: Annotated[
+        float,
+        typer.Option(
+            "--hold",
+            min=0,
+            max=600,
+            help="Seconds of load before the fault, and of writes before a manual rollback.",
+        ),
+    ] = 2.0,
+    html_file: Annotated[
+        Path | None, typer.Option("--html", help="Also write the report as an HTML page here.")
+    ] = None,
+    force: ForceOpt = False,
+    reason: ReasonOpt = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a drill: deploy a drill release (a fault, the next release, or a migration that
+    fails), let rollwise roll it back, and measure detection, traffic back, restore, failed
+    requests and data against the environment's objectives. Exits 1 when one is missed."""
+    from rollwise import drill as dr
+    from rollwise.controller import drills
+
+    why = _force_reason(force, reason)
+    method, _, path = request.strip().partition(" ")
+    options = drills.Options(
+        tuple(fault or ()), load, release, hold, (method.upper(), path.strip() or "/"), why
+    )
+    result = _run(
+        lambda: drills.run(_ctx(directory), env, scenario, options, lambda s: err.print(s)),
+        as_json,
+    )
+    if html_file is not None:
+        html_file.write_text(dr.html_page(result))
+    if as_json:
+        _emit_json(result)
+    else:
+        for line in dr.render(result):
+            out.print(line)
+        if html_file is not None:
+            out.print(f"wrote {html_file}")
+    if not result["passed"]:
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
+@drill_app.command("list")
+def drill_list(
+    env: Annotated[str | None, typer.Argument(help="Environment (default: all).")] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Every drill, newest first, with its times and verdict. Only reads."""
+    from rollwise.controller import drills
+
+    rows = _run(lambda: drills.history(_ctx(directory, quiet=True), env), as_json)
+    if as_json:
+        _emit_json([{k: v for k, v in r.items() if k not in ("series", "timeline")} for r in rows])
+        return
+    for r in rows:
+        when = datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        out.print(
+            Text.assemble(
+                (f"{r['id']:<9}", "bold"),
+                (f" {'passed' if r['passed'] else 'failed':<6}", "green" if r["passed"] else "red"),
+                f" {when} {r['env']}: {drills.summary(r)}",
+            )
+        )
+    if not rows:
+        out.print("no drills")
+
+
+@drill_app.command("show")
+def drill_show(
+    drill_id: Annotated[str, typer.Argument(metavar="ID", help="DRILL-<n>.")],
+    html_file: Annotated[
+        Path | None, typer.Option("--html", help="Also write it as an HTML page here.")
+    ] = None,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """A drill's report: times, requests, data, checklist, objectives. Only reads."""
+    from rollwise import drill as dr
+    from rollwise.controller import drills
+
+    result = _run(lambda: drills.show(_ctx(directory, quiet=True), drill_id), as_json)
+    if html_file is not None:
+        html_file.write_text(dr.html_page(result))
+    if as_json:
+        _emit_json(result)
+        return
+    for line in dr.render(result):
+        out.print(line)
+
+
 @app.command()
 def report(
     env: AnyEnvOpt = None,
@@ -1186,7 +1488,11 @@ def report(
         deps = repo.list_deployments(ctx.engine, env, 10_000_000)
         times = rp.commit_times(ctx.root, repo.list_releases(ctx.engine, include_pruned=True))
         now = time.time()
-        return rp.figures(deps, times.get, rp.Period(now - span, now)), deps
+        period = rp.Period(now - span, now)
+        found = rp.figures(deps, times.get, period)
+        return found | {"drills": rp.drill_rows(drills.history(ctx, env), period)}, deps
+
+    from rollwise.controller import drills
 
     figures, deps = _run(go, as_json)
     if html_file is not None:
@@ -1196,6 +1502,8 @@ def report(
         return
     table = rp.table(figures, f"last {since}")
     out.print(table)
+    for d in figures["drills"]:
+        out.print(f"drill {d['id']} on {d['env']}: " + drills.summary(d))
     if html_file is not None:
         out.print(f"wrote {html_file}")
 
@@ -1780,17 +2088,21 @@ def bundle_deploy(
     ],
     env: EnvOpt = "dev",
     lock_wait: LockWait = 0.0,
+    break_freeze: BreakFreezeOpt = False,
+    reason: ReasonOpt = None,
     directory: DirOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy the named services, each after the services it depends on, each with its own
     strategy and checks. When one fails, the services already moved go back, dependents
-    first."""
+    first. A service inside a freeze window stops it before anything moves."""
     from rollwise.controller import bundle
+
+    glass = _break_reason(break_freeze, reason)
 
     def go() -> Any:
         b = _bundle(directory)
-        return bundle.deploy(b, env, bundle.parse_versions(b, versions), lock_wait)
+        return bundle.deploy(b, env, bundle.parse_versions(b, versions), lock_wait, glass)
 
     res = _run(go, as_json)
     _emit_json({"ok": True, **res.data, "message": res.message}) if as_json else out.print(
@@ -1939,6 +2251,7 @@ def main() -> None:
     try:
         app()
     except SystemExit as e:
+        _drain_notifications()  # before the result line, which ends a JSON progress stream
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if PROGRESS["mode"] == "json" and not PROGRESS.get("ended"):
             # the stream always ends with one result object (an error wrote its own)
@@ -1946,3 +2259,11 @@ def main() -> None:
                 json.dumps({"result": "ok" if code == 0 else "error", "exit_code": code}) + "\n"
             )
         raise
+
+
+def _drain_notifications() -> None:
+    """Messages still queued when a command ends go out first: a one-shot deploy tells
+    people too (waits at most notify.DRAIN_S)."""
+    from rollwise import notify
+
+    notify.drain()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from typing import Annotated, Any, Literal
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rollwise import freeze
 from rollwise.domain import bundle_order
 from rollwise.ports import parse_address
 
@@ -905,6 +907,122 @@ class ApprovalsConfig(Strict):
     )
 
 
+class FreezeWindowConfig(Strict):
+    """A time when deploys here are refused (docs/freeze.md); rollbacks stay allowed."""
+
+    name: str = Field(
+        description="Window name, shown when a deploy is refused (e.g. `double-11`).",
+        pattern=NAME_RE.pattern,
+    )
+    zone: str = Field(
+        description="IANA time zone `start` and `end` are in, e.g. `Asia/Shanghai`, "
+        "`America/New_York`, `UTC`.",
+    )
+    start: str = Field(
+        description="First day (and time) frozen: `YYYY-MM-DD[ HH:MM]` once, `MM-DD[ HH:MM]` "
+        "every year, or a weekday of a month: `11/4thu+1` is the day after the fourth "
+        "Thursday of November (`1st`..`4th` or `last`, `mon`..`sun`, `+N`/`-N` days).",
+    )
+    end: str = Field(
+        description="Last day frozen, in the same forms: a day alone includes all of it; "
+        "with a time the window ends at that minute. An end before the start in the year "
+        "is the next year's (`12-20` .. `01-05`).",
+    )
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _as_text(cls, v: Any) -> Any:
+        """An unquoted `2026-11-01` reads as a YAML date: taken as written."""
+        if isinstance(v, datetime):
+            return v.strftime("%Y-%m-%d %H:%M")
+        return v.isoformat() if isinstance(v, date) else v
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        freeze.zone(v)  # ValueError names close zones
+        return v
+
+    @field_validator("start", "end")
+    @classmethod
+    def _point(cls, v: str) -> str:
+        freeze.parse_point(v)  # ValueError says which forms there are
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> FreezeWindowConfig:
+        freeze.window(self.name, self.zone, self.start, self.end)
+        return self
+
+
+NotifyEvent = Literal[
+    "deploy-started",
+    "deploy-succeeded",
+    "canary-failed",
+    "rolled-back",
+    "deploy-failed",
+    "approval-needed",
+    "freeze-break",
+]
+
+
+class NotificationConfig(Strict):
+    """One channel people are told through (docs/notifications.md): Apprise URLs, the kinds
+    of events it hears about, and how often."""
+
+    name: str = Field(
+        description="Channel name, shown in results and failures (never its URLs).",
+        pattern=NAME_RE.pattern,
+    )
+    urls: list[str] = Field(
+        default_factory=list,
+        description="Apprise URLs, e.g. `slack://T/B/C/#ops`, `dingtalk://TOKEN/`, "
+        "`wecombot://KEY`, `feishu://TOKEN`, `lark://TOKEN`, `mailtos://user:pass@host?to=a@b`, "
+        "`jsons://host/path`. Tokens in a URL are secrets: prefer `url_secret`.",
+    )
+    url_secret: str | None = Field(
+        None,
+        description="Name of a secret holding the channel's URLs (whitespace between "
+        "several); never printed.",
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(get_args(NotifyEvent)),
+        description="Kinds of event sent here: deploy-started, deploy-succeeded, "
+        "canary-failed, rolled-back, deploy-failed, approval-needed, freeze-break (default: "
+        "all).",
+        min_length=1,
+    )
+    min_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="The same kind of event for the same environment and version is sent "
+        "once per this many seconds; repeats in between are counted into the next message.",
+    )
+    timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Connect and read timeout of one delivery."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NotificationConfig:
+        if bool(self.urls) == (self.url_secret is not None):
+            raise ValueError(f"channel {self.name!r}: set exactly one of `urls` and `url_secret`")
+        return self
+
+
+class ObjectivesConfig(Strict):
+    """What a rehearsed rollback must achieve here (`rollwise drill`, docs/drills.md)."""
+
+    restore_s: float = Field(
+        300.0, gt=0, description="Most seconds from the fault to the service restored."
+    )
+    detect_s: float | None = Field(
+        None, gt=0, description="Most seconds from the fault to its first bad signal."
+    )
+    traffic_back_s: float | None = Field(
+        None, gt=0, description="Most seconds from the fault to traffic back on the good release."
+    )
+
+
 class EnvironmentConfig(Strict):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Where code runs.")
     router: RouterConfig = Field(
@@ -948,10 +1066,30 @@ class EnvironmentConfig(Strict):
         None,
         description="Kubernetes objects for this environment's releases (`rollwise kube`).",
     )
+    production: bool = Field(
+        False,
+        description="Serves real users: `rollwise drill` refuses to rehearse here without "
+        "`--force --reason TEXT` (recorded in the audit log).",
+    )
+    objectives: ObjectivesConfig = Field(
+        default_factory=ObjectivesConfig,
+        description="What a drill's rollback must achieve (`rollwise drill`).",
+    )
     approvals: ApprovalsConfig | None = Field(
         None,
         description="Deploys here need approvals from other people, given through the team "
         "server (`rollwise approval approve`); rollbacks never do.",
+    )
+    freeze: list[FreezeWindowConfig] = Field(
+        default_factory=list,
+        description="Freeze windows: deploys inside one are refused unless glass is broken "
+        "(`--break-freeze --reason TEXT`, audited); rollbacks are always allowed "
+        "(docs/freeze.md). `rollwise freeze add` keeps more in the state store.",
+    )
+    notifications: list[NotificationConfig] = Field(
+        default_factory=list,
+        description="Channels told about deploys, failed canaries, rollbacks, approvals "
+        "and freeze breaks here (docs/notifications.md).",
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig,
@@ -962,6 +1100,22 @@ class EnvironmentConfig(Strict):
         description="Checklist run after every deploy and rollback (e.g. order sync lag, "
         "marketplace token); a failure after a deploy rolls it back.",
     )
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_names(cls, v: list[FreezeWindowConfig]) -> list[FreezeWindowConfig]:
+        names = [w.name for w in v]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"freeze window {twice[0]!r} is named twice")
+        return v
+
+    @field_validator("notifications")
+    @classmethod
+    def _channel_names(cls, v: list[NotificationConfig]) -> list[NotificationConfig]:
+        names = [c.name for c in v]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"notification channel {twice[0]!r} is named twice")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -1144,6 +1298,12 @@ class ProjectConfig(Strict):
         default_factory=AuditConfig,
         description="Where the audit log's signed checkpoints and their key live, and "
         "where copies go (syslog, webhook).",
+    )
+    dashboard_url: str | None = Field(
+        None,
+        description="Base URL of the dashboard; notifications link to "
+        "`{dashboard_url}/environments/ENV/deployments/ID`.",
+        pattern=r"^https?://",
     )
     environments: dict[str, EnvironmentConfig] = Field(
         default_factory=lambda: {"dev": EnvironmentConfig()},
