@@ -29,6 +29,8 @@ def test_a_new_store_and_an_older_one_are_brought_to_head(tmp_path):
         conn.execute("DROP TABLE api_tokens")
         conn.execute("DROP TABLE approvals")
         conn.execute("DROP TABLE freeze_windows")
+        conn.execute("DROP TABLE sessions")
+        conn.execute("DROP TABLE users")
     engine = db.open_engine(f"sqlite:///{tmp_path / 'new.db'}")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == db.HEAD

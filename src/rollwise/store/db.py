@@ -14,7 +14,7 @@ from rollwise.errors import ConfigError, RollwiseError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 URL_ENV = "ROLLWISE_DATABASE_URL"
-HEAD = "0006"  # the newest revision in migrations/versions (a unit test keeps it so)
+HEAD = "0007"  # the newest revision in migrations/versions (a unit test keeps it so)
 
 
 def default_url(state_dir: Path) -> str:

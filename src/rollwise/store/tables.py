@@ -149,3 +149,27 @@ freeze_windows = Table(  # `rollwise freeze add`; those of rollwise.yaml are rea
     Column("created_at", Float, nullable=False),
     Column("created_by", String(128), nullable=False),
 )
+
+users = Table(  # people who log in to the dashboard (`rollwise user`)
+    "users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("envs", JSON),  # environments they may act on; null: every one
+    Column("hash", String(256), nullable=False),  # argon2id of the password
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("password_at", Float, nullable=False),
+    Column("disabled_at", Float),
+)
+
+sessions = Table(  # dashboard logins; the cookie is never kept, only its sha256
+    "sessions",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("user", String(64), ForeignKey("users.name"), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),  # last request, to within a minute
+    Column("ended_at", Float),  # logout, password change or the user disabled
+)
