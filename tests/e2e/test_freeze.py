@@ -180,3 +180,40 @@ def test_given_one_service_of_a_bundle_in_a_window_then_nothing_moves_unless_gla
     finally:
         for p in services.values():
             p.stop_agents()
+
+
+def test_given_a_window_then_through_the_team_server_only_an_admin_breaks_glass(project):
+    from tests.e2e.test_server import Server, token
+
+    project.release("1.0.0", "1.1.0")
+    project.configure(freeze=[DOUBLE_11])
+    project.cli("deploy", "1.0.0", env=BEFORE_11_11, check=True)
+    ci, boss = token(project, "ci", "deployer"), token(project, "boss", "admin")
+    server = Server(project, {"ROLLWISE_NOW": ON_11_11["ROLLWISE_NOW"]}, "freeze")
+
+    def via(tok: str) -> dict[str, str]:
+        return {"ROLLWISE_URL": server.url, "ROLLWISE_TOKEN": tok, "TZ": "America/New_York"}
+
+    frozen = project.cli("deploy", "1.1.0", env=via(ci))
+    assert frozen.returncode == ExitCode.ERROR, frozen.stderr
+    assert "frozen by window 'double-11'" in frozen.stderr, frozen.stderr
+    assert "2026-11-12 11:00 EST (America/New_York) here" in frozen.stderr  # the user's zone
+    not_admin = project.cli("deploy", "1.1.0", "--break-freeze", "--reason", "hotfix", env=via(ci))
+    assert not_admin.returncode == ExitCode.USAGE, not_admin.stderr
+    assert (
+        "breaking a freeze window: token 'ci' has role deployer; this needs admin or above"
+        in not_admin.stderr
+    )
+    assert status(project)["live_version"] == "1.0.0"
+
+    broke = project.cli(
+        "deploy", "1.1.0", "--break-freeze", "--reason", "payment fix", env=via(boss)
+    )
+    assert broke.returncode == 0, broke.stderr
+    assert (status(project)["live_version"], router_version(project)) == ("1.1.0", "1.1.0")
+    [glass] = [e for e in audit_events(project) if e["action"] == "freeze-break"]
+    assert (glass["actor"], glass["reason"], glass["data"]["window"]) == (
+        "boss (api)",
+        "payment fix",
+        "double-11",
+    )

@@ -66,6 +66,7 @@ class Jobs:
         self._jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self.generation = 0  # bumped by every job event and end: what status reads changed
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -91,6 +92,7 @@ class Jobs:
     def _run(self, job: Job, work: Callable[[Context], Any]) -> None:
         def keep(ev: Event) -> None:
             job.events.append(asdict(ev))
+            self.generation += 1
 
         try:
             ctx = self.context(job.actor, EventBus([keep]))
@@ -106,4 +108,5 @@ class Jobs:
         except Exception as e:  # a bug: the job ends, the server stays up
             job.result = {"ok": False, "error": f"{type(e).__name__}: {e}", "exit_code": 1}
         finally:
+            self.generation += 1
             job.done.set()

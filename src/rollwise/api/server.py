@@ -28,14 +28,15 @@ from fastapi import Depends, FastAPI, Request
 from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
-from rollwise import approvals, artifacts
+from rollwise import approvals, artifacts, freeze
 from rollwise.api import alerts, auth
 from rollwise.api.auth import ADMIN, APPROVER, DEPLOYER, VIEWER, Principal
 from rollwise.api.jobs import Job, Jobs
 from rollwise.api.limits import Limits
+from rollwise.api.snapshots import Snapshots
 from rollwise.artifacts import ReleaseMeta
 from rollwise.controller import ops
 from rollwise.controller.context import Context
@@ -67,6 +68,24 @@ class DeployBody(Body):
     lock_wait: float = Field(0.0, ge=0, le=600)
     force_reason: str | None = Field(None, min_length=1, max_length=500)
     approval: int | None = Field(None, description="An approved request to run it on.")
+    break_freeze: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="Why it goes ahead inside a freeze window (admin role; audited).",
+    )
+    zone: str | None = Field(
+        None,
+        max_length=64,
+        description="The user's IANA time zone: a freeze window's end is shown in it too.",
+    )
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            freeze.zone(v)  # ValueError names close zones
+        return v
 
 
 class DecisionBody(Body):
@@ -106,6 +125,7 @@ class Server:
         self.now = now
         self.stop = threading.Event()
         self.approved: dict[int, str] = {}  # approval request -> the job it started here
+        self.status = Snapshots(lambda env: ops.status(self.ctx, env), lambda: self.jobs.generation)
 
     def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -210,13 +230,13 @@ def _reads(api: FastAPI, server: Server) -> None:
 
     @api.get("/api/v1/status")
     def status_all(who: Principal = view) -> dict[str, Any]:
-        out = ops.status(server.ctx, None)
+        out = dict(server.status.get(None))
         out["environments"] = {k: v for k, v in out["environments"].items() if who.may(VIEWER, k)}
         return out
 
     @api.get("/api/v1/environments/{env}/status")
     def status(env: str, who: Principal = view) -> dict[str, Any]:
-        return ops.status(server.ctx, env)
+        return server.status.get(env)
 
     @api.get("/api/v1/environments/{env}/history")
     def history(env: str, limit: int = 20, who: Principal = view) -> list[dict[str, Any]]:
@@ -273,7 +293,11 @@ def _operations(api: FastAPI, server: Server) -> None:
 
     @api.post("/api/v1/environments/{env}/deploy", status_code=202)
     def deploy(env: str, body: DeployBody, who: Principal = deployer) -> Any:
-        ops.check_deployable(server.ctx, env, body.version)  # refused now, not in the job
+        if body.break_freeze is not None and not who.may(ADMIN, env):
+            raise HTTPException(403, f"breaking a freeze window: {who.why_not(ADMIN, env)}")
+        zone = freeze.zone(body.zone) if body.zone else None
+        # refused now, not in the job
+        ops.check_deployable(server.ctx, env, body.version, body.break_freeze, zone)
         rule = server.ctx.env(env).approvals
         if rule is not None and body.approval is None:
             asked = approvals.ask(
@@ -422,6 +446,7 @@ def deploying(env: str, body: DeployBody) -> Callable[[Context], ops.Outcome]:
         lock_wait=body.lock_wait,
         force_reason=body.force_reason,
         approval=body.approval,
+        break_freeze=body.break_freeze,
     )
 
 

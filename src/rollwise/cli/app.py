@@ -499,22 +499,17 @@ BreakFreezeOpt = Annotated[
 ]
 
 
+def _zone_name() -> str | None:
+    from rollwise.controller import freezes
+
+    return getattr(freezes.here(), "key", None)
+
+
 def _break_reason(break_freeze: bool, reason: str | None) -> str | None:
     if break_freeze and not (reason or "").strip():
         err.print("error: --break-freeze needs --reason TEXT (it is recorded in the audit log)")
         raise typer.Exit(int(ExitCode.USAGE))
-    if break_freeze and os.environ.get("ROLLWISE_URL"):
-        _run(lambda: _fail(_no_remote_break()))
     return reason if break_freeze else None
-
-
-def _no_remote_break() -> UsageError:
-    return UsageError(
-        "--break-freeze is not taken through the team server yet",
-        where="ROLLWISE_URL",
-        hint="break glass where the project and its state store are (unset ROLLWISE_URL); "
-        "through the server it will need the admin role",
-    )
 
 
 @app.command()
@@ -539,6 +534,10 @@ def deploy(
     glass = _break_reason(break_freeze, reason)
     if (remote := _remote()) is not None:
         body = {"version": version, "lock_wait": lock_wait, "force_reason": why}
+        if glass is not None:
+            body["break_freeze"] = glass  # needs the admin role there
+        if zone := _zone_name():
+            body["zone"] = zone  # a freeze window's end is shown in it
         data = _run(lambda: remote.run(f"/environments/{env}/deploy", body), as_json)
         done = {k: v for k, v in data.items() if k not in ("message", "changed")}
         _emit_json(done) if as_json else out.print(data["message"])

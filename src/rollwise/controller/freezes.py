@@ -99,9 +99,12 @@ def listed(
 # --- the deploy's rule --------------------------------------------------------------------
 
 
-def check(ctx: Context, env: str, version: str, break_reason: str | None) -> None:
-    """Refuse a deploy of `version` to `env` inside a freeze window (Frozen), or, with a
-    `break_reason`, let it through and record the break."""
+def check(
+    ctx: Context, env: str, version: str, break_reason: str | None, zone: tzinfo | None = None
+) -> None:
+    """Refuse a deploy of `version` to `env` inside a freeze window (Frozen), its end shown
+    in the user's `zone` too (default: here()), or, with a `break_reason`, let it through
+    and record the break."""
     c = clock()
     found = windows(ctx, env)
     held = freeze.active(found, c.now)
@@ -119,7 +122,7 @@ def check(ctx: Context, env: str, version: str, break_reason: str | None) -> Non
             reason=f"freeze window {w.name} until {held.end.isoformat()}",
             data=data,
         )
-        raise refusal(env, version, held, here())
+        raise refusal(env, version, held, zone or here())
     ctx.emit(BREAK, reasons.OK, env=env, version=version, reason=break_reason, data=data)
 
 
