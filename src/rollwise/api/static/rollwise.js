@@ -127,6 +127,9 @@
   if (!box) return;
   const COLORS = ["#c0392b", "#2471a3", "#7d3c98", "#1e8449", "#b9770e"];
   const WINDOW_S = 120;
+  const MIN_SPAN_S = 20;
+  const POLL_RUNNING_MS = 500;
+  const POLL_IDLE_MS = 1000;
   const series = { errors: {}, latency: {} }; // version -> [[t, value]]
   const colors = {};
   let prev = null;
@@ -178,14 +181,17 @@
       el("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "waiting for traffic");
       return;
     }
+    // the last WINDOW_S seconds, or since the first point (at least MIN_SPAN_S)
     const t1 = Math.max(...all.map((p) => p[0]));
-    const t0 = t1 - WINDOW_S;
+    const first = Math.min(...all.map((p) => p[0]));
+    const span = Math.max(MIN_SPAN_S, Math.min(WINDOW_S, t1 - first));
+    const t0 = t1 - span;
     const top = Math.max(kind === "errors" ? 1 : 10, ...all.map((p) => p[1])) * 1.1;
-    const x = (t) => L + ((t - t0) / WINDOW_S) * (W - L);
+    const x = (t) => L + ((t - t0) / span) * (W - L);
     const y = (v) => H - B - (v / top) * (H - B - 4);
     el("text", { x: L - 4, y: 12, "text-anchor": "end", class: "tick" }, top.toFixed(top < 10 ? 1 : 0) + unit);
     el("text", { x: L - 4, y: H - B, "text-anchor": "end", class: "tick" }, "0");
-    el("text", { x: L, y: H - 2, class: "tick" }, "-" + WINDOW_S + " s");
+    el("text", { x: L, y: H - 2, class: "tick" }, "-" + Math.round(span) + " s");
     el("text", { x: W, y: H - 2, "text-anchor": "end", class: "tick" }, "now");
     let i = 0;
     for (const [version, pts] of Object.entries(series[kind])) {
@@ -310,17 +316,20 @@
     }
   }
 
+  let running = false;
   async function tick() {
     try {
       const r = await api("GET", box.dataset.url);
       if (r.status === 200) {
         show(r.data);
+        running = Boolean(r.data.in_progress);
         box.dataset.updated = String(r.data.at);
       } else say(problem(r.data), "error");
     } catch (e) {
       say("lost the server: " + e, "error");
     }
-    setTimeout(tick, Number(box.dataset.every || 1000));
+    // twice a second while a deployment runs (a decision shows within ~0.5 s), else once
+    setTimeout(tick, running ? POLL_RUNNING_MS : POLL_IDLE_MS);
   }
   tick();
 })();
