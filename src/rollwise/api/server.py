@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from rollwise import approvals, artifacts, freeze
-from rollwise.api import alerts, auth
+from rollwise.api import alerts, auth, users
 from rollwise.api.auth import ADMIN, APPROVER, DEPLOYER, VIEWER, Principal
 from rollwise.api.jobs import Job, Jobs
 from rollwise.api.limits import Limits
@@ -128,7 +128,10 @@ class Server:
         self.status = Snapshots(lambda env: ops.status(self.ctx, env), lambda: self.jobs.generation)
 
     def principal(self, request: Request) -> Principal:
+        """A bearer token's principal, else the user of the session cookie (users.py)."""
         header = request.headers.get("authorization", "")
+        if not header and users.COOKIE in request.cookies:
+            return users.principal(self, request)
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "missing token (Authorization: Bearer rw_...)")
@@ -193,6 +196,7 @@ def make_app(
     _reads(api, server)
     _operations(api, server)
     _tokens(api, server)
+    users.mount(api, server)
 
     @api.get("/health", tags=["public"])
     def health() -> dict[str, str]:
@@ -288,7 +292,7 @@ def _operations(api: FastAPI, server: Server) -> None:
     approver = Depends(allow(server, APPROVER))
 
     def submit(kind: str, env: str, who: Principal, work: Callable[[Context], Any]) -> Any:
-        job = server.jobs.submit(kind, env, f"{who.name} (api)", work)
+        job = server.jobs.submit(kind, env, users.actor(who), work)
         return JSONResponse(job.view(), status_code=202)
 
     @api.post("/api/v1/environments/{env}/deploy", status_code=202)
@@ -482,7 +486,7 @@ def _decide(
 
 def _as(server: Server, who: Principal) -> Context:
     """The server's context, acting as `who`."""
-    return server.jobs.context(f"{who.name} (api)")
+    return server.jobs.context(users.actor(who))
 
 
 def _outcome(out: ops.Outcome) -> dict[str, Any]:
@@ -501,7 +505,7 @@ def _tokens(api: FastAPI, server: Server) -> None:
             body.name,
             body.role,
             body.envs,
-            f"{who.name} (api)",
+            users.actor(who),
             body.expires_in_s,
             server.now(),
         )

@@ -68,6 +68,11 @@ token_app = _group(
     "API tokens of the team server: one role each, optionally some environments, expiring, "
     "shown once (docs/server.md).",
 )
+user_app = _group(
+    "user",
+    "People who log in to the team server's dashboard: a password each, one role, optionally "
+    "some environments (docs/server.md).",
+)
 notify_app = _group(
     "notify", "Notification channels: Slack, DingTalk, WeCom, Feishu, email, webhooks."
 )
@@ -846,6 +851,104 @@ def token_revoke(
 
     row = _run(go)
     out.print(f"token {row['id']} ({row['name']}) revoked")
+
+
+UserName = Annotated[str, typer.Argument(metavar="NAME", help="The name they log in with.")]
+PasswordStdin = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin", help="Read the password from stdin (for scripts), not a prompt."
+    ),
+]
+
+
+def _password(from_stdin: bool) -> str:
+    """The new password: stdin's first line, or typed twice on the terminal."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no terminal to ask for the password on",
+            hint="pass it on stdin with --password-stdin",
+        )
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True))
+
+
+@user_app.command("create")
+def user_create(
+    name: UserName,
+    role: Annotated[
+        str,
+        typer.Option(help="viewer, deployer, approver or admin (each includes the ones before)."),
+    ],
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="An environment they may act on (repeat); default: all."),
+    ] = None,
+    password_stdin: PasswordStdin = False,
+    directory: DirOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a user; the password (12 characters or more) is asked twice, or read from stdin."""
+    from rollwise.api import users
+
+    def go() -> Any:
+        ctx = _ctx(directory, quiet=True)
+        for e in env or []:
+            ctx.env(e)  # an unknown environment is refused, naming the known ones
+        row = users.create(ctx.engine, name, role, env, _password(password_stdin), ctx.actor)
+        ctx.emit("user", "created", data={"name": name, "role": role, "envs": env})
+        return row
+
+    row = _run(go, as_json)
+    if as_json:
+        _emit_json(row)
+        return
+    out.print(f"user {name} ({role}) created; they log in at the server's /login")
+
+
+@user_app.command("list")
+def user_list(directory: DirOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Every user: name, role, environments, active or disabled (never the password hash)."""
+    from rollwise.api import users
+
+    rows = _run(lambda: users.listed(_ctx(directory, quiet=True).engine), as_json)
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        state = "disabled" if r["disabled_at"] else "active"
+        out.print(f"{r['name']:<16} {r['role']:<9} {','.join(r['envs'] or ['*']):<12} {state}")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    name: UserName, password_stdin: PasswordStdin = False, directory: DirOpt = Path(".")
+) -> None:
+    """Set a user's password; their sessions end (they log in again)."""
+    from rollwise.api import users
+
+    def go() -> None:
+        ctx = _ctx(directory, quiet=True)
+        users.set_password(ctx.engine, name, _password(password_stdin))
+        ctx.emit("user", "password-set", data={"name": name})
+
+    _run(go)
+    out.print(f"user {name}: password set; their sessions have ended")
+
+
+@user_app.command("disable")
+def user_disable(name: UserName, directory: DirOpt = Path(".")) -> None:
+    """Stop a user logging in; their sessions end at once."""
+    from rollwise.api import users
+
+    def go() -> None:
+        ctx = _ctx(directory, quiet=True)
+        users.disable(ctx.engine, name)
+        ctx.emit("user", "disabled", data={"name": name})
+
+    _run(go)
+    out.print(f"user {name} disabled; their sessions have ended")
 
 
 @app.command()
