@@ -51,6 +51,20 @@ SETTINGS = {
 TARGET_S = 1.0
 
 
+# Ports Chromium refuses to load from (net::ERR_UNSAFE_PORT), above 1023
+UNSAFE_PORTS = frozenset(
+    {1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667}
+    | {6668, 6669, 6697, 10080}
+)
+
+
+def browser_port() -> int:
+    """A free loopback port Chromium will load pages from."""
+    while (port := free_port()) in UNSAFE_PORTS:
+        pass
+    return port
+
+
 def cli(root: Path, *args: str, stdin: str | None = None) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "rollwise", *args, "-C", str(root)],
@@ -89,7 +103,7 @@ def bad_version(n: int) -> str:
 
 
 def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{browser_port()}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "rollwise", "server", "--listen", url[7:], "-C", str(root)],
         stdout=subprocess.DEVNULL,

@@ -43,6 +43,20 @@ WAIT_MS = 30_000
 DATABASE = {"url": "sqlite:///{shared}/orders.db"}
 
 
+# Ports Chromium refuses to load from (net::ERR_UNSAFE_PORT), above 1023
+UNSAFE_PORTS = frozenset(
+    {1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667}
+    | {6668, 6669, 6697, 10080}
+)
+
+
+def browser_port() -> int:
+    """A free loopback port Chromium will load pages from."""
+    while (port := free_port()) in UNSAFE_PORTS:
+        pass
+    return port
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One Chromium for the module; a test makes its own contexts (one per person)."""
@@ -66,7 +80,7 @@ class Server:
     """`rollwise server` on a free port, stopped at the project's teardown."""
 
     def __init__(self, p: Project) -> None:
-        self.port = free_port()
+        self.port = browser_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = p.root / "server.log"
         with self.log.open("w") as log:
@@ -171,6 +185,7 @@ def test_given_a_team_server_when_people_use_the_dashboard_then_they_see_act_and
         ana.click("form.deploy button[type=submit]")
         live.wait_for_selector("#summary:has-text('deploy to 1.1.0 in progress')")
         live.wait_for_selector("#chart-errors polyline[data-version='1.1.0']")
+        shot(live, shots, "live-canary")
         # Then: the chart and the decision move without a reload, to a rollback
         live.wait_for_selector("#decision[data-action='rollback']")
         live.wait_for_function(
@@ -201,6 +216,8 @@ def test_given_a_team_server_when_people_use_the_dashboard_then_they_see_act_and
         bo.wait_for_selector("#flash.ok:has-text('traffic switched')", timeout=60_000)
         bo.goto(f"{server.url}/")
         assert bo.locator("tr[data-env='prod'] .version").first.inner_text() == "1.0.0"
+        bo.goto(f"{server.url}/approvals/1")  # where notifications link
+        assert "bo" in bo.inner_text("#decided tr[data-request='1'] .badge-used >> xpath=../..")
 
         # When: ana rolls dev back with one click, after reading the plan
         ana.goto(f"{server.url}/environments/dev")

@@ -257,7 +257,7 @@ def _pages(api: FastAPI, server: Server) -> None:
     @page("/")
     def overview(request: Request, who: Principal) -> Response:
         envs = _envs(server, who)
-        status = {e: ops.status(server.ctx, e)["environments"][e] for e in envs}
+        status = {e: _status(server, e) for e in envs}
         waiting = [r for r in approvals.listed(server.ctx.engine) if r.state == approvals.PENDING]
         return _render(
             server,
@@ -273,7 +273,7 @@ def _pages(api: FastAPI, server: Server) -> None:
     def environment(request: Request, who: Principal, env: str) -> Response:
         if (missing := _no_env(server, request, who, env)) is not None:
             return missing
-        s = ops.status(server.ctx, env)["environments"][env]
+        s = _status(server, env)
         deps = ops.history(server.ctx, env, TIMELINE)
         rows = repo.list_releases(server.ctx.engine)
         return _render(
@@ -337,6 +337,28 @@ def _pages(api: FastAPI, server: Server) -> None:
             jobs=server.approved,
         )
 
+    @page("/approvals/{request_id}")
+    def approval_page(request: Request, who: Principal, request_id: str) -> Response:
+        """One request (notifications link here): the inbox with it alone."""
+        found = _approval(server, who, request_id)
+        if found is None:
+            known = [
+                (f"#{r.id}: {r.version} to {r.env} ({r.state})", f"/approvals/{r.id}")
+                for r in approvals.listed(server.ctx.engine)
+                if who.may(VIEWER, r.env)
+            ]
+            return _not_found(server, request, who, f"approval request {request_id!r}", known)
+        waiting = found.state == approvals.PENDING
+        return _render(
+            server,
+            request,
+            who,
+            "approvals.html",
+            pending=[found] if waiting else [],
+            done=[] if waiting else [found],
+            jobs=server.approved,
+        )
+
     @page("/freezes")
     def freeze_page(request: Request, who: Principal) -> Response:
         c = freezes.clock()
@@ -394,6 +416,22 @@ def _pages(api: FastAPI, server: Server) -> None:
             drills=drill_rows(rows, period),
             days=REPORT_DAYS,
         )
+
+
+def _approval(server: Server, who: Principal, request_id: str) -> approvals.Request | None:
+    if not request_id.isdigit() or not 0 < int(request_id) < 2**31:
+        return None
+    try:
+        r = approvals.get(server.ctx.engine, int(request_id))
+    except RollwiseError:
+        return None
+    return approvals.current(r, server.now()) if who.may(VIEWER, r.env) else None
+
+
+def _status(server: Server, env: str) -> dict[str, Any]:
+    """`env`'s status, shared with the API's readers (computed at most every 0.5 s)."""
+    found: dict[str, Any] = server.status.get(env)["environments"][env]
+    return found
 
 
 def _no_env(server: Server, request: Request, who: Principal, env: str) -> Response | None:

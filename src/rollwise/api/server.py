@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from rollwise import approvals, artifacts, freeze
-from rollwise.api import alerts, auth, users
+from rollwise.api import alerts, auth, dashboard, users
 from rollwise.api.auth import ADMIN, APPROVER, DEPLOYER, VIEWER, Principal
 from rollwise.api.jobs import Job, Jobs
 from rollwise.api.limits import Limits
@@ -197,6 +197,7 @@ def make_app(
     _operations(api, server)
     _tokens(api, server)
     users.mount(api, server)
+    dashboard.mount(api, server)
 
     @api.get("/health", tags=["public"])
     def health() -> dict[str, str]:
