@@ -53,3 +53,39 @@ def test_a_token_is_kept_hashed_and_stops_working_when_expired_or_revoked(tmp_pa
         auth.revoke(engine, row["id"])
     with pytest.raises(UsageError, match="unknown role 'root'"):
         auth.create(engine, "x", "root", None, "ana", None)
+
+
+def test_a_verified_token_is_reused_briefly_but_its_expiry_and_revocation_still_count(
+    tmp_path: Path,
+) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    token, row = auth.create(engine, "ci", "deployer", None, "ana", 60, now=1000.0)
+    wall, mono = [1010.0], [5.0]
+    kept = auth.Verified(engine, lambda: wall[0], ttl_s=2.0, clock=lambda: mono[0])
+    assert kept.authenticate(token) == Principal("ci", "deployer", None)
+
+    auth.revoke(engine, row["id"], now=1011.0)  # elsewhere: this server does not know yet
+    mono[0] += 2.0
+    assert kept.authenticate(token) == Principal("ci", "deployer", None)  # within ttl_s
+    mono[0] += 0.01
+    with pytest.raises(PermissionError, match="token 'ci' was revoked"):
+        kept.authenticate(token)
+
+    other, _ = auth.create(engine, "bot", "viewer", None, "ana", 60, now=1000.0)
+    assert kept.authenticate(other).name == "bot"
+    wall[0] = 1060.0  # expired, though verified a moment ago
+    with pytest.raises(PermissionError, match="token 'bot' has expired"):
+        kept.authenticate(other)
+    with pytest.raises(PermissionError, match="unknown token"):
+        kept.authenticate(other[:-4] + "xxxx")
+
+
+def test_a_token_revoked_through_the_server_is_forgotten_at_once(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    token, row = auth.create(engine, "ci", "deployer", None, "ana", None, now=1000.0)
+    kept = auth.Verified(engine, lambda: 1001.0, clock=lambda: 0.0)
+    kept.authenticate(token)
+    auth.revoke(engine, row["id"], now=1002.0)
+    kept.forget()
+    with pytest.raises(PermissionError, match="was revoked"):
+        kept.authenticate(token)

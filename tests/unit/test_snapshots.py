@@ -103,3 +103,29 @@ def test_a_failed_computation_is_not_kept() -> None:
         snaps.get("dev")
     assert snaps.get("dev") == {"ok": True}
     assert len(calls) == 2
+
+
+def test_while_one_reader_computes_an_aged_result_the_others_get_the_one_before() -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[Any] = []
+
+    def compute(key: Any) -> dict[str, Any]:
+        calls.append(key)
+        if len(calls) == 2:
+            started.set()
+            release.wait(5)
+        return {"n": len(calls)}
+
+    clock = Clock()
+    snaps = Snapshots(compute, lambda: 0, max_age_s=0.5, clock=clock)
+    assert snaps.get("dev") == {"n": 1}
+    clock.t += 1
+    got: list[dict[str, Any]] = []
+    refresher = threading.Thread(target=lambda: got.append(snaps.get("dev")))
+    refresher.start()
+    assert started.wait(5)
+    assert [snaps.get("dev") for _ in range(3)] == [{"n": 1}] * 3  # no waiting
+    release.set()
+    refresher.join(5)
+    assert got == [{"n": 2}] and snaps.get("dev") == {"n": 2}
+    assert calls == ["dev", "dev"]

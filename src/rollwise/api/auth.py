@@ -100,6 +100,14 @@ def public(row: Any) -> dict[str, Any]:
 
 def authenticate(engine: Engine, token: str, now: Callable[[], float] = time.time) -> Principal:
     """The principal a bearer token stands for; PermissionError says why not."""
+    return verify(engine, token, now)[0]
+
+
+def verify(
+    engine: Engine, token: str, now: Callable[[], float] = time.time
+) -> tuple[Principal, float | None]:
+    """The principal a bearer token stands for and when the token expires (None: never);
+    PermissionError says why not."""
     parts = split(token)
     if parts is None:
         raise PermissionError("not a rollwise API token (rw_...)")
@@ -112,7 +120,7 @@ def authenticate(engine: Engine, token: str, now: Callable[[], float] = time.tim
     if row["expires_at"] is not None and row["expires_at"] <= now():
         raise PermissionError(f"token {row['name']!r} has expired")
     envs = row["envs"]
-    return Principal(row["name"], row["role"], tuple(envs) if envs else None)
+    return Principal(row["name"], row["role"], tuple(envs) if envs else None), row["expires_at"]
 
 
 def listed(engine: Engine) -> list[dict[str, Any]]:
@@ -136,3 +144,36 @@ def revoke(engine: Engine, token_id: str, now: float | None = None) -> dict[str,
             hint=f"active tokens: {known or 'none'} (`rollwise token list`)",
         )
     return next(t for t in listed(engine) if t["id"] == token_id)
+
+
+class Verified:
+    """Tokens verified in the last `ttl_s` seconds, so that a client polling status does not
+    cost a store query per request. A token's expiry is still checked on every use; a token
+    revoked through this server is forgotten at once, one revoked elsewhere (`rollwise token
+    revoke` on another machine) stops working within `ttl_s`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        now: Callable[[], float] = time.time,
+        ttl_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine, self.now, self.ttl_s, self.clock = engine, now, ttl_s, clock
+        self._kept: dict[str, tuple[float, float | None, Principal]] = {}
+
+    def authenticate(self, token: str) -> Principal:
+        key = digest(token)
+        kept = self._kept.get(key)
+        fresh = kept is not None and self.clock() <= kept[0]
+        if kept is not None and fresh and (kept[1] is None or self.now() < kept[1]):
+            return kept[2]
+        self._kept.pop(key, None)
+        who, expires = verify(self.engine, token, self.now)  # PermissionError: not kept
+        if len(self._kept) > 10_000:  # bounded: many distinct tokens only cost queries
+            self._kept.clear()
+        self._kept[key] = (self.clock() + self.ttl_s, expires, who)
+        return who
+
+    def forget(self) -> None:
+        self._kept.clear()

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
@@ -125,6 +125,7 @@ class Server:
         self.now = now
         self.stop = threading.Event()
         self.approved: dict[int, str] = {}  # approval request -> the job it started here
+        self.tokens = auth.Verified(self.ctx.engine, now)
         self.status = Snapshots(lambda env: ops.status(self.ctx, env), lambda: self.jobs.generation)
 
     def principal(self, request: Request) -> Principal:
@@ -136,7 +137,7 @@ class Server:
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "missing token (Authorization: Bearer rw_...)")
         try:
-            return auth.authenticate(self.ctx.engine, token.strip(), self.now)
+            return self.tokens.authenticate(token.strip())
         except PermissionError as e:
             raise HTTPException(401, str(e)) from None
 
@@ -240,8 +241,8 @@ def _reads(api: FastAPI, server: Server) -> None:
         return out
 
     @api.get("/api/v1/environments/{env}/status")
-    def status(env: str, who: Principal = view) -> dict[str, Any]:
-        return server.status.get(env)
+    def status(env: str, who: Principal = view) -> Response:
+        return Response(server.status.body(env), media_type="application/json")
 
     @api.get("/api/v1/environments/{env}/history")
     def history(env: str, limit: int = 20, who: Principal = view) -> list[dict[str, Any]]:
@@ -520,6 +521,7 @@ def _tokens(api: FastAPI, server: Server) -> None:
     @api.delete("/api/v1/tokens/{token_id}")
     def revoke(token_id: str, who: Principal = admin) -> dict[str, Any]:
         row = auth.revoke(server.ctx.engine, token_id, server.now())
+        server.tokens.forget()
         _as(server, who).emit("token", "revoked", data={"id": token_id})
         return row
 
