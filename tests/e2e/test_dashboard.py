@@ -112,7 +112,7 @@ def user(p: Project, name: str, role: str) -> None:
 
 def log_in(browser: Any, url: str, name: str) -> Any:
     """A new browser context (a person) logged in as `name`; returns its first page."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="UTC")
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     page.on("dialog", lambda d: d.accept())
@@ -251,6 +251,19 @@ def test_no_page_loads_anything_from_another_origin(
     project.release("1.0.0")
     project.cli("deploy", "1.0.0", check=True)
     user(project, "vi", "viewer")
+    project.cli(
+        "freeze",
+        "add",
+        "dev",
+        "double-11",
+        "--zone",
+        "Asia/Shanghai",
+        "--start",
+        "11-01",
+        "--end",
+        "11-12",
+        check=True,
+    )
     server = Server(project)
     page = log_in(browser, server.url, "vi")
     seen: list[str] = []
@@ -276,6 +289,10 @@ def test_no_page_loads_anything_from_another_origin(
         page.wait_for_load_state("networkidle")
     assert [u for u in seen if not u.startswith(server.url + "/")] == []
     assert errors == []
+    # the freeze calendar shows the window in Shanghai's time and in the viewer's (UTC here)
+    page.goto(f"{server.url}/freezes")
+    row = page.inner_text("table.freezes tbody tr")
+    assert "double-11" in row and "00:00 CST (Asia/Shanghai)" in row and "16:00:00 (UTC)" in row
     # a viewer sees no buttons that act; a wrong address says what exists
     page.goto(f"{server.url}/environments/dev")
     assert page.locator("form.deploy, #rollback, [data-post]").count() == 0
