@@ -194,6 +194,17 @@ def test_the_cli_through_a_server_deploys_rolls_back_and_reads_as_it_does_here(
     ]
     assert rows == json.loads(team.cli("history", "--json", check=True).stdout)  # one store
 
+    bad = team.cli("deploy", "1.1.0", env=via)  # rolled back: marked bad
+    assert bad.returncode != 0 and "marked bad" in bad.stderr, bad.stderr
+    forced = team.cli("deploy", "1.1.0", "--force", "--reason", "fixed the config", env=via)
+    assert forced.returncode == 0, forced.stderr
+    assert (
+        json.loads(team.cli("status", "--json", check=True).stdout)["environments"]["dev"][
+            "live_version"
+        ]
+        == "1.1.0"
+    )
+
 
 def test_a_release_made_on_a_ci_runner_is_uploaded_and_deployed_through_the_server(
     team: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -303,7 +303,9 @@ def _operations(api: FastAPI, server: Server) -> None:
             raise HTTPException(403, f"breaking a freeze window: {who.why_not(ADMIN, env)}")
         zone = freeze.zone(body.zone) if body.zone else None
         # refused now, not in the job
-        ops.check_deployable(server.ctx, env, body.version, body.break_freeze, zone)
+        ops.check_deployable(
+            server.ctx, env, body.version, body.break_freeze, zone, body.force_reason
+        )
         rule = server.ctx.env(env).approvals
         if rule is not None and body.approval is None:
             asked = approvals.ask(

@@ -216,13 +216,16 @@ def check_deployable(
     version: str,
     break_freeze: str | None = None,
     zone: tzinfo | None = None,
+    force_reason: str | None = None,
 ) -> None:
-    """Refuse, before anything moves, a release that does not exist or is marked bad, and
-    a deploy inside a freeze window unless glass is broken (recorded by the deploy); the
-    window's end is shown in the user's `zone` too."""
+    """Refuse, before anything moves, a release that does not exist or is marked bad
+    (unless forced with a reason, recorded by the deploy), and a deploy inside a freeze
+    window unless glass is broken (recorded by the deploy); the window's end is shown in
+    the user's `zone` too."""
     ctx.env(env)
     version = _release(ctx, version)["version"]
-    _check_not_bad(ctx, env, version, None)
+    if not force_reason:
+        _check_not_bad(ctx, env, version, None)
     if not break_freeze:
         freezes.check(ctx, env, version, None, zone)
 
