@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Request
@@ -23,14 +23,12 @@ from starlette.exceptions import HTTPException
 from rollwise import approvals, audit, checkpoints, freeze, metrics
 from rollwise.api import users, web
 from rollwise.api.auth import VIEWER, Principal
+from rollwise.api.host import Server, allow
 from rollwise.controller import drills, freezes, ops
 from rollwise.controller.progressive import version_summary
 from rollwise.errors import RollwiseError
 from rollwise.report import Period, drill_rows, figures
 from rollwise.store import repo
-
-if TYPE_CHECKING:
-    from rollwise.api.server import Server
 
 NAV = (
     ("/", "Environments"),
@@ -207,8 +205,6 @@ def freeze_view(server: Server, envs: list[str]) -> list[dict[str, Any]]:
 
 
 def _json_routes(api: FastAPI, server: Server) -> None:
-    from rollwise.api.server import allow  # it imports this module to mount it
-
     view = Depends(allow(server, VIEWER))
 
     @api.get("/api/v1/environments/{env}/live", tags=["dashboard"])

@@ -34,9 +34,9 @@ from starlette.exceptions import HTTPException
 from rollwise import approvals, artifacts, freeze
 from rollwise.api import alerts, auth, dashboard, users
 from rollwise.api.auth import ADMIN, APPROVER, DEPLOYER, VIEWER, Principal
-from rollwise.api.jobs import Job, Jobs
+from rollwise.api.host import Server, allow
+from rollwise.api.jobs import Job
 from rollwise.api.limits import Limits
-from rollwise.api.snapshots import Snapshots
 from rollwise.artifacts import ReleaseMeta
 from rollwise.controller import ops
 from rollwise.controller.context import Context
@@ -114,69 +114,6 @@ class TokenBody(Body):
 def problem(status: int, message: str, where: str = "", hint: str = "", code: int = 1) -> Any:
     body = {"error": message, "where": where or None, "hint": hint or None, "exit_code": code}
     return JSONResponse(body, status_code=status)
-
-
-class Server:
-    """The shared state of one server process: its project, store and jobs."""
-
-    def __init__(self, root: Path, now: Callable[[], float] = time.time) -> None:
-        self.ctx = Context.open(root)  # reads, and the store every job shares
-        self.jobs = Jobs(root, self.ctx.engine)
-        self.now = now
-        self.stop = threading.Event()
-        self.approved: dict[int, str] = {}  # approval request -> the job it started here
-        self.tokens = auth.Verified(self.ctx.engine, now)
-        self.status = Snapshots(lambda env: ops.status(self.ctx, env), lambda: self.jobs.generation)
-
-    def principal(self, request: Request) -> Principal:
-        """A bearer token's principal, else the user of the session cookie (users.py)."""
-        header = request.headers.get("authorization", "")
-        if not header and users.COOKIE in request.cookies:
-            return users.principal(self, request)
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing token (Authorization: Bearer rw_...)")
-        try:
-            return self.tokens.authenticate(token.strip())
-        except PermissionError as e:
-            raise HTTPException(401, str(e)) from None
-
-    def env(self, name: str) -> str:
-        if name not in self.ctx.config.environments:
-            known = ", ".join(self.ctx.config.environments)
-            raise HTTPException(404, f"unknown environment {name!r}; environments: {known}")
-        return name
-
-    def takeover(self) -> list[str]:
-        """Recover every deployment no live process holds (its server died mid-way)."""
-        done = []
-        for env in self.ctx.config.environments:
-            dep = repo.active_deployment(self.ctx.engine, env)
-            if dep is None or ops.running(self.ctx, env) is not None:
-                continue
-            self.jobs.submit("recover", env, f"server {os.getpid()}", recovering(env))
-            done.append(env)
-        return done
-
-
-def recovering(env: str) -> Callable[[Context], ops.Outcome]:
-    return lambda ctx: ops.recover(ctx, env)
-
-
-def allow(server: Server, role: str) -> Callable[..., Principal]:
-    """A dependency: the request's principal, when it may act with `role` (on `env`)."""
-
-    def check(request: Request) -> Principal:
-        who = server.principal(request)
-        env = request.path_params.get("env")
-        if env is not None:
-            server.env(env)
-        if not who.may(role, env):
-            raise HTTPException(403, who.why_not(role, env))
-        return who
-
-    check.role = role  # type: ignore[attr-defined]  # read by the route x role tests
-    return check
 
 
 def make_app(
