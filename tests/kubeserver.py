@@ -1,8 +1,11 @@
 """A Kubernetes API server's HTTP surface as rollwise uses it, on loopback: server-side apply
 (PATCH with `application/apply-patch+yaml`), get, list by label selector, delete, pod logs
 and /version; a Deployment's pods become ready `ready_after` seconds after its spec changed,
-or wait in CrashLoopBackOff when its version is in `crashing`. No API server can run on the
-machines these tests run on; the official client talks to this one through a kubeconfig."""
+or wait in CrashLoopBackOff when its version is in `crashing`. Ingresses (networking.k8s.io/v1)
+are kept like every object, and after each change to one the split ingress-nginx would serve
+is recorded (`served`): the oldest primary Ingress wins a host and path, one canary beside
+it, a canary without a primary serves nothing. No API server can run on the machines these
+tests run on; the official client talks to this one through a kubeconfig."""
 
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ class FakeCluster:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> object
     changed: dict[str, float] = field(default_factory=dict)  # path -> when its spec changed
     calls: list[Call] = field(default_factory=list)
+    served: list[dict[str, int]] = field(default_factory=list)  # Service -> percent, per change
+    created: int = 0  # creationTimestamp, as a counter: ingress-nginx orders Ingresses by it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def applies(self, kind: str) -> list[dict[str, Any]]:
@@ -51,8 +56,42 @@ class FakeCluster:
             self.changed[where] = time.monotonic()
         obj["metadata"]["generation"] = generation
         obj["metadata"]["managedFields"] = [{"manager": "rollwise", "operation": "Apply"}]
+        if old is None:
+            self.created += 1
+        obj["metadata"]["creationTimestamp"] = (old or obj)["metadata"].get(
+            "creationTimestamp", f"2026-01-01T00:00:{self.created:02d}Z"
+        )
         self.objects[where] = obj
+        if obj["kind"] == "Ingress":
+            self.served.append(self.nginx())
         return self.view(where)
+
+    def delete(self, where: str) -> bool:
+        gone = self.objects.pop(where, None)
+        if gone is not None and gone["kind"] == "Ingress":
+            self.served.append(self.nginx())
+        return gone is not None
+
+    def ingresses(self) -> dict[str, dict[str, Any]]:
+        return {o["metadata"]["name"]: o for o in self.objects.values() if o["kind"] == "Ingress"}
+
+    def nginx(self) -> dict[str, int]:
+        """Service -> percent of requests, as ingress-nginx routes the Ingresses now (one host
+        and path): the oldest primary wins; the oldest canary beside it takes `canary-weight`
+        percent; with no primary nothing is served ({})."""
+        order = sorted(
+            self.ingresses().values(),
+            key=lambda i: (i["metadata"]["creationTimestamp"], i["metadata"]["name"]),
+        )
+        main = [i for i in order if not _canary(i)]
+        if not main:
+            return {}
+        canary = next((i for i in order if _canary(i)), None)
+        share = int(canary["metadata"]["annotations"][_WEIGHT]) if canary else 0
+        out = {_backend(main[0]): 100 - share}
+        if canary is not None:
+            out[_backend(canary)] = out.get(_backend(canary), 0) + share
+        return {k: v for k, v in out.items() if v > 0}
 
     def view(self, where: str) -> dict[str, Any]:
         obj = json.loads(json.dumps(self.objects[where]))
@@ -112,6 +151,18 @@ class FakeCluster:
         ]
 
 
+_WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
+
+
+def _canary(ingress: dict[str, Any]) -> bool:
+    notes = ingress["metadata"].get("annotations") or {}
+    return notes.get("nginx.ingress.kubernetes.io/canary") == "true"
+
+
+def _backend(ingress: dict[str, Any]) -> str:
+    return str(ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"])
+
+
 def serve(cluster: FakeCluster) -> tuple[ThreadingHTTPServer, str]:
     """Start the API on a free loopback port; returns the server and its URL."""
 
@@ -158,7 +209,7 @@ def serve(cluster: FakeCluster) -> tuple[ThreadingHTTPServer, str]:
                 return 200, cluster.view(where)
             if method == "GET" and "labelSelector" in query:
                 return 200, {"items": cluster.collection(where, query["labelSelector"][0])}
-            if method == "DELETE" and cluster.objects.pop(where, None) is not None:
+            if method == "DELETE" and cluster.delete(where):
                 return 200, {"kind": "Status", "status": "Success"}
             return 404, gone
 

@@ -47,7 +47,7 @@ class KubeRelease:
 
     @property
     def name(self) -> str:
-        return f"{self.app}-{self.env}-{slug(self.version)}"
+        return service_name(self.app, self.env, self.version)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -56,6 +56,11 @@ class KubeRelease:
             f"{LABEL}/env": self.env,
             f"{LABEL}/version": slug(self.version),
         }
+
+
+def service_name(app: str, env: str, version: str) -> str:
+    """A version's Deployment and Service: stock-prod-1-5-0."""
+    return f"{app}-{env}-{slug(version)}"
 
 
 def slug(version: str) -> str:
@@ -127,7 +132,9 @@ def http_route(
     app: str, env: str, namespace: str, gateway: str, hostnames: list[str], weights: dict[str, int]
 ) -> dict[str, Any]:
     """Gateway API: one rule whose backendRefs are the versions' Services, by weight."""
-    refs = [{"name": f"{app}-{env}-{slug(v)}", "port": 80, "weight": w} for v, w in weights.items()]
+    refs = [
+        {"name": service_name(app, env, v), "port": 80, "weight": w} for v, w in weights.items()
+    ]
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -144,53 +151,59 @@ def http_route(
     }
 
 
-def nginx_ingresses(
-    app: str, env: str, namespace: str, hostname: str, live: str, new: str | None, percent: int
-) -> list[dict[str, Any]]:
-    """ingress-nginx: the live version's Ingress, and the new one's as its canary with
-    `canary-weight` (percent) on the same host."""
+CANARY = "nginx.ingress.kubernetes.io/canary"
+CANARY_WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
+CANARY_TOTAL = "nginx.ingress.kubernetes.io/canary-weight-total"
 
-    def ingress(version: str, canary: int | None) -> dict[str, Any]:
-        name = f"{app}-{env}-{slug(version)}"
-        notes = (
-            {
-                "nginx.ingress.kubernetes.io/canary": "true",
-                "nginx.ingress.kubernetes.io/canary-weight": str(canary),
-            }
-            if canary is not None
-            else {}
-        )
-        return {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {f"{LABEL}/app": app, f"{LABEL}/env": env},
-                **({"annotations": notes} if notes else {}),
-            },
-            "spec": {
-                "ingressClassName": "nginx",
-                "rules": [
-                    {
-                        "host": hostname,
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": name, "port": {"number": 80}}},
-                                }
-                            ]
-                        },
-                    }
-                ],
+
+def ingress(
+    app: str, env: str, namespace: str, hostnames: list[str], version: str, canary: int | None
+) -> dict[str, Any]:
+    """ingress-nginx: the primary Ingress `<app>-<env>` (canary None) or the canary Ingress
+    `<app>-<env>-canary` taking `canary` percent, both to `version`'s Service. Named by role,
+    not version: ingress-nginx honours one canary per host and path and ignores a canary
+    without a primary, so a switch moves the primary's backend while the canary holds 100%."""
+    name = f"{app}-{env}" + ("" if canary is None else "-canary")
+    notes = {} if canary is None else {CANARY: "true", CANARY_WEIGHT: str(canary)}
+    paths = [
+        {
+            "path": "/",
+            "pathType": "Prefix",
+            "backend": {
+                "service": {"name": service_name(app, env, version), "port": {"number": 80}}
             },
         }
+    ]
+    rules = [{"host": h, "http": {"paths": paths}} for h in hostnames] or [
+        {"http": {"paths": paths}}
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {f"{LABEL}/app": app, f"{LABEL}/env": env},
+            **({"annotations": notes} if notes else {}),
+        },
+        "spec": {"ingressClassName": "nginx", "rules": rules},
+    }
 
-    out = [ingress(live, None)]
+
+def nginx_ingresses(
+    app: str,
+    env: str,
+    namespace: str,
+    hostnames: list[str],
+    live: str,
+    new: str | None,
+    percent: int,
+) -> list[dict[str, Any]]:
+    """ingress-nginx: the primary Ingress to the live version, and the canary Ingress to the
+    new one with `canary-weight` (percent) on the same hosts."""
+    out = [ingress(app, env, namespace, hostnames, live, None)]
     if new is not None and new != live:
-        out.append(ingress(new, percent))
+        out.append(ingress(app, env, namespace, hostnames, new, percent))
     return out
 
 
@@ -218,12 +231,11 @@ def manifests(
             http_route(new.app, new.env, new.namespace, gateway, list(hostnames), weights)
         )
     elif traffic == "ingress-nginx":
-        host = hostnames[0] if hostnames else ""
         objects += nginx_ingresses(
             new.app,
             new.env,
             new.namespace,
-            host,
+            list(hostnames),
             live or new.version,
             new.version if live else None,
             percent,

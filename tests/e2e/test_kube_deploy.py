@@ -78,7 +78,18 @@ def shop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Project:
     """1.0.0 and 1.1.0 released; 1.0.0 live on the cluster."""
-    root = tmp_path / "shop"
+    settings = {"namespace": "shop", "gateway": "public", "port": 8080}
+    return released(tmp_path / "shop", settings, base_image, images, monkeypatch)
+
+
+def released(
+    root: Path,
+    kubernetes: dict[str, Any],
+    base_image: dict[str, str],
+    images: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Project:
+    """The example with `kubernetes` settings, 1.0.0 and 1.1.0 released, 1.0.0 deployed."""
     single.copy_example(root)
     cfg = yaml.safe_load((root / "rollwise.yaml").read_text())
     cfg["app"] = APP
@@ -86,7 +97,7 @@ def shop(
     cfg["health"] = {"path": "/cgi-bin/health", "interval_s": 0.1, "ready_timeout_s": 10}
     cfg["environments"]["dev"] = {
         "target": {"type": "kubernetes"},
-        "kubernetes": {"namespace": "shop", "gateway": "public", "port": 8080},
+        "kubernetes": kubernetes,
         "secrets": ["MARKETPLACE_TOKEN"],  # in the cluster's Secret: no value here
         "strategy": {
             "type": "canary",

@@ -363,8 +363,8 @@ class TargetConfig(Strict):
         "front that balances across them. `container`: instances run as containers of the "
         "release's image (`image`) through podman or docker on this machine. `kubernetes`: "
         "each release is a Deployment and a Service of its image in a cluster "
-        "(`kubernetes` settings), traffic split by a Gateway API HTTPRoute "
-        "(docs/kubernetes.md).",
+        "(`kubernetes` settings), traffic split by a Gateway API HTTPRoute or ingress-nginx "
+        "canary Ingresses (docs/kubernetes.md).",
     )
     hosts: list[HostConfig] = Field(
         default_factory=list,
@@ -856,7 +856,8 @@ class CachesConfig(Strict):
 
 
 class KubernetesConfig(Strict):
-    """`rollwise kube manifests|apply` (docs/kubernetes.md)."""
+    """Deploys on `target: {type: kubernetes}` and `rollwise kube manifests|apply`
+    (docs/kubernetes.md)."""
 
     namespace: str = Field(
         "default",
@@ -1154,12 +1155,6 @@ class EnvironmentConfig(Strict):
             raise ValueError(
                 "`target: {type: kubernetes}` needs `kubernetes` settings, e.g. "
                 "{namespace: shop, gateway: public}"
-            )
-        if kube and self.kubernetes and self.kubernetes.traffic != "gateway-api":
-            raise ValueError(
-                "deploys on Kubernetes split traffic with a Gateway API HTTPRoute: set "
-                "`kubernetes.traffic: gateway-api` (ingress-nginx canaries are applied by "
-                "`rollwise kube apply` only)"
             )
         if self.router.type == "kubernetes" and not kube:
             raise ValueError("router type 'kubernetes' needs `target: {type: kubernetes}`")
