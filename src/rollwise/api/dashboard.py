@@ -117,11 +117,11 @@ def live(server: Server, env: str) -> dict[str, Any]:
         "in_progress": None
         if dep is None
         else {"id": dep["id"], "kind": dep["kind"], "to": dep["to_version"]},
-        "deployment": None if last is None else ops._dep_summary(last),
+        "deployment": None if last is None else ops.dep_summary(last),
         "shares": shares,
         "versions": {v: {**version_summary(c), "raw": _raw(c)} for v, c in counters.items()},
         "look": _look(server, env),
-        "decisions": ops._decisions(ctx, env, last["id"] if last else None),
+        "decisions": ops.decisions(ctx, env, last["id"] if last else None),
         "router_error": error,
     }
 
@@ -156,10 +156,7 @@ def _raw(c: dict[str, Any]) -> dict[str, Any]:
 def _look(server: Server, env: str) -> dict[str, Any] | None:
     """The newest progress of a deployment this server runs in `env` (step, its clock, the
     decision so far); None when it runs elsewhere (a CLI) or nothing runs."""
-    jobs = server.jobs._jobs  # Jobs has no listing; read under its lock
-    with server.jobs._lock:
-        mine = [j for j in jobs.values() if j.env == env and not j.done.is_set()]
-    for job in reversed(mine):
+    for job in reversed(server.jobs.running(env)):
         for ev in reversed(job.events):
             if ev["action"] == LOOK:
                 return {**ev["data"], "ts": ev["ts"], "version": ev["version"], "job": job.id}
@@ -460,7 +457,7 @@ def _deployment(server: Server, env: str, dep_id: str) -> dict[str, Any] | None:
     return {
         "dep": dep,
         "steps": _steps(journal),
-        "decisions": ops._decisions(ctx, env, dep["id"]),
+        "decisions": ops.decisions(ctx, env, dep["id"]),
         "events": [
             e
             for e in audit.iter_events(ctx.engine, env, limit=EVENTS_READ)

@@ -72,6 +72,11 @@ class Jobs:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def running(self, env: str) -> list[Job]:
+        """`env`'s jobs still running here, oldest first."""
+        with self._lock:
+            return [j for j in self._jobs.values() if j.env == env and not j.done.is_set()]
+
     def submit(self, kind: str, env: str, actor: str, work: Callable[[Context], Any]) -> Job:
         """Run `work(ctx)` in a thread; it returns an ops.Outcome."""
         with self._lock:

@@ -820,10 +820,10 @@ def _env_status(ctx: Context, environment: Environment) -> dict[str, Any]:
             "on_recovery": "resume" if d.SWITCH in done else "roll back",
         },
         "interrupted": interrupted,
-        "last_deployment": _dep_summary(last[0]) if last else None,
+        "last_deployment": dep_summary(last[0]) if last else None,
         "marks": {m["version"]: m["mark"] for m in repo.get_marks(ctx.engine, env)},
         "strategy": environment.config.strategy.type,
-        "analysis": _decisions(ctx, env, dep["id"] if dep else last[0]["id"] if last else None),
+        "analysis": decisions(ctx, env, dep["id"] if dep else last[0]["id"] if last else None),
     }
 
 
@@ -833,7 +833,7 @@ def _current_step(ctx: Context, dep_id: int) -> str | None:
     return str(rows[-1]["step"]) if rows else None
 
 
-def _decisions(ctx: Context, env: str, dep_id: int | None) -> list[dict[str, Any]]:
+def decisions(ctx: Context, env: str, dep_id: int | None) -> list[dict[str, Any]]:
     """The analysis decisions of a deployment, with the numbers behind them."""
     if dep_id is None:
         return []
@@ -851,7 +851,7 @@ def _decisions(ctx: Context, env: str, dep_id: int | None) -> list[dict[str, Any
     ]
 
 
-def _dep_summary(dep: dict[str, Any]) -> dict[str, Any]:
+def dep_summary(dep: dict[str, Any]) -> dict[str, Any]:
     return {
         k: dep[k]
         for k in (
@@ -872,7 +872,7 @@ def _dep_summary(dep: dict[str, Any]) -> dict[str, Any]:
 def history(ctx: Context, env: str | None, limit: int) -> list[dict[str, Any]]:
     if env:
         ctx.env(env)
-    return [_dep_summary(dep) for dep in repo.list_deployments(ctx.engine, env, limit)]
+    return [dep_summary(dep) for dep in repo.list_deployments(ctx.engine, env, limit)]
 
 
 def backup_create(ctx: Context, env: str, reason: str) -> Outcome:
