@@ -4,9 +4,10 @@ the live version and a new one, as Gateway API HTTPRoute `backendRefs` weights o
 ingress-nginx canary annotations. Tested by equality and against the published Kubernetes
 schemas; applied with the official client (server-side apply, field manager `rollwise`).
 
-A version's objects are named by the version, so a rollback re-applies the retained
-release's own manifests and moves the weights back; nothing depends on a Deployment's
-rollout history."""
+A version's Deployment and Service are named by the version, so a rollback re-applies the
+retained release's own manifests and moves the weights back; nothing depends on a
+Deployment's rollout history. The split is named by role: the HTTPRoute `<app>-<env>`, or the
+Ingresses `<app>-<env>` (primary) and `<app>-<env>-canary`."""
 
 from __future__ import annotations
 

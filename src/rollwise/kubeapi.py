@@ -125,7 +125,7 @@ class Cluster:
             f"the Kubernetes API refused {method} {where}: {status} {message}",
             where=f"cluster {self.host}",
             hint="check the objects' namespace exists and the kubeconfig user may "
-            "manage Deployments, Services and HTTPRoutes there",
+            "manage Deployments, Services and HTTPRoutes or Ingresses there",
         )
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
