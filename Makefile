@@ -37,6 +37,8 @@ bench: $(STAMP) ## Run every benchmark; JSON in bench/results/
 	$(BIN)/python bench/fleet.py --out bench/results/fleet.json
 	$(BIN)/python bench/containers.py --out bench/results/containers.json
 	$(BIN)/python bench/drill.py --out bench/results/drill.json
+	$(BIN)/python bench/server.py --out bench/results/server.json
+	$(BIN)/python bench/dashboard.py --out bench/results/server.json
 
 format: $(STAMP) ## Format the code (ruff format)
 	$(BIN)/ruff format src tests bench

@@ -89,3 +89,15 @@ def test_a_token_revoked_through_the_server_is_forgotten_at_once(tmp_path: Path)
     kept.forget()
     with pytest.raises(PermissionError, match="was revoked"):
         kept.authenticate(token)
+
+
+def test_cached_answers_only_for_a_token_verified_moments_ago(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    token, _ = auth.create(engine, "ci", "viewer", None, "ana", None, now=1000.0)
+    mono = [0.0]
+    kept = auth.Verified(engine, lambda: 1001.0, ttl_s=2.0, clock=lambda: mono[0])
+    assert kept.cached(token) is None
+    kept.authenticate(token)
+    assert kept.cached(token) == Principal("ci", "viewer", None)
+    mono[0] = 2.5
+    assert kept.cached(token) is None

@@ -129,3 +129,17 @@ def test_while_one_reader_computes_an_aged_result_the_others_get_the_one_before(
     refresher.join(5)
     assert got == [{"n": 2}] and snaps.get("dev") == {"n": 2}
     assert calls == ["dev", "dev"]
+
+
+def test_ready_gives_what_needs_no_computing_and_nothing_else() -> None:
+    clock = Clock()
+    gen = [0]
+    snaps = Snapshots(lambda key: {"key": key}, lambda: gen[0], max_age_s=0.5, clock=clock)
+    assert snaps.ready("dev") is None  # nothing yet
+    assert snaps.body("dev") == b'{"key":"dev"}'
+    assert snaps.ready("dev") == b'{"key":"dev"}'
+    clock.t += 1
+    assert snaps.ready("dev") is None  # aged and nobody computing: the caller must
+    snaps.body("dev")
+    gen[0] += 1
+    assert snaps.ready("dev") is None  # changed through the server

@@ -162,12 +162,19 @@ class Verified:
         self.engine, self.now, self.ttl_s, self.clock = engine, now, ttl_s, clock
         self._kept: dict[str, tuple[float, float | None, Principal]] = {}
 
-    def authenticate(self, token: str) -> Principal:
-        key = digest(token)
-        kept = self._kept.get(key)
+    def cached(self, token: str) -> Principal | None:
+        """The token's principal if it was verified within `ttl_s` and has not expired
+        since; None when it must be looked up (`authenticate`)."""
+        kept = self._kept.get(digest(token))
         fresh = kept is not None and self.clock() <= kept[0]
         if kept is not None and fresh and (kept[1] is None or self.now() < kept[1]):
             return kept[2]
+        return None
+
+    def authenticate(self, token: str) -> Principal:
+        if (who := self.cached(token)) is not None:
+            return who
+        key = digest(token)
         self._kept.pop(key, None)
         who, expires = verify(self.engine, token, self.now)  # PermissionError: not kept
         if len(self._kept) > 10_000:  # bounded: many distinct tokens only cost queries

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from rollwise.api import auth, users
@@ -46,6 +47,14 @@ class Server:
         except PermissionError as e:
             raise HTTPException(401, str(e)) from None
 
+    async def principal_now(self, request: Request) -> Principal:
+        """`principal` without leaving the event loop for a token verified moments ago;
+        anything that reads the store runs in a worker thread."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and (who := self.tokens.cached(token.strip())):
+            return who
+        return await run_in_threadpool(self.principal, request)
+
     def env(self, name: str) -> str:
         if name not in self.ctx.config.environments:
             known = ", ".join(self.ctx.config.environments)
@@ -68,11 +77,11 @@ def recovering(env: str) -> Callable[[Context], ops.Outcome]:
     return lambda ctx: ops.recover(ctx, env)
 
 
-def allow(server: Server, role: str) -> Callable[..., Principal]:
+def allow(server: Server, role: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the request's principal, when it may act with `role` (on `env`)."""
 
-    def check(request: Request) -> Principal:
-        who = server.principal(request)
+    async def check(request: Request) -> Principal:
+        who = await server.principal_now(request)
         env = request.path_params.get("env")
         if env is not None:
             server.env(env)

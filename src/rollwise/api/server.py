@@ -29,6 +29,7 @@ from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from rollwise import approvals, artifacts, freeze
@@ -178,8 +179,11 @@ def _reads(api: FastAPI, server: Server) -> None:
         return out
 
     @api.get("/api/v1/environments/{env}/status")
-    def status(env: str, who: Principal = view) -> Response:
-        return Response(server.status.body(env), media_type="application/json")
+    async def status(env: str, who: Principal = view) -> Response:
+        body = server.status.ready(env)  # polled by many: no thread when it is at hand
+        if body is None:
+            body = await run_in_threadpool(server.status.body, env)
+        return Response(body, media_type="application/json")
 
     @api.get("/api/v1/environments/{env}/history")
     def history(env: str, limit: int = 20, who: Principal = view) -> list[dict[str, Any]]:

@@ -54,6 +54,18 @@ class Snapshots:
         """The same, as JSON."""
         return self.kept(key).body
 
+    def ready(self, key: Hashable) -> bytes | None:
+        """The JSON when it can be had without computing (fresh, or the one before while
+        another reader computes the next); None when the caller must call `body` (in a
+        thread: it may compute)."""
+        kept = self._kept.get(key)
+        if kept is None or kept.generation != self.generation():
+            return None
+        lock = self._locks.get(key)
+        if self.clock() - kept.at <= self.max_age_s or (lock is not None and lock.locked()):
+            return kept.body
+        return None
+
     def kept(self, key: Hashable) -> Kept:
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
