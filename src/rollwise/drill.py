@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -268,14 +269,20 @@ def refuse_production(env: str, production: bool, force_reason: str | None) -> b
 
 
 def wrapped_command(
-    command: str, fault: Fault, version: str, python: str, health_path: str = "/health"
+    command: str,
+    fault: Fault,
+    version: str,
+    python: str | Sequence[str],
+    health_path: str = "/health",
 ) -> str:
     """`run.command` behind rollwise.faults, for instances of `version` only (others run the
-    command as it is). The app's `{port}` and `{host}` become the wrapper's inner address."""
+    command as it is). The app's `{port}` and `{host}` become the wrapper's inner address.
+    `python` runs rollwise's modules where the instances run: an interpreter, or an argv
+    prefix (`env PYTHONPATH=... python3` on SSH hosts)."""
     inner = command.replace("{port}", "{inner_port}").replace("{host}", "{inner_host}")
     return shlex.join(
         [
-            python,
+            *([python] if isinstance(python, str) else python),
             "-m",
             "rollwise.faults",
             *fault.args(),

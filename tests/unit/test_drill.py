@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from typing import Any
 
 import pytest
 
 from rollwise import drill as dr
+from rollwise.config.schema import TargetConfig
+from rollwise.controller import drills
 from rollwise.errors import RollwiseError, UsageError
+from rollwise.targets.ssh import Layout
 
 
 def plan(scenario: str, fault: dr.Fault | None = None, load: float = 50.0) -> dr.Plan:
@@ -125,6 +129,26 @@ def test_the_wrapped_command_keeps_the_apps_command_whole_with_its_port_inside()
         "env X='a b' python3 app.py --port {inner_port} --host {inner_host}",
     ]
     assert "{port}" not in cmd and "{host}" not in cmd  # the agent fills in only the outer ones
+
+
+def test_on_ssh_hosts_the_wrapper_runs_with_the_hosts_python_and_rollwise_modules():
+    ssh = TargetConfig(type="ssh", hosts=[{"address": "10.0.0.2"}], ssh={"python": "python3.11"})
+    python = drills.faults_python(ssh, "shop", "staging")
+    lib = Layout(ssh, "shop", "staging").lib
+    assert python == ["env", f"PYTHONPATH={lib}", "python3.11"]
+    assert lib.startswith("/srv/rollwise/lib/")
+    assert shlex.split(dr.wrapped_command("app --port {port}", dr.Fault(), "2+drill.1", python))[
+        :5
+    ] == [*python, "-m", "rollwise.faults"]
+    assert drills.faults_python(TargetConfig(type="local"), "shop", "dev") == [sys.executable]
+
+
+def test_faults_need_instances_that_run_the_run_command():
+    containers = TargetConfig(type="ssh", hosts=[{"address": "10.0.0.2"}], runtime="container")
+    assert [drills._runs_processes(t) for t in (TargetConfig(type="local"), containers)] == [
+        True,
+        False,
+    ]
 
 
 def test_drill_versions_are_numbered_after_the_highest_one():

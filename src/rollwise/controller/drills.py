@@ -25,6 +25,7 @@ from typing import Any
 
 from rollwise import artifacts, audit, loadgen, reasons
 from rollwise import drill as dr
+from rollwise.config.schema import TargetConfig
 from rollwise.controller import ops, schema
 from rollwise.controller.context import Context, Environment
 from rollwise.errors import ConfigError, NotFound, RollwiseError, UsageError
@@ -149,15 +150,33 @@ def _guard(ctx: Context, environment: Environment, force_reason: str | None) -> 
 
 
 def _check_target(environment: Environment, scenario: str) -> None:
-    kind = environment.config.target.type
-    if scenario in (dr.BAD_CANARY, dr.ALERT) and kind != "local":
+    target = environment.config.target
+    if scenario in (dr.BAD_CANARY, dr.ALERT) and not _runs_processes(target):
+        kind = "ssh with runtime: container" if target.type == "ssh" else repr(target.type)
         raise ConfigError(
-            f"{environment.name}: faults are injected by wrapping the run command on this "
-            f"machine; target {kind!r} runs instances elsewhere",
-            where=f"environments.{environment.name}.target.type",
-            hint=f"rehearse {scenario} on an environment with a local target; "
-            "manual-rollback and failing-migration run on any target",
+            f"{environment.name}: faults are injected by wrapping the run command of the "
+            f"drill's instances; target {kind} runs images, not the run command",
+            where=f"environments.{environment.name}.target",
+            hint=f"rehearse {scenario} on an environment with a local target or SSH hosts "
+            "(runtime: process); manual-rollback and failing-migration run on any target",
         )
+
+
+def _runs_processes(target: TargetConfig) -> bool:
+    """Instances run `run.command` (on this machine or through a host's agent)."""
+    return target.type == "local" or (target.type == "ssh" and target.runtime == "process")
+
+
+def faults_python(target: TargetConfig, app: str, env: str) -> list[str]:
+    """How the drill's instances start `python -m rollwise.faults` where they run: this
+    interpreter on this machine; on SSH hosts, the hosts' Python with the modules
+    `rollwise hosts setup` copied there (the agent's own PYTHONPATH, named, not inherited)."""
+    if target.type != "ssh":
+        return [sys.executable]
+    from rollwise.targets.ssh import Layout  # as the registry does: asyncssh when needed
+
+    layout = Layout(target, app, env)
+    return ["env", f"PYTHONPATH={layout.lib}", layout.python]
 
 
 def _check_sql_migrations(ctx: Context, environment: Environment) -> None:
@@ -363,10 +382,9 @@ def drill_context(ctx: Context, plan: dr.Plan) -> Context:
     run. The file on disk is not touched."""
     assert plan.fault is not None
     cfg = ctx.config
-    command = dr.wrapped_command(
-        cfg.run.command, plan.fault, plan.version, sys.executable, cfg.health.path
-    )
     env_cfg = cfg.environments[plan.env]
+    python = faults_python(env_cfg.target, cfg.app, plan.env)
+    command = dr.wrapped_command(cfg.run.command, plan.fault, plan.version, python, cfg.health.path)
     if plan.analysis_dry_run:
         env_cfg = env_cfg.model_copy(
             update={"analysis": env_cfg.analysis.model_copy(update={"dry_run": True})}
