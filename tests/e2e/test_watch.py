@@ -19,9 +19,12 @@ def test_given_a_canary_under_load_then_look_events_and_status_watch_show_it(pro
     deploy = run_in_background(project, "--progress", "json", "deploy", "1.1.0")
     wait_for(project, lambda s: len([w for w in s["weights"].values() if w]) == 2)
     watch = run_in_background(project, "status", "--watch", "--interval", "0.5", "-e", "dev")
-    time.sleep(4)
+    assert watch.stdout is not None
+    first = watch.stdout.readline()  # it is running (and handles Ctrl-C) once it has shown one
+    time.sleep(3)
     watch.send_signal(signal.SIGINT)
     out, err = watch.communicate(timeout=30)
+    out = first + out
     assert watch.returncode == 0, err
     lines = out.splitlines()
     assert len(lines) >= 3, out

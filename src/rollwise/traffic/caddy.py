@@ -31,12 +31,14 @@ class CaddyRouter:
     def __init__(self, admin: str, handler_id: str, env_dir: Path) -> None:
         self.admin, self.id = admin.rstrip("/"), handler_id
         self.map = BackendMap(env_dir / "caddy-backends.json")
-        # one client for the router's life; TLS (and its CA bundle) only for an https admin
-        self.http = httpx.Client(timeout=10, verify=self.admin.startswith("https:"))
+        # TLS (and its CA bundle, tens of ms to load per client) only for an https admin
+        self.verify = self.admin.startswith("https:")
 
     def _req(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            r = self.http.request(method, f"{self.admin}{path}", json=body)
+            r = httpx.request(
+                method, f"{self.admin}{path}", json=body, timeout=10, verify=self.verify
+            )
         except httpx.HTTPError as e:
             raise RollwiseError(f"Caddy admin API did not answer: {e}", where=self.admin) from e
         if r.status_code >= 400:
