@@ -6,6 +6,7 @@ runs the down revisions before 6.1.5 starts (`migrations.rollback: before_start`
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,16 +23,28 @@ from tests.component.conftest import pg_url  # noqa: F401 (fixture)
 from tests.conftest import Project, require
 from tests.helpers import status
 
+pytestmark = pytest.mark.xdist_group("ihatemoney")  # one worker installs the versions once
+
 VERSIONS = {"6.1.5": "927ed575acbd", "7.2.1": "c941aaca38c2"}
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ihatemoney"
 
 
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rollwise-tests"
+
+
 @pytest.fixture(scope="session")
-def vendored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each version with its dependencies, installed from PyPI into its own folder."""
+def vendored() -> dict[str, Path]:
+    """Each version with its dependencies, installed from PyPI into its own folder, kept
+    between runs (the install takes a minute or two; a folder without its `.done` mark,
+    from an install cut short, is installed again)."""
     out = {}
     for v in VERSIONS:
-        target = tmp_path_factory.mktemp(f"ihatemoney-{v}")
+        target = CACHE / f"ihatemoney-{v}-py{sys.version_info.major}.{sys.version_info.minor}"
+        out[v] = target
+        if (target / ".done").exists():
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
         proc = subprocess.run(
             [
                 sys.executable,
@@ -53,7 +66,7 @@ def vendored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             f"ihatemoney {v} from PyPI ({proc.stderr[-300:]})",
             "let pip reach PyPI",
         )
-        out[v] = target
+        (target / ".done").touch()
     return out
 
 
