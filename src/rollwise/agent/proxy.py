@@ -10,8 +10,8 @@ buffered); after `101 Switching Protocols` (WebSocket) bytes are piped both ways
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
+from time import perf_counter
 from typing import cast
 
 import httptools
@@ -122,8 +122,8 @@ class Client(asyncio.Protocol):
             self.refuse(Refused(400, f"bad request: {e}"))
         finally:
             self.feeding = False
-            if self.exchanges:
-                self.exchanges[0].flush_pending()
+            if self.exchanges and (ex := self.exchanges[0]).pending:
+                ex.flush_pending()
             if self.out:
                 self.flush()
 
@@ -180,7 +180,7 @@ class Client(asyncio.Protocol):
         if self.head_bytes > self.limits.max_head_bytes:
             raise Refused(431, "request head too large")
         self.parts[0] = self.parser.get_method()
-        ex = Exchange.from_request(self, self.parts, self.noted)
+        ex = Exchange(self, self.parts, self.noted)
         self.current = ex
         self.exchanges.append(ex)
         if len(self.exchanges) == 1:
@@ -202,9 +202,6 @@ class Client(asyncio.Protocol):
     # -- from exchanges --
     def write(self, data: bytes) -> None:
         self.out.append(data)
-
-    def write_parts(self, parts: list[bytes]) -> None:
-        self.out += parts
 
     def flush(self) -> None:
         if self.out and not self.transport.is_closing():
@@ -307,7 +304,6 @@ class Exchange:
         "rechunk",
         "request_done",
         "responded",
-        "router",
         "start_t",
         "started",
         "status",
@@ -318,45 +314,8 @@ class Exchange:
     )
 
     def __init__(
-        self,
-        client: Client,
-        up: Upstream | None,
-        head: bytes,
-        method: bytes,
-        chunked: bool,
-        upgrade: bool,
-        http10: bool,
-        client_keep: bool,
+        self, client: Client, parts: list[bytes], noted: list[tuple[bytes, bytes]]
     ) -> None:
-        self.client, self.router, self.up = client, client.router, up
-        self.method, self.chunked, self.upgrade = method, chunked, upgrade
-        self.http10 = http10  # an HTTP/1.0 client: no chunked response, no keep-alive
-        self.client_keep = client_keep  # its connection stays open after this exchange
-        self.deferred: tuple[int, str] | None = None  # the router's own answer, once read
-        self.conn: Conn | None = None
-        self.pending: list[bytes] = [head]  # not written yet: no upstream connection
-        self.pending_bytes = len(head)
-        self.kept: list[bytes] | None = [head]  # for a resend; None once too big or answered
-        self.kept_bytes = len(head)
-        self.body_bytes = 0
-        self.request_done = False
-        self.responded = False  # the response head went to the client
-        self.rechunk = False
-        self.until_close = False
-        self.keep = True
-        self.interim = False
-        self.status = 0
-        self.attempts = 0
-        self.started = False
-        self.done = False
-        self.start_t = time.perf_counter()
-        self.deadline = 0.0  # for the response head; 0: none
-        self.task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def from_request(
-        cls, client: Client, parts: list[bytes], noted: list[tuple[bytes, bytes]]
-    ) -> Exchange:
         """The exchange for a request whose head, without its hop-by-hop and forwarded
         headers, is `parts` (request line first), and whose headers the router reads are
         `noted` (lower-case name, value)."""
@@ -404,9 +363,24 @@ class Exchange:
         keep_alive = client.parser.should_keep_alive()  # what it says now is about this head
         # without a Connection header, only HTTP/1.1 keeps alive: no version string to read
         http10 = bool(conn_tokens or not keep_alive) and client.parser.get_http_version() == "1.0"
-        up = router.route(found) if found else router.pick()
-        keep = keep_alive and not upgrade and not http10
-        return cls(client, up, b"".join(parts), parts[0], chunked, upgrade, http10, keep)
+        self.client, self.method, self.chunked, self.upgrade = client, parts[0], chunked, upgrade
+        self.up = router.route(found) if found else router.only or router.pick()
+        self.http10 = http10  # an HTTP/1.0 client: no chunked response, no keep-alive
+        # its connection stays open after this exchange
+        self.client_keep = keep_alive and not upgrade and not http10
+        self.deferred: tuple[int, str] | None = None  # the router's own answer, once read
+        self.conn: Conn | None = None
+        head = b"".join(parts)
+        self.pending: list[bytes] = [head]  # not written yet: no upstream connection
+        self.kept: list[bytes] | None = [head]  # for a resend; None once too big or answered
+        self.pending_bytes = self.kept_bytes = len(head)
+        self.body_bytes = self.status = self.attempts = 0
+        self.deadline = 0.0  # for the response head; 0: none
+        self.request_done = self.responded = self.rechunk = self.until_close = False
+        self.interim = self.started = self.done = False  # responded: its head went out
+        self.keep = True
+        self.start_t = perf_counter()
+        self.task: asyncio.Task[None] | None = None
 
     # -- request side --
     def start(self) -> None:
@@ -452,6 +426,13 @@ class Exchange:
         if self.request_done:
             self._arm_response()
 
+    def request_body(self, body: bytes) -> None:
+        """Pass a piece of the request body on (once the request is read, on its whole)."""
+        self.body_bytes += len(body)
+        if self.body_bytes > self.client.limits.max_body_bytes:
+            raise Refused(413, f"request body over {self.client.limits.max_body_bytes} bytes")
+        self.send(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+
     def send(self, data: bytes) -> None:
         if self.done or self.up is None:
             return  # answered already: the rest of the body is read and dropped
@@ -478,20 +459,14 @@ class Exchange:
             self.pending.clear()
             self.pending_bytes = 0
 
-    def request_body(self, body: bytes) -> None:
-        self.body_bytes += len(body)
-        if self.body_bytes > self.client.limits.max_body_bytes:
-            raise Refused(413, f"request body over {self.client.limits.max_body_bytes} bytes")
-        self.send(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
-
     def request_complete(self) -> None:
         self.request_done = True
         if self.chunked:
             self.send(b"0\r\n\r\n")
         if self.deferred is not None:
             self.answer(*self.deferred)
-        elif self.conn is not None:
-            self._arm_response()
+        elif self.conn is not None and not self.responded and not self.deadline:
+            self.deadline = self.client.router.clock + self.client.limits.response_timeout_s
 
     # -- response side (called by Conn) --
     def response_head(
@@ -507,10 +482,10 @@ class Exchange:
         self.deadline = 0.0
         self.status = status
         parts[0] = b"HTTP/1.1 %d %b\r\n" % (status, reason)
-        if 100 <= status < 200 and status != 101:
+        if status < 200 and status != 101:
             self.interim = True  # 100 Continue, 103 Early Hints: the real answer follows
             parts.append(b"\r\n")
-            self.client.write_parts(parts)
+            self.client.out += parts
             return
         length, te, upgrade_to = None, b"", b""
         for name, value in noted:
@@ -520,8 +495,9 @@ class Exchange:
                 te += value.lower()
             elif name == b"upgrade":
                 upgrade_to = upgrade_to or value
-        no_body = self.method == b"HEAD" or status in (204, 304)
-        chunked = b"chunked" in te and not no_body
+        no_body = status == 204 or status == 304 or self.method == b"HEAD"
+        # (`bytes in bytes` first tries the operand as an int: `find` is cheaper)
+        chunked = te.find(b"chunked") >= 0 and not no_body
         self.rechunk = chunked and not self.http10  # an HTTP/1.0 client reads until close
         self.until_close = not no_body and not chunked and length is None
         self.keep = self.client_keep and not self.until_close
@@ -532,14 +508,11 @@ class Exchange:
         if not self.keep and status != 101:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        self.client.write_parts(parts)
+        self.client.out += parts
         self.responded, self.kept = True, None
         if self.method == b"HEAD" and self.conn is not None:
             self.conn.parser = None  # llhttp would wait for the body a HEAD never gets
             self.response_done(keep_alive)
-
-    def response_body(self, body: bytes) -> None:
-        self.client.out.append(b"%x\r\n%b\r\n" % (len(body), body) if self.rechunk else body)
 
     def response_done(self, keep_alive: bool) -> None:
         if self.interim:
@@ -591,11 +564,11 @@ class Exchange:
             self.conn = None
         self.client.resume("upstream")  # that connection's full buffer is gone with it
         up = self.up
-        self.router.version_stats(up.version).conn_errors += 1
+        self.client.router.version_stats(up.version).conn_errors += 1
         up.close_pool()  # its siblings are likely just as stale
         up.inflight -= 1
         self.attempts += 1
-        nxt = up if self.attempts == 1 else self.router.pick(exclude=up)
+        nxt = up if self.attempts == 1 else self.client.router.pick(exclude=up)
         if self.kept is None or self.attempts >= 3 or nxt is None:
             self.up = None
             self.answer(502, "upstream unavailable")
@@ -636,13 +609,15 @@ class Exchange:
         if self.done:
             return None
         self.done = True
-        self._disarm()
+        self.deadline = 0.0
         up, conn = self.up, self.conn
         if up is not None:
             up.inflight -= 1
             if count:
-                ms = (time.perf_counter() - self.start_t) * 1000
-                self.router.version_stats(up.version).observe(status, ms)
+                stats = up.stats
+                if stats is None:  # its version's, looked up once per upstream
+                    stats = up.stats = self.client.router.version_stats(up.version)
+                stats.observe(status, (perf_counter() - self.start_t) * 1000)
         self.conn = None
         if conn is not None:
             conn.ex = None
@@ -669,7 +644,7 @@ class Exchange:
 
     def _arm_response(self) -> None:
         if not self.responded and not self.deadline:
-            self.deadline = self.router.clock + self.client.limits.response_timeout_s
+            self.deadline = self.client.router.clock + self.client.limits.response_timeout_s
 
     def _disarm(self) -> None:
         self.deadline = 0.0
@@ -769,8 +744,8 @@ class Conn(asyncio.Protocol):
             )
 
     def on_body(self, body: bytes) -> None:
-        if self.ex is not None:
-            self.ex.response_body(body)
+        if (ex := self.ex) is not None:
+            ex.client.out.append(b"%x\r\n%b\r\n" % (len(body), body) if ex.rechunk else body)
 
     def on_message_complete(self) -> None:
         if self.ex is not None and self.parser is not None:

@@ -159,6 +159,7 @@ class Upstream:
     inflight: int = 0
     current: int = 0
     pool: list[Pooled] = field(default_factory=list)
+    stats: VersionStats | None = None  # its version's counts, once it answered a request
 
     def close_pool(self) -> None:
         for c in self.pool:
@@ -179,6 +180,7 @@ class Router:
         self.assigned: OrderedDict[bytes, str] = OrderedDict()  # sticky key -> version
         self.version_weights: dict[str, int] = {}
         self.canary: str | None = None
+        self.only: Upstream | None = None  # the one upstream with weight, if just one has
         self.clients: set[Checked] = set()
         self.clock = time.monotonic()  # updated each TICK_S: deadlines need no clock read
         self.sweeper: asyncio.Task[None] | None = None
@@ -264,13 +266,15 @@ class Router:
         """Weight per version, and the canary: the version of the newest upstream with
         weight (the release being rolled out, or rolled back to)."""
         vw: dict[str, int] = {}
-        for up in self.upstreams.values():
-            if up.weight > 0:
-                vw[up.version] = vw.get(up.version, 0) + up.weight
-                self.canary = up.version
+        weighted = [up for up in self.upstreams.values() if up.weight > 0]
+        for up in weighted:
+            vw[up.version] = vw.get(up.version, 0) + up.weight
+            self.canary = up.version
         self.version_weights = dict(sorted(vw.items()))
         if not vw:
             self.canary = None
+        # picked without a round: smooth weighted round robin over one upstream is that one
+        self.only = weighted[0] if len(weighted) == 1 else None
 
     # -- selection -------------------------------------------------------------
     def pick(self, exclude: Upstream | None = None, version: str | None = None) -> Upstream | None:
