@@ -181,3 +181,59 @@ def test_a_response_that_ends_with_its_connection_reaches_keep_alive_clients(tmp
     assert len(results) >= 100
     assert [r for r in results if r.status != 200] == []
     assert {r.version for r in results} == {"v1"}
+
+
+def test_haproxy_drain_waits_for_a_request_in_flight_and_not_for_an_idle_slot(tmp_path):
+    require(shutil.which("haproxy") is not None, "haproxy", "apt-get install -y haproxy")
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    arrived, done_at = threading.Event(), list[float]()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            arrived.set()
+            time.sleep(0.6)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            done_at.append(time.monotonic())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    bs = backends("haproxy-drain")
+    slow = ThreadingHTTPServer(("127.0.0.1", bs[0].port), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    procs = run_backends(bs[1:], tmp_path)
+    try:
+        with haproxy(tmp_path, bs) as (router, port):
+            router.register(bs)
+            router.set_weights({bs[0].name: 1})
+            statuses: list[int] = []
+
+            def one() -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/")
+                statuses.append(conn.getresponse().status)
+                conn.close()
+
+            client = threading.Thread(target=one)
+            client.start()
+            assert arrived.wait(5)
+            router.set_weights({bs[1].name: 1})
+            left = router.drain(bs[0].name, 5)
+            drained_at = time.monotonic()
+            client.join(10)
+            t0 = time.monotonic()
+            idle = router.drain(bs[0].name, 5)
+            idle_s = time.monotonic() - t0
+    finally:
+        slow.shutdown()
+        slow.server_close()
+        for p in procs:
+            p.__exit__(None, None, None)
+    assert left == 0 and statuses == [200]
+    assert done_at and done_at[0] <= drained_at  # drain returned after the answer was sent
+    assert idle == 0 and idle_s < 2  # a quiet slot is not held for the whole timeout

@@ -71,7 +71,19 @@ def vendored() -> dict[str, Path]:
 
 
 @pytest.fixture
-def app(tmp_path: Path, pg_url: str, vendored: dict[str, Path]) -> Iterator[Project]:  # noqa: F811
+def app(project_files: Project, vendored: dict[str, Path]) -> Iterator[Project]:
+    """The project with a release of each version."""
+    p = project_files
+    for v, folder in vendored.items():
+        shutil.rmtree(p.root / "vendor", ignore_errors=True)
+        shutil.copytree(folder, p.root / "vendor", symlinks=True)
+        p.cli("release", "create", "--version", v, check=True)
+    yield p
+    p.stop_agents()
+
+
+@pytest.fixture
+def project_files(tmp_path: Path, pg_url: str) -> Project:  # noqa: F811
     """examples/ihatemoney as it is, but for its router port, database and interpreter."""
     p = Project(tmp_path / "ihatemoney")
     shutil.copytree(EXAMPLE, p.root)
@@ -83,12 +95,7 @@ def app(tmp_path: Path, pg_url: str, vendored: dict[str, Path]) -> Iterator[Proj
         "database": {"url": pg_url},
     }
     (p.root / "rollwise.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    for v, folder in vendored.items():
-        shutil.rmtree(p.root / "vendor", ignore_errors=True)
-        shutil.copytree(folder, p.root / "vendor", symlinks=True)
-        p.cli("release", "create", "--version", v, check=True)
-    yield p
-    p.stop_agents()
+    return p
 
 
 def revision(url: str) -> str:
@@ -179,8 +186,11 @@ def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_bac
         assert len(c.get("/projects/trip/bills").json()) == 2
 
 
-def test_given_an_alembic_app_then_release_create_names_its_irreversible_revisions(app):
-    out = app.cli("release", "create", "--version", "7.2.2", check=True)
+def test_given_an_alembic_app_then_release_create_names_its_irreversible_revisions(
+    project_files: Project, vendored: dict[str, Path]
+) -> None:
+    shutil.copytree(vendored["7.2.1"], project_files.root / "vendor", symlinks=True)
+    out = project_files.cli("release", "create", "--version", "7.2.2", check=True)
     # 6.1.5 and later carry three revisions whose downgrade() is `pass`
     warned = out.stdout + out.stderr
     for rev in ("a67119aa3ee5", "b78f8a8bdb16", "f629c8ef4ab0"):
