@@ -6,8 +6,8 @@ machine's PostgreSQL (a scratch database, dropped afterwards).
   own; target: p99 <= 50 ms on 2 cores.
 - `submit_p99_ms`: POST .../deploy from the same number of clients at once (each accepted as
   a job; one runs, the others end refused by the environment's lock).
-- `rss_mb`: the server's resident memory after the status requests, with `rss_mb_at` its
-  value every 2,000 requests (it must not grow without bound).
+- `rss_mb`: the server's resident memory after the status requests and the submits, with
+  `rss_mb_at` its value every 2,000 status requests (it must not grow without bound).
 - `decision_to_notification_s`: a bad canary (the example's order error rate at 30 %, 50
   req/s of load) deployed through the server `--bad-runs` times (3); from the analysis
   decision to roll back (its audit event's time) to the JSON webhook on loopback receiving

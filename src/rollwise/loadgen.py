@@ -24,6 +24,7 @@ class Result:
     latency_ms: float
     status: int  # 0: connection error or timeout
     version: str
+    error: str = ""  # with status 0: what failed, e.g. "connect: ConnectionRefusedError"
 
 
 @dataclass
@@ -86,16 +87,19 @@ class Load:
         )
         sent = time.time()
         t0 = time.perf_counter()
+        phase = "connect" if conn is None else "reused connection"
         try:
             if conn is None:
                 conn = await asyncio.open_connection(self.host, self.port)
+                phase = "new connection"
             reader, writer = conn
             writer.write(head.encode() + body)
             status, version, keep = await asyncio.wait_for(_response(reader), 10)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:
             if conn:
                 await _close(conn[1])
-            return None, Result(sent, (time.perf_counter() - t0) * 1000, 0, "")
+            error = f"{phase}: {type(e).__name__} {e}"[:200]
+            return None, Result(sent, (time.perf_counter() - t0) * 1000, 0, "", error)
         if not keep:
             await _close(writer)
             conn = None
