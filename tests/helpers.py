@@ -20,6 +20,12 @@ from tests.conftest import Project
 FAST = {"interval_s": 0.5, "checks_every_s": 1}
 
 
+def incident_of(p: Project, version: str) -> str | None:
+    """The id of the newest incident that marked `version` bad (INC-<n>), if any."""
+    rows = json.loads(p.cli("incident", "list", "--json", check=True).stdout)
+    return next((str(r["id"]) for r in rows if r["bad_version"] == version), None)
+
+
 def status(p: Project, env: str = "dev") -> dict:
     out = p.cli("status", "--env", env, "--json", check=True).stdout
     return json.loads(out)["environments"][env]

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, inspect, text
 from rollwise.ports import free_port
 from tests.component.conftest import pg_url  # noqa: F401 (fixture)
 from tests.conftest import Project, require
-from tests.helpers import status
+from tests.helpers import incident_of, status
 
 pytestmark = pytest.mark.xdist_group("ihatemoney")  # one worker installs the versions once
 
@@ -177,7 +177,8 @@ def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_bac
     # logging_preference a VARCHAR that its upgrade cannot cast back to the enum on
     # PostgreSQL. The three revisions ran in one transaction, so none of them stays, and
     # 6.1.5 keeps serving.
-    again = app.cli("deploy", "7.2.1", "--force", "--reason", "re-upgrade")
+    why = f"{incident_of(app, '7.2.1')}: re-upgrade"
+    again = app.cli("deploy", "7.2.1", "--force", "--reason", why)
     assert again.returncode != 0 and "c941aaca38c2" in again.stderr
     assert "schema is as before" in again.stderr
     assert revision(pg_url) == VERSIONS["6.1.5"]

@@ -7,7 +7,7 @@ import json
 import uuid
 
 from tests.component.test_caches import REDIS, Cdn, cdn, redis_client  # noqa: F401 (fixtures)
-from tests.helpers import status
+from tests.helpers import incident_of, status
 
 
 def test_given_caches_when_deploying_and_rolling_back_then_purged_after_each_switch(
@@ -39,7 +39,8 @@ def test_given_caches_when_deploying_and_rolling_back_then_purged_after_each_swi
         assert {"version": "1.1.0", "previous": "1.0.0"}.items() <= sent[-2].items()
         assert {"version": "1.0.0", "previous": "1.1.0", "env": "dev"}.items() <= sent[-1].items()
         # a rollback is never undone by a cache that cannot be purged: recorded, not fatal
-        project.cli("deploy", "1.1.0", "--force", "--reason", "retry", check=True)
+        why = f"{incident_of(project, '1.1.0')}: retry"
+        project.cli("deploy", "1.1.0", "--force", "--reason", why, check=True)
         project.configure(
             caches={"redis": [{"url": "redis://127.0.0.1:1/0", "patterns": [f"{ns}:price:*"]}]}
         )

@@ -26,6 +26,7 @@ from rollwise import loadgen
 from rollwise.errors import ExitCode
 from rollwise.ports import free_port, free_ports
 from tests.conftest import Project, require, require_binary
+from tests.helpers import incident_of
 
 BASE = "localhost/rollwise-test/busybox:base"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "containers"
@@ -407,7 +408,8 @@ def test_a_pushed_image_comes_back_by_digest_and_a_rollback_needs_no_registry(sh
     subprocess.run(
         ["podman", "rmi", "-f", made["1.1.0"]["id"]], check=True, capture_output=True, timeout=60
     )
-    gone = shop.cli("deploy", "1.1.0", "--env", "dev", "--force", "--reason", "retry")
+    why = f"{incident_of(shop, '1.1.0')}: retry"
+    gone = shop.cli("deploy", "1.1.0", "--env", "dev", "--force", "--reason", why)
     assert gone.returncode == ExitCode.NOT_FOUND, gone.stderr
     assert "could not be pulled" in gone.stderr and repo in gone.stderr
     assert set(containers().values()) == {"1.0.0"}

@@ -19,7 +19,7 @@ from aiosmtpd.controller import Controller
 
 from rollwise.errors import ExitCode
 from rollwise.ports import free_port
-from tests.helpers import FAST, start_load
+from tests.helpers import FAST, incident_of, start_load
 from tests.unit.test_notify import Receiver
 
 
@@ -106,9 +106,8 @@ def test_given_notifications_when_a_bad_canary_is_rolled_back_twice_then_people_
     # When: the bad release goes out under load, is rolled back, and is forced out again
     load = start_load(project, 50)
     failed = project.cli("deploy", "1.1.0")
-    again = project.cli(
-        "--progress", "json", "deploy", "1.1.0", "--force", "--reason", "config fixed"
-    )
+    why = f"{incident_of(project, '1.1.0')}: config fixed"
+    again = project.cli("--progress", "json", "deploy", "1.1.0", "--force", "--reason", why)
     load.stop()
 
     # Then: both deploys were rolled back, each without waiting for the dead channel

@@ -12,6 +12,7 @@ from tests.conftest import EXAMPLE
 from tests.helpers import (
     FAST,
     failed_not_by,
+    incident_of,
     router_version,
     run_in_background,
     start_load,
@@ -343,6 +344,8 @@ def test_given_blue_green_when_the_preview_fails_then_nothing_is_switched(projec
     project.configure(verify=[{"type": "http", "name": "status", "url": "{router}/status"}])
     refused = project.cli("deploy", "1.1.0")  # marked bad by its failed preview
     assert refused.returncode == ExitCode.ERROR and "--force" in refused.stderr
+    # marked bad before any traffic: no incident to name
+    assert incident_of(project, "1.1.0") is None
     project.cli("deploy", "1.1.0", "--force", "--reason", "the check was wrong", check=True)
     s = status(project)
     assert s["live_version"] == "1.1.0"

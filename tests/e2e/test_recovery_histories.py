@@ -51,7 +51,7 @@ from tests.e2e.recovery_helpers import (
     snapshot,
     status,
 )
-from tests.helpers import run_in_background, wait_for
+from tests.helpers import incident_of, run_in_background, wait_for
 
 DATABASES = [
     pytest.param("sqlite", id="sqlite"),
@@ -366,7 +366,13 @@ def test_given_c_marked_bad_when_deployed_then_refused_unless_forced_with_a_reas
     assert "--force" in output(refused)
     assert settled(shop) == before
 
-    forced = shop.cli("deploy", "1.2.0", "--force", "--reason", "fixed config")
+    unnamed = shop.cli("deploy", "1.2.0", "--force", "--reason", "fixed config")
+    assert unnamed.returncode == ExitCode.ERROR, output(unnamed)
+    inc = incident_of(shop, "1.2.0")
+    assert f"must name {inc}" in output(unnamed) and f"--reason '{inc}: ...'" in output(unnamed)
+    assert settled(shop) == before
+
+    forced = shop.cli("deploy", "1.2.0", "--force", "--reason", f"{inc}: fixed config")
 
     assert forced.returncode == 0, output(forced)
     assert snapshot(app_db_url(shop)) == {
@@ -386,7 +392,7 @@ def test_given_c_marked_bad_when_deployed_then_refused_unless_forced_with_a_reas
     assert forced_events and forced_events[0]["version"] == "1.2.0", events[-5:]
     assert [
         e["outcome"] for e in events if e["action"] == "deploy" and e["version"] == "1.2.0"
-    ].count("refused") == 1
+    ].count("refused") == 2  # without a reason, and with one that does not name the incident
 
 
 # g

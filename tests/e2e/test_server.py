@@ -24,6 +24,7 @@ from rollwise.errors import ExitCode
 from rollwise.ports import free_port
 from tests.component.conftest import pg_url  # noqa: F401 (fixture)
 from tests.conftest import Project
+from tests.helpers import incident_of
 
 pytestmark = pytest.mark.xdist_group("server")
 
@@ -196,7 +197,8 @@ def test_the_cli_through_a_server_deploys_rolls_back_and_reads_as_it_does_here(
 
     bad = team.cli("deploy", "1.1.0", env=via)  # rolled back: marked bad
     assert bad.returncode != 0 and "marked bad" in bad.stderr, bad.stderr
-    forced = team.cli("deploy", "1.1.0", "--force", "--reason", "fixed the config", env=via)
+    why = f"{incident_of(team, '1.1.0')}: fixed the config"
+    forced = team.cli("deploy", "1.1.0", "--force", "--reason", why, env=via)
     assert forced.returncode == 0, forced.stderr
     assert (
         json.loads(team.cli("status", "--json", check=True).stdout)["environments"]["dev"][

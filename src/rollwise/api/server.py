@@ -67,7 +67,12 @@ class Body(BaseModel):
 class DeployBody(Body):
     version: str = Field(min_length=1, max_length=64)
     lock_wait: float = Field(0.0, ge=0, le=600)
-    force_reason: str | None = Field(None, min_length=1, max_length=500)
+    force_reason: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="Deploy a release marked bad: why, naming the incident that marked it.",
+    )
     approval: int | None = Field(None, description="An approved request to run it on.")
     break_freeze: str | None = Field(
         None,

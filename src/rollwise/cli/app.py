@@ -532,7 +532,8 @@ def deploy(
 
     Refused for a release marked bad (unless --force --reason) and for an older release
     whose schema must go back (use `rollback --to`); inside a freeze window, unless
-    --break-freeze --reason (docs/freeze.md). The live version again is a restart."""
+    --break-freeze --reason (docs/freeze.md). The live version again is a restart. A
+    forced deploy of a release an incident marked bad names it: --reason 'INC-7: ...'."""
     from rollwise.controller import ops
 
     why = _force_reason(force, reason)

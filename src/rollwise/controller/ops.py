@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets as pysecrets
 import time
 from dataclasses import dataclass, field
@@ -224,39 +225,50 @@ def check_deployable(
     the user's `zone` too."""
     ctx.env(env)
     version = _release(ctx, version)["version"]
-    if not force_reason:
-        _check_not_bad(ctx, env, version, None)
+    _check_not_bad(ctx, env, version, force_reason, record_forced=False)
     if not break_freeze:
         freezes.check(ctx, env, version, None, zone)
 
 
-def _check_not_bad(ctx: Context, env: str, version: str, force_reason: str | None) -> None:
-    """A release marked bad in `env` deploys again only with a recorded reason."""
+def _check_not_bad(
+    ctx: Context, env: str, version: str, force_reason: str | None, record_forced: bool = True
+) -> None:
+    """A release marked bad in `env` deploys again only with a recorded reason that names
+    the incident its rollback opened (e.g. `INC-2: config fixed`), so the override is tied
+    to what went wrong. `record_forced`: emit the override (the deploy itself does; a
+    check before a job is queued does not)."""
     mark = next((m for m in repo.get_marks(ctx.engine, env) if m["version"] == version), None)
     if mark is None or mark["mark"] != reasons.BAD:
         return
-    if not force_reason:
-        ctx.emit(
-            d.DEPLOY,
-            reasons.REFUSED,
-            env=env,
-            version=version,
-            reason=f"marked bad: {mark['reason']}",
-        )
-        opened = next((i for i in incident_list(ctx, env) if i.bad_version == version), None)
-        named = f"; incident {opened.id} ({opened.status})" if opened else ""
-        raise RollwiseError(
-            f"{env}: {version} is marked bad ({mark['reason']}{named}); not deployed",
-            hint="fix forward with a new release, or deploy it "
-            f"anyway: rollwise deploy {version} --env {env} --force --reason '...' (recorded "
-            "in the audit log)",
-        )
+    opened = next((i for i in incident_list(ctx, env) if i.bad_version == version), None)
+    named = f"; incident {opened.id} ({opened.status})" if opened else ""
+    unnamed = opened is not None and not re.search(
+        rf"\b{re.escape(opened.id)}\b", force_reason or "", re.IGNORECASE
+    )
+    if force_reason and not unnamed:
+        if record_forced:
+            ctx.emit(
+                d.DEPLOY,
+                "forced",
+                env=env,
+                version=version,
+                reason=f"deploying a release marked bad ({mark['reason']}): {force_reason}",
+            )
+        return
     ctx.emit(
         d.DEPLOY,
-        "forced",
+        reasons.REFUSED,
         env=env,
         version=version,
-        reason=f"deploying a release marked bad ({mark['reason']}): {force_reason}",
+        reason=f"marked bad: {mark['reason']}",
+    )
+    cite = f"{opened.id}: " if opened else ""
+    raise RollwiseError(
+        f"{env}: {version} is marked bad ({mark['reason']}{named}); not deployed"
+        + (f"; a forced deploy's reason must name {opened.id}" if force_reason and opened else ""),
+        hint="fix forward with a new release, or deploy it "
+        f"anyway: rollwise deploy {version} --env {env} --force --reason '{cite}...' (recorded "
+        "in the audit log)",
     )
 
 
