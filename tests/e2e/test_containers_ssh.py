@@ -353,8 +353,10 @@ def test_blue_green_behind_haproxy_switches_the_hosts_containers(
         "defaults\n  mode http\n  log global\n  option httplog\n"
         "  timeout connect 5s\n  timeout client 30s\n"
         f"  timeout server 30s\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n"
-        f"backend be\n  balance roundrobin\n{servers}"
-    )
+        f"backend be\n  balance roundrobin\n  option http-server-close\n{servers}"
+    )  # busybox httpd answers HTTP/1.1 without "connection: close", then closes: kept for
+    # reuse, HAProxy would send the next request into the closed connection and close the
+    # client's connection unanswered for it to retry (this load never retries)
     shop.p.configure(
         router={"type": "haproxy", "admin": str(d / "admin.sock"), "backend": "be", "slots": slots},
         strategy={"type": "blue-green", "bake_s": 2},

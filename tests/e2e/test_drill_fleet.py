@@ -145,3 +145,37 @@ def test_given_a_fleet_when_a_manual_rollback_drill_runs_then_every_host_goes_ba
     assert r["data"]["parked"]["orders.channel"] > 0
     assert_data_kept(r)
     assert versions_by_host(f) == {h.name: ["1.0.0"] for h in f.hosts}
+
+
+def test_given_a_fleet_when_a_migration_fails_halfway_then_no_host_moves_and_nothing_stays(
+    fleet_env: tuple[Project, Fleet],
+) -> None:
+    p, f = fleet_env
+    (p.root / "migrations" / "0002_channel.up.sql").write_text(CHANNEL[0])
+    (p.root / "migrations" / "0002_channel.down.sql").write_text(CHANNEL[1])
+    p.release("1.1.0")
+    r = drill(p, "--scenario", "failing-migration")
+    assert r["passed"], r["objectives"]
+    assert r["status"] == "failed" and "rollwise_drill_missing" in r["detected_by"]
+    assert 0 < r["detect_s"] <= r["restore_s"] < OBJECTIVES["restore_s"]
+    assert set(r["data"]["tables"]) == {"orders", "rollwise_schema"}  # no probe table, no 0002
+    schema = r["data"]["tables"]["rollwise_schema"]
+    assert schema["checksum_after"] == schema["checksum_before"]
+    assert r["requests_failed"] == 0
+    assert_data_kept(r)
+    assert versions_by_host(f) == {h.name: ["1.0.0"] for h in f.hosts}
+
+
+def test_given_a_fleet_when_an_alert_drill_runs_then_the_webhook_rolls_the_hosts_back(
+    fleet_env: tuple[Project, Fleet],
+) -> None:
+    p, f = fleet_env
+    r = drill(p, "--scenario", "alert")
+    assert r["passed"], r["objectives"]
+    assert r["status"] == "rolled_back" and r["detected_by"].startswith("alert (DRILL-1:")
+    assert r["alert"]["status"] == 202
+    assert r["alert"]["answer"]["results"][0]["action"] == "requested"
+    assert 0 < r["detect_s"] <= r["traffic_back_s"] <= r["restore_s"] < OBJECTIVES["restore_s"]
+    assert r["requests"]["1.0.0"]["failed"] == 0
+    assert_data_kept(r)
+    assert versions_by_host(f) == {h.name: ["1.0.0"] for h in f.hosts}

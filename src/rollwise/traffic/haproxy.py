@@ -18,7 +18,6 @@ from rollwise.errors import RollwiseError
 from rollwise.traffic.backends import BackendMap
 from rollwise.traffic.base import Backend
 
-QUIET_S = 0.1  # how long a slot shows no traffic before it counts as drained
 MAX_WEIGHT = 256  # HAProxy refuses more ("Absolute weight can only be between 0 and 256")
 
 
@@ -192,21 +191,13 @@ class HAProxyRouter:
         }
 
     def drain(self, name: str, timeout: float) -> int:
-        """Wait until the slot is quiet: no session and nothing queued, and no request sent
-        to it, over `QUIET_S`. HAProxy counts a session on a server only once it connects, so
-        a request that chose the slot just before its weight went to 0 may not show yet."""
+        """Wait until the slot has no session and nothing queued for it (or `timeout`)."""
         slot = self._slot_of(self.map.get(name), self.stat())
         deadline = time.monotonic() + timeout
-        quiet_since: tuple[float, str] | None = None
         while slot:
             row = self.stat()[slot]
             cur = int(row["scur"] or 0) + int(row.get("qcur") or 0)
-            now = time.monotonic()
-            if cur or quiet_since is None or quiet_since[1] != row.get("stot"):
-                quiet_since = None if cur else (now, row.get("stot", ""))
-            elif now - quiet_since[0] >= QUIET_S:
-                return 0
-            if now >= deadline:
+            if cur == 0 or time.monotonic() >= deadline:
                 return cur
             time.sleep(0.05)
         return 0
