@@ -54,6 +54,8 @@ def test_given_a_canary_with_8pct_errors_when_analysed_under_load_then_rolled_ba
     assert s["marks"]["1.1.0"] == "bad"
     fail = [a for a in s["analysis"] if a["decision"] == "rollback"]
     assert fail and fail[0]["step"] == "canary:5"
+    why = s["last_deployment"]["reason"]
+    assert why.startswith("step canary:5: ") and why.count("step canary:5") == 1, why
     numbers = fail[0]["measurements"][0]["numbers"]
     assert (
         numbers["canary_errors"] >= 1 and numbers["e_value"] >= numbers["threshold"]

@@ -459,12 +459,19 @@ def _deployment(server: Server, env: str, dep_id: str) -> dict[str, Any] | None:
         "steps": _steps(journal),
         "decisions": ops.decisions(ctx, env, dep["id"]),
         "events": [
-            e
-            for e in audit.iter_events(ctx.engine, env, limit=EVENTS_READ)
-            if e["data"].get("deployment") == dep["id"]
-            or (dep["created_at"] <= e["ts"] <= dep["updated_at"] + 1 and e["action"] != "analysis")
+            e for e in audit.iter_events(ctx.engine, env, limit=EVENTS_READ) if belongs(e, dep)
         ],
     }
+
+
+def belongs(event: dict[str, Any], dep: dict[str, Any]) -> bool:
+    """An event shown on a deployment's page: one that names the deployment, or one that
+    names none and happened while it ran (analysis decisions have a table of their own)."""
+    named = event["data"].get("deployment")
+    if named is not None:
+        return bool(named == dep["id"])
+    ran = float(dep["created_at"]) <= float(event["ts"]) <= float(dep["updated_at"]) + 1
+    return ran and event["action"] != "analysis"
 
 
 def _steps(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:

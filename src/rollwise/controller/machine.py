@@ -67,7 +67,8 @@ def run_plan(ctx: Context, env: Environment, dep_id: int, plan: d.Plan, lease: L
             done.add(name)
         except Exception as e:
             switched = plan.traffic_moving(done | {name})
-            reason = f"step {name}: {e}"
+            where = f"step {name}"  # said once, also when the error names its step
+            reason = str(e) if getattr(e, "where", None) == where else f"{where}: {e}"
             repo.journal_write(
                 ctx.engine, plan.env, lease.token, dep_id, name, "failed", {"error": str(e)}
             )
