@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -185,10 +188,6 @@ def test_a_response_that_ends_with_its_connection_reaches_keep_alive_clients(tmp
 
 def test_haproxy_drain_waits_for_a_request_in_flight_and_not_for_an_idle_slot(tmp_path):
     require(shutil.which("haproxy") is not None, "haproxy", "apt-get install -y haproxy")
-    import http.client
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     arrived, done_at = threading.Event(), list[float]()
 
     class Slow(BaseHTTPRequestHandler):

@@ -73,13 +73,17 @@ def vendored() -> dict[str, Path]:
 @pytest.fixture
 def app(project_files: Project, vendored: dict[str, Path]) -> Iterator[Project]:
     """The project with a release of each version."""
-    p = project_files
     for v, folder in vendored.items():
-        shutil.rmtree(p.root / "vendor", ignore_errors=True)
-        shutil.copytree(folder, p.root / "vendor", symlinks=True)
-        p.cli("release", "create", "--version", v, check=True)
-    yield p
-    p.stop_agents()
+        release_from(project_files, folder, v)
+    yield project_files
+    project_files.stop_agents()
+
+
+def release_from(p: Project, vendor: Path, version: str) -> subprocess.CompletedProcess[str]:
+    """A release of the project with `vendor` as its vendored packages."""
+    shutil.rmtree(p.root / "vendor", ignore_errors=True)
+    shutil.copytree(vendor, p.root / "vendor", symlinks=True)
+    return p.cli("release", "create", "--version", version, check=True)
 
 
 @pytest.fixture
@@ -190,8 +194,7 @@ def test_given_a_flask_migrate_app_when_deployed_across_revisions_and_rolled_bac
 def test_given_an_alembic_app_then_release_create_names_its_irreversible_revisions(
     project_files: Project, vendored: dict[str, Path]
 ) -> None:
-    shutil.copytree(vendored["7.2.1"], project_files.root / "vendor", symlinks=True)
-    out = project_files.cli("release", "create", "--version", "7.2.2", check=True)
+    out = release_from(project_files, vendored["7.2.1"], "7.2.2")
     # 6.1.5 and later carry three revisions whose downgrade() is `pass`
     warned = out.stdout + out.stderr
     for rev in ("a67119aa3ee5", "b78f8a8bdb16", "f629c8ef4ab0"):

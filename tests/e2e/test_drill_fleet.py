@@ -21,7 +21,13 @@ import yaml
 
 from rollwise.demo import prepare_example
 from tests.conftest import EXAMPLE, Project
-from tests.e2e.test_drill import CHANNEL, assert_data_kept
+from tests.e2e.test_drill import (
+    assert_alert_rolled_back,
+    assert_data_kept,
+    assert_manual_rollback_measured,
+    assert_migration_undone,
+    release_next,
+)
 from tests.fleethosts import Fleet, fleet
 
 pytestmark = pytest.mark.xdist_group("fleet_drill")
@@ -133,17 +139,9 @@ def test_given_a_fleet_when_a_manual_rollback_drill_runs_then_every_host_goes_ba
 ) -> None:
     p, f = fleet_env
     p.configure(strategy={**ROLLING, "pause_s": 0})
-    (p.root / "migrations" / "0002_channel.up.sql").write_text(CHANNEL[0])
-    (p.root / "migrations" / "0002_channel.down.sql").write_text(CHANNEL[1])
-    p.release("1.1.0")
+    release_next(p)
     r = drill(p, "--scenario", "manual-rollback")
-    assert r["passed"], r["objectives"]
-    assert r["plan"]["version"] == "1.1.0+drill.1" and r["status"] == "succeeded"
-    assert r["detected_by"].startswith("a person")
-    assert 0 < r["detect_s"] < r["traffic_back_s"] < r["restore_s"] < OBJECTIVES["restore_s"]
-    assert r["requests"]["1.1.0+drill.1"]["sent"] > 0 and r["requests_failed"] == 0
-    assert r["data"]["parked"]["orders.channel"] > 0
-    assert_data_kept(r)
+    assert_manual_rollback_measured(r, OBJECTIVES["restore_s"])
     assert versions_by_host(f) == {h.name: ["1.0.0"] for h in f.hosts}
 
 
@@ -151,18 +149,10 @@ def test_given_a_fleet_when_a_migration_fails_halfway_then_no_host_moves_and_not
     fleet_env: tuple[Project, Fleet],
 ) -> None:
     p, f = fleet_env
-    (p.root / "migrations" / "0002_channel.up.sql").write_text(CHANNEL[0])
-    (p.root / "migrations" / "0002_channel.down.sql").write_text(CHANNEL[1])
-    p.release("1.1.0")
+    release_next(p)
     r = drill(p, "--scenario", "failing-migration")
-    assert r["passed"], r["objectives"]
-    assert r["status"] == "failed" and "rollwise_drill_missing" in r["detected_by"]
-    assert 0 < r["detect_s"] <= r["restore_s"] < OBJECTIVES["restore_s"]
-    assert set(r["data"]["tables"]) == {"orders", "rollwise_schema"}  # no probe table, no 0002
-    schema = r["data"]["tables"]["rollwise_schema"]
-    assert schema["checksum_after"] == schema["checksum_before"]
+    assert_migration_undone(r, OBJECTIVES["restore_s"])
     assert r["requests_failed"] == 0
-    assert_data_kept(r)
     assert versions_by_host(f) == {h.name: ["1.0.0"] for h in f.hosts}
 
 
@@ -171,11 +161,6 @@ def test_given_a_fleet_when_an_alert_drill_runs_then_the_webhook_rolls_the_hosts
 ) -> None:
     p, f = fleet_env
     r = drill(p, "--scenario", "alert")
-    assert r["passed"], r["objectives"]
-    assert r["status"] == "rolled_back" and r["detected_by"].startswith("alert (DRILL-1:")
-    assert r["alert"]["status"] == 202
-    assert r["alert"]["answer"]["results"][0]["action"] == "requested"
-    assert 0 < r["detect_s"] <= r["traffic_back_s"] <= r["restore_s"] < OBJECTIVES["restore_s"]
+    assert_alert_rolled_back(r, OBJECTIVES["restore_s"])
     assert r["requests"]["1.0.0"]["failed"] == 0
-    assert_data_kept(r)
     assert versions_by_host(f) == {h.name: ["1.0.0"] for h in f.hosts}

@@ -241,11 +241,9 @@ def _check_not_bad(
     if mark is None or mark["mark"] != reasons.BAD:
         return
     opened = next((i for i in incident_list(ctx, env) if i.bad_version == version), None)
-    named = f"; incident {opened.id} ({opened.status})" if opened else ""
-    unnamed = opened is not None and not re.search(
-        rf"\b{re.escape(opened.id)}\b", force_reason or "", re.IGNORECASE
-    )
-    if force_reason and not unnamed:
+    if force_reason and (
+        opened is None or re.search(rf"\b{re.escape(opened.id)}\b", force_reason, re.IGNORECASE)
+    ):
         if record_forced:
             ctx.emit(
                 d.DEPLOY,
@@ -262,6 +260,7 @@ def _check_not_bad(
         version=version,
         reason=f"marked bad: {mark['reason']}",
     )
+    named = f"; incident {opened.id} ({opened.status})" if opened else ""
     cite = f"{opened.id}: " if opened else ""
     raise RollwiseError(
         f"{env}: {version} is marked bad ({mark['reason']}{named}); not deployed"
