@@ -37,13 +37,18 @@ HOST = "127.0.0.1"
 
 
 def taken(*numbers: int) -> list[socket.socket]:
-    """Listening sockets on `numbers`: another process holding those ports."""
-    socks = []
-    for p in numbers:
-        s = socket.socket()
-        s.bind((HOST, p))
-        s.listen()
-        socks.append(s)
+    """Listening sockets on `numbers`: another process holding those ports. When one is
+    not free, the ones made so far are closed and the OSError raised."""
+    socks: list[socket.socket] = []
+    try:
+        for p in numbers:
+            socks.append(socket.socket())
+            socks[-1].bind((HOST, p))
+            socks[-1].listen()
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
     return socks
 
 
