@@ -116,7 +116,7 @@ def child(request: dict[str, Any], streams: list[Path]) -> NoReturn:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = ["rollwise", *request["argv"]]
-        from rollwise.cli.app import main
+        from rollwise.cli.entry import main
 
         main()
         code = 0

@@ -1,3 +1,3 @@
-from rollwise.cli.app import main
+from rollwise.cli.entry import main
 
 main()

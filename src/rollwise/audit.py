@@ -4,7 +4,6 @@ a removed tail or an emptied log."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -14,9 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
-from json.encoder import encode_basestring
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
@@ -25,7 +23,8 @@ from sqlalchemy import Connection, Engine, Select, func, insert, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from rollwise import checkpoints, reasons, retry
-from rollwise.checkpoints import GENESIS, Checkpoint
+from rollwise.chain import FIELDS, GENESIS, Event, digest, new_row, row_hash
+from rollwise.checkpoints import Checkpoint
 from rollwise.errors import IntegrityError, RollwiseError
 from rollwise.store.tables import events
 
@@ -73,22 +72,6 @@ NO_CHECKPOINT: Final = (
 
 
 @dataclass(frozen=True)
-class Event:
-    """One thing that happened: who did what, where, to which version, and how it ended."""
-
-    action: str
-    outcome: str
-    actor: str
-    env: str | None = None
-    version: str | None = None
-    git_commit: str | None = None
-    reason: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    ts: float = field(default_factory=time.time)
-    record: bool = True  # False: progress only (each analysis look), not kept in the log
-
-
-@dataclass(frozen=True)
 class VerifyResult:
     """`count` events checked and intact; when not `ok`, the first bad event (None when the
     checkpoints cannot say which) and the problem. `checkpoint`: the newest checkpoint the
@@ -102,92 +85,7 @@ class VerifyResult:
     note: str = ""
 
 
-_FIELDS = (
-    "seq",
-    "ts",
-    "actor",
-    "action",
-    "env",
-    "version",
-    "git_commit",
-    "outcome",
-    "reason",
-    "data",
-)
-_SCAN = select(*(events.c[k] for k in (*_FIELDS, "prev_hash", "hash"))).order_by(events.c.seq)
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-# The canonical JSON of an event: json.dumps(body, sort_keys=True, separators=(",", ":"),
-# ensure_ascii=False), spelled out because verify computes it for every event.
-_CANONICAL = (
-    '{"action":%s,"actor":%s,"data":%s,"env":%s,"git_commit":%s,"outcome":%s,'
-    '"reason":%s,"seq":%s,"ts":"%r","version":%s}'
-)
-
-
-def digest(prev_hash: str, row: Mapping[str, Any]) -> str:
-    return _digest(prev_hash, *(row[k] for k in _FIELDS))
-
-
-def _digest(
-    prev_hash: str,
-    seq: Any,
-    ts: Any,
-    actor: Any,
-    action: Any,
-    env: Any,
-    version: Any,
-    git_commit: Any,
-    outcome: Any,
-    reason: Any,
-    data: Any,
-) -> str:
-    j = _json  # ts goes in as its float's repr, a JSON string that needs no escaping
-    canon = _CANONICAL % (
-        j(action),
-        j(actor),
-        j(data),
-        j(env),
-        j(git_commit),
-        j(outcome),
-        j(reason),
-        j(seq),
-        float(ts),
-        j(version),
-    )
-    return hashlib.sha256(f"{prev_hash}\n{canon}".encode()).hexdigest()
-
-
-def _hash(row: Sequence[Any]) -> str:
-    """`_digest` of a `_SCAN` row over its own prev_hash, with the encoding of text and
-    None written out: verify computes it for every event."""
-    seq, ts, actor, action, env, version, git_commit, outcome, reason, data, prev, _ = row
-    q = encode_basestring
-    try:
-        canon = _CANONICAL % (
-            q(action),
-            q(actor),
-            q(data),
-            "null" if env is None else q(env),
-            "null" if git_commit is None else q(git_commit),
-            q(outcome),
-            "null" if reason is None else q(reason),
-            seq if type(seq) is int else _json(seq),
-            float(ts),
-            "null" if version is None else q(version),
-        )
-    except TypeError:  # a value that is neither text nor None: the general encoding
-        return _digest(prev, *row[:-2])
-    return hashlib.sha256(f"{prev}\n{canon}".encode()).hexdigest()
-
-
-def _json(v: Any) -> str:
-    if v is None:
-        return "null"
-    if type(v) is str:
-        return encode_basestring(v)  # what json.dumps uses when ensure_ascii=False
-    if type(v) is int:
-        return str(v)
-    return _ENCODER.encode(v)
+_SCAN = select(*(events.c[k] for k in (*FIELDS, "prev_hash", "hash"))).order_by(events.c.seq)
 
 
 def recorder(engine: Engine) -> Callable[[Event], None]:
@@ -223,12 +121,7 @@ def _append(conn: Connection, ev: Event) -> int:
         select(events.c.seq, events.c.hash).order_by(events.c.seq.desc()).limit(1)
     ).first()
     seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
-    row = asdict(ev)
-    del row["record"]
-    row["data"] = json.dumps(ev.data, sort_keys=True, default=str)
-    row.update(seq=seq, prev_hash=prev)
-    row["hash"] = digest(prev, row)
-    conn.execute(insert(events).values(**row))
+    conn.execute(insert(events).values(**new_row(ev, seq, prev)))
     return seq
 
 
@@ -433,7 +326,7 @@ def _link(n: int, last: str | None, row: Sequence[Any]) -> str | None:
         return f"event {n} is {'removed' if seq > n else 'reordered or duplicated'}"
     if last is not None and prev_hash != last:
         return f"event {n} does not link to event {n - 1}"
-    if _hash(row) != this:
+    if row_hash(row) != this:
         return f"event {n} was changed after it was written"
     return None
 

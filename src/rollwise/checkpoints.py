@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from sqlalchemy import Engine
 
+from rollwise.chain import GENESIS
 from rollwise.config.schema import ProjectConfig
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError
 from rollwise.secrets import Secret
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 KEY_ENV = "ROLLWISE_AUDIT_KEY_FILE"
 FILE_ENV = "ROLLWISE_AUDIT_CHECKPOINT_FILE"
-GENESIS = "0" * 64  # the chain's start: `prev` of the first event and of the first checkpoint
 FORMAT = 1
 TAIL_BYTES = 64 * 1024  # a checkpoint line is ~450 bytes; the newest is within the last 64 KiB
 STATE_DIR_NAME = ".rollwise"

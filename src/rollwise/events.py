@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rollwise.audit import Event
+from rollwise.chain import Event
 
 Subscriber = Callable[[Event], None]
 

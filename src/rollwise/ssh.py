@@ -17,15 +17,53 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import asyncssh
 
 from rollwise import retry
-from rollwise.config.schema import HostConfig, SSHConfig
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError, Unreachable
 
 T = TypeVar("T")
+
+
+class Host(Protocol):
+    """What a connection needs of a host: a `HostConfig`, or the quick path's cached one."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def key_file(self) -> str | None: ...
+    @property
+    def label(self) -> str: ...
+
+
+class Options(Protocol):
+    """What a connection needs of the `ssh` settings (an `Options`)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def key_file(self) -> str | None: ...
+    @property
+    def known_hosts(self) -> str: ...
+    @property
+    def connect_timeout_s(self) -> float: ...
+    @property
+    def command_timeout_s(self) -> float: ...
+    @property
+    def connect_attempts(self) -> int: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def jump_host(self) -> str | None: ...
+
+
+H = TypeVar("H", bound=Host)
 MAX_BACKOFF_S = 4.0  # between connects: 0.5 s, 1 s, 2 s, 4 s, 4 s...
 UNREACHABLE = (TimeoutError, OSError, asyncssh.Error)  # a connect that may work later
 
@@ -45,18 +83,18 @@ class Result:
         return "\n".join((self.stderr or self.stdout).strip().splitlines()[-lines:])
 
 
-def known_hosts_path(cfg: SSHConfig) -> Path:
+def known_hosts_path(cfg: Options) -> Path:
     return Path(os.path.expanduser(cfg.known_hosts))
 
 
-def where(host: HostConfig) -> str:
+def where(host: Host) -> str:
     return f"host {host.label} ({host.address}:{host.port})"
 
 
-class Hosts:
+class Hosts(Generic[H]):
     """Connections to some hosts of one environment, closed by `close()` (or `with`)."""
 
-    def __init__(self, hosts: Iterable[HostConfig], cfg: SSHConfig, env: str) -> None:
+    def __init__(self, hosts: Iterable[H], cfg: Options, env: str) -> None:
         self.hosts = list(hosts)
         self.cfg = cfg
         self.env = env
@@ -70,8 +108,9 @@ class Hosts:
         )
         self.thread.start()
         self.sem = asyncio.Semaphore(cfg.concurrency)
+        self._known: asyncssh.SSHKnownHosts | None = None  # read at the first connect, once
 
-    def __enter__(self) -> Hosts:
+    def __enter__(self) -> Hosts[H]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,13 +135,13 @@ class Hosts:
 
     # -- synchronous API for the controller -------------------------------------------
     def each(
-        self, fn: Callable[[HostConfig], Awaitable[T]], hosts: Iterable[HostConfig] | None = None
+        self, fn: Callable[[H], Awaitable[T]], hosts: Iterable[H] | None = None
     ) -> dict[str, T | RollwiseError]:
         """`fn` on every host at once (at most `ssh.concurrency`); per host label, its result
         or the error that stopped it."""
         chosen = list(self.hosts if hosts is None else hosts)
 
-        async def one(h: HostConfig) -> T | RollwiseError:
+        async def one(h: H) -> T | RollwiseError:
             async with self.sem:
                 try:
                     return await fn(h)
@@ -117,7 +156,7 @@ class Hosts:
         return dict(zip((h.label for h in chosen), self._sync(every()), strict=True))
 
     def all(
-        self, fn: Callable[[HostConfig], Awaitable[T]], hosts: Iterable[HostConfig] | None = None
+        self, fn: Callable[[H], Awaitable[T]], hosts: Iterable[H] | None = None
     ) -> dict[str, T]:
         """`each`, raising the first host's error (after every host has finished)."""
         got = self.each(fn, hosts)
@@ -133,7 +172,7 @@ class Hosts:
 
     def run(
         self,
-        host: HostConfig,
+        host: H,
         command: str,
         *,
         check: bool = True,
@@ -145,13 +184,13 @@ class Hosts:
             self.arun(host, command, check=check, timeout=timeout, input=input, stdin=stdin)
         )
 
-    def call(self, host: HostConfig, sock: str, op: str, **args: Any) -> Any:
+    def call(self, host: H, sock: str, op: str, **args: Any) -> Any:
         return self._sync(self.acall(host, sock, op, **args))
 
     # -- the same, as coroutines for `each` ----------------------------------------------
     async def arun(
         self,
-        host: HostConfig,
+        host: H,
         command: str,
         *,
         check: bool = True,
@@ -189,7 +228,7 @@ class Hosts:
             )
         return res
 
-    async def acall(self, host: HostConfig, sock: str, op: str, **args: Any) -> Any:
+    async def acall(self, host: H, sock: str, op: str, **args: Any) -> Any:
         """One request to the agent listening on `sock` on the host (through the SSH
         connection, a direct stream-local channel): the same JSON lines as the local agent."""
         conn = await self.connect(host)
@@ -228,7 +267,7 @@ class Hosts:
             raise HostError(f"its agent refused {op!r}: {reply['error']}", where=where(host))
         return reply["result"]
 
-    async def put(self, host: HostConfig, local: Path, remote: str) -> None:
+    async def put(self, host: H, local: Path, remote: str) -> None:
         """Copy a file to the host (to a temporary name, renamed when complete)."""
         conn = await self.connect(host)
         tmp = f"{remote}.part"
@@ -244,7 +283,7 @@ class Hosts:
                 "permissions; nothing was switched",
             ) from None
 
-    def _lost(self, host: HostConfig, what: str) -> Unreachable:
+    def _lost(self, host: H, what: str) -> Unreachable:
         """The host stopped answering: remembered, so that later calls fail at once."""
         e = Unreachable(
             f"unreachable: {what}",
@@ -257,7 +296,7 @@ class Hosts:
             conn.abort()
         return e
 
-    async def connect(self, host: HostConfig) -> asyncssh.SSHClientConnection:
+    async def connect(self, host: H) -> asyncssh.SSHClientConnection:
         if (e := self.down.get(host.label)) is not None:
             raise Unreachable(e.message, where=e.where, hint=e.hint)
         lock = self.locks.setdefault(host.label, asyncio.Lock())
@@ -268,12 +307,12 @@ class Hosts:
             self.conns[host.label] = conn
             return conn
 
-    async def _connect(self, host: HostConfig) -> asyncssh.SSHClientConnection:
+    async def _connect(self, host: H) -> asyncssh.SSHClientConnection:
         key_file = host.key_file or self.cfg.key_file
         options: dict[str, Any] = {
             "port": host.port,
             "username": host.user or self.cfg.user,
-            "known_hosts": _known_hosts(known_hosts_path(self.cfg)),
+            "known_hosts": self._trusted(),
             "connect_timeout": self.cfg.connect_timeout_s,
         }
         if key_file:
@@ -316,7 +355,14 @@ class Hosts:
             self.down[host.label] = down
             raise down from None
 
-    async def _key_refused(self, host: HostConfig) -> RollwiseError:
+    def _trusted(self) -> asyncssh.SSHKnownHosts:
+        """`ssh.known_hosts`, parsed once per operation (it is read for every host otherwise:
+        a 100-host file, 100 times, is 80 ms)."""
+        if self._known is None:
+            self._known = _known_hosts(known_hosts_path(self.cfg))
+        return self._known
+
+    async def _key_refused(self, host: H) -> RollwiseError:
         path = known_hosts_path(self.cfg)
         try:
             fp = (await fingerprint(host, self.cfg)).fingerprint
@@ -343,7 +389,7 @@ class HostKey:
     fingerprint: str
 
 
-async def fingerprint(host: HostConfig, cfg: SSHConfig) -> HostKey:
+async def fingerprint(host: Host, cfg: Options) -> HostKey:
     """The key the host offers now (not trusted by reading it)."""
     key = await asyncio.wait_for(
         asyncssh.get_server_host_key(host.address, host.port, tunnel=cfg.jump_host or ()),
@@ -356,7 +402,7 @@ async def fingerprint(host: HostConfig, cfg: SSHConfig) -> HostKey:
     return HostKey(line, key.get_fingerprint("sha256"))
 
 
-def known_entry(path: Path, host: HostConfig) -> bool:
+def known_entry(path: Path, host: Host) -> bool:
     """Whether `path` has any key for the host (as ssh matches it)."""
     if not path.exists():
         return False

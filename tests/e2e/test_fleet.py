@@ -5,8 +5,11 @@ an unreachable host, a full disk, and a controller killed mid-rollout."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,3 +423,56 @@ def test_blue_green_behind_haproxy_switches_the_whole_fleet_at_once(tmp_path: Pa
                 assert {r.version for r in results} == {"1.0.0", "1.1.0"}
             finally:
                 p.stop_agents()
+
+
+QUICK = (
+    "import sys\n"
+    "from rollwise.cli import quick\n"
+    "code = quick.hosts_run(sys.argv[1:])\n"
+    "heavy = ('typer', 'rich', 'pydantic', 'sqlalchemy', 'rollwise.config.schema')\n"
+    "sys.stderr.write(repr((code, [m for m in heavy if m in sys.modules])))\n"
+)
+FULL = "import sys\nfrom rollwise.cli.app import main\nsys.argv[0] = 'rollwise'\nmain()\n"
+
+
+def test_hosts_run_takes_its_quick_path_once_a_full_run_left_the_hosts(fp: FleetProject):
+    """The first `hosts run` loads rollwise.yaml and leaves the hosts in the fleet cache;
+    the next one, in a new interpreter, runs from the cache without the full CLI, pydantic
+    or SQLAlchemy: the same output, exit code and audit event, the chain intact. An edited
+    rollwise.yaml sends the next run through the full path again."""
+    bad = fp.f.hosts[2]
+    command = f"hostname; test $(hostname) != {bad.name}"
+    argv = ["hosts", "run", command, "--env", "dev", "-C", str(fp.p.root)]
+
+    def run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+        )
+
+    def quick(*extra: str) -> tuple[str, tuple[int | None, list[str]]]:
+        done = run(QUICK, *argv[2:], *extra)
+        return done.stdout, ast.literal_eval(done.stderr)
+
+    assert quick() == ("", (None, []))  # no cache yet: left to the full CLI
+    full = run(FULL, *argv)
+    assert full.returncode == 1, full.stderr
+    assert full.stdout == "".join(
+        f"{h.name}" + (" (exit 1)" if h is bad else "") + f": {h.name}\n" for h in fp.f.hosts
+    )
+    assert quick() == (full.stdout, (1, []))
+    full_json = run(FULL, *argv, "--json")
+    assert full_json.returncode == 1 and json.loads(full_json.stdout)[2]["exit"] == 1
+    assert quick("--json") == (full_json.stdout, (1, []))
+    assert quick("--host", fp.f.hosts[0].name)[1] == (0, [])
+
+    events = [json.loads(x) for x in fp.cli("audit", "export", check=True).stdout.splitlines()]
+    runs = [(e["outcome"], e["data"]) for e in events if e["action"] == "hosts_run"]
+    every = {"command": command, "hosts": [h.name for h in fp.f.hosts], "failed": [bad.name]}
+    one = {"command": command, "hosts": [fp.f.hosts[0].name], "failed": []}
+    assert runs == [("error", every)] * 4 + [("ok", one)]
+    verify = fp.cli("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    config = fp.p.root / "rollwise.yaml"
+    config.write_text(config.read_text() + "# edited\n")
+    assert quick() == ("", (None, []))

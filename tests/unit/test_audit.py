@@ -7,7 +7,7 @@ import os
 import pytest
 from sqlalchemy import delete, update
 
-from rollwise import audit, checkpoints
+from rollwise import audit, chain, checkpoints
 from rollwise.audit import Event
 from rollwise.checkpoints import Settings
 from rollwise.store.db import open_engine
@@ -92,8 +92,8 @@ def test_given_any_value_then_verify_hashes_a_row_as_digest_does(text):
         "data": "{}",
     }
     prev = "b" * 64
-    stored = (*(row[k] for k in audit._FIELDS), prev, "")
-    assert audit._hash(stored) == audit.digest(prev, row)
+    stored = (*(row[k] for k in chain.FIELDS), prev, "")
+    assert chain.row_hash(stored) == audit.digest(prev, row)
 
 
 @pytest.mark.parametrize(

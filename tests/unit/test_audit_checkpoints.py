@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, update
 from rollwise import audit, checkpoints
 from rollwise.audit import Event
 from rollwise.checkpoints import Checkpoint, Settings
-from rollwise.config import load_config_text
+from rollwise.config.load import load_config_text
 from rollwise.errors import ConfigError, IntegrityError, RollwiseError
 from rollwise.events import EventBus
 from rollwise.store.db import open_engine

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rollwise.config import load_config_text
+from rollwise.config.load import load_config_text
 from rollwise.errors import ConfigError
 
 GOOD = "app: shop\nrun:\n  command: python3 app.py --port {port}\n"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rollwise.config import find_config, load_config, load_config_text
+from rollwise.config.load import load_config, load_config_text
 from rollwise.errors import ConfigError, ExitCode
+from rollwise.project import find_config
 
 GOOD = "app: shop\nrun:\n  command: python3 app.py --port {port}\n"  # line 4 is next
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from rollwise import audit, reasons
+from rollwise import audit, hostsrun, reasons
 from rollwise.audit import Event
 from rollwise.errors import ConfigError, ExitCode, RollwiseError, UsageError
 from rollwise.events import EventBus
@@ -95,7 +95,7 @@ def _complete_env(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion of --env: the environments in rollwise.yaml (read, not validated)."""
     import yaml
 
-    from rollwise.config.load import find_config
+    from rollwise.project import find_config
 
     try:
         path = find_config(Path(ctx.params.get("directory") or "."))
@@ -1907,8 +1907,9 @@ def config_docs() -> None:
 @config_app.command("check")
 def config_check(directory: DirOpt = Path(".")) -> None:
     """Validate rollwise.yaml."""
-    from rollwise.config import find_config, load_config
     from rollwise.config.lint import lint
+    from rollwise.config.load import load_config
+    from rollwise.project import find_config
 
     cfg = _run(lambda: load_config(find_config(directory)))
     for w in lint(cfg):
@@ -2077,23 +2078,12 @@ def hosts_run(
 
     rows = _run(lambda: hosts.hosts_run(_ctx(directory, quiet=True), env, command, host), as_json)
     if as_json:
-        _emit_json(rows)
+        sys.stdout.write(hostsrun.as_json(rows))
     else:
         for r in rows:
-            if r["error"]:
-                out.print(
-                    Text.assemble((f"{r['name']}: ", "bold"), ("failed", "red"), f" {r['error']}")
-                )
-                continue
-            status = ("", "") if r["exit"] == 0 else (f" (exit {r['exit']})", "red")
-            text = (r["stdout"] + r["stderr"]).rstrip("\n")
-            out.print(
-                Text.assemble(
-                    (f"{r['name']}", "bold"), status, ":", "\n" if "\n" in text else " ", text
-                )
-            )
-    if any(r["exit"] != 0 for r in rows):
-        raise typer.Exit(int(ExitCode.ERROR))
+            out.print(Text.assemble(*hostsrun.segments(r)))
+    if code := hostsrun.exit_code(rows):
+        raise typer.Exit(code)
 
 
 @hosts_app.command("trust")

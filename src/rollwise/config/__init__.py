@@ -1,22 +1,3 @@
-"""Project configuration: `rollwise.yaml` schema, loading and error messages."""
-
-from rollwise.config.load import CONFIG_FILE, find_config, load_config, load_config_text
-from rollwise.config.schema import (
-    EnvironmentConfig,
-    HealthConfig,
-    ProjectConfig,
-    RouterConfig,
-    RunConfig,
-)
-
-__all__ = [
-    "CONFIG_FILE",
-    "EnvironmentConfig",
-    "HealthConfig",
-    "ProjectConfig",
-    "RouterConfig",
-    "RunConfig",
-    "find_config",
-    "load_config",
-    "load_config_text",
-]
+"""Project configuration: `rollwise.yaml` schema (config.schema), loading and error messages
+(config.load). The package imports nothing itself: the quick `hosts run` path must not pay
+for pydantic."""

@@ -5,7 +5,7 @@ The file is read as plain data: no tags, and aliases capped before anything is e
 from __future__ import annotations
 
 import difflib
-import os
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from rollwise.config.schema import BundleConfig, ProjectConfig
 from rollwise.errors import ConfigError
+from rollwise.project import CONFIG_FILE
 
-CONFIG_FILE = "rollwise.yaml"
 Lines = dict[tuple[str | int, ...], int]
 M = TypeVar("M", bound=BaseModel)
 MAX_ALIASED = 10_000  # values aliases may add; a whole configuration is a few hundred
@@ -37,33 +37,14 @@ HINT_CONSTRUCT = (
 )
 
 
-def find_config(start: Path) -> Path:
-    """The nearest `rollwise.yaml` at or above `start`."""
-    for d in (start.resolve(), *start.resolve().parents):
-        candidate = d / CONFIG_FILE
-        if candidate.is_file():
-            return candidate
-        if os.path.lexists(candidate):
-            raise ConfigError(
-                f"{CONFIG_FILE} is {_kind(candidate)}, not a file",
-                where=str(candidate),
-                hint=f"move it away and write the settings to a file named "
-                f"{CONFIG_FILE} (`rollwise init` writes a template)",
-            )
-    raise ConfigError(
-        f"no {CONFIG_FILE} in {start.resolve()} or any parent directory",
-        hint="run `rollwise init` to create one",
-    )
-
-
-def _kind(path: Path) -> str:
-    if path.is_dir():
-        return "a directory"
-    return "a link to nothing" if not path.exists() else "not a regular file"
-
-
 def load_config(path: Path) -> ProjectConfig:
     return load_config_text(_read(path), str(path))
+
+
+def load_config_digest(path: Path) -> tuple[ProjectConfig, str]:
+    """`load_config`, and the SHA-256 of the bytes it read."""
+    text = _read(path)
+    return load_config_text(text, str(path)), hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_bundle(path: Path) -> BundleConfig:

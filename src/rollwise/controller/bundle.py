@@ -22,10 +22,11 @@ from typing import Any
 
 from rollwise import domain as d
 from rollwise import reasons
+from rollwise.chain import actor
 from rollwise.config.load import load_bundle
 from rollwise.config.schema import BundleConfig
 from rollwise.controller import freezes, ops
-from rollwise.controller.context import Context, actor
+from rollwise.controller.context import Context
 from rollwise.errors import ConfigError, LockHeld, NotFound, RollwiseError, UsageError
 from rollwise.events import EventBus
 from rollwise.private import private_dir

@@ -3,9 +3,6 @@ the handle of the environment an operation acts on, resolved once."""
 
 from __future__ import annotations
 
-import getpass
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,17 +10,17 @@ from sqlalchemy import Engine
 
 from rollwise import audit, checkpoints, notify, secrets
 from rollwise.audit import Event
-from rollwise.config import ProjectConfig, find_config, load_config
-from rollwise.config.schema import EnvironmentConfig, UrlOrSecret
+from rollwise.chain import actor
+from rollwise.config.load import load_config_digest
+from rollwise.config.schema import EnvironmentConfig, ProjectConfig, UrlOrSecret
 from rollwise.controller.registry import make_router, make_target
 from rollwise.errors import ConfigError
 from rollwise.events import EventBus
 from rollwise.private import private_dir
+from rollwise.project import STATE_DIR, find_config
 from rollwise.store.db import default_url, open_engine
 from rollwise.targets import Target
 from rollwise.traffic import TrafficRouter
-
-STATE_DIR = ".rollwise"
 
 
 @dataclass(frozen=True)
@@ -51,6 +48,7 @@ class Context:
     engine: Engine
     bus: EventBus
     actor: str
+    config_sha256: str  # of the rollwise.yaml bytes `config` was read from
 
     @classmethod
     def open(
@@ -58,7 +56,7 @@ class Context:
     ) -> Context:
         """`engine`: a store already open (the team server's, shared by its jobs)."""
         config_path = find_config(start)
-        config = load_config(config_path)
+        config, config_sha256 = load_config_digest(config_path)
         root = config_path.parent
         state_dir = private_dir(root / STATE_DIR)  # an older, wider one is closed here
         engine = engine or open_engine(default_url(state_dir))
@@ -67,7 +65,7 @@ class Context:
         bus.subscribe(
             audit.checkpointer(engine, checkpoints.settings(config, state_dir, engine), bus.emit)
         )
-        ctx = cls(root, config_path, config, state_dir, engine, bus, actor())
+        ctx = cls(root, config_path, config, state_dir, engine, bus, actor(), config_sha256)
         told = notify.subscriber(config, state_dir, ctx.url, bus.emit, lambda: ctx.actor)
         if told is not None:  # only a project with `notifications` pays for them
             bus.subscribe(told)
@@ -152,21 +150,8 @@ class Context:
             "ROLLWISE_SHARED_DIR": str(shared),
         }
 
-    def config_sha256(self) -> str:
-        return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
-
     def emit(self, action: str, outcome: str, **kw: object) -> None:
         self.bus.emit(Event(action=action, outcome=outcome, actor=self.actor, **kw))  # type: ignore[arg-type]
-
-
-def actor() -> str:
-    """Who acts: ROLLWISE_ACTOR (set it in CI), else the login name."""
-    if a := os.environ.get("ROLLWISE_ACTOR"):
-        return a
-    try:
-        return getpass.getuser()
-    except OSError:
-        return str(os.getuid())
 
 
 def app_url(url: str, scheme: str) -> str:

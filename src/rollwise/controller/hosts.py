@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rollwise import reasons
+from rollwise import fleetcache, hostsrun, reasons
 from rollwise.config.schema import EnvironmentConfig, HostConfig
 from rollwise.controller.context import Context
 from rollwise.errors import ConfigError, IntegrityError, NotFound, UsageError
@@ -138,7 +138,7 @@ def hosts_setup(ctx: Context, env: str) -> dict[str, Any]:
     return data
 
 
-async def _python(hosts: Hosts, host: HostConfig, python: str) -> None:
+async def _python(hosts: Hosts[HostConfig], host: HostConfig, python: str) -> None:
     want = ".".join(map(str, MIN_PYTHON))
     got = await hosts.arun(
         host,
@@ -160,32 +160,14 @@ def hosts_run(
     ctx: Context, env: str, command: str, only: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Run a shell command on every host (or those named in `only`) at once; per host its
-    exit status and output. Recorded in the audit log (the command, not its output)."""
+    exit status and output. Recorded in the audit log (the command, not its output). Leaves
+    the environment's hosts in the fleet cache for the next run's quick path."""
     cfg = fleet(ctx, env)
+    fleetcache.write(ctx.state_dir, ctx.config_sha256, env, cfg.target.hosts, cfg.target.ssh)
     chosen = [pick(cfg, env, label) for label in only] if only else cfg.target.hosts
-    with Hosts(chosen, cfg.target.ssh, env) as hosts:
-        got = hosts.each(lambda h: hosts.arun(h, command, check=False))
-    rows: list[dict[str, Any]] = []
-    for h in chosen:
-        r = got[h.label]
-        rows.append(
-            {"name": h.label, "exit": None, "stdout": "", "stderr": "", "error": str(r)}
-            if isinstance(r, Exception)
-            else {
-                "name": h.label,
-                "exit": r.exit,
-                "stdout": r.stdout,
-                "stderr": r.stderr,
-                "error": None,
-            }
-        )
-    failed = [r["name"] for r in rows if r["exit"] != 0]
-    ctx.emit(
-        "hosts_run",
-        reasons.OK if not failed else "error",
-        env=env,
-        data={"command": command, "hosts": [h.label for h in chosen], "failed": failed},
-    )
+    rows = hostsrun.run(chosen, cfg.target.ssh, env, command)
+    outcome, data = hostsrun.record(command, rows)
+    ctx.emit(hostsrun.ACTION, outcome, env=env, data=data)
     return rows
 
 

@@ -68,7 +68,7 @@ def create_release(ctx: Context, version: str, changelog: str | None) -> Outcome
         built_at=artifacts.now(),
         builder=artifacts.builder(),
         changelog=changelog,
-        config_sha256=ctx.config_sha256(),
+        config_sha256=ctx.config_sha256,
         schema=db_schema,
     )
     repo.add_release(ctx.engine, meta)

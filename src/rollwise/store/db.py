@@ -11,10 +11,9 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from rollwise.errors import ConfigError, RollwiseError
+from rollwise.store import HEAD, URL_ENV
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-URL_ENV = "ROLLWISE_DATABASE_URL"
-HEAD = "0007"  # the newest revision in migrations/versions (a unit test keeps it so)
 
 
 def default_url(state_dir: Path) -> str:

@@ -121,7 +121,7 @@ class SSHTarget:
         self.by_bind = {h.listen_host: h for h in target.hosts}
 
     @property
-    def hosts(self) -> Hosts:
+    def hosts(self) -> Hosts[HostConfig]:
         return self.conns.hosts
 
     def close(self) -> None:
@@ -338,10 +338,10 @@ class Connections:
 
     def __init__(self, target: TargetConfig, env: str) -> None:
         self.target, self.env = target, env
-        self._hosts: Hosts | None = None
+        self._hosts: Hosts[HostConfig] | None = None
 
     @property
-    def hosts(self) -> Hosts:
+    def hosts(self) -> Hosts[HostConfig]:
         if self._hosts is None:
             self._hosts = Hosts(self.target.hosts, self.target.ssh, self.env)
             atexit.register(self.close)  # says goodbye to each host instead of cutting off

@@ -1,0 +1,18 @@
+"""`rollwise`, the command: `hosts run` goes to its quick path (cli/quick.py) when that can
+take it; everything else, and whatever the quick path declines, to the full CLI (cli/app.py)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if sys.argv[1:3] == ["hosts", "run"]:
+        from rollwise.cli import quick
+
+        code = quick.hosts_run(sys.argv[3:])
+        if code is not None:
+            sys.exit(code)
+    from rollwise.cli.app import main as full
+
+    full()
