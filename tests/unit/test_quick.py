@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -190,3 +191,29 @@ def test_the_quick_path_loads_neither_the_full_cli_nor_pydantic_nor_sqlalchemy()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n"
+
+
+ROWS: list[dict[str, Any]] = [
+    {"name": "web1", "exit": 0, "stdout": "active\n", "stderr": "", "error": None},
+    {"name": "web2", "exit": 3, "stdout": "a\n", "stderr": "b\n", "error": None},
+    {"name": "web3", "exit": None, "stdout": "", "stderr": "", "error": "unreachable: x"},
+]
+
+
+def test_each_host_is_shown_as_the_full_cli_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rollwise import hostsrun
+
+    assert [hostsrun.segments(r) for r in ROWS] == [
+        [("web1", "bold"), (": active", "")],
+        [("web2", "bold"), (" (exit 3)", "red"), (":\na\nb", "")],
+        [("web3: ", "bold"), ("failed", "red"), (" unreachable: x", "")],
+    ]
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    assert quick._text(ROWS) == "web1: active\nweb2 (exit 3):\na\nb\nweb3: failed unreachable: x\n"
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert quick._text(ROWS[:1]) == "\x1b[1mweb1\x1b[0m: active\n"
+    assert hostsrun.exit_code(ROWS[:1]) == 0 and hostsrun.exit_code(ROWS) == 1
+    assert hostsrun.record("c", ROWS) == (
+        "error",
+        {"command": "c", "hosts": ["web1", "web2", "web3"], "failed": ["web2", "web3"]},
+    )
