@@ -35,27 +35,14 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from rollwise import audit
+from rollwise import audit, chain
 from rollwise.store.db import open_engine
 
 HERE = Path(__file__).resolve().parent
 PG = os.environ.get("ROLLWISE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 SCHEMA = "rollwise_bench_audit"
 TARGET_S = 5.0
-COLUMNS = (
-    "seq",
-    "ts",
-    "actor",
-    "action",
-    "env",
-    "version",
-    "git_commit",
-    "outcome",
-    "reason",
-    "data",
-    "prev_hash",
-    "hash",
-)
+COLUMNS = (*chain.FIELDS, "prev_hash", "hash")
 TEXT_COLUMNS = (
     "actor",
     "action",
