@@ -16,6 +16,7 @@ each test on a fresh database (the PostgreSQL and MariaDB ones are dropped after
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -360,10 +361,13 @@ def test_given_c_marked_bad_when_deployed_then_refused_unless_forced_with_a_reas
     assert status(shop)["marks"]["1.2.0"] == "bad"
     before = settled(shop)
 
-    refused = shop.cli("deploy", "1.2.0")
+    refused = shop.cli("deploy", "1.2.0", "--json")
 
     assert refused.returncode == ExitCode.ERROR, output(refused)
-    assert "--force" in output(refused)
+    said = json.loads(refused.stdout)
+    assert said["where"] == "dev", said
+    assert said["error"].startswith("1.2.0 is marked bad (rolled back by a user; incident")
+    assert "--force" in said["hint"]
     assert settled(shop) == before
 
     unnamed = shop.cli("deploy", "1.2.0", "--force", "--reason", "fixed config")

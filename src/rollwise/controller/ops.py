@@ -240,6 +240,7 @@ def _check_not_bad(
     mark = next((m for m in repo.get_marks(ctx.engine, env) if m["version"] == version), None)
     if mark is None or mark["mark"] != reasons.BAD:
         return
+    why = reasons.words(mark["reason"] or "")
     opened = next((i for i in incident_list(ctx, env) if i.bad_version == version), None)
     if force_reason and (
         opened is None or re.search(rf"\b{re.escape(opened.id)}\b", force_reason, re.IGNORECASE)
@@ -250,7 +251,7 @@ def _check_not_bad(
                 "forced",
                 env=env,
                 version=version,
-                reason=f"deploying a release marked bad ({mark['reason']}): {force_reason}",
+                reason=f"deploying a release marked bad ({why}): {force_reason}",
             )
         return
     ctx.emit(
@@ -258,13 +259,14 @@ def _check_not_bad(
         reasons.REFUSED,
         env=env,
         version=version,
-        reason=f"marked bad: {mark['reason']}",
+        reason=f"marked bad: {why}",
     )
     named = f"; incident {opened.id} ({opened.status})" if opened else ""
     cite = f"{opened.id}: " if opened else ""
     raise RollwiseError(
-        f"{env}: {version} is marked bad ({mark['reason']}{named}); not deployed"
+        f"{version} is marked bad ({why}{named}); not deployed"
         + (f"; a forced deploy's reason must name {opened.id}" if force_reason and opened else ""),
+        where=env,
         hint="fix forward with a new release, or deploy it "
         f"anyway: rollwise deploy {version} --env {env} --force --reason '{cite}...' (recorded "
         "in the audit log)",
