@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from rollwise import audit, checkpoints, notify, secrets
+from rollwise import audit, checkpoints, fleetcache, notify, secrets
 from rollwise.audit import Event
 from rollwise.chain import actor
 from rollwise.config.load import load_config_digest
@@ -89,8 +89,13 @@ class Context:
         return self.state_dir / "artifacts"
 
     def environment(self, name: str) -> Environment:
-        """Resolve `name` once per operation (an unknown one is a ConfigError)."""
+        """Resolve `name` once per operation (an unknown one is a ConfigError). A fleet's
+        hosts are left in the fleet cache for the quick `hosts run`."""
         cfg, folder = self.env(name), self.env_dir(name)
+        if cfg.target.type == "ssh":
+            fleetcache.write(
+                self.state_dir, self.config_sha256, name, cfg.target.hosts, cfg.target.ssh
+            )
         return Environment(
             name,
             cfg,

@@ -20,6 +20,8 @@ from rollwise.targets.ssh import MIN_PYTHON, Layout, agent_bundle
 
 
 def fleet(ctx: Context, env: str) -> EnvironmentConfig:
+    """`env`'s settings, refused unless it runs on hosts; its hosts are left in the fleet
+    cache for the quick `hosts run`."""
     cfg = ctx.env(env)
     if cfg.target.type != "ssh":
         raise ConfigError(
@@ -28,6 +30,7 @@ def fleet(ctx: Context, env: str) -> EnvironmentConfig:
             where=f"environments.{env}.target",
             hint="set `type: ssh` and list `hosts` (docs/fleet.md)",
         )
+    fleetcache.write(ctx.state_dir, ctx.config_sha256, env, cfg.target.hosts, cfg.target.ssh)
     return cfg
 
 
@@ -160,10 +163,8 @@ def hosts_run(
     ctx: Context, env: str, command: str, only: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Run a shell command on every host (or those named in `only`) at once; per host its
-    exit status and output. Recorded in the audit log (the command, not its output). Leaves
-    the environment's hosts in the fleet cache for the next run's quick path."""
+    exit status and output. Recorded in the audit log (the command, not its output)."""
     cfg = fleet(ctx, env)
-    fleetcache.write(ctx.state_dir, ctx.config_sha256, env, cfg.target.hosts, cfg.target.ssh)
     chosen = [pick(cfg, env, label) for label in only] if only else cfg.target.hosts
     rows = hostsrun.run(chosen, cfg.target.ssh, env, command)
     outcome, data = hostsrun.record(command, rows)
