@@ -76,7 +76,10 @@ def write(
     if envs.get(env) == entry:
         return
     body = {**head, "envs": {**envs, env: entry}}
-    replace_private(state_dir / FILE, json.dumps(body, indent=1).encode())
+    try:
+        replace_private(state_dir / FILE, json.dumps(body, indent=1).encode())
+    except OSError:  # a cache: the command goes on, the next hosts run takes the full path
+        return
 
 
 def read(state_dir: Path, config_sha256: str, env: str) -> Fleet | None:
