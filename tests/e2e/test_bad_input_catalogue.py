@@ -77,6 +77,7 @@ STATE_DB = Path(".rollwise/state.db")
 NOT_AS_FILES = re.compile(
     r"(^|/)(state\.db|orders\.db)(-wal|-shm|-journal)?$"
     r"|^\.rollwise/envs/[^/]+/(logs/.*|agent\.log|agent\.sock)$"
+    r"|^\.rollwise/fleet\.json$"  # the hosts of the validated rollwise.yaml: a cache
 )
 # What the commands import when they run, imported once by the forking process.
 BOX = re.compile(r"[│╭╮╰╯─]+")  # the frame typer draws around usage errors

@@ -304,6 +304,7 @@ class Exchange:
         "rechunk",
         "request_done",
         "responded",
+        "reused",
         "start_t",
         "started",
         "status",
@@ -378,6 +379,7 @@ class Exchange:
         self.deadline = 0.0  # for the response head; 0: none
         self.request_done = self.responded = self.rechunk = self.until_close = False
         self.interim = self.started = self.done = False  # responded: its head went out
+        self.reused = False  # on a pooled connection, which the upstream may have closed
         self.keep = True
         self.start_t = perf_counter()
         self.task: asyncio.Task[None] | None = None
@@ -397,8 +399,10 @@ class Exchange:
         while pool:
             conn: Conn = pool.pop()  # type: ignore[assignment]  # it holds only Conns
             if not conn.transport.is_closing():
+                self.reused = True
                 self.attach(conn)
                 return
+        self.reused = False
         self.task = asyncio.get_running_loop().create_task(self._open(self.up))
 
     async def _open(self, up: Upstream) -> None:
@@ -564,7 +568,11 @@ class Exchange:
             self.conn = None
         self.client.resume("upstream")  # that connection's full buffer is gone with it
         up = self.up
-        self.client.router.version_stats(up.version).conn_errors += 1
+        stats = self.client.router.version_stats(up.version)
+        if self.reused:  # a pooled connection the upstream had closed: not its error
+            stats.stale_resends += 1
+        else:
+            stats.conn_errors += 1
         up.close_pool()  # its siblings are likely just as stale
         up.inflight -= 1
         self.attempts += 1

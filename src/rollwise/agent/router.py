@@ -111,6 +111,7 @@ class VersionStats:
     status_5xx: int = 0
     status_4xx: int = 0
     conn_errors: int = 0
+    stale_resends: int = 0  # resent after a pooled connection was found closed: no error
     latency_ms_sum: float = 0.0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_MS) + 1))
 
@@ -129,6 +130,7 @@ class VersionStats:
             "status_5xx": self.status_5xx,
             "status_4xx": self.status_4xx,
             "conn_errors": self.conn_errors,
+            "stale_resends": self.stale_resends,
             "latency_ms_sum": round(self.latency_ms_sum, 3),
             "buckets_ms": [*BUCKETS_MS, "inf"],
             "bucket_counts": list(self.buckets),
