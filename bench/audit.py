@@ -43,18 +43,7 @@ PG = os.environ.get("ROLLWISE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1
 SCHEMA = "rollwise_bench_audit"
 TARGET_S = 5.0
 COLUMNS = (*chain.FIELDS, "prev_hash", "hash")
-TEXT_COLUMNS = (
-    "actor",
-    "action",
-    "env",
-    "version",
-    "git_commit",
-    "outcome",
-    "reason",
-    "data",
-    "prev_hash",
-    "hash",
-)
+TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in ("seq", "ts"))
 ACTIONS = ("deploy", "rollback", "release", "abort", "prune", "secret", "backup_verify")
 OUTCOMES = ("started", "progress", "succeeded", "failed", "rolled_back")
 ACTORS = ("ana", "bo", "chidi@example.com", "ci-bot", "zoë")
