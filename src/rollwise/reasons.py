@@ -34,16 +34,9 @@ NOTHING_IN_PROGRESS: Final = "NothingInProgress"
 LOCK_HELD: Final = "LockHeld"
 STEP_FAILED: Final = "StepFailed"
 
-_WORDS: Final = {
-    HEALTH_CHECK_FAILED: "its health check failed",
-    ARTIFACT_TAMPERED: "its artifact did not match its sha256",
-    INTERRUPTED_BEFORE_SWITCH: "interrupted before traffic moved",
-    INTERRUPTED_AFTER_SWITCH: "interrupted after traffic moved",
-    ROLLED_BACK_BY_USER: "rolled back by a user",
-    STEP_FAILED: "a step failed",
-}
+_WORDS: Final = {ROLLED_BACK_BY_USER: "rolled back by a user"}  # the only coded mark reason
 
 
 def words(reason: str) -> str:
-    """A reason as a person reads it; free text is returned as it is."""
+    """A mark's reason as a person reads it; free text is returned as it is."""
     return _WORDS.get(reason, reason)

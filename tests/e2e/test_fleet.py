@@ -440,7 +440,7 @@ def test_hosts_run_takes_its_quick_path_once_a_full_run_left_the_hosts(fp: Fleet
     the next one, in a new interpreter, runs from the cache without the full CLI, pydantic
     or SQLAlchemy: the same output, exit code and audit event, the chain intact. An edited
     rollwise.yaml sends the next run through the full path again, until any command that
-    reads the fleet has left its hosts."""
+    loads it has left the hosts."""
     bad = fp.f.hosts[2]
     command = f"hostname; test $(hostname) != {bad.name}"
     argv = ["hosts", "run", command, "--env", "dev", "-C", str(fp.p.root)]
@@ -477,5 +477,5 @@ def test_hosts_run_takes_its_quick_path_once_a_full_run_left_the_hosts(fp: Fleet
     config = fp.p.root / "rollwise.yaml"
     config.write_text(config.read_text() + "# edited\n")
     assert quick() == ("", (None, []))
-    fp.cli("status", "--env", "dev", check=True)  # any command that reads the fleet
+    fp.cli("status", "--env", "dev", check=True)  # any command that loads rollwise.yaml
     assert quick()[1] == (1, [])

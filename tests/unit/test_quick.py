@@ -139,18 +139,21 @@ def test_the_cache_holds_what_a_connection_needs_of_the_validated_settings(
     ctx.engine.dispose()
 
 
-def test_resolving_a_fleet_environment_leaves_its_hosts_and_a_failed_write_stops_nothing(
+def test_opening_a_project_leaves_its_fleets_hosts_and_a_failed_write_stops_nothing(
     fleet_project: Path,
 ) -> None:
     ctx = Context.open(fleet_project)
-    cached = fleetcache.read(ctx.state_dir, ctx.config_sha256, "prod")
-    (ctx.state_dir / fleetcache.FILE).unlink()
-    ctx.environment("dev")  # runs on this machine: nothing to leave
-    assert not (ctx.state_dir / fleetcache.FILE).exists()
-    ctx.environment("prod")
+    state, cached = ctx.state_dir, fleetcache.read(ctx.state_dir, ctx.config_sha256, "prod")
+    ctx.engine.dispose()
+    assert cached is not None
+    (state / fleetcache.FILE).unlink()
+    ctx = Context.open(fleet_project)
     assert fleetcache.read(ctx.state_dir, ctx.config_sha256, "prod") == cached
-    (ctx.state_dir / fleetcache.FILE).unlink()
-    (ctx.state_dir / fleetcache.FILE).mkdir()  # cannot be replaced by a file
+    assert fleetcache.read(ctx.state_dir, ctx.config_sha256, "dev") is None  # this machine
+    ctx.engine.dispose()
+    (state / fleetcache.FILE).unlink()
+    (state / fleetcache.FILE).mkdir()  # cannot be replaced by a file
+    ctx = Context.open(fleet_project)
     assert ctx.environment("prod").name == "prod"
     assert fleetcache.read(ctx.state_dir, ctx.config_sha256, "prod") is None
     ctx.engine.dispose()

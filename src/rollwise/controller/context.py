@@ -66,6 +66,9 @@ class Context:
             audit.checkpointer(engine, checkpoints.settings(config, state_dir, engine), bus.emit)
         )
         ctx = cls(root, config_path, config, state_dir, engine, bus, actor(), config_sha256)
+        for name, env in config.environments.items():  # for the quick `hosts run`
+            if env.target.type == "ssh":
+                fleetcache.write(state_dir, config_sha256, name, env.target.hosts, env.target.ssh)
         told = notify.subscriber(config, state_dir, ctx.url, bus.emit, lambda: ctx.actor)
         if told is not None:  # only a project with `notifications` pays for them
             bus.subscribe(told)
@@ -89,13 +92,8 @@ class Context:
         return self.state_dir / "artifacts"
 
     def environment(self, name: str) -> Environment:
-        """Resolve `name` once per operation (an unknown one is a ConfigError). A fleet's
-        hosts are left in the fleet cache for the quick `hosts run`."""
+        """Resolve `name` once per operation (an unknown one is a ConfigError)."""
         cfg, folder = self.env(name), self.env_dir(name)
-        if cfg.target.type == "ssh":
-            fleetcache.write(
-                self.state_dir, self.config_sha256, name, cfg.target.hosts, cfg.target.ssh
-            )
         return Environment(
             name,
             cfg,

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rollwise import fleetcache, hostsrun, reasons
+from rollwise import hostsrun, reasons
 from rollwise.config.schema import EnvironmentConfig, HostConfig
 from rollwise.controller.context import Context
 from rollwise.errors import ConfigError, IntegrityError, NotFound, UsageError
@@ -20,8 +20,7 @@ from rollwise.targets.ssh import MIN_PYTHON, Layout, agent_bundle
 
 
 def fleet(ctx: Context, env: str) -> EnvironmentConfig:
-    """`env`'s settings, refused unless it runs on hosts; its hosts are left in the fleet
-    cache for the quick `hosts run`."""
+    """`env`'s settings, refused unless it runs on hosts."""
     cfg = ctx.env(env)
     if cfg.target.type != "ssh":
         raise ConfigError(
@@ -30,7 +29,6 @@ def fleet(ctx: Context, env: str) -> EnvironmentConfig:
             where=f"environments.{env}.target",
             hint="set `type: ssh` and list `hosts` (docs/fleet.md)",
         )
-    fleetcache.write(ctx.state_dir, ctx.config_sha256, env, cfg.target.hosts, cfg.target.ssh)
     return cfg
 
 
